@@ -1,0 +1,1 @@
+//! Online CPUs, core lists and NUMA nodes (filled in by the cpu helper).
