@@ -1,2 +1,40 @@
-//! Pinned reactors: per-core poll loops, messaging, timers, idle/wakeup.
+//! Pinned reactors: per-core run-to-completion poll loops that own their
+//! queue pairs and backend channels, talk only through lock-free inboxes,
+//! sleep (in `adaptive` mode) without losing a wakeup, and report quiescent
+//! points so published data can be reclaimed RCU-style.
+//!
+//! Layout: `runtime` starts reactors and hands out a `Handle`; `reactor` is
+//! the loop and the context callbacks receive; `wakeup` and `qsbr` are the
+//! two lock-free protocols (model-checked with loom); `timer`, `stats` and
+//! `per_reactor` hold what their names say; `cpu` validates core lists.
+
+mod sync;
+
 pub mod cpu;
+pub(crate) mod qsbr;
+pub(crate) mod wakeup;
+
+#[cfg(not(loom))]
+mod per_reactor;
+#[cfg(not(loom))]
+mod reactor;
+#[cfg(not(loom))]
+mod runtime;
+#[cfg(not(loom))]
+mod stats;
+#[cfg(not(loom))]
+mod timer;
+
+#[cfg(not(loom))]
+pub use per_reactor::PerReactor;
+#[cfg(not(loom))]
+pub use reactor::{PollStatus, Poller, PollerId, Reactor};
+#[cfg(not(loom))]
+pub use runtime::{
+    Handle, IdlePolicy, InboxFull, ReactorInfo, Runtime, RuntimeConfig, StartError,
+    DEFAULT_INBOX_CAPACITY,
+};
+#[cfg(not(loom))]
+pub use stats::StatsSnapshot;
+#[cfg(not(loom))]
+pub use timer::TimerId;

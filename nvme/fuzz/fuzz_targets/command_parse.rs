@@ -1,0 +1,9 @@
+//! SQE, Fabrics, Connect data, Identify / Get Log Page / Features fields
+//! and admin data structures; the body lives in `pollux_nvme::fuzzing`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    pollux_nvme::fuzzing::command_parse(data);
+});
