@@ -1,1 +1,25 @@
-//! placeholder
+//! The block graph: nodes (null, ram, file, passthru), the edges between
+//! them and the named roots front-ends submit to, published as immutable
+//! snapshots RCU-style so reactors read it with no lock and no shared write.
+//!
+//! Rooms: `node` (the trait), `io` and `buf` (requests and their data),
+//! `snapshot` (one published version, and routing through it), `graph`
+//! (publication and the control-plane operations), `dispatch` (pinning and
+//! completion on the reactor), `cell` (type erasure), `nodes` (the kinds),
+//! `uring` (the per-reactor io_uring the file node uses).
+
+pub mod buf;
+mod cell;
+mod dispatch;
+mod graph;
+pub mod io;
+pub mod node;
+pub mod nodes;
+mod snapshot;
+pub mod uring;
+
+pub use buf::{AlignedBuf, IoBuf, RawSegment};
+pub use graph::{Graph, GraphError, GraphInfo, GraphStats, NodeInfo, NodeStats, RootInfo};
+pub use io::{Io, IoError, IoOp, IoResult, IoSink};
+pub use node::{BlockNode, Geometry};
+pub use snapshot::{NodeId, RootId, Snapshot};

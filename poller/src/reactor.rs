@@ -118,7 +118,8 @@ impl Reactor {
         self.me().info.core
     }
 
-    pub(crate) fn runtime_id(&self) -> u64 {
+    /// Identifies the runtime this belongs to.
+    pub fn runtime_id(&self) -> u64 {
         self.shared.id
     }
 

@@ -1,0 +1,200 @@
+//! Data buffers carried by I/O requests.
+
+use std::alloc::{self, Layout};
+use std::any::Any;
+use std::ptr::NonNull;
+use std::rc::Rc;
+
+/// Alignment of owned buffers: the largest logical block size we support, and
+/// the page size, so owned buffers are always valid for O_DIRECT.
+pub const BUF_ALIGN: usize = 4096;
+
+/// A heap buffer aligned to `BUF_ALIGN`, zero-initialised.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf uniquely owns its allocation, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes (`len` may be 0).
+    pub fn zeroed(len: usize) -> Self {
+        if len == 0 {
+            return AlignedBuf {
+                ptr: NonNull::dangling(),
+                len: 0,
+            };
+        }
+        let layout = Layout::from_size_align(len, BUF_ALIGN).expect("buffer size overflows");
+        // SAFETY: `layout` has a non-zero size.
+        let p = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(p).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a zero-length buffer.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `len` initialised bytes (zeroed at
+        // allocation) or dangling with len 0, which is allowed.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` gives exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: allocated in `zeroed` with exactly this layout.
+            unsafe {
+                alloc::dealloc(
+                    self.ptr.as_ptr(),
+                    Layout::from_size_align_unchecked(self.len, BUF_ALIGN),
+                )
+            }
+        }
+    }
+}
+
+/// One segment of memory the caller keeps valid for the whole I/O.
+#[derive(Clone, Copy, Debug)]
+pub struct RawSegment {
+    /// Start address.
+    pub ptr: *mut u8,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// Where an I/O's data lives.
+pub enum IoBuf {
+    /// No data (flush, discard, write zeroes).
+    None,
+    /// A buffer owned by the request (NVMe/TCP, the perf tool, tests).
+    Owned(AlignedBuf),
+    /// Scatter-gather memory owned by someone else, such as guest RAM mapped
+    /// by a vhost-user front-end. `keep` holds that memory mapped until the
+    /// I/O completes.
+    Raw {
+        /// The segments, in order.
+        segments: Vec<RawSegment>,
+        /// Keeps the memory behind `segments` alive.
+        keep: Rc<dyn Any>,
+    },
+}
+
+impl IoBuf {
+    /// Memory owned elsewhere.
+    ///
+    /// # Safety
+    /// Every segment must be valid for reads and writes of its length until
+    /// the I/O completes, must not overlap another segment, and must not be
+    /// accessed through Rust references while the I/O runs. `keep` must keep
+    /// the memory mapped at least that long.
+    pub unsafe fn raw(segments: Vec<RawSegment>, keep: Rc<dyn Any>) -> Self {
+        IoBuf::Raw { segments, keep }
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            IoBuf::None => 0,
+            IoBuf::Owned(b) => b.len(),
+            IoBuf::Raw { segments, .. } => segments.iter().map(|s| s.len).sum(),
+        }
+    }
+
+    /// True if there is no data.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The segments as raw pointers (for copies and iovecs).
+    pub fn segments(&mut self) -> SegmentsIter<'_> {
+        match self {
+            IoBuf::None => SegmentsIter::One(None),
+            IoBuf::Owned(b) => SegmentsIter::One(Some(RawSegment {
+                ptr: b.as_mut_slice().as_mut_ptr(),
+                len: b.len(),
+            })),
+            IoBuf::Raw { segments, .. } => SegmentsIter::Many(segments.iter()),
+        }
+    }
+
+    /// Copies `src` into the buffer from its start. `src` may be shorter.
+    ///
+    /// `src` must not point into this buffer's own memory.
+    pub fn copy_from_ptr(&mut self, src: *const u8, len: usize) {
+        let mut done = 0;
+        for seg in self.segments() {
+            if done == len {
+                break;
+            }
+            let n = seg.len.min(len - done);
+            // SAFETY: `seg` is valid for writes of `seg.len` bytes (IoBuf
+            // invariant), the caller guarantees `src` is readable for `len`
+            // bytes and does not overlap the buffer.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(done), seg.ptr, n) };
+            done += n;
+        }
+    }
+
+    /// Copies the buffer's first `len` bytes to `dst`.
+    ///
+    /// `dst` must not point into this buffer's own memory.
+    pub fn copy_to_ptr(&mut self, dst: *mut u8, len: usize) {
+        let mut done = 0;
+        for seg in self.segments() {
+            if done == len {
+                break;
+            }
+            let n = seg.len.min(len - done);
+            // SAFETY: `seg` is readable for `seg.len` bytes (IoBuf invariant);
+            // the caller guarantees `dst` is writable for `len` bytes and
+            // does not overlap the buffer.
+            unsafe { std::ptr::copy_nonoverlapping(seg.ptr, dst.add(done), n) };
+            done += n;
+        }
+    }
+
+    /// Zeroes the whole buffer.
+    pub fn fill_zero(&mut self) {
+        for seg in self.segments() {
+            // SAFETY: `seg` is valid for writes of `seg.len` bytes.
+            unsafe { std::ptr::write_bytes(seg.ptr, 0, seg.len) };
+        }
+    }
+}
+
+/// Iterator over an `IoBuf`'s segments.
+pub enum SegmentsIter<'a> {
+    /// Zero or one segment.
+    One(Option<RawSegment>),
+    /// A scatter-gather list.
+    Many(std::slice::Iter<'a, RawSegment>),
+}
+
+impl Iterator for SegmentsIter<'_> {
+    type Item = RawSegment;
+    fn next(&mut self) -> Option<RawSegment> {
+        match self {
+            SegmentsIter::One(s) => s.take(),
+            SegmentsIter::Many(it) => it.next().copied(),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The reactor side of the graph: routing an I/O down the published
+//! snapshot, pinning every node it passes, and completing it.
+//!
+//! Pinning is what lets the control plane free a removed node without a
+//! global drain: each node counts its in-flight I/O per reactor, in a counter
+//! only that reactor writes. The writer unpublishes the node, waits one grace
+//! period (no reactor can reach it any more), then waits until every
+//! reactor's counter for that node reads zero.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+use pollux_poller::{PollStatus, Reactor};
+
+use crate::io::{Io, IoError, IoOp, IoResult, MAX_DEPTH};
+
+/// Owner-only increment: each counter has a single writer (its reactor).
+#[inline]
+fn add(c: &AtomicU64, by: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+}
+
+/// One reactor's counters for one node. Written only by that reactor.
+#[derive(Default)]
+pub(crate) struct NodeCounters {
+    pub(crate) inflight: AtomicU64,
+    pub(crate) ops: [AtomicU64; 5],
+    pub(crate) bytes: [AtomicU64; 5],
+    pub(crate) errors: [AtomicU64; 5],
+}
+
+/// The type-independent part of a node: its identity and counters.
+pub(crate) struct NodeCore {
+    pub(crate) name: String,
+    pub(crate) counters: Box<[CachePadded<NodeCounters>]>,
+}
+
+impl NodeCore {
+    pub(crate) fn new(name: String, reactors: usize) -> Self {
+        NodeCore {
+            name,
+            counters: (0..reactors).map(|_| CachePadded::default()).collect(),
+        }
+    }
+
+    /// In-flight I/O summed over reactors (control thread).
+    pub(crate) fn inflight(&self) -> u64 {
+        self.counters
+            .iter()
+            .map(|c| c.inflight.load(Ordering::Acquire))
+            .sum()
+    }
+}
+
+/// The nodes an I/O went through, each pinned (counted in flight on the
+/// submitting reactor) until the I/O completes.
+#[derive(Default)]
+pub(crate) struct Path {
+    nodes: [Option<NonNull<NodeCore>>; MAX_DEPTH],
+    len: usize,
+}
+
+impl Path {
+    /// Pins `core` for this I/O on reactor `r`.
+    #[inline]
+    pub(crate) fn push(&mut self, r: &Reactor, core: &NodeCore) -> Result<(), IoError> {
+        if self.len == MAX_DEPTH {
+            // The graph refuses deeper paths; this is a second line of defence.
+            return Err(IoError::NoDevice);
+        }
+        add(&core.counters[r.index()].inflight, 1);
+        self.nodes[self.len] = Some(NonNull::from(core));
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Accounts the finished I/O on every pinned node and unpins them.
+    #[inline]
+    pub(crate) fn finish(&mut self, r: &Reactor, op: IoOp, len: u64, ok: bool) {
+        let i = op.as_index();
+        for slot in &mut self.nodes[..self.len] {
+            let Some(p) = slot.take() else { continue };
+            // SAFETY: a node is freed only after it left the published graph,
+            // a grace period passed, and every reactor's `inflight` for it
+            // read zero (Graph::reclaim). This I/O incremented `inflight` on
+            // this reactor when it pinned the node and has not decremented it
+            // yet, so the node is alive.
+            let core = unsafe { p.as_ref() };
+            let c = &core.counters[r.index()];
+            if ok {
+                add(&c.ops[i], 1);
+                add(&c.bytes[i], len);
+            } else {
+                add(&c.errors[i], 1);
+            }
+            // Release: the node's reclaimer reads zero only after everything
+            // this I/O did with the node.
+            let n = c.inflight.load(Ordering::Relaxed);
+            c.inflight.store(n - 1, Ordering::Release);
+        }
+        self.len = 0;
+    }
+}
+
+impl Drop for Path {
+    fn drop(&mut self) {
+        // An Io dropped without completing would leave its nodes pinned
+        // forever and their removal would hang; make that loud in tests.
+        debug_assert!(self.len == 0, "I/O dropped without completion");
+    }
+}
+
+/// Completions of synchronous backends, run on the next loop iteration so
+/// that a sink which resubmits from `io_done` does not recurse.
+struct Deferred {
+    queue: RefCell<VecDeque<(Io, IoResult)>>,
+}
+
+pub(crate) fn defer_completion(r: &Reactor, io: Io, result: IoResult) {
+    let d = r.local(|r| {
+        r.register_poller(drain_deferred);
+        Deferred {
+            queue: RefCell::new(VecDeque::with_capacity(256)),
+        }
+    });
+    d.queue.borrow_mut().push_back((io, result));
+}
+
+fn drain_deferred(r: &Reactor) -> PollStatus {
+    let d = r.local(|_| Deferred {
+        queue: RefCell::default(),
+    });
+    // Only what was queued before this call: completions queued by the sinks
+    // we call now wait for the next iteration, bounding the work per poll.
+    let n = d.queue.borrow().len();
+    for _ in 0..n {
+        let Some((io, result)) = d.queue.borrow_mut().pop_front() else {
+            break;
+        };
+        io.complete(r, result);
+    }
+    if n > 0 {
+        PollStatus::Busy
+    } else {
+        PollStatus::Idle
+    }
+}

@@ -1,0 +1,644 @@
+//! The published graph and the control-plane operations that change it.
+//!
+//! Readers (reactors) load the current snapshot pointer: one plain load, no
+//! lock, no read-modify-write, nothing written. Writers serialize on a mutex,
+//! build a new snapshot from the current one, publish it with one store,
+//! wait for a grace period (`Handle::synchronize`), free the old snapshot,
+//! then wait for in-flight I/O on nodes that left the graph and close them.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pollux_poller::{Handle, Reactor};
+
+use crate::cell::{DynNode, NodeCell};
+use crate::io::{IoOp, MAX_DEPTH};
+use crate::node::{BlockNode, Geometry};
+use crate::snapshot::{NodeEntry, NodeId, RootEntry, RootId, Snapshot};
+
+/// Why a graph change was refused. Nothing was published then.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    /// A node or root with this name exists.
+    #[error("a node named {0:?} already exists")]
+    NameExists(String),
+    /// A root with this name exists.
+    #[error("a root named {0:?} already exists")]
+    RootExists(String),
+    /// No node by that name.
+    #[error("no node named {0:?}")]
+    NoSuchNode(String),
+    /// No root by that name.
+    #[error("no root named {0:?}")]
+    NoSuchRoot(String),
+    /// The node is still referenced.
+    #[error("node {name:?} is in use by {users}")]
+    InUse {
+        /// The node.
+        name: String,
+        /// Who references it (parents and roots).
+        users: String,
+    },
+    /// Wrong number of children for the node kind.
+    #[error("node {name:?} ({kind}) takes {expected} children, got {got}")]
+    Children {
+        /// The node.
+        name: String,
+        /// Its kind.
+        kind: &'static str,
+        /// How many it takes.
+        expected: usize,
+        /// How many were given.
+        got: usize,
+    },
+    /// The change would create a cycle.
+    #[error("making {child:?} a child of {parent:?} would create a cycle")]
+    Cycle {
+        /// The parent.
+        parent: String,
+        /// The would-be child.
+        child: String,
+    },
+    /// The change would make a path longer than `MAX_DEPTH`.
+    #[error("the change would stack more than {MAX_DEPTH} nodes on one path")]
+    TooDeep,
+    /// `old` is not a child of `parent`.
+    #[error("{child:?} is not a child of {parent:?}")]
+    NotAChild {
+        /// The parent.
+        parent: String,
+        /// The supposed child.
+        child: String,
+    },
+    /// A filter must present the same geometry as what it stands on.
+    #[error("{filter:?} has geometry {got:?} but {child:?} has {expected:?}")]
+    Geometry {
+        /// The filter.
+        filter: String,
+        /// The child.
+        child: String,
+        /// The child's geometry.
+        expected: Geometry,
+        /// The filter's.
+        got: Geometry,
+    },
+    /// Only filters (one child) can be removed with `remove_filter`.
+    #[error("{0:?} is not a filter")]
+    NotAFilter(String),
+    /// Node names must not be empty.
+    #[error("empty node name")]
+    EmptyName,
+}
+
+/// A node as `Graph::describe` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Name.
+    pub name: String,
+    /// Kind (`null`, `ram`, `file`, `passthru`).
+    pub kind: &'static str,
+    /// Geometry.
+    pub geometry: Geometry,
+    /// Children, in slot order.
+    pub children: Vec<String>,
+}
+
+/// A root as `Graph::describe` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootInfo {
+    /// Name.
+    pub name: String,
+    /// The node it points at.
+    pub node: String,
+}
+
+/// The whole graph at one generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GraphInfo {
+    /// Publication number.
+    pub generation: u64,
+    /// Nodes, sorted by name.
+    pub nodes: Vec<NodeInfo>,
+    /// Roots, sorted by name.
+    pub roots: Vec<RootInfo>,
+}
+
+/// Per-op counters of a node, summed over reactors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Completed operations, by `IoOp::as_index`.
+    pub ops: [u64; 5],
+    /// Bytes moved (or covered, for zeroes/discard), by op.
+    pub bytes: [u64; 5],
+    /// Failed operations, by op.
+    pub errors: [u64; 5],
+    /// I/O in flight now.
+    pub inflight: u64,
+}
+
+/// Publication counters, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphStats {
+    /// Current generation.
+    pub generation: u64,
+    /// Snapshots published.
+    pub publishes: u64,
+    /// Superseded snapshots freed after their grace period.
+    pub reclaimed: u64,
+    /// Nodes closed after leaving the graph and draining.
+    pub nodes_closed: u64,
+    /// Total time spent waiting for grace periods.
+    pub grace_total: Duration,
+}
+
+#[derive(Default)]
+struct Counters {
+    publishes: AtomicU64,
+    reclaimed: AtomicU64,
+    nodes_closed: AtomicU64,
+    grace_ns: AtomicU64,
+}
+
+/// The block graph of one runtime.
+pub struct Graph {
+    handle: Handle,
+    current: AtomicPtr<Snapshot>,
+    writer: Mutex<()>,
+    counters: Counters,
+}
+
+impl Graph {
+    /// An empty graph whose readers are the reactors of `handle`.
+    pub fn new(handle: &Handle) -> Arc<Graph> {
+        Arc::new(Graph {
+            handle: handle.clone(),
+            current: AtomicPtr::new(Box::into_raw(Box::default())),
+            writer: Mutex::new(()),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The runtime handle the graph was made for.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// The current snapshot, for a reactor. It stays valid for as long as
+    /// the `&Reactor` borrow, i.e. until the callback that received it
+    /// returns: the reactor passes no quiescent point before that.
+    ///
+    /// # Panics
+    /// If `r` belongs to another runtime (a caller bug).
+    #[inline]
+    pub fn snapshot<'r>(&'r self, r: &'r Reactor) -> &'r Snapshot {
+        assert_eq!(
+            r.runtime_id(),
+            self.handle.runtime_id(),
+            "graph read from a reactor of another runtime"
+        );
+        let p = self.current.load(Ordering::Acquire);
+        // SAFETY: `p` came from Box::into_raw and is freed only by `publish`,
+        // after `Handle::synchronize` saw every reactor of this runtime (the
+        // check above) pass a quiescent point following the swap. The reactor
+        // passes quiescent points only between callbacks, and the returned
+        // reference cannot outlive the `&Reactor` handed to this callback.
+        unsafe { &*p }
+    }
+
+    /// The current snapshot for the control plane, under the writer lock so
+    /// it cannot be freed meanwhile.
+    pub fn read<T>(&self, f: impl FnOnce(&Snapshot) -> T) -> T {
+        let _w = self.lock();
+        // SAFETY: only writers free snapshots, and we hold the writer lock.
+        f(unsafe { &*self.current.load(Ordering::Acquire) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // A writer that panicked left the published snapshot intact (changes
+        // are built aside and published with one store), so the lock's
+        // poisoning carries no broken state.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Builds a new snapshot with `change`, publishes it, waits for a grace
+    /// period, frees the old one, then drains and closes removed nodes.
+    fn update<T>(
+        &self,
+        change: impl FnOnce(&mut Snapshot) -> Result<T, GraphError>,
+    ) -> Result<T, GraphError> {
+        let _w = self.lock();
+        let old_ptr = self.current.load(Ordering::Acquire);
+        // SAFETY: writers are serialized by `_w`; only writers free snapshots.
+        let old = unsafe { &*old_ptr };
+        let mut next = old.clone();
+        let out = change(&mut next)?;
+        validate(&next)?;
+        next.generation = old.generation + 1;
+
+        let kept: HashSet<*const ()> = next
+            .live_nodes()
+            .map(|(_, e)| Arc::as_ptr(&e.cell) as *const ())
+            .collect();
+        let removed: Vec<Arc<dyn DynNode>> = old
+            .live_nodes()
+            .filter(|(_, e)| !kept.contains(&(Arc::as_ptr(&e.cell) as *const ())))
+            .map(|(_, e)| e.cell.clone())
+            .collect();
+
+        let new_ptr = Box::into_raw(Box::new(next));
+        self.current.store(new_ptr, Ordering::Release);
+        self.counters.publishes.fetch_add(1, Ordering::Relaxed);
+        let grace = self.handle.synchronize();
+        self.counters
+            .grace_ns
+            .fetch_add(grace.as_nanos() as u64, Ordering::Relaxed);
+        // SAFETY: `old_ptr` came from Box::into_raw; it was unpublished before
+        // the grace period began, so no reactor still borrows it, and no other
+        // writer can free it (we hold the writer lock).
+        drop(unsafe { Box::from_raw(old_ptr) });
+        self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
+
+        for node in removed {
+            self.drain_and_close(&node);
+        }
+        Ok(out)
+    }
+
+    /// Waits until no reactor has I/O in flight on `node`, then closes it.
+    /// Only this node's I/O is waited for: the rest of the graph keeps going.
+    fn drain_and_close(&self, node: &Arc<dyn DynNode>) {
+        let start = Instant::now();
+        let mut logged = false;
+        while node.core().inflight() != 0 {
+            if !logged && start.elapsed() > Duration::from_secs(5) {
+                tracing::warn!(node = %node.core().name, "still waiting for in-flight I/O");
+                logged = true;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        node.close();
+        self.counters.nodes_closed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(node = %node.core().name, "node closed");
+    }
+
+    /// Adds a node with edges to `children` (by name, in slot order).
+    pub fn add_node<N: BlockNode>(
+        &self,
+        name: &str,
+        node: N,
+        children: &[&str],
+    ) -> Result<NodeId, GraphError> {
+        let _span = tracing::info_span!("graph_add_node", name).entered();
+        if name.is_empty() {
+            return Err(GraphError::EmptyName);
+        }
+        if node.num_children() != children.len() {
+            return Err(GraphError::Children {
+                name: name.into(),
+                kind: node.kind(),
+                expected: node.num_children(),
+                got: children.len(),
+            });
+        }
+        let cell: Arc<dyn DynNode> = Arc::new(NodeCell::new(name.into(), node, &self.handle));
+        self.update(|s| {
+            if s.names.contains_key(name) {
+                return Err(GraphError::NameExists(name.into()));
+            }
+            let kids = children
+                .iter()
+                .map(|c| lookup(s, c))
+                .collect::<Result<Vec<_>, _>>()?;
+            for k in &kids {
+                check_filter_geometry(s, &*cell, *k)?;
+            }
+            Ok(insert_node(s, cell, kids))
+        })
+    }
+
+    /// Removes a node. Refused while a parent or a root references it.
+    pub fn remove_node(&self, name: &str) -> Result<(), GraphError> {
+        let _span = tracing::info_span!("graph_remove_node", name).entered();
+        self.update(|s| {
+            let id = lookup(s, name)?;
+            let users = users_of(s, id);
+            if !users.is_empty() {
+                return Err(GraphError::InUse {
+                    name: name.into(),
+                    users: users.join(", "),
+                });
+            }
+            s.nodes[id.0 as usize] = None;
+            s.names.remove(name);
+            Ok(())
+        })
+    }
+
+    /// Adds a named root pointing at `node`; front-ends submit through it.
+    pub fn add_root(&self, name: &str, node: &str) -> Result<RootId, GraphError> {
+        let _span = tracing::info_span!("graph_add_root", name, node).entered();
+        self.update(|s| {
+            if s.root_id(name).is_some() {
+                return Err(GraphError::RootExists(name.into()));
+            }
+            let target = lookup(s, node)?;
+            let entry = Some(RootEntry {
+                name: name.into(),
+                node: target,
+            });
+            Ok(match s.roots.iter().position(Option::is_none) {
+                Some(i) => {
+                    s.roots[i] = entry;
+                    RootId(i as u32)
+                }
+                None => {
+                    s.roots.push(entry);
+                    RootId(s.roots.len() as u32 - 1)
+                }
+            })
+        })
+    }
+
+    /// Removes a root. I/O already submitted through it completes normally.
+    pub fn remove_root(&self, name: &str) -> Result<(), GraphError> {
+        let _span = tracing::info_span!("graph_remove_root", name).entered();
+        self.update(|s| {
+            let id = s
+                .root_id(name)
+                .ok_or_else(|| GraphError::NoSuchRoot(name.into()))?;
+            s.roots[id.0 as usize] = None;
+            Ok(())
+        })
+    }
+
+    /// Points `parent`'s edge to `old` at `new` instead.
+    pub fn replace_child(&self, parent: &str, old: &str, new: &str) -> Result<(), GraphError> {
+        let _span = tracing::info_span!("graph_replace_child", parent, old, new).entered();
+        self.update(|s| {
+            let p = lookup(s, parent)?;
+            let o = lookup(s, old)?;
+            let n = lookup(s, new)?;
+            let entry = s.nodes[p.0 as usize].as_mut().expect("looked up");
+            let slot = entry.children.iter().position(|c| *c == o).ok_or_else(|| {
+                GraphError::NotAChild {
+                    parent: parent.into(),
+                    child: old.into(),
+                }
+            })?;
+            entry.children[slot] = n;
+            let cell = entry.cell.clone();
+            check_filter_geometry(s, &*cell, n)?;
+            Ok(())
+        })
+    }
+
+    /// Puts `filter` above `node` in one publication: every parent edge and
+    /// every root that pointed at `node` now points at the filter, whose one
+    /// child is `node`.
+    pub fn insert_filter<N: BlockNode>(
+        &self,
+        node: &str,
+        filter_name: &str,
+        filter: N,
+    ) -> Result<NodeId, GraphError> {
+        let _span = tracing::info_span!("graph_insert_filter", node, filter_name).entered();
+        if filter_name.is_empty() {
+            return Err(GraphError::EmptyName);
+        }
+        if filter.num_children() != 1 {
+            return Err(GraphError::NotAFilter(filter_name.into()));
+        }
+        let cell: Arc<dyn DynNode> =
+            Arc::new(NodeCell::new(filter_name.into(), filter, &self.handle));
+        self.update(|s| {
+            if s.names.contains_key(filter_name) {
+                return Err(GraphError::NameExists(filter_name.into()));
+            }
+            let below = lookup(s, node)?;
+            check_filter_geometry(s, &*cell, below)?;
+            let f = insert_node(s, cell, vec![below]);
+            redirect(s, below, f, Some(f));
+            Ok(f)
+        })
+    }
+
+    /// Removes a filter: its parents and roots point at its child again.
+    pub fn remove_filter(&self, name: &str) -> Result<(), GraphError> {
+        let _span = tracing::info_span!("graph_remove_filter", name).entered();
+        self.update(|s| {
+            let f = lookup(s, name)?;
+            let entry = s.nodes[f.0 as usize].as_ref().expect("looked up");
+            if entry.children.len() != 1 {
+                return Err(GraphError::NotAFilter(name.into()));
+            }
+            let child = entry.children[0];
+            redirect(s, f, child, None);
+            s.nodes[f.0 as usize] = None;
+            s.names.remove(name);
+            Ok(())
+        })
+    }
+
+    /// Nodes, edges and roots at the current generation.
+    pub fn describe(&self) -> GraphInfo {
+        self.read(|s| {
+            let name_of = |id: NodeId| s.entry(id).map(|e| e.cell.core().name.clone());
+            let mut nodes: Vec<NodeInfo> = s
+                .live_nodes()
+                .map(|(_, e)| NodeInfo {
+                    name: e.cell.core().name.clone(),
+                    kind: e.cell.kind(),
+                    geometry: e.cell.geometry(),
+                    children: e.children.iter().filter_map(|c| name_of(*c)).collect(),
+                })
+                .collect();
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut roots: Vec<RootInfo> = s
+                .live_roots()
+                .filter_map(|(_, r)| {
+                    Some(RootInfo {
+                        name: r.name.clone(),
+                        node: name_of(r.node)?,
+                    })
+                })
+                .collect();
+            roots.sort_by(|a, b| a.name.cmp(&b.name));
+            GraphInfo {
+                generation: s.generation,
+                nodes,
+                roots,
+            }
+        })
+    }
+
+    /// Counters of a node, summed over reactors.
+    pub fn node_stats(&self, name: &str) -> Option<NodeStats> {
+        self.read(|s| {
+            let e = s.entry(s.node_id(name)?)?;
+            let mut st = NodeStats::default();
+            for c in e.cell.core().counters.iter() {
+                for op in IoOp::ALL {
+                    let i = op.as_index();
+                    st.ops[i] += c.ops[i].load(Ordering::Relaxed);
+                    st.bytes[i] += c.bytes[i].load(Ordering::Relaxed);
+                    st.errors[i] += c.errors[i].load(Ordering::Relaxed);
+                }
+                st.inflight += c.inflight.load(Ordering::Relaxed);
+            }
+            Some(st)
+        })
+    }
+
+    /// Publication counters.
+    pub fn stats(&self) -> GraphStats {
+        GraphStats {
+            generation: self.read(|s| s.generation),
+            publishes: self.counters.publishes.load(Ordering::Relaxed),
+            reclaimed: self.counters.reclaimed.load(Ordering::Relaxed),
+            nodes_closed: self.counters.nodes_closed.load(Ordering::Relaxed),
+            grace_total: Duration::from_nanos(self.counters.grace_ns.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Shutdown: unpublishes everything, waits for in-flight I/O on every
+    /// node and closes them all (file nodes make their data durable).
+    pub fn shutdown(&self) {
+        let _span = tracing::info_span!("graph_shutdown").entered();
+        let _ = self.update(|s| {
+            *s = Snapshot::default();
+            Ok(())
+        });
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        let p = *self.current.get_mut();
+        // SAFETY: we own the graph exclusively (&mut self), so no reader or
+        // writer can still use the current snapshot; it came from into_raw.
+        let last = unsafe { Box::from_raw(p) };
+        // Nodes still published at drop are closed too (their reactors are
+        // gone or the graph is unreachable from them).
+        for (_, e) in last.live_nodes() {
+            if Arc::strong_count(&e.cell) == 1 {
+                e.cell.close();
+            }
+        }
+    }
+}
+
+fn lookup(s: &Snapshot, name: &str) -> Result<NodeId, GraphError> {
+    s.node_id(name)
+        .ok_or_else(|| GraphError::NoSuchNode(name.into()))
+}
+
+fn insert_node(s: &mut Snapshot, cell: Arc<dyn DynNode>, children: Vec<NodeId>) -> NodeId {
+    let name = cell.core().name.clone();
+    let entry = Some(NodeEntry { cell, children });
+    let id = match s.nodes.iter().position(Option::is_none) {
+        Some(i) => {
+            s.nodes[i] = entry;
+            NodeId(i as u32)
+        }
+        None => {
+            s.nodes.push(entry);
+            NodeId(s.nodes.len() as u32 - 1)
+        }
+    };
+    s.names.insert(name, id);
+    id
+}
+
+/// Every edge and root pointing at `from` now points at `to`, except the
+/// edges of `skip` (the filter being inserted above `from`).
+fn redirect(s: &mut Snapshot, from: NodeId, to: NodeId, skip: Option<NodeId>) {
+    for (i, n) in s.nodes.iter_mut().enumerate() {
+        let Some(n) = n else { continue };
+        if Some(NodeId(i as u32)) == skip {
+            continue;
+        }
+        for c in &mut n.children {
+            if *c == from {
+                *c = to;
+            }
+        }
+    }
+    for r in s.roots.iter_mut().flatten() {
+        if r.node == from {
+            r.node = to;
+        }
+    }
+}
+
+fn users_of(s: &Snapshot, id: NodeId) -> Vec<String> {
+    let parents = s
+        .live_nodes()
+        .filter(|(_, e)| e.children.contains(&id))
+        .map(|(_, e)| format!("node {:?}", e.cell.core().name));
+    let roots = s
+        .live_roots()
+        .filter(|(_, r)| r.node == id)
+        .map(|(_, r)| format!("root {:?}", r.name));
+    parents.chain(roots).collect()
+}
+
+/// A filter forwards I/O unchanged, so it must look exactly like its child.
+fn check_filter_geometry(s: &Snapshot, filter: &dyn DynNode, child: NodeId) -> Result<(), GraphError> {
+    let c = s.entry(child).expect("looked up");
+    let (expected, got) = (c.cell.geometry(), filter.geometry());
+    if expected.block_size != got.block_size || expected.block_count != got.block_count {
+        return Err(GraphError::Geometry {
+            filter: filter.core().name.clone(),
+            child: c.cell.core().name.clone(),
+            expected,
+            got,
+        });
+    }
+    Ok(())
+}
+
+/// No cycles and no path deeper than `MAX_DEPTH`.
+fn validate(s: &Snapshot) -> Result<(), GraphError> {
+    // Depth of the longest path starting at each node, by DFS with an
+    // on-stack marker for cycle detection. Graphs here are small.
+    fn depth(
+        s: &Snapshot,
+        id: NodeId,
+        on_stack: &mut Vec<NodeId>,
+        memo: &mut std::collections::HashMap<NodeId, usize>,
+    ) -> Result<usize, GraphError> {
+        if let Some(d) = memo.get(&id) {
+            return Ok(*d);
+        }
+        if on_stack.contains(&id) {
+            let name = |i: NodeId| {
+                s.entry(i)
+                    .map(|e| e.cell.core().name.clone())
+                    .unwrap_or_default()
+            };
+            return Err(GraphError::Cycle {
+                parent: name(*on_stack.last().expect("non-empty")),
+                child: name(id),
+            });
+        }
+        on_stack.push(id);
+        let mut d = 0;
+        if let Some(e) = s.entry(id) {
+            for c in &e.children {
+                d = d.max(depth(s, *c, on_stack, memo)?);
+            }
+        }
+        on_stack.pop();
+        memo.insert(id, d + 1);
+        Ok(d + 1)
+    }
+    let mut memo = std::collections::HashMap::new();
+    for (id, _) in s.live_nodes() {
+        if depth(s, id, &mut Vec::new(), &mut memo)? > MAX_DEPTH {
+            return Err(GraphError::TooDeep);
+        }
+    }
+    Ok(())
+}

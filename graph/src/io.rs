@@ -1,0 +1,170 @@
+//! I/O requests and their completion.
+
+use std::rc::Rc;
+
+use pollux_poller::Reactor;
+
+use crate::buf::IoBuf;
+
+/// The block operations every node understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IoOp {
+    /// Read `len` bytes at `offset` into the buffer.
+    Read,
+    /// Write the buffer's `len` bytes at `offset`.
+    Write,
+    /// Make every completed write durable.
+    Flush,
+    /// Make the range read back as zeroes.
+    WriteZeroes,
+    /// Deallocate the range (reads back zeroes on the nodes we ship).
+    Discard,
+}
+
+impl IoOp {
+    /// Every op, in a fixed order (index = `as_index`).
+    pub const ALL: [IoOp; 5] = [
+        IoOp::Read,
+        IoOp::Write,
+        IoOp::Flush,
+        IoOp::WriteZeroes,
+        IoOp::Discard,
+    ];
+
+    /// Position in `ALL`, for per-op counter arrays.
+    #[inline]
+    pub fn as_index(self) -> usize {
+        self as usize
+    }
+
+    /// The name used in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoOp::Read => "read",
+            IoOp::Write => "write",
+            IoOp::Flush => "flush",
+            IoOp::WriteZeroes => "write_zeroes",
+            IoOp::Discard => "discard",
+        }
+    }
+
+    /// True if the op moves data through the buffer.
+    pub fn has_data(self) -> bool {
+        matches!(self, IoOp::Read | IoOp::Write)
+    }
+}
+
+/// Why an I/O failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IoError {
+    /// The range ends past the end of the device.
+    #[error("I/O range {offset}+{len} is beyond the device size {size}")]
+    OutOfRange {
+        /// Start in bytes.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+        /// Device size in bytes.
+        size: u64,
+    },
+    /// Offset or length is not a multiple of the block size.
+    #[error("I/O range {offset}+{len} is not aligned to the block size {block_size}")]
+    Misaligned {
+        /// Start in bytes.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+        /// Block size in bytes.
+        block_size: u32,
+    },
+    /// The buffer length does not match the request length.
+    #[error("buffer of {buf} bytes for an I/O of {len} bytes")]
+    BufferMismatch {
+        /// Buffer length.
+        buf: u64,
+        /// Request length.
+        len: u64,
+    },
+    /// The node does not support this operation.
+    #[error("operation {0} not supported by this node")]
+    Unsupported(&'static str),
+    /// The root or node named by the request is not in the graph.
+    #[error("no such device")]
+    NoDevice,
+    /// The backend failed; carries the errno.
+    #[error("backend error: {}", std::io::Error::from_raw_os_error(*.0))]
+    Backend(i32),
+    /// The daemon could not take the request (queue full, out of buffers).
+    #[error("resources exhausted")]
+    Busy,
+}
+
+/// Result of an I/O.
+pub type IoResult = Result<(), IoError>;
+
+/// Receives completions, on the reactor that submitted the I/O.
+///
+/// Front-ends implement this once per queue pair (or job) and tell requests
+/// apart by `Io::tag`, so completing an I/O allocates nothing.
+pub trait IoSink {
+    /// The I/O finished; `io` is handed back with its buffer.
+    fn io_done(&self, r: &Reactor, io: Io, result: IoResult);
+}
+
+/// Deepest filter stack an I/O may traverse (root to leaf, inclusive). The
+/// graph refuses edges that would make a path longer, so every I/O's
+/// traversal record fits inline, with no allocation per I/O.
+pub const MAX_DEPTH: usize = 8;
+
+/// A block I/O request. It stays on its reactor (it is not `Send`).
+pub struct Io {
+    /// What to do.
+    pub op: IoOp,
+    /// Start, in bytes.
+    pub offset: u64,
+    /// Length, in bytes (0 for flush).
+    pub len: u64,
+    /// Data for reads and writes.
+    pub buf: IoBuf,
+    /// The submitter's request identifier.
+    pub tag: u64,
+    sink: Rc<dyn IoSink>,
+    pub(crate) path: crate::dispatch::Path,
+}
+
+impl Io {
+    /// A request that completes into `sink` with `tag`.
+    pub fn new(
+        op: IoOp,
+        offset: u64,
+        len: u64,
+        buf: IoBuf,
+        sink: Rc<dyn IoSink>,
+        tag: u64,
+    ) -> Io {
+        Io {
+            op,
+            offset,
+            len,
+            buf,
+            tag,
+            sink,
+            path: crate::dispatch::Path::default(),
+        }
+    }
+
+    /// Finishes the request now: accounts it on every node it went through
+    /// and hands it back to its sink. For completions that are already
+    /// asynchronous (a ring's completion queue); synchronous backends use
+    /// `complete_later` so a sink that resubmits cannot recurse.
+    pub fn complete(mut self, r: &Reactor, result: IoResult) {
+        self.path.finish(r, self.op, self.len, result.is_ok());
+        let sink = self.sink.clone();
+        sink.io_done(r, self, result);
+    }
+
+    /// Finishes the request on this reactor's next iteration.
+    pub fn complete_later(self, r: &Reactor, result: IoResult) {
+        crate::dispatch::defer_completion(r, self, result);
+    }
+}

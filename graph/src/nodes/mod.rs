@@ -1,0 +1,6 @@
+//! The node kinds Pollux ships.
+
+pub mod file;
+pub mod null;
+pub mod passthru;
+pub mod ram;
