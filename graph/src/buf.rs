@@ -137,9 +137,25 @@ impl IoBuf {
     }
 
     /// Copies `src` into the buffer from its start. `src` may be shorter.
+    pub fn copy_from_slice(&mut self, src: &[u8]) {
+        // SAFETY: a shared slice is readable for its length, and cannot
+        // alias this buffer: we hold it mutably, and `IoBuf::raw` forbids
+        // references into raw segments while the I/O runs.
+        unsafe { self.copy_from_ptr(src.as_ptr(), src.len()) }
+    }
+
+    /// Copies the buffer's first `dst.len()` bytes into `dst`.
+    pub fn copy_to_slice(&mut self, dst: &mut [u8]) {
+        // SAFETY: as in `copy_from_slice`, for a writable slice.
+        unsafe { self.copy_to_ptr(dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// Copies `len` bytes from `src` into the buffer from its start.
     ///
-    /// `src` must not point into this buffer's own memory.
-    pub fn copy_from_ptr(&mut self, src: *const u8, len: usize) {
+    /// # Safety
+    /// `src` must be readable for `len` bytes and must not overlap this
+    /// buffer's memory.
+    pub unsafe fn copy_from_ptr(&mut self, src: *const u8, len: usize) {
         let mut done = 0;
         for seg in self.segments() {
             if done == len {
@@ -156,8 +172,10 @@ impl IoBuf {
 
     /// Copies the buffer's first `len` bytes to `dst`.
     ///
-    /// `dst` must not point into this buffer's own memory.
-    pub fn copy_to_ptr(&mut self, dst: *mut u8, len: usize) {
+    /// # Safety
+    /// `dst` must be writable for `len` bytes and must not overlap this
+    /// buffer's memory.
+    pub unsafe fn copy_to_ptr(&mut self, dst: *mut u8, len: usize) {
         let mut done = 0;
         for seg in self.segments() {
             if done == len {

@@ -48,9 +48,7 @@ impl<N: BlockNode> DynNode for NodeCell<N> {
     }
     #[inline]
     fn execute(&self, r: &Reactor, io: Io) {
-        let ch = self
-            .channels
-            .get_or_init(r, || self.node.create_channel(r));
+        let ch = self.channels.get_or_init(r, || self.node.create_channel(r));
         self.node.execute(r, ch, io);
     }
     fn close(&self) {

@@ -20,7 +20,10 @@ use crate::io::{Io, IoError, IoOp, IoResult, MAX_DEPTH};
 /// Owner-only increment: each counter has a single writer (its reactor).
 #[inline]
 fn add(c: &AtomicU64, by: u64) {
-    c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
 }
 
 /// One reactor's counters for one node. Written only by that reactor.

@@ -473,6 +473,11 @@ impl Graph {
         })
     }
 
+    /// Geometry of the node called `name`.
+    pub fn node_geometry(&self, name: &str) -> Option<Geometry> {
+        self.read(|s| Some(s.entry(s.node_id(name)?)?.cell.geometry()))
+    }
+
     /// Counters of a node, summed over reactors.
     pub fn node_stats(&self, name: &str) -> Option<NodeStats> {
         self.read(|s| {
@@ -585,7 +590,11 @@ fn users_of(s: &Snapshot, id: NodeId) -> Vec<String> {
 }
 
 /// A filter forwards I/O unchanged, so it must look exactly like its child.
-fn check_filter_geometry(s: &Snapshot, filter: &dyn DynNode, child: NodeId) -> Result<(), GraphError> {
+fn check_filter_geometry(
+    s: &Snapshot,
+    filter: &dyn DynNode,
+    child: NodeId,
+) -> Result<(), GraphError> {
     let c = s.entry(child).expect("looked up");
     let (expected, got) = (c.cell.geometry(), filter.geometry());
     if expected.block_size != got.block_size || expected.block_count != got.block_count {

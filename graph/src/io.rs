@@ -134,14 +134,7 @@ pub struct Io {
 
 impl Io {
     /// A request that completes into `sink` with `tag`.
-    pub fn new(
-        op: IoOp,
-        offset: u64,
-        len: u64,
-        buf: IoBuf,
-        sink: Rc<dyn IoSink>,
-        tag: u64,
-    ) -> Io {
+    pub fn new(op: IoOp, offset: u64, len: u64, buf: IoBuf, sink: Rc<dyn IoSink>, tag: u64) -> Io {
         Io {
             op,
             offset,

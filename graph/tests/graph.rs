@@ -12,7 +12,8 @@ const MIB: u64 = 1 << 20;
 fn ram_node_reads_back_what_was_written() {
     let rt = runtime(1);
     let g = Graph::new(rt.handle());
-    g.add_node("ram0", RamNode::new(4 * MIB, 512).unwrap(), &[]).unwrap();
+    g.add_node("ram0", RamNode::new(4 * MIB, 512).unwrap(), &[])
+        .unwrap();
     let root = g.add_root("r", "ram0").unwrap();
     let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
     let (res, _) = io(&g, root, IoOp::Write, 4096, 8192, Some(data.clone()));
@@ -28,8 +29,12 @@ fn ram_node_reads_back_what_was_written() {
     assert!(back[..4096].iter().all(|b| *b == 0));
     assert_eq!(&back[4096..], &data[4096..]);
     let big: Vec<u8> = vec![0xAB; (2 * MIB) as usize];
-    io(&g, root, IoOp::Write, 512, 2 * MIB, Some(big)).0.unwrap();
-    io(&g, root, IoOp::Discard, 1024, 2 * MIB - 1024, None).0.unwrap();
+    io(&g, root, IoOp::Write, 512, 2 * MIB, Some(big))
+        .0
+        .unwrap();
+    io(&g, root, IoOp::Discard, 1024, 2 * MIB - 1024, None)
+        .0
+        .unwrap();
     let (_, back) = io(&g, root, IoOp::Read, 0, 2 * MIB + 512, None);
     assert!(back[512..1024].iter().all(|b| *b == 0xAB));
     assert!(back[1024..(2 * MIB) as usize].iter().all(|b| *b == 0));
@@ -45,7 +50,9 @@ fn null_node_reads_zeroes_and_drops_writes() {
     let g = Graph::new(rt.handle());
     g.add_node("null0", NullNode::new(MIB, 4096), &[]).unwrap();
     let root = g.add_root("r", "null0").unwrap();
-    io(&g, root, IoOp::Write, 0, 4096, Some(vec![1; 4096])).0.unwrap();
+    io(&g, root, IoOp::Write, 0, 4096, Some(vec![1; 4096]))
+        .0
+        .unwrap();
     let (res, back) = io(&g, root, IoOp::Read, 0, 4096, None);
     res.unwrap();
     assert!(back.iter().all(|b| *b == 0));
@@ -55,7 +62,8 @@ fn null_node_reads_zeroes_and_drops_writes() {
 fn out_of_range_and_misaligned_io_fail_cleanly() {
     let rt = runtime(1);
     let g = Graph::new(rt.handle());
-    g.add_node("ram0", RamNode::new(MIB, 512).unwrap(), &[]).unwrap();
+    g.add_node("ram0", RamNode::new(MIB, 512).unwrap(), &[])
+        .unwrap();
     g.add_node("null0", NullNode::new(MIB, 512), &[]).unwrap();
     for node in ["ram0", "null0"] {
         let root = g.add_root(&format!("r-{node}"), node).unwrap();
@@ -75,13 +83,17 @@ fn filter_insert_and_remove_redirect_parents_and_roots() {
     let rt = runtime(1);
     let g = Graph::new(rt.handle());
     let geo = {
-        g.add_node("ram0", RamNode::new(MIB, 512).unwrap(), &[]).unwrap();
+        g.add_node("ram0", RamNode::new(MIB, 512).unwrap(), &[])
+            .unwrap();
         g.describe().nodes[0].geometry
     };
     let root = g.add_root("ns1", "ram0").unwrap();
-    io(&g, root, IoOp::Write, 0, 512, Some(vec![9; 512])).0.unwrap();
+    io(&g, root, IoOp::Write, 0, 512, Some(vec![9; 512]))
+        .0
+        .unwrap();
 
-    g.insert_filter("ram0", "pt0", PassthruNode::new(geo)).unwrap();
+    g.insert_filter("ram0", "pt0", PassthruNode::new(geo))
+        .unwrap();
     let info = g.describe();
     assert_eq!(info.roots[0].node, "pt0");
     let pt = info.nodes.iter().find(|n| n.name == "pt0").unwrap();
@@ -93,7 +105,8 @@ fn filter_insert_and_remove_redirect_parents_and_roots() {
     assert_eq!(g.node_stats("pt0").unwrap().ops[0], 1);
 
     // A second filter above the first; the first's parent is now pt1.
-    g.insert_filter("pt0", "pt1", PassthruNode::new(geo)).unwrap();
+    g.insert_filter("pt0", "pt1", PassthruNode::new(geo))
+        .unwrap();
     // ram0 cannot be removed while referenced.
     let err = g.remove_node("ram0").unwrap_err();
     assert!(matches!(err, GraphError::InUse { .. }), "{err}");
@@ -117,13 +130,18 @@ fn filter_insert_and_remove_redirect_parents_and_roots() {
 fn replace_child_checks_edges_cycles_and_geometry() {
     let rt = runtime(1);
     let g = Graph::new(rt.handle());
-    g.add_node("a", RamNode::new(MIB, 512).unwrap(), &[]).unwrap();
-    g.add_node("b", RamNode::new(MIB, 512).unwrap(), &[]).unwrap();
-    g.add_node("small", RamNode::new(MIB / 2, 512).unwrap(), &[]).unwrap();
+    g.add_node("a", RamNode::new(MIB, 512).unwrap(), &[])
+        .unwrap();
+    g.add_node("b", RamNode::new(MIB, 512).unwrap(), &[])
+        .unwrap();
+    g.add_node("small", RamNode::new(MIB / 2, 512).unwrap(), &[])
+        .unwrap();
     let geo = g.describe().nodes[0].geometry;
     g.add_node("p", PassthruNode::new(geo), &["a"]).unwrap();
     let root = g.add_root("r", "p").unwrap();
-    io(&g, root, IoOp::Write, 0, 512, Some(vec![1; 512])).0.unwrap();
+    io(&g, root, IoOp::Write, 0, 512, Some(vec![1; 512]))
+        .0
+        .unwrap();
     g.replace_child("p", "a", "b").unwrap();
     let (_, back) = io(&g, root, IoOp::Read, 0, 512, None);
     assert_eq!(back, vec![0; 512], "reads now come from b");

@@ -104,7 +104,9 @@ impl IoSink for Worker {
             let blk = io.offset / BLOCK - s.first_block;
             let mut want = vec![0u8; BLOCK as usize];
             pattern(s.written[blk as usize], &mut want);
-            let IoBuf::Owned(b) = &mut io.buf else { unreachable!() };
+            let IoBuf::Owned(b) = &mut io.buf else {
+                unreachable!()
+            };
             if b.as_slice() != want.as_slice() {
                 self.totals.mismatched.fetch_add(1, Ordering::Relaxed);
             }
@@ -118,7 +120,8 @@ fn filter_churn_under_verified_io() {
     let rt = common::runtime(2);
     let g = Graph::new(rt.handle());
     let size = 2 * SLOTS_PER_REACTOR * BLOCKS_PER_SLOT * BLOCK;
-    g.add_node("ram0", RamNode::new(size, 4096).unwrap(), &[]).unwrap();
+    g.add_node("ram0", RamNode::new(size, 4096).unwrap(), &[])
+        .unwrap();
     let root = g.add_root("vol", "ram0").unwrap();
     let geo = g.describe().nodes[0].geometry;
 
@@ -126,35 +129,37 @@ fn filter_churn_under_verified_io() {
     let totals = Arc::new(Totals::default());
     for reactor in 0..2u64 {
         let (g2, stop2, totals2) = (g.clone(), stop.clone(), totals.clone());
-        rt.handle().send_blocking(reactor as usize, move |r: &Reactor| {
-            let slots = (0..SLOTS_PER_REACTOR)
-                .map(|i| Slot {
-                    first_block: (reactor * SLOTS_PER_REACTOR + i) * BLOCKS_PER_SLOT,
-                    written: vec![0; BLOCKS_PER_SLOT as usize],
-                    rng: 0x9E37_79B9_7F4A_7C15 ^ (reactor << 32 | i),
-                })
-                .collect();
-            let w = Rc::new(Worker {
-                graph: g2,
-                root,
-                stop: stop2,
-                totals: totals2.clone(),
-                slots: RefCell::new(slots),
-                running: std::cell::Cell::new(SLOTS_PER_REACTOR),
-                me: RefCell::new(None),
+        rt.handle()
+            .send_blocking(reactor as usize, move |r: &Reactor| {
+                let slots = (0..SLOTS_PER_REACTOR)
+                    .map(|i| Slot {
+                        first_block: (reactor * SLOTS_PER_REACTOR + i) * BLOCKS_PER_SLOT,
+                        written: vec![0; BLOCKS_PER_SLOT as usize],
+                        rng: 0x9E37_79B9_7F4A_7C15 ^ (reactor << 32 | i),
+                    })
+                    .collect();
+                let w = Rc::new(Worker {
+                    graph: g2,
+                    root,
+                    stop: stop2,
+                    totals: totals2.clone(),
+                    slots: RefCell::new(slots),
+                    running: std::cell::Cell::new(SLOTS_PER_REACTOR),
+                    me: RefCell::new(None),
+                });
+                *w.me.borrow_mut() = Some(w.clone());
+                for tag in 0..SLOTS_PER_REACTOR {
+                    totals2.outstanding.fetch_add(1, Ordering::SeqCst);
+                    w.start(r, tag);
+                }
             });
-            *w.me.borrow_mut() = Some(w.clone());
-            for tag in 0..SLOTS_PER_REACTOR {
-                totals2.outstanding.fetch_add(1, Ordering::SeqCst);
-                w.start(r, tag);
-            }
-        });
     }
 
     let before = g.stats();
     let t = Instant::now();
     for _ in 0..CYCLES {
-        g.insert_filter("ram0", "pt0", PassthruNode::new(geo)).unwrap();
+        g.insert_filter("ram0", "pt0", PassthruNode::new(geo))
+            .unwrap();
         g.remove_filter("pt0").unwrap();
     }
     let churn = t.elapsed();
@@ -174,7 +179,11 @@ fn filter_churn_under_verified_io() {
     );
 
     assert_eq!(totals.failed.load(Ordering::Relaxed), 0, "failed I/Os");
-    assert_eq!(totals.mismatched.load(Ordering::Relaxed), 0, "data mismatches");
+    assert_eq!(
+        totals.mismatched.load(Ordering::Relaxed),
+        0,
+        "data mismatches"
+    );
     assert!(ios_during > 0, "no I/O ran during the churn");
     let published = after.publishes - before.publishes;
     assert_eq!(published, 2 * CYCLES as u64);

@@ -12,7 +12,6 @@
 //! `bdev[1] ("disk0").path: /nope.img: No such file or directory`.
 
 // The daemon's `main` does not use the config yet; remove once it does.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -152,6 +151,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// The key an `Invalid` error is about.
+    #[cfg(test)]
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { key, .. } => Some(key),

@@ -1,3 +1,139 @@
-mod config;
+//! `pollux`: a polled storage target.
+//!
+//! With no arguments it runs an embedded default (one adaptive reactor on
+//! core 0 and a 1 GiB ram bdev `ram0`); `--config FILE` reads a TOML config;
+//! `--check-config FILE` validates one and exits; `perf local` runs a load.
 
-fn main() {}
+mod bdev;
+mod config;
+mod daemon;
+mod perf;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Exit status for configuration errors (a contract with scripts).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "pollux", version, about = "A userspace polled storage target")]
+struct Cli {
+    /// TOML configuration file (default: the embedded default).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate FILE and exit (status 2 if invalid).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load generators.
+    #[command(subcommand)]
+    Perf(PerfCommand),
+}
+
+#[derive(Subcommand)]
+enum PerfCommand {
+    /// Drive a bdev through the graph on every configured reactor.
+    Local(LocalArgs),
+}
+
+#[derive(Args)]
+struct LocalArgs {
+    /// Target config (default: the embedded default).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Bdev to drive.
+    #[arg(long)]
+    bdev: String,
+    /// Access pattern.
+    #[arg(long, value_enum, default_value = "randread")]
+    rw: perf::Rw,
+    /// I/O size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    bs: u32,
+    /// Queue depth per reactor.
+    #[arg(long, default_value_t = 128)]
+    qd: u32,
+    /// Run time in seconds.
+    #[arg(long, default_value_t = 10)]
+    time: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POLLUX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Loads `path` (or the embedded default), printing one error line naming
+/// the file and key on failure.
+fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
+    match path {
+        None => Ok(Config::embedded_default()),
+        Some(p) => Config::load(p).map_err(|e| {
+            eprintln!("pollux: {}: {e}", p.display());
+            ExitCode::from(EXIT_CONFIG)
+        }),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    if let Some(path) = &cli.check_config {
+        return match load_config(Some(path)) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        };
+    }
+    let result = match cli.command {
+        None => match load_config(cli.config.as_deref()) {
+            Ok(cfg) => daemon::run(cfg),
+            Err(code) => return code,
+        },
+        Some(Command::Perf(PerfCommand::Local(a))) => {
+            let cfg = match load_config(a.config.as_deref()) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            let spec = perf::PerfSpec {
+                rw: a.rw,
+                bs: a.bs,
+                qd: a.qd,
+                time: Duration::from_secs(a.time),
+            };
+            perf::run_local(&cfg, &a.bdev, &spec).map(|report| {
+                if a.json {
+                    println!("{}", serde_json::to_string(&report).expect("serializable"));
+                } else {
+                    perf::print_text(&a.bdev, &spec, cfg.reactors.cores.len(), &report);
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pollux: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -43,6 +43,9 @@ impl BlockNode for PassthruNode {
     fn execute(&self, r: &Reactor, _ch: &(), io: Io) {
         // Unreachable through the graph (route always forwards); complete
         // rather than lose the request if called directly.
-        io.complete_later(r, Err(crate::io::IoError::Unsupported("execute on a filter")));
+        io.complete_later(
+            r,
+            Err(crate::io::IoError::Unsupported("execute on a filter")),
+        );
     }
 }

@@ -91,7 +91,9 @@ impl RamNode {
             };
             if rc == 0 {
                 // SAFETY: [offset, first_page) is inside the checked range.
-                unsafe { std::ptr::write_bytes(self.at(offset), 0, (first_page - offset) as usize) };
+                unsafe {
+                    std::ptr::write_bytes(self.at(offset), 0, (first_page - offset) as usize)
+                };
                 start = last_page;
             }
         }
@@ -125,9 +127,12 @@ impl BlockNode for RamNode {
     fn execute(&self, r: &Reactor, _ch: &(), mut io: Io) {
         let (off, len) = (io.offset, io.len as usize);
         match io.op {
-            // The buffer is the request's own memory, never the region.
-            IoOp::Read => io.buf.copy_from_ptr(self.at(off), len),
-            IoOp::Write => io.buf.copy_to_ptr(self.at(off), len),
+            // SAFETY: [off, off+len) is inside the region (checked against
+            // the geometry by the graph), and the request's buffer is its
+            // own memory, never the region.
+            IoOp::Read => unsafe { io.buf.copy_from_ptr(self.at(off), len) },
+            // SAFETY: as for reads.
+            IoOp::Write => unsafe { io.buf.copy_to_ptr(self.at(off), len) },
             IoOp::WriteZeroes | IoOp::Discard => self.zero(off, io.len),
             IoOp::Flush => {}
         }

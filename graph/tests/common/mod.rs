@@ -60,5 +60,6 @@ pub fn io(
         let io = Io::new(op, offset, len, buf, Rc::new(ChanSink(tx)), 0);
         g.snapshot(r).submit(r, root, io);
     });
-    rx.recv_timeout(Duration::from_secs(10)).expect("I/O never completed")
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("I/O never completed")
 }
