@@ -541,7 +541,12 @@ fn lookup(s: &Snapshot, name: &str) -> Result<NodeId, GraphError> {
 
 fn insert_node(s: &mut Snapshot, cell: Arc<dyn DynNode>, children: Vec<NodeId>) -> NodeId {
     let name = cell.core().name.clone();
-    let entry = Some(NodeEntry { cell, children });
+    let geometry = cell.geometry();
+    let entry = Some(NodeEntry {
+        cell,
+        geometry,
+        children,
+    });
     let id = match s.nodes.iter().position(Option::is_none) {
         Some(i) => {
             s.nodes[i] = entry;

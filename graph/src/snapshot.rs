@@ -19,6 +19,9 @@ pub struct RootId(pub(crate) u32);
 #[derive(Clone)]
 pub(crate) struct NodeEntry {
     pub(crate) cell: Arc<dyn DynNode>,
+    /// The node's geometry, copied at publication so the per-I/O range
+    /// check costs no virtual call (a resize publishes a new snapshot).
+    pub(crate) geometry: crate::Geometry,
     /// Edges to children, in the node's child-slot order.
     pub(crate) children: Vec<NodeId>,
 }
@@ -63,7 +66,7 @@ impl Snapshot {
                 io.complete_later(r, Err(e));
                 return;
             }
-            if let Err(e) = cell.geometry().check(&io) {
+            if let Err(e) = entry.geometry.check(&io) {
                 io.complete_later(r, Err(e));
                 return;
             }
@@ -108,7 +111,21 @@ impl Snapshot {
 
     /// Geometry of the node a root points at.
     pub fn root_geometry(&self, root: RootId) -> Option<crate::Geometry> {
-        Some(self.entry(self.root_node(root)?)?.cell.geometry())
+        Some(self.entry(self.root_node(root)?)?.geometry)
+    }
+
+    /// Geometry of the leaf an I/O through `root` ends at, following each
+    /// filter's first child (what routing does for passthru filters).
+    pub fn leaf_geometry(&self, root: RootId) -> Option<crate::Geometry> {
+        let mut id = self.root_node(root)?;
+        for _ in 0..crate::io::MAX_DEPTH {
+            let e = self.entry(id)?;
+            match e.children.first() {
+                Some(c) => id = *c,
+                None => return Some(e.geometry),
+            }
+        }
+        None
     }
 
     pub(crate) fn live_nodes(&self) -> impl Iterator<Item = (NodeId, &NodeEntry)> {

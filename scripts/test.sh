@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The project's test command (README): unit, integration and stress tests,
+# then the loom models of the lock-free protocols.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --workspace
+
+# Loom re-runs the wakeup and grace-period protocols under every
+# interleaving (bounded). It needs its own cfg, hence its own build dir.
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=build/loom \
+    cargo test -p pollux-poller --release --lib loom
