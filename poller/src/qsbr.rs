@@ -166,6 +166,78 @@ mod tests {
         model(2);
     }
 
+    /// The graph's node lifetime rule: an I/O pins the node it found (the
+    /// owning reactor bumps the node's in-flight count before its next
+    /// quiescent point) and may use it for many iterations. The writer
+    /// unpublishes the node, waits for a grace period, then for the count to
+    /// read zero, and only then closes it. The reader must never use a
+    /// closed node.
+    fn inflight_model(wait_for_inflight: bool) {
+        struct Node {
+            alive: AtomicUsize,
+            inflight: loom::sync::atomic::AtomicU64,
+        }
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(move || {
+            let mk = || {
+                Box::into_raw(Box::new(Node {
+                    alive: AtomicUsize::new(1),
+                    inflight: loom::sync::atomic::AtomicU64::new(0),
+                }))
+            };
+            let (a, b) = (mk(), mk());
+            let published = Arc::new(AtomicPtr::new(a));
+            let qs = Arc::new(QsCounter::new());
+            let (p2, q2) = (published.clone(), qs.clone());
+            let reader = thread::spawn(move || {
+                // Iteration 1: find the node and pin it (owner-only counter).
+                let p = p2.load(Ordering::Acquire);
+                // SAFETY: nodes are marked dead, never freed, inside the model.
+                let node = unsafe { &*p };
+                let n = node.inflight.load(Ordering::Relaxed);
+                node.inflight.store(n + 1, Ordering::Relaxed);
+                q2.quiescent();
+                // Iteration 2: the I/O completes; the node must still be open.
+                assert_eq!(node.alive.load(Ordering::Relaxed), 1, "used a closed node");
+                let n = node.inflight.load(Ordering::Relaxed);
+                node.inflight.store(n - 1, Ordering::Release);
+                q2.quiescent();
+                q2.go_offline();
+            });
+            let old = published.swap(b, Ordering::AcqRel);
+            let mut gp = GracePeriod::begin(std::iter::once(&*qs));
+            while gp.pending(std::iter::once(&*qs)).count() > 0 {
+                thread::yield_now();
+            }
+            // SAFETY: as above.
+            let old_node = unsafe { &*old };
+            while wait_for_inflight && old_node.inflight.load(Ordering::Acquire) != 0 {
+                thread::yield_now();
+            }
+            old_node.alive.store(0, Ordering::Relaxed);
+            reader.join().unwrap();
+            // SAFETY: both came from Box::into_raw; all users are joined.
+            unsafe {
+                drop(Box::from_raw(a));
+                drop(Box::from_raw(b));
+            }
+        });
+    }
+
+    #[test]
+    fn loom_inflight_pin_outlives_grace_period() {
+        inflight_model(true);
+    }
+
+    /// The grace period alone does not protect an I/O that outlives its
+    /// iteration: skipping the in-flight wait must be caught.
+    #[test]
+    #[should_panic]
+    fn loom_finds_close_without_inflight_wait() {
+        inflight_model(false);
+    }
+
     /// Without the grace period the model must catch the use-after-reclaim.
     #[test]
     #[should_panic]
