@@ -1,6 +1,7 @@
 //! NVMe base types and the NVMe/TCP PDU codec.
 //!
-//! Pure data: no sockets, no threads, no allocation on the decode path. The
+//! The codec is pure data: no sockets, no threads, no allocation on the
+//! decode path; only `host` opens sockets. The
 //! same types serve the controller (target) side and the host (initiator)
 //! side, so every structure can be both built and parsed.
 //!
@@ -11,6 +12,8 @@
 //!   controller properties (CAP, VS, CC, CSTS).
 //! - [`identify`], [`log_page`], [`features`]: admin data structures.
 //! - [`tcp`]: NVMe/TCP PDUs, the incremental decoder and CRC32C digests.
+//! - [`host`]: an NVMe/TCP initiator over std sockets, for tests and the
+//!   `pollux perf nvmf` load generator.
 //!
 //! Offsets follow NVMe Base 2.0, NVMe over Fabrics 1.1 and NVMe/TCP Transport
 //! 1.0, cross-checked against Linux `include/linux/nvme.h`,
@@ -27,6 +30,7 @@ pub mod cqe;
 pub mod error;
 pub mod fabrics;
 pub mod features;
+pub mod host;
 pub mod identify;
 pub mod io;
 pub mod log_page;

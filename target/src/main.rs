@@ -8,6 +8,7 @@ mod bdev;
 mod config;
 mod daemon;
 mod perf;
+mod perf_nvmf;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,6 +45,45 @@ enum Command {
 enum PerfCommand {
     /// Drive a bdev through the graph on every configured reactor.
     Local(LocalArgs),
+    /// Drive a remote namespace over NVMe/TCP (like spdk_nvme_perf).
+    Nvmf(NvmfArgs),
+}
+
+#[derive(Args)]
+struct NvmfArgs {
+    /// Target address.
+    #[arg(long, default_value = "127.0.0.1:4420")]
+    addr: std::net::SocketAddr,
+    /// Subsystem NQN.
+    #[arg(long)]
+    nqn: String,
+    /// Namespace ID.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// Access pattern.
+    #[arg(long, value_enum, default_value = "randread")]
+    rw: perf::Rw,
+    /// I/O size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    bs: u32,
+    /// Queue depth per connection.
+    #[arg(long, default_value_t = 128)]
+    qd: u32,
+    /// Run time in seconds.
+    #[arg(long, default_value_t = 10)]
+    time: u64,
+    /// I/O queues (one TCP connection each).
+    #[arg(long, default_value_t = 1)]
+    connections: u16,
+    /// Ask for header digests.
+    #[arg(long)]
+    hdr_digest: bool,
+    /// Ask for data digests.
+    #[arg(long)]
+    data_digest: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -125,6 +165,38 @@ fn main() -> ExitCode {
                     println!("{}", serde_json::to_string(&report).expect("serializable"));
                 } else {
                     perf::print_text(&a.bdev, &spec, cfg.reactors.cores.len(), &report);
+                }
+            })
+        }
+        Some(Command::Perf(PerfCommand::Nvmf(a))) => {
+            let spec = perf_nvmf::NvmfSpec {
+                addr: a.addr,
+                nqn: a.nqn,
+                nsid: a.nsid,
+                rw: a.rw,
+                bs: a.bs,
+                qd: a.qd,
+                time: Duration::from_secs(a.time),
+                connections: a.connections,
+                hdgst: a.hdr_digest,
+                ddgst: a.data_digest,
+            };
+            perf_nvmf::run(&spec).map(|report| {
+                if a.json {
+                    println!("{}", serde_json::to_string(&report).expect("serializable"));
+                } else {
+                    println!(
+                        "{} {} nsid {}: {:?} bs={} qd={} x {} connection(s), {:?}",
+                        spec.addr,
+                        spec.nqn,
+                        spec.nsid,
+                        spec.rw,
+                        spec.bs,
+                        spec.qd,
+                        spec.connections,
+                        spec.time
+                    );
+                    perf::print_report(&report);
                 }
             })
         }

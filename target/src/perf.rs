@@ -266,6 +266,11 @@ pub fn print_text(bdev: &str, spec: &PerfSpec, reactors: usize, r: &PerfReport) 
         "bdev {bdev}: {:?} bs={} qd={} x {reactors} reactor(s), {:?}",
         spec.rw, spec.bs, spec.qd, spec.time
     );
+    print_report(r);
+}
+
+/// Prints the figures of a report as one line.
+pub fn print_report(r: &PerfReport) {
     println!(
         "IOPS {:.0}  MiB/s {:.1}  latency us: avg {:.2} p50 {:.2} p99 {:.2}  errors {}",
         r.iops, r.mib_s, r.lat_us.avg, r.lat_us.p50, r.lat_us.p99, r.errors
