@@ -60,18 +60,8 @@ struct NvmfArgs {
     /// Namespace ID.
     #[arg(long, default_value_t = 1)]
     nsid: u32,
-    /// Access pattern.
-    #[arg(long, value_enum, default_value = "randread")]
-    rw: perf::Rw,
-    /// I/O size in bytes.
-    #[arg(long, default_value_t = 4096)]
-    bs: u32,
-    /// Queue depth per connection.
-    #[arg(long, default_value_t = 128)]
-    qd: u32,
-    /// Run time in seconds.
-    #[arg(long, default_value_t = 10)]
-    time: u64,
+    #[command(flatten)]
+    load: LoadArgs,
     /// I/O queues (one TCP connection each).
     #[arg(long, default_value_t = 1)]
     connections: u16,
@@ -81,6 +71,23 @@ struct NvmfArgs {
     /// Ask for data digests.
     #[arg(long)]
     data_digest: bool,
+}
+
+/// The load shape shared by the perf commands.
+#[derive(Args)]
+struct LoadArgs {
+    /// Access pattern.
+    #[arg(long, value_enum, default_value = "randread")]
+    rw: perf::Rw,
+    /// I/O size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    bs: u32,
+    /// Queue depth per reactor (local) or per connection (nvmf).
+    #[arg(long, default_value_t = 128)]
+    qd: u32,
+    /// Run time in seconds.
+    #[arg(long, default_value_t = 10)]
+    time: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -94,21 +101,19 @@ struct LocalArgs {
     /// Bdev to drive.
     #[arg(long)]
     bdev: String,
-    /// Access pattern.
-    #[arg(long, value_enum, default_value = "randread")]
-    rw: perf::Rw,
-    /// I/O size in bytes.
-    #[arg(long, default_value_t = 4096)]
-    bs: u32,
-    /// Queue depth per reactor.
-    #[arg(long, default_value_t = 128)]
-    qd: u32,
-    /// Run time in seconds.
-    #[arg(long, default_value_t = 10)]
-    time: u64,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+impl LoadArgs {
+    fn perf_spec(&self) -> perf::PerfSpec {
+        perf::PerfSpec {
+            rw: self.rw,
+            bs: self.bs,
+            qd: self.qd,
+            time: Duration::from_secs(self.time),
+        }
+    }
 }
 
 fn init_logging() {
@@ -154,14 +159,9 @@ fn main() -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(code) => return code,
             };
-            let spec = perf::PerfSpec {
-                rw: a.rw,
-                bs: a.bs,
-                qd: a.qd,
-                time: Duration::from_secs(a.time),
-            };
+            let spec = a.load.perf_spec();
             perf::run_local(&cfg, &a.bdev, &spec).map(|report| {
-                if a.json {
+                if a.load.json {
                     println!("{}", serde_json::to_string(&report).expect("serializable"));
                 } else {
                     perf::print_text(&a.bdev, &spec, cfg.reactors.cores.len(), &report);
@@ -173,16 +173,13 @@ fn main() -> ExitCode {
                 addr: a.addr,
                 nqn: a.nqn,
                 nsid: a.nsid,
-                rw: a.rw,
-                bs: a.bs,
-                qd: a.qd,
-                time: Duration::from_secs(a.time),
+                load: a.load.perf_spec(),
                 connections: a.connections,
                 hdgst: a.hdr_digest,
                 ddgst: a.data_digest,
             };
             perf_nvmf::run(&spec).map(|report| {
-                if a.json {
+                if a.load.json {
                     println!("{}", serde_json::to_string(&report).expect("serializable"));
                 } else {
                     println!(
@@ -190,11 +187,11 @@ fn main() -> ExitCode {
                         spec.addr,
                         spec.nqn,
                         spec.nsid,
-                        spec.rw,
-                        spec.bs,
-                        spec.qd,
+                        spec.load.rw,
+                        spec.load.bs,
+                        spec.load.qd,
                         spec.connections,
-                        spec.time
+                        spec.load.time
                     );
                     perf::print_report(&report);
                 }

@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use pollux_nvme::host::{rw_sqe, Controller, HostConfig, QueuePair};
 use quanta::Clock;
 
-use crate::perf::{LatencyUs, PerfReport, Rw};
+use crate::perf::{LatencyUs, PerfReport, PerfSpec, Rw};
 
 /// One run against a remote namespace.
 #[derive(Clone, Debug)]
@@ -21,14 +21,8 @@ pub struct NvmfSpec {
     pub nqn: String,
     /// Namespace.
     pub nsid: u32,
-    /// Access pattern.
-    pub rw: Rw,
-    /// I/O size in bytes.
-    pub bs: u32,
-    /// Queue depth per connection.
-    pub qd: u32,
-    /// Run time.
-    pub time: Duration,
+    /// Pattern, size, queue depth (per connection) and time.
+    pub load: PerfSpec,
     /// I/O queues (connections).
     pub connections: u16,
     /// Header digests.
@@ -51,7 +45,8 @@ struct Queue {
 
 /// Runs the load and returns the same report as `perf local`.
 pub fn run(spec: &NvmfSpec) -> Result<PerfReport> {
-    if spec.bs == 0 || spec.qd == 0 || spec.connections == 0 {
+    let load = &spec.load;
+    if load.bs == 0 || load.qd == 0 || spec.connections == 0 {
         bail!("--bs, --qd and --connections must be positive");
     }
     let mut cfg = HostConfig::new(spec.addr, &spec.nqn);
@@ -67,28 +62,28 @@ pub fn run(spec: &NvmfSpec) -> Result<PerfReport> {
     if ns.nsze == 0 {
         bail!("namespace {} is empty or inactive", spec.nsid);
     }
-    if u64::from(spec.bs) % block != 0 {
+    if u64::from(load.bs) % block != 0 {
         bail!(
             "--bs {} is not a multiple of the block size {block}",
-            spec.bs
+            load.bs
         );
     }
-    let nlb = (u64::from(spec.bs) / block) as u32;
+    let nlb = (u64::from(load.bs) / block) as u32;
     let slots = ns.nsze / u64::from(nlb);
     if slots == 0 {
-        bail!("--bs {} is larger than the namespace", spec.bs);
+        bail!("--bs {} is larger than the namespace", load.bs);
     }
     let granted = ctrl.set_num_queues(spec.connections)?;
     if granted < spec.connections {
         bail!("the controller grants only {granted} I/O queues");
     }
-    let qsize = u16::try_from(spec.qd + 1).context("--qd too large")?;
+    let qsize = u16::try_from(load.qd + 1).context("--qd too large")?;
     let mut queues = (1..=spec.connections)
         .map(|qid| {
             Ok(Queue {
                 qp: ctrl.io_queue(qid, qsize)?,
                 started: vec![0; qsize as usize],
-                bufs: (0..spec.qd).map(|_| vec![0u8; spec.bs as usize]).collect(),
+                bufs: (0..load.qd).map(|_| vec![0u8; load.bs as usize]).collect(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -98,7 +93,7 @@ pub fn run(spec: &NvmfSpec) -> Result<PerfReport> {
     let (mut ios, mut errors) = (0u64, 0u64);
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let t0 = Instant::now();
-    let end = t0 + spec.time;
+    let end = t0 + load.time;
     let mut last_ka = t0;
     let mut stopping = false;
     loop {
@@ -108,12 +103,12 @@ pub fn run(spec: &NvmfSpec) -> Result<PerfReport> {
         }
         let mut outstanding = 0;
         for q in queues.iter_mut() {
-            while !stopping && (q.qp.outstanding() as u32) < spec.qd {
+            while !stopping && (q.qp.outstanding() as u32) < load.qd {
                 let Some(buf) = q.bufs.pop() else { break };
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
-                let write = match spec.rw {
+                let write = match load.rw {
                     Rw::Randread => false,
                     Rw::Randwrite => true,
                     Rw::Randrw => rng >> 63 == 1,
@@ -153,13 +148,13 @@ pub fn run(spec: &NvmfSpec) -> Result<PerfReport> {
             last_ka = now;
         }
     }
-    let elapsed = t0.elapsed().min(spec.time.max(Duration::from_millis(1)));
+    let elapsed = t0.elapsed().min(load.time.max(Duration::from_millis(1)));
     drop(queues);
     let _ = ctrl.shutdown();
     let iops = ios as f64 / elapsed.as_secs_f64();
     Ok(PerfReport {
         iops,
-        mib_s: iops * f64::from(spec.bs) / (1024.0 * 1024.0),
+        mib_s: iops * f64::from(load.bs) / (1024.0 * 1024.0),
         lat_us: LatencyUs {
             avg: hist.mean() / 1000.0,
             p50: hist.value_at_quantile(0.5) as f64 / 1000.0,
