@@ -16,6 +16,7 @@ use crossbeam_utils::CachePadded;
 use pollux_poller::{PollStatus, Reactor};
 
 use crate::io::{Io, IoError, IoOp, IoResult, MAX_DEPTH};
+use crate::latency::{self, LatencyShard};
 
 /// Owner-only increment: each counter has a single writer (its reactor).
 #[inline]
@@ -33,6 +34,8 @@ pub(crate) struct NodeCounters {
     pub(crate) ops: [AtomicU64; 5],
     pub(crate) bytes: [AtomicU64; 5],
     pub(crate) errors: [AtomicU64; 5],
+    /// Latency of successful I/O by op, from submission to completion.
+    pub(crate) latency: [LatencyShard; 5],
 }
 
 /// The type-independent part of a node: its identity and counters.
@@ -81,9 +84,18 @@ impl Path {
     }
 
     /// Accounts the finished I/O on every pinned node and unpins them.
+    /// `submitted` is the raw clock reading taken when it entered the graph.
     #[inline]
-    pub(crate) fn finish(&mut self, r: &Reactor, op: IoOp, len: u64, ok: bool) {
+    pub(crate) fn finish(&mut self, r: &Reactor, op: IoOp, len: u64, ok: bool, submitted: u64) {
         let i = op.as_index();
+        // One clock read per I/O, however many nodes it went through: every
+        // node on the path sees the latency from submission, as the caller
+        // of that node would.
+        let ns = if ok && self.len > 0 {
+            latency::elapsed_ns(submitted)
+        } else {
+            0
+        };
         for slot in &mut self.nodes[..self.len] {
             let Some(p) = slot.take() else { continue };
             // SAFETY: a node is freed only after it left the published graph,
@@ -96,6 +108,7 @@ impl Path {
             if ok {
                 add(&c.ops[i], 1);
                 add(&c.bytes[i], len);
+                c.latency[i].record(ns);
             } else {
                 add(&c.errors[i], 1);
             }

@@ -15,6 +15,7 @@ use pollux_poller::{Handle, Reactor};
 
 use crate::cell::{DynNode, NodeCell};
 use crate::io::{IoOp, MAX_DEPTH};
+use crate::latency::{self, LatencyHistogram};
 use crate::node::{BlockNode, Geometry};
 use crate::snapshot::{NodeEntry, NodeId, RootEntry, RootId, Snapshot};
 
@@ -136,6 +137,8 @@ pub struct NodeStats {
     pub errors: [u64; 5],
     /// I/O in flight now.
     pub inflight: u64,
+    /// Latency of successful I/O from submission to completion, by op.
+    pub latency: [LatencyHistogram; 5],
 }
 
 /// Publication counters, for metrics and tests.
@@ -151,6 +154,8 @@ pub struct GraphStats {
     pub nodes_closed: u64,
     /// Total time spent waiting for grace periods.
     pub grace_total: Duration,
+    /// Distribution of the grace-period waits.
+    pub grace_periods: LatencyHistogram,
 }
 
 #[derive(Default)]
@@ -159,6 +164,8 @@ struct Counters {
     reclaimed: AtomicU64,
     nodes_closed: AtomicU64,
     grace_ns: AtomicU64,
+    /// Control path only (one record per publication): a mutex is fine.
+    grace_hist: Mutex<LatencyHistogram>,
 }
 
 /// The block graph of one runtime.
@@ -172,6 +179,8 @@ pub struct Graph {
 impl Graph {
     /// An empty graph whose readers are the reactors of `handle`.
     pub fn new(handle: &Handle) -> Arc<Graph> {
+        // Calibrate the latency clock here rather than in the first I/O.
+        latency::init_clock();
         Arc::new(Graph {
             handle: handle.clone(),
             current: AtomicPtr::new(Box::into_raw(Box::default())),
@@ -254,6 +263,11 @@ impl Graph {
         self.counters
             .grace_ns
             .fetch_add(grace.as_nanos() as u64, Ordering::Relaxed);
+        self.counters
+            .grace_hist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(grace.as_nanos() as u64);
         // SAFETY: `old_ptr` came from Box::into_raw; it was unpublished before
         // the grace period began, so no reactor still borrows it, and no other
         // writer can free it (we hold the writer lock).
@@ -344,20 +358,11 @@ impl Graph {
                 return Err(GraphError::RootExists(name.into()));
             }
             let target = lookup(s, node)?;
-            let entry = Some(RootEntry {
+            let entry = RootEntry {
                 name: name.into(),
                 node: target,
-            });
-            Ok(match s.roots.iter().position(Option::is_none) {
-                Some(i) => {
-                    s.roots[i] = entry;
-                    RootId(i as u32)
-                }
-                None => {
-                    s.roots.push(entry);
-                    RootId(s.roots.len() as u32 - 1)
-                }
-            })
+            };
+            Ok(RootId(put_in_free_slot(&mut s.roots, entry)))
         })
     }
 
@@ -489,6 +494,7 @@ impl Graph {
                     st.ops[i] += c.ops[i].load(Ordering::Relaxed);
                     st.bytes[i] += c.bytes[i].load(Ordering::Relaxed);
                     st.errors[i] += c.errors[i].load(Ordering::Relaxed);
+                    c.latency[i].add_to(&mut st.latency[i]);
                 }
                 st.inflight += c.inflight.load(Ordering::Relaxed);
             }
@@ -504,6 +510,11 @@ impl Graph {
             reclaimed: self.counters.reclaimed.load(Ordering::Relaxed),
             nodes_closed: self.counters.nodes_closed.load(Ordering::Relaxed),
             grace_total: Duration::from_nanos(self.counters.grace_ns.load(Ordering::Relaxed)),
+            grace_periods: *self
+                .counters
+                .grace_hist
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
         }
     }
 
@@ -542,23 +553,29 @@ fn lookup(s: &Snapshot, name: &str) -> Result<NodeId, GraphError> {
 fn insert_node(s: &mut Snapshot, cell: Arc<dyn DynNode>, children: Vec<NodeId>) -> NodeId {
     let name = cell.core().name.clone();
     let geometry = cell.geometry();
-    let entry = Some(NodeEntry {
+    let entry = NodeEntry {
         cell,
         geometry,
         children,
-    });
-    let id = match s.nodes.iter().position(Option::is_none) {
-        Some(i) => {
-            s.nodes[i] = entry;
-            NodeId(i as u32)
-        }
-        None => {
-            s.nodes.push(entry);
-            NodeId(s.nodes.len() as u32 - 1)
-        }
     };
+    let id = NodeId(put_in_free_slot(&mut s.nodes, entry));
     s.names.insert(name, id);
     id
+}
+
+/// Stores `item` in the first empty slot (ids are reused so the tables do
+/// not grow with churn) and returns its index.
+fn put_in_free_slot<T>(slots: &mut Vec<Option<T>>, item: T) -> u32 {
+    match slots.iter().position(Option::is_none) {
+        Some(i) => {
+            slots[i] = Some(item);
+            i as u32
+        }
+        None => {
+            slots.push(Some(item));
+            slots.len() as u32 - 1
+        }
+    }
 }
 
 /// Every edge and root pointing at `from` now points at `to`, except the

@@ -130,6 +130,8 @@ pub struct Io {
     pub tag: u64,
     sink: Rc<dyn IoSink>,
     pub(crate) path: crate::dispatch::Path,
+    /// Raw clock reading at `Snapshot::submit`, for the latency histograms.
+    pub(crate) submitted: u64,
 }
 
 impl Io {
@@ -143,6 +145,7 @@ impl Io {
             tag,
             sink,
             path: crate::dispatch::Path::default(),
+            submitted: 0,
         }
     }
 
@@ -151,7 +154,22 @@ impl Io {
     /// asynchronous (a ring's completion queue); synchronous backends use
     /// `complete_later` so a sink that resubmits cannot recurse.
     pub fn complete(mut self, r: &Reactor, result: IoResult) {
-        self.path.finish(r, self.op, self.len, result.is_ok());
+        self.path
+            .finish(r, self.op, self.len, result.is_ok(), self.submitted);
+        // Per-I/O tracing: the macro's level check (a static max level, then
+        // one relaxed load of the global max level) skips everything else
+        // when TRACE is off; built with tracing's `max_level_*` features it
+        // compiles to nothing.
+        tracing::trace!(
+            target: "pollux::io",
+            reactor = r.index(),
+            op = self.op.name(),
+            offset = self.offset,
+            len = self.len,
+            tag = self.tag,
+            result = ?result,
+            "I/O completed"
+        );
         let sink = self.sink.clone();
         sink.io_done(r, self, result);
     }

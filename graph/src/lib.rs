@@ -6,13 +6,15 @@
 //! `snapshot` (one published version, and routing through it), `graph`
 //! (publication and the control-plane operations), `dispatch` (pinning and
 //! completion on the reactor), `cell` (type erasure), `nodes` (the kinds),
-//! `uring` (the per-reactor io_uring the file node uses).
+//! `uring` (the per-reactor io_uring the file node uses), `latency` (the
+//! latency histograms and their clock).
 
 pub mod buf;
 mod cell;
 mod dispatch;
 mod graph;
 pub mod io;
+pub mod latency;
 pub mod node;
 pub mod nodes;
 mod snapshot;
@@ -21,5 +23,6 @@ pub mod uring;
 pub use buf::{AlignedBuf, IoBuf, RawSegment};
 pub use graph::{Graph, GraphError, GraphInfo, GraphStats, NodeInfo, NodeStats, RootInfo};
 pub use io::{Io, IoError, IoOp, IoResult, IoSink};
+pub use latency::LatencyHistogram;
 pub use node::{BlockNode, Geometry};
 pub use snapshot::{NodeId, RootId, Snapshot};

@@ -52,6 +52,7 @@ impl Snapshot {
     /// failure completes the I/O with an error; it never panics.
     #[inline]
     pub fn submit(&self, r: &Reactor, root: RootId, mut io: Io) {
+        io.submitted = crate::latency::now_raw();
         let Some(mut id) = self.root_node(root) else {
             io.complete_later(r, Err(IoError::NoDevice));
             return;
