@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+./scripts/test-deps.sh
+
 cargo test --workspace
 
 # Loom re-runs the wakeup and grace-period protocols under every

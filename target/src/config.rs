@@ -24,6 +24,13 @@ use std::time::Duration;
 use pollux_poller::cpu::{self, CpuError, CpuSet};
 use serde::Deserialize;
 
+mod metrics;
+mod nvmf;
+mod vhost;
+pub use metrics::MetricsConfig;
+pub use nvmf::{NvmfConfig, NvmfSubsystemConfig};
+pub use vhost::{VhostBlkConfig, VhostConfig};
+
 /// Default for `reactors.idle_after_us`.
 const DEFAULT_IDLE_AFTER_US: u64 = 200;
 /// Default `block_size` for every bdev kind that has one.
@@ -39,6 +46,12 @@ pub struct Config {
     pub reactors: ReactorsConfig,
     /// `[[bdev]]` entries, in file order.
     pub bdevs: Vec<BdevConfig>,
+    /// `[[nvmf.subsystem]]` exports.
+    pub nvmf: NvmfConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// `[[vhost.blk]]` exports.
+    pub vhost: VhostConfig,
 }
 
 /// The `[reactors]` section.
@@ -221,7 +234,16 @@ impl Config {
             serde_path_to_error::deserialize(table.clone()).map_err(|e| serde_error(&e, &table))?;
         let reactors = raw.reactors.validate(online)?;
         let bdevs = validate_bdevs(raw.bdev)?;
-        Ok(Config { reactors, bdevs })
+        let nvmf = nvmf::validate_nvmf(raw.nvmf, &bdevs)?;
+        let metrics = metrics::validate_metrics(raw.metrics)?;
+        let vhost = vhost::validate_vhost(raw.vhost, &bdevs, &reactors)?;
+        Ok(Config {
+            reactors,
+            bdevs,
+            nvmf,
+            metrics,
+            vhost,
+        })
     }
 
     /// Reads and validates the config file at `path` against the CPUs
@@ -233,8 +255,9 @@ impl Config {
     }
 
     /// The config used when none is given: one adaptive reactor on core 0
-    /// and a 1 GiB ram bdev `ram0` with 512-byte blocks, so the daemon is
-    /// usable out of the box.
+    /// and a 1 GiB ram bdev `ram0` with 512-byte blocks, exported over
+    /// NVMe/TCP as `nqn.2024-11.dev.pollux:ram0` on 127.0.0.1:4420, so the
+    /// daemon is usable out of the box.
     pub fn embedded_default() -> Config {
         Config {
             reactors: ReactorsConfig::default(),
@@ -245,6 +268,11 @@ impl Config {
                     block_size: DEFAULT_BLOCK_SIZE,
                 },
             }],
+            nvmf: NvmfConfig {
+                subsystems: vec![NvmfSubsystemConfig::embedded_default()],
+            },
+            metrics: MetricsConfig::default(),
+            vhost: VhostConfig::default(),
         }
     }
 }
@@ -262,6 +290,12 @@ struct RawConfig {
     reactors: RawReactors,
     #[serde(default)]
     bdev: Vec<RawBdev>,
+    #[serde(default)]
+    nvmf: nvmf::RawNvmf,
+    #[serde(default)]
+    metrics: metrics::RawMetrics,
+    #[serde(default)]
+    vhost: vhost::RawVhost,
 }
 
 #[derive(Deserialize, Default)]
@@ -815,6 +849,9 @@ child = "disk0"
                         },
                     },
                 ],
+                nvmf: NvmfConfig::default(),
+                metrics: MetricsConfig::default(),
+                vhost: VhostConfig::default(),
             }
         );
     }
@@ -1185,7 +1222,9 @@ child = "disk0"
             }]
         );
         // The same thing written as TOML must parse to the same config.
-        let text = "[[bdev]]\nname = \"ram0\"\nkind = \"ram\"\nsize = \"1GiB\"\n";
+        let text = "[[bdev]]\nname = \"ram0\"\nkind = \"ram\"\nsize = \"1GiB\"\n\
+                    [[nvmf.subsystem]]\nnqn = \"nqn.2024-11.dev.pollux:ram0\"\n\
+                    namespaces = [\"ram0\"]\nallow_any_host = true\n";
         assert_eq!(parse(text).unwrap(), config);
     }
 

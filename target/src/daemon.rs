@@ -48,11 +48,43 @@ impl Target {
     }
 }
 
+/// Command-line settings of a daemon run that are not in the config file.
+pub struct RunOptions {
+    /// The JSON-RPC socket path.
+    pub rpc_socket: std::path::PathBuf,
+    /// An SPDK-format JSON config to apply at start (`--json`).
+    pub json_config: Option<std::path::PathBuf>,
+}
+
 /// Runs the daemon until SIGINT/SIGTERM, then shuts down cleanly.
-pub fn run(cfg: Config) -> Result<()> {
+pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     // Register before starting anything so an early signal is not lost.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let target = Target::start(&cfg)?;
+    let nvmf = crate::nvmf::NvmfTarget::start(&cfg.nvmf, &target.graph)?;
+    let vhost = crate::vhost::start(
+        &cfg.vhost.blk,
+        &target.graph,
+        target.runtime.handle(),
+        cfg.reactors.idle == IdleMode::Adaptive,
+    )?;
+    let exporter = crate::exporter::Exporter::start(&cfg.metrics, &target)?;
+    let rpc_ctx = Arc::new(crate::rpc::RpcContext::new(
+        target.graph.clone(),
+        target.runtime.handle().clone(),
+    ));
+    crate::rpc::record_config_bdevs(&rpc_ctx, &cfg.bdevs);
+    let dispatcher = Arc::new(crate::rpc::Dispatcher::new(rpc_ctx));
+    if let Some(path) = &opts.json_config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        dispatcher
+            .load_json_config(&json)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    let rpc = crate::rpc::RpcServer::start(&opts.rpc_socket, dispatcher)?;
     let info = target.graph.describe();
     tracing::info!(
         reactors = ?cfg.reactors.cores,
@@ -62,6 +94,12 @@ pub fn run(cfg: Config) -> Result<()> {
     );
     let sig = signals.forever().next();
     tracing::info!(signal = ?sig, "shutting down: draining I/O and flushing");
+    drop(rpc);
+    // Front-ends first: stop accepting and drain queue pairs, so the graph
+    // shutdown below flushes data that is no longer changing.
+    nvmf.stop();
+    vhost.stop(&target.graph);
+    exporter.shutdown();
     target.shutdown();
     tracing::info!("stopped");
     Ok(())

@@ -7,8 +7,12 @@
 mod bdev;
 mod config;
 mod daemon;
+mod exporter;
+mod nvmf;
 mod perf;
 mod perf_nvmf;
+mod rpc;
+mod vhost;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,6 +34,12 @@ struct Cli {
     /// Validate FILE and exit (status 2 if invalid).
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
+    /// SPDK-format JSON config (what `save_config` writes) to apply at start.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// JSON-RPC socket (default: `[rpc] socket`, or /var/tmp/pollux.sock).
+    #[arg(long, value_name = "PATH", global = true)]
+    rpc_socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -39,6 +49,13 @@ enum Command {
     /// Load generators.
     #[command(subcommand)]
     Perf(PerfCommand),
+    /// Calls a JSON-RPC method of a running pollux and prints the result.
+    Rpc {
+        /// Method name, e.g. bdev_get_bdevs.
+        method: String,
+        /// Params as a JSON object, e.g. '{"name": "ram0"}'.
+        params: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,6 +133,38 @@ impl LoadArgs {
     }
 }
 
+/// `pollux rpc`: prints the result as pretty JSON; on a JSON-RPC error
+/// prints it to stderr and exits 1.
+fn rpc_client(socket: &Path, method: &str, params: Option<&str>) -> ExitCode {
+    let params = match params.map(serde_json::from_str::<serde_json::Value>) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            eprintln!("pollux: params are not JSON: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match rpc::call(socket, method, params) {
+        Ok(answer) => {
+            if let Some(err) = answer.get("error") {
+                eprintln!("pollux: {method}: {err}");
+                ExitCode::FAILURE
+            } else {
+                let result = answer.get("result").cloned().unwrap_or_default();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).expect("serializable")
+                );
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("pollux: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POLLUX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -151,9 +200,25 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         None => match load_config(cli.config.as_deref()) {
-            Ok(cfg) => daemon::run(cfg),
+            Ok(cfg) => {
+                let opts = daemon::RunOptions {
+                    rpc_socket: cli
+                        .rpc_socket
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(rpc::DEFAULT_SOCKET)),
+                    json_config: cli.json.clone(),
+                };
+                daemon::run(cfg, opts)
+            }
             Err(code) => return code,
         },
+        Some(Command::Rpc { method, params }) => {
+            let socket = cli
+                .rpc_socket
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(rpc::DEFAULT_SOCKET));
+            return rpc_client(&socket, &method, params.as_deref());
+        }
         Some(Command::Perf(PerfCommand::Local(a))) => {
             let cfg = match load_config(a.config.as_deref()) {
                 Ok(cfg) => cfg,

@@ -144,8 +144,11 @@ fn daemon_flushes_file_bdevs_and_exits_0_on_sigint() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let img = dir.path().join("d.img");
     std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    // Port 0: tests run in parallel, and the default metrics port may be
+    // taken by another daemon on the machine.
     let cfg = config(&format!(
-        "[reactors]\ncores = [0]\nidle = \"adaptive\"\n[[bdev]]\nname = \"d\"\nkind = \"file\"\npath = \"{}\"\n[[bdev]]\nname = \"p\"\nkind = \"passthru\"\nchild = \"d\"\n",
+        "[reactors]\ncores = [0]\nidle = \"adaptive\"\n[[bdev]]\nname = \"d\"\nkind = \"file\"\npath = \"{}\"\n[[bdev]]\nname = \"p\"\nkind = \"passthru\"\nchild = \"d\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
         img.display()
     ));
     let mut child = start_daemon(&["--config", cfg.path().to_str().unwrap()]);

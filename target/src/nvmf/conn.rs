@@ -1,0 +1,1103 @@
+//! One NVMe/TCP connection = one queue pair, owned by one reactor: the
+//! socket, PDU framing (receive and transmit), the request slots and the
+//! driver of each request's state machine.
+//!
+//! Receive is incremental over a fixed buffer: a PDU header must fit in it,
+//! data is copied out as it arrives into the request's own buffer, whose
+//! size was bounded by the negotiated limits before it was allocated. The
+//! transmit side appends whole PDUs to one byte queue and writes as much as
+//! the socket takes; while that queue is above a high-water mark the
+//! connection stops parsing new commands (back-pressure, not growth).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Instant;
+
+use pollux_graph::{AlignedBuf, Io, IoResult, IoSink};
+use pollux_nvme::fabrics::{fctype, FABRICS_OPCODE};
+use pollux_nvme::tcp::{
+    data_digest, decode_common_header, decode_header, term_req_data, DataDigest, Fes, IcResp,
+    Limits, Pdu, PduError, PduFrame, R2t, Role, TermReq, TxParams, COMMON_HEADER_LEN, DGST_DATA,
+    DGST_HEADER, DIGEST_LEN, PFV_1_0,
+};
+use pollux_nvme::{Cqe, Sgl, Sqe, Status};
+use pollux_poller::{Reactor, TimerId};
+
+use super::controller::Controller;
+use super::listener::ConnPermit;
+use super::request::{ReqState, Request, Xfer};
+use super::status;
+use super::{Shared, IN_CAPSULE_DATA, MAXH2CDATA, MDTS_BYTES};
+
+/// Receive buffer: large enough for any PDU header (72 + digest + padding
+/// < 256) and for a good batch of small capsules per read.
+const RX_BUF: usize = 64 * 1024;
+/// Stop parsing new PDUs while this much response data waits for the
+/// socket: the host is not reading, so taking more commands would only
+/// grow the queue.
+const TX_HIGH_WATER: usize = 1024 * 1024;
+/// Reads per poll, so one busy connection cannot starve the others on the
+/// reactor (level-triggered epoll brings us back).
+const READS_PER_POLL: usize = 8;
+/// Request slots before Connect says how deep the queue is: just the
+/// Connect itself.
+const PRE_CONNECT_SLOTS: usize = 1;
+/// Data buffers kept for reuse per connection: allocating (and zeroing)
+/// a fresh aligned buffer per command costs more than the command's
+/// protocol work, and sizes repeat (the host's block size).
+const BUF_CACHE: usize = 32;
+
+/// A data buffer of exactly `len` bytes, reused from `cache` when one of
+/// that size is there. Contents are unspecified: every user overwrites the
+/// whole buffer (received data, a read) or zeroes it (admin data).
+fn take_buf(cache: &mut Vec<AlignedBuf>, len: usize) -> AlignedBuf {
+    match cache.iter().rposition(|b| b.len() == len) {
+        Some(i) => cache.swap_remove(i),
+        None => AlignedBuf::zeroed(len),
+    }
+}
+
+fn give_buf(cache: &mut Vec<AlignedBuf>, buf: AlignedBuf) {
+    if cache.len() < BUF_CACHE && !buf.is_empty() {
+        cache.push(buf);
+    }
+}
+
+/// How far the connection got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for ICReq.
+    AwaitIcReq,
+    /// IC done; waiting for Connect, then serving commands.
+    Ready,
+}
+
+/// Where the data of the PDU being received goes.
+#[derive(Clone, Copy, Debug)]
+enum Dest {
+    /// In-capsule data of the command in `slot`.
+    Capsule { slot: u16 },
+    /// H2CData for the command in `slot`.
+    H2C { slot: u16 },
+}
+
+/// Receive state between PDUs and inside one.
+#[derive(Clone, Copy, Debug)]
+enum RxState {
+    /// Expecting a PDU header.
+    Header,
+    /// Inside a PDU's padding, data and data digest.
+    Body {
+        dest: Dest,
+        pad_left: usize,
+        /// Offset in the destination buffer of the next data byte.
+        off: usize,
+        data_left: usize,
+        digest: DataDigest,
+        ddgst: bool,
+        dgst: [u8; DIGEST_LEN],
+        dgst_have: usize,
+    },
+}
+
+/// Why a connection closes.
+#[derive(Debug)]
+pub enum CloseReason {
+    /// The peer closed or reset it.
+    PeerClosed,
+    /// A socket error.
+    Io(io::Error),
+    /// A fatal protocol error (a C2HTermReq was sent).
+    Fatal(String),
+    /// The host sent an H2CTermReq.
+    HostTerminated,
+    /// The controller was torn down (keep alive, host disconnect).
+    ControllerGone,
+    /// ICReq or Connect did not arrive in time.
+    Timeout(&'static str),
+    /// The target is stopping.
+    Stopping,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::PeerClosed => write!(f, "closed by the host"),
+            CloseReason::Io(e) => write!(f, "socket error: {e}"),
+            CloseReason::Fatal(why) => write!(f, "fatal transport error: {why}"),
+            CloseReason::HostTerminated => write!(f, "host sent H2CTermReq"),
+            CloseReason::ControllerGone => write!(f, "controller torn down"),
+            CloseReason::Timeout(what) => write!(f, "timeout: {what}"),
+            CloseReason::Stopping => write!(f, "target stopping"),
+        }
+    }
+}
+
+/// Counters reported when the connection closes (and checked by tests).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnStats {
+    /// Commands received.
+    pub commands: u64,
+    /// R2Ts sent.
+    pub r2ts: u64,
+    /// Writes whose data came in the capsule.
+    pub in_capsule: u64,
+    /// C2HData PDUs sent.
+    pub c2h: u64,
+    /// Data digest errors.
+    pub data_digest_errors: u64,
+}
+
+/// A fatal receive error: the TermReq to send and the offending header.
+struct Fatal {
+    term: TermReq,
+    header: Vec<u8>,
+    why: String,
+}
+
+impl Fatal {
+    fn from_pdu(e: &PduError, header: &[u8]) -> Fatal {
+        Fatal {
+            term: status::term_req_for(e).unwrap_or(TermReq {
+                fes: Fes::INVALID_HEADER_FIELD,
+                fei: 0,
+            }),
+            header: term_req_data(header).to_vec(),
+            why: e.to_string(),
+        }
+    }
+
+    fn new(fes: Fes, fei: u32, header: &[u8], why: impl Into<String>) -> Fatal {
+        Fatal {
+            term: TermReq { fes, fei },
+            header: term_req_data(header).to_vec(),
+            why: why.into(),
+        }
+    }
+}
+
+/// Completion sink of one connection: graph I/O finishes here, on the
+/// connection's reactor.
+pub struct ConnSink {
+    conn: Weak<std::cell::RefCell<Conn>>,
+}
+
+impl IoSink for ConnSink {
+    fn io_done(&self, r: &Reactor, io: Io, result: IoResult) {
+        // A connection closed with I/O in flight: the I/O (and its buffer)
+        // is simply dropped here.
+        let Some(conn) = self.conn.upgrade() else {
+            return;
+        };
+        if let Ok(mut c) = conn.try_borrow_mut() {
+            c.io_done(r, io, result);
+            return;
+        }
+        // Only reachable if a node completed synchronously inside our own
+        // submit; retry on the next timer pass instead of panicking.
+        let weak = Rc::downgrade(&conn);
+        r.add_timer(std::time::Duration::ZERO, move |r| {
+            if let Some(c) = weak.upgrade() {
+                c.borrow_mut().io_done(r, io, result);
+            }
+        });
+    }
+}
+
+/// One queue pair.
+pub struct Conn {
+    pub(super) shared: Arc<Shared>,
+    sock: TcpStream,
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// The listener address the connection came in on.
+    pub port: SocketAddr,
+    pub(super) phase: Phase,
+    pub(super) created: Instant,
+    limits: Limits,
+    pub(super) tx_params: TxParams,
+    rx: Box<[u8]>,
+    rx_start: usize,
+    rx_end: usize,
+    rx_state: RxState,
+    tx: Vec<u8>,
+    tx_off: usize,
+    pub(super) reqs: Vec<Request>,
+    free: Vec<u16>,
+    /// Queue ID once connected (0 = admin queue).
+    pub(super) qid: Option<u16>,
+    /// Connect's SQSIZE (0-based).
+    pub(super) sqsize: u16,
+    sqhd: u16,
+    pub(super) ctrl: Option<Arc<Controller>>,
+    /// Slots holding Asynchronous Event Requests.
+    pub(super) aers: Vec<u16>,
+    pub(super) sink: Rc<dyn IoSink>,
+    pub(super) ka_timer: Option<TimerId>,
+    pub(super) stats: ConnStats,
+    close: Option<CloseReason>,
+    /// Parsing stopped for back-pressure with bytes still buffered.
+    rx_paused: bool,
+    /// Reusable data buffers.
+    bufs: Vec<AlignedBuf>,
+    /// The poll group's epoll fd and our token in it (-1 until added).
+    epfd: RawFd,
+    token: u64,
+    /// Events currently registered.
+    interest: u32,
+    _permit: ConnPermit,
+}
+
+/// Read interest (level-triggered: back-pressured connections drop it).
+const EV_IN: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+/// Write interest, only while responses wait for the socket.
+const EV_OUT: u32 = libc::EPOLLOUT as u32;
+
+impl Conn {
+    /// Wraps an accepted, non-blocking socket.
+    pub fn new(
+        shared: Arc<Shared>,
+        sock: TcpStream,
+        port: SocketAddr,
+        permit: ConnPermit,
+    ) -> io::Result<Rc<std::cell::RefCell<Conn>>> {
+        sock.set_nonblocking(true)?;
+        sock.set_nodelay(true)?;
+        let peer = sock.peer_addr()?;
+        Ok(Rc::new_cyclic(|weak| {
+            std::cell::RefCell::new(Conn {
+                shared,
+                sock,
+                peer,
+                port,
+                phase: Phase::AwaitIcReq,
+                created: Instant::now(),
+                limits: Limits::new(Role::Controller),
+                tx_params: TxParams::default(),
+                rx: vec![0u8; RX_BUF].into_boxed_slice(),
+                rx_start: 0,
+                rx_end: 0,
+                rx_state: RxState::Header,
+                tx: Vec::new(),
+                tx_off: 0,
+                reqs: (0..PRE_CONNECT_SLOTS).map(|_| Request::free()).collect(),
+                free: (0..PRE_CONNECT_SLOTS as u16).rev().collect(),
+                qid: None,
+                sqsize: 0,
+                sqhd: 0,
+                ctrl: None,
+                aers: Vec::new(),
+                sink: Rc::new(ConnSink { conn: weak.clone() }),
+                ka_timer: None,
+                stats: ConnStats::default(),
+                close: None,
+                rx_paused: false,
+                bufs: Vec::new(),
+                epfd: -1,
+                token: 0,
+                interest: 0,
+                _permit: permit,
+            })
+        }))
+    }
+
+    /// The socket's fd (for epoll).
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// Whether the poll group must call `poll` even without readiness.
+    pub fn needs_poll(&self) -> bool {
+        self.close.is_some()
+            || (self.rx_paused && !self.backpressured())
+            // Responses queued by completions since the last pass: one
+            // write per pass for all of them.
+            || (self.tx_off < self.tx.len() && self.interest & EV_OUT == 0)
+    }
+
+    /// The events the connection is registered for in `epfd` under `token`.
+    pub fn registered(&mut self, epfd: RawFd, token: u64, events: u32) {
+        self.epfd = epfd;
+        self.token = token;
+        self.interest = events;
+    }
+
+    /// The read/write interest this connection needs now.
+    pub fn wanted_events(&self) -> u32 {
+        let read = if self.backpressured() || self.stopping() {
+            libc::EPOLLRDHUP as u32
+        } else {
+            EV_IN
+        };
+        let write = if self.tx_off < self.tx.len() {
+            EV_OUT
+        } else {
+            0
+        };
+        read | write
+    }
+
+    /// Re-registers with epoll when the interest changed: write interest
+    /// only while output is blocked, no read interest while back-pressured
+    /// (either would make level-triggered epoll spin).
+    fn update_interest(&mut self) {
+        let want = self.wanted_events();
+        if want == self.interest || self.epfd < 0 {
+            return;
+        }
+        let mut ev = libc::epoll_event {
+            events: want,
+            u64: self.token,
+        };
+        // SAFETY: `ev` is a valid epoll_event for the call; `epfd` is the
+        // poll group's epoll fd, which outlives its connections, and the
+        // socket is open (we own it).
+        let rc = unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, self.fd(), &mut ev) };
+        if rc == 0 {
+            self.interest = want;
+        }
+    }
+
+    fn backpressured(&self) -> bool {
+        self.tx.len() - self.tx_off > TX_HIGH_WATER
+    }
+
+    /// Requests being executed (I/O in flight or AER held).
+    fn busy_requests(&self) -> usize {
+        self.reqs
+            .iter()
+            .filter(|q| q.state == ReqState::Executing)
+            .count()
+            .saturating_sub(self.aers.len())
+    }
+
+    /// Does ready socket work. `Err` means: close the connection.
+    pub fn poll(&mut self, r: &Reactor, readable: bool) -> Result<bool, CloseReason> {
+        if let Some(reason) = self.close.take() {
+            return Err(reason);
+        }
+        let mut work = self.flush()?;
+        if (readable || self.rx_paused) && !self.stopping() {
+            work |= self.receive(r)?;
+            work |= self.flush()?;
+        }
+        if let Some(reason) = self.close.take() {
+            return Err(reason);
+        }
+        self.update_interest();
+        Ok(work)
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared
+            .stopping
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Periodic checks (poll-group timer): handshake timeouts, controller
+    /// teardown, target stop, pending async events.
+    pub fn tick(&mut self, r: &Reactor, now: Instant) -> Result<(), CloseReason> {
+        let age = now.saturating_duration_since(self.created);
+        match (self.phase, self.qid) {
+            (Phase::AwaitIcReq, _) if age > super::IC_TIMEOUT => {
+                return Err(CloseReason::Timeout("no ICReq"))
+            }
+            (Phase::Ready, None) if age > super::CONNECT_TIMEOUT => {
+                return Err(CloseReason::Timeout("no Connect"))
+            }
+            _ => {}
+        }
+        if self.ctrl.as_ref().is_some_and(|c| c.is_dead()) {
+            return Err(CloseReason::ControllerGone);
+        }
+        if self.stopping() && self.busy_requests() == 0 {
+            let _ = self.flush();
+            return Err(CloseReason::Stopping);
+        }
+        if self.qid == Some(0) && !self.aers.is_empty() {
+            if let Some(ctrl) = self.ctrl.clone() {
+                if ctrl.has_event() {
+                    self.complete_aers(r, &ctrl);
+                    self.flush()?;
+                }
+            }
+        }
+        self.update_interest();
+        Ok(())
+    }
+
+    /// Releases everything the connection holds in the controller.
+    pub fn teardown(&mut self, r: &Reactor, reason: &CloseReason) {
+        if let Some(t) = self.ka_timer.take() {
+            r.cancel_timer(t);
+        }
+        let _ = self.sock.shutdown(Shutdown::Both);
+        if let (Some(ctrl), Some(qid)) = (self.ctrl.take(), self.qid) {
+            if qid == 0 {
+                // The admin queue going away ends the controller and, with
+                // it, every I/O queue (they see `dead` on their next tick).
+                self.shared.controllers().remove(ctrl.cntlid);
+            } else {
+                ctrl.state().io_qids.retain(|&q| q != qid);
+            }
+        }
+        let level_info = matches!(
+            reason,
+            CloseReason::PeerClosed | CloseReason::Stopping | CloseReason::ControllerGone
+        );
+        let s = self.stats;
+        if level_info {
+            tracing::info!(peer = %self.peer, qid = ?self.qid, commands = s.commands, r2ts = s.r2ts,
+                in_capsule_writes = s.in_capsule, c2h_pdus = s.c2h, data_digest_errors = s.data_digest_errors,
+                reason = %reason, "nvmf: queue pair closed");
+        } else {
+            tracing::warn!(peer = %self.peer, qid = ?self.qid, commands = s.commands, r2ts = s.r2ts,
+                in_capsule_writes = s.in_capsule, c2h_pdus = s.c2h, data_digest_errors = s.data_digest_errors,
+                reason = %reason, "nvmf: queue pair closed");
+        }
+    }
+
+    // ----------------------------------------------------------------- rx
+
+    fn receive(&mut self, r: &Reactor) -> Result<bool, CloseReason> {
+        let mut work = false;
+        let mut reads = 0;
+        let mut drained = false;
+        self.rx_paused = false;
+        loop {
+            loop {
+                if self.backpressured() {
+                    self.rx_paused = self.rx_start < self.rx_end;
+                    return Ok(work);
+                }
+                match self.parse_one(r) {
+                    Ok(true) => work = true,
+                    Ok(false) => break,
+                    Err(f) => return Err(self.send_term(f)),
+                }
+                if self.close.is_some() {
+                    return Ok(work);
+                }
+            }
+            // A short read emptied the socket: skip the read that would
+            // only say EAGAIN (level-triggered epoll reports new data).
+            if reads == READS_PER_POLL || drained {
+                return Ok(work);
+            }
+            // Make room: keep the unparsed tail at the front.
+            if self.rx_start == self.rx_end {
+                self.rx_start = 0;
+                self.rx_end = 0;
+            } else if self.rx_start > RX_BUF / 2 || self.rx_end == RX_BUF {
+                self.rx.copy_within(self.rx_start..self.rx_end, 0);
+                self.rx_end -= self.rx_start;
+                self.rx_start = 0;
+            }
+            reads += 1;
+            match self.sock.read(&mut self.rx[self.rx_end..]) {
+                Ok(0) => return Err(CloseReason::PeerClosed),
+                Ok(n) => {
+                    drained = self.rx_end + n < RX_BUF;
+                    self.rx_end += n;
+                    work = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(work),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CloseReason::Io(e)),
+            }
+        }
+    }
+
+    /// Parses what the buffer holds of the current PDU. `Ok(false)`: need
+    /// more bytes.
+    fn parse_one(&mut self, r: &Reactor) -> Result<bool, Fatal> {
+        match self.rx_state {
+            RxState::Header => self.parse_header(r),
+            RxState::Body { .. } => self.parse_body(r),
+        }
+    }
+
+    fn parse_header(&mut self, r: &Reactor) -> Result<bool, Fatal> {
+        let avail = &self.rx[self.rx_start..self.rx_end];
+        if avail.len() < COMMON_HEADER_LEN {
+            return Ok(false);
+        }
+        let frame = decode_common_header(avail, &self.limits)
+            .map_err(|e| Fatal::from_pdu(&e, &avail[..COMMON_HEADER_LEN]))?;
+        let hl = frame.header_len();
+        if avail.len() < hl {
+            return Ok(false);
+        }
+        let (frame, pdu) = decode_header(&avail[..hl], &self.limits)
+            .map_err(|e| Fatal::from_pdu(&e, &avail[..hl]))?;
+        let mut hdr = [0u8; 132];
+        hdr[..hl].copy_from_slice(&avail[..hl]);
+        self.rx_start += hl;
+        self.on_pdu(r, frame, pdu, &hdr[..hl])?;
+        Ok(true)
+    }
+
+    fn on_pdu(&mut self, r: &Reactor, frame: PduFrame, pdu: Pdu, hdr: &[u8]) -> Result<(), Fatal> {
+        match pdu {
+            Pdu::IcReq(req) => {
+                let dgst = req.dgst & (DGST_HEADER | DGST_DATA);
+                let hdgst = dgst & DGST_HEADER != 0;
+                let ddgst = dgst & DGST_DATA != 0;
+                self.tx_params = TxParams {
+                    hdgst,
+                    ddgst,
+                    pda: req.hpda,
+                };
+                self.limits = Limits::established(
+                    Role::Controller,
+                    hdgst,
+                    ddgst,
+                    0,
+                    IN_CAPSULE_DATA,
+                    MAXH2CDATA,
+                );
+                self.phase = Phase::Ready;
+                tracing::info!(peer = %self.peer, hdgst, ddgst, hpda = req.hpda, "nvmf: ICReq");
+                let resp = Pdu::IcResp(IcResp {
+                    pfv: PFV_1_0,
+                    cpda: 0,
+                    dgst,
+                    maxh2cdata: MAXH2CDATA,
+                });
+                self.send_pdu(&resp, &[]);
+                Ok(())
+            }
+            Pdu::H2CTermReq(t) => {
+                tracing::warn!(peer = %self.peer, fes = t.fes.0, fei = t.fei, "nvmf: host sent H2CTermReq");
+                self.close = Some(CloseReason::HostTerminated);
+                Ok(())
+            }
+            Pdu::CapsuleCmd(sqe) => {
+                self.stats.commands += 1;
+                self.sqhd = if self.sqsize == 0 {
+                    0
+                } else {
+                    (self.sqhd + 1) % (self.sqsize + 1)
+                };
+                let Some(slot) = self.free.pop() else {
+                    return Err(Fatal::new(
+                        Fes::PDU_SEQUENCE_ERROR,
+                        0,
+                        hdr,
+                        "command beyond the negotiated queue depth",
+                    ));
+                };
+                let n = frame.data_len as usize;
+                if n == 0 {
+                    self.reqs[slot as usize].start(sqe, None);
+                    self.process(r, slot);
+                } else {
+                    // `n` is bounded by the in-capsule limit we advertised
+                    // (checked by the decoder before we got here).
+                    let buf = take_buf(&mut self.bufs, n);
+                    self.reqs[slot as usize].start(sqe, Some(buf));
+                    self.rx_state = Self::body(Dest::Capsule { slot }, &frame, 0);
+                }
+                Ok(())
+            }
+            Pdu::H2CData { hdr: d, .. } => {
+                let slot = d.ttag;
+                let Some(req) = self.reqs.get(slot as usize) else {
+                    return Err(Fatal::new(
+                        Fes::INVALID_HEADER_FIELD,
+                        10,
+                        hdr,
+                        "H2CData with an unknown transfer tag",
+                    ));
+                };
+                if req.state != ReqState::TransferringHostToController {
+                    return Err(Fatal::new(
+                        Fes::PDU_SEQUENCE_ERROR,
+                        0,
+                        hdr,
+                        "H2CData without an outstanding R2T",
+                    ));
+                }
+                if req.cid() != d.cccid {
+                    return Err(Fatal::new(
+                        Fes::INVALID_HEADER_FIELD,
+                        8,
+                        hdr,
+                        "H2CData CCCID does not match the R2T",
+                    ));
+                }
+                let end = u64::from(d.datao) + u64::from(d.datal);
+                if d.datao != req.received || end > u64::from(req.xfer_len) || d.datal == 0 {
+                    return Err(Fatal::new(
+                        Fes::DATA_OUT_OF_RANGE,
+                        0,
+                        hdr,
+                        format!(
+                            "H2CData {}+{} outside the expected {}..{}",
+                            d.datao, d.datal, req.received, req.xfer_len
+                        ),
+                    ));
+                }
+                self.rx_state = Self::body(Dest::H2C { slot }, &frame, d.datao as usize);
+                Ok(())
+            }
+            // The decoder only passes types a host sends.
+            other => Err(Fatal::new(
+                Fes::INVALID_HEADER_FIELD,
+                0,
+                hdr,
+                format!("unexpected {:?}", other.pdu_type()),
+            )),
+        }
+    }
+
+    fn body(dest: Dest, frame: &PduFrame, off: usize) -> RxState {
+        RxState::Body {
+            dest,
+            pad_left: frame.pad_len(),
+            off,
+            data_left: frame.data_len as usize,
+            digest: DataDigest::new(),
+            ddgst: frame.ddgst,
+            dgst: [0; DIGEST_LEN],
+            dgst_have: 0,
+        }
+    }
+
+    fn parse_body(&mut self, r: &Reactor) -> Result<bool, Fatal> {
+        let RxState::Body {
+            dest,
+            mut pad_left,
+            mut off,
+            mut data_left,
+            mut digest,
+            ddgst,
+            mut dgst,
+            mut dgst_have,
+        } = self.rx_state
+        else {
+            return Ok(false);
+        };
+        let before = self.rx_start;
+        // Padding.
+        let n = pad_left.min(self.rx_end - self.rx_start);
+        pad_left -= n;
+        self.rx_start += n;
+        // Data.
+        if pad_left == 0 && data_left > 0 {
+            let n = data_left.min(self.rx_end - self.rx_start);
+            let src = &self.rx[self.rx_start..self.rx_start + n];
+            let slot = match dest {
+                Dest::Capsule { slot } | Dest::H2C { slot } => slot,
+            };
+            if let Some(buf) = self.reqs[slot as usize].buf.as_mut() {
+                // Bounds were validated against the buffer's length (the
+                // capsule buffer is exactly the data length; H2C offsets
+                // were checked against the transfer length).
+                if let Some(dst) = buf.as_mut_slice().get_mut(off..off + n) {
+                    dst.copy_from_slice(src);
+                }
+            }
+            if ddgst {
+                digest.update(src);
+            }
+            off += n;
+            data_left -= n;
+            self.rx_start += n;
+        }
+        // Data digest.
+        if pad_left == 0 && data_left == 0 && ddgst && dgst_have < DIGEST_LEN {
+            let n = (DIGEST_LEN - dgst_have).min(self.rx_end - self.rx_start);
+            dgst[dgst_have..dgst_have + n]
+                .copy_from_slice(&self.rx[self.rx_start..self.rx_start + n]);
+            dgst_have += n;
+            self.rx_start += n;
+        }
+        let done = pad_left == 0 && data_left == 0 && (!ddgst || dgst_have == DIGEST_LEN);
+        if !done {
+            self.rx_state = RxState::Body {
+                dest,
+                pad_left,
+                off,
+                data_left,
+                digest,
+                ddgst,
+                dgst,
+                dgst_have,
+            };
+            return Ok(self.rx_start != before);
+        }
+        self.rx_state = RxState::Header;
+        let digest_ok = !ddgst || digest.matches(dgst);
+        if !digest_ok {
+            self.stats.data_digest_errors += 1;
+            tracing::warn!(peer = %self.peer, "nvmf: data digest mismatch");
+        }
+        let bad_digest = PduError::DataDigest {
+            expected: digest.value(),
+            got: u32::from_le_bytes(dgst),
+        };
+        match dest {
+            Dest::Capsule { slot } => {
+                let req = &mut self.reqs[slot as usize];
+                req.received = req.buf.as_ref().map_or(0, |b| b.len() as u32);
+                if !digest_ok {
+                    req.fail(status::data_digest_status(&bad_digest));
+                }
+                self.process(r, slot);
+            }
+            Dest::H2C { slot } => {
+                let req = &mut self.reqs[slot as usize];
+                req.received = off as u32;
+                if !digest_ok {
+                    req.status = status::data_digest_status(&bad_digest);
+                }
+                if req.received == req.xfer_len {
+                    if req.status.is_success() {
+                        req.state = ReqState::ReadyToExecute;
+                    } else {
+                        req.state = ReqState::ReadyToComplete;
+                    }
+                    self.process(r, slot);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    // ----------------------------------------------------------------- tx
+
+    /// Queues one PDU with its data (and data digest when negotiated).
+    pub(super) fn send_pdu(&mut self, pdu: &Pdu, data: &[u8]) {
+        let mut hdr = [0u8; 256];
+        let frame = match pdu.encode(&self.tx_params, data.len() as u32, &mut hdr) {
+            Ok(f) => f,
+            Err(e) => {
+                // Our own encoding failed: a bug, not peer input. Drop the
+                // connection rather than send something malformed.
+                tracing::error!(error = %e, "nvmf: cannot encode {:?}", pdu.pdu_type());
+                self.close = Some(CloseReason::Fatal(format!("encode: {e}")));
+                return;
+            }
+        };
+        let hl = if frame.data_len > 0 {
+            frame.data_offset as usize
+        } else {
+            frame.header_len()
+        };
+        self.tx.extend_from_slice(&hdr[..hl]);
+        if frame.data_len > 0 {
+            self.tx.extend_from_slice(data);
+            if frame.ddgst {
+                self.tx.extend_from_slice(&data_digest(&[data]));
+            }
+        }
+    }
+
+    /// Writes queued bytes. `Ok(true)` if anything was written.
+    pub(super) fn flush(&mut self) -> Result<bool, CloseReason> {
+        let mut work = false;
+        while self.tx_off < self.tx.len() {
+            match self.sock.write(&self.tx[self.tx_off..]) {
+                Ok(0) => return Err(CloseReason::PeerClosed),
+                Ok(n) => {
+                    self.tx_off += n;
+                    work = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CloseReason::Io(e)),
+            }
+        }
+        if self.tx_off == self.tx.len() {
+            self.tx.clear();
+            self.tx_off = 0;
+        } else if self.tx_off > TX_HIGH_WATER {
+            self.tx.drain(..self.tx_off);
+            self.tx_off = 0;
+        }
+        Ok(work)
+    }
+
+    /// Sends a C2HTermReq and marks the connection for closing.
+    fn send_term(&mut self, f: Fatal) -> CloseReason {
+        tracing::warn!(peer = %self.peer, fes = f.term.fes.0, fei = f.term.fei, error = %f.why,
+            "nvmf: fatal PDU error, sending C2HTermReq");
+        self.send_pdu(&Pdu::C2HTermReq(f.term), &f.header);
+        // Best effort: the TermReq is small; whatever the socket does not
+        // take now is lost with the connection.
+        let _ = self.flush();
+        CloseReason::Fatal(f.why)
+    }
+
+    // ------------------------------------------------------ request driver
+
+    /// Advances the request in `slot` until it waits or completes.
+    pub(super) fn process(&mut self, r: &Reactor, slot: u16) {
+        let i = slot as usize;
+        loop {
+            let state = self.reqs[i].state;
+            match state {
+                ReqState::Free => return,
+                ReqState::New => self.req_parse(i),
+                ReqState::NeedBuffer => {
+                    let req = &mut self.reqs[i];
+                    match req.xfer {
+                        Xfer::H2C if !req.in_capsule => {
+                            req.buf = Some(take_buf(&mut self.bufs, req.xfer_len as usize));
+                            req.state = ReqState::TransferringHostToController;
+                            let r2t = Pdu::R2T(R2t {
+                                cccid: req.cid(),
+                                ttag: slot,
+                                r2to: 0,
+                                r2tl: req.xfer_len,
+                            });
+                            self.stats.r2ts += 1;
+                            self.send_pdu(&r2t, &[]);
+                        }
+                        Xfer::H2C => {
+                            self.stats.in_capsule += 1;
+                            req.state = ReqState::ReadyToExecute;
+                        }
+                        Xfer::C2H => {
+                            let mut buf = take_buf(&mut self.bufs, req.xfer_len as usize);
+                            if self.qid.is_none_or(|q| q == 0) {
+                                // Admin data is built piecewise over zeroes.
+                                buf.as_mut_slice().fill(0);
+                            }
+                            req.buf = Some(buf);
+                            req.c2h_len = req.xfer_len;
+                            req.state = ReqState::ReadyToExecute;
+                        }
+                        Xfer::None => req.state = ReqState::ReadyToExecute,
+                    }
+                }
+                ReqState::TransferringHostToController | ReqState::Executing => return,
+                ReqState::ReadyToExecute => {
+                    let held = self.execute(r, slot);
+                    let req = &mut self.reqs[i];
+                    // A handler may already have failed the request.
+                    if req.state == ReqState::ReadyToExecute {
+                        req.state = if held {
+                            ReqState::Executing
+                        } else {
+                            ReqState::Executed
+                        };
+                    }
+                }
+                ReqState::Executed => self.reqs[i].state = ReqState::ReadyToComplete,
+                ReqState::ReadyToComplete => self.respond(i),
+                ReqState::TransferringControllerToHost => {
+                    // The C2HData is already in the transmit queue.
+                    self.reqs[i].state = ReqState::Completed;
+                }
+                ReqState::Completed => {
+                    let done = std::mem::replace(&mut self.reqs[i], Request::free());
+                    if let Some(b) = done.buf {
+                        give_buf(&mut self.bufs, b);
+                    }
+                    self.free.push(slot);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// NEW → NEED_BUFFER: data direction and length from the opcode and
+    /// the SGL; anything inconsistent fails the command.
+    fn req_parse(&mut self, i: usize) {
+        let req = &mut self.reqs[i];
+        let sqe = req.sqe;
+        let dir = if sqe.opcode() == FABRICS_OPCODE {
+            fctype(&sqe) & 0x3
+        } else {
+            sqe.opcode() & 0x3
+        };
+        req.xfer = match dir {
+            0 => Xfer::None,
+            1 => Xfer::H2C,
+            2 => Xfer::C2H,
+            _ => return req.fail(Status::INVALID_FIELD.with_dnr()),
+        };
+        if req.xfer == Xfer::None {
+            if req.in_capsule {
+                return req.fail(Status::INVALID_FIELD.with_dnr());
+            }
+            req.state = ReqState::NeedBuffer;
+            return;
+        }
+        let sgl = sqe.sgl();
+        if sgl.length() == 0 && !req.in_capsule {
+            // A data-direction opcode without data (Set Features, Write
+            // Zeroes-style commands): any zero-length descriptor will do.
+            req.xfer = Xfer::None;
+            req.state = ReqState::NeedBuffer;
+            return;
+        }
+        match sgl {
+            Sgl::InCapsule { offset, length } => {
+                if req.xfer != Xfer::H2C || !req.in_capsule {
+                    return req.fail(Status::INVALID_FIELD.with_dnr());
+                }
+                if offset != 0 {
+                    return req.fail(Status::SGL_OFFSET_INVALID.with_dnr());
+                }
+                if length != req.received {
+                    return req.fail(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
+                }
+                req.xfer_len = length;
+            }
+            Sgl::Transport { length, .. } => {
+                if req.in_capsule {
+                    return req.fail(Status::INVALID_FIELD.with_dnr());
+                }
+                if length > MDTS_BYTES {
+                    return req.fail(Status::INVALID_FIELD.with_dnr());
+                }
+                req.xfer_len = length;
+            }
+            _ => return req.fail(Status::SGL_DESCRIPTOR_TYPE_INVALID.with_dnr()),
+        }
+        if req.xfer_len == 0 {
+            req.xfer = Xfer::None;
+        }
+        req.state = ReqState::NeedBuffer;
+    }
+
+    /// READY_TO_EXECUTE: dispatches by queue. Returns true if the request
+    /// now waits (graph I/O, held AER).
+    fn execute(&mut self, r: &Reactor, slot: u16) -> bool {
+        match self.qid {
+            None => {
+                self.exec_connect(r, slot);
+                false
+            }
+            Some(0) => self.exec_admin(r, slot),
+            Some(_) => self.exec_io(r, slot),
+        }
+    }
+
+    /// READY_TO_COMPLETE: C2HData (with SUCCESS when nothing else needs
+    /// reporting) and/or CapsuleResp.
+    fn respond(&mut self, i: usize) {
+        let qid = self.qid.unwrap_or(0);
+        let sqhd = self.sqhd;
+        let req = &mut self.reqs[i];
+        let send_data = req.status.is_success() && req.xfer == Xfer::C2H && req.c2h_len > 0;
+        let cqe = {
+            let mut c = Cqe::new(req.cid(), req.status);
+            c.set_dw0(req.dw0);
+            c.set_dw1(req.dw1);
+            c.set_sqid(qid);
+            c.set_sqhd(sqhd);
+            c
+        };
+        if send_data {
+            let success = req.dw0 == 0 && req.dw1 == 0;
+            let buf = req.buf.take();
+            let len = req.c2h_len;
+            let cid = req.cid();
+            req.state = ReqState::TransferringControllerToHost;
+            let data = buf
+                .as_ref()
+                .map_or(&[][..], |b| &b.as_slice()[..len as usize]);
+            let pdu = Pdu::C2HData {
+                hdr: pollux_nvme::tcp::DataHdr {
+                    cccid: cid,
+                    ttag: 0,
+                    datao: 0,
+                    datal: len,
+                },
+                last: true,
+                success,
+            };
+            self.stats.c2h += 1;
+            self.send_pdu(&pdu, data);
+            if !success {
+                self.send_pdu(&Pdu::CapsuleResp(cqe), &[]);
+            }
+            if let Some(b) = buf {
+                give_buf(&mut self.bufs, b);
+            }
+        } else {
+            req.state = ReqState::Completed;
+            self.send_pdu(&Pdu::CapsuleResp(cqe), &[]);
+        }
+    }
+
+    /// Graph completion of one of a request's I/Os.
+    fn io_done(&mut self, r: &Reactor, io: Io, result: IoResult) {
+        let slot = io.tag as u16;
+        let Some(req) = self.reqs.get_mut(slot as usize) else {
+            return;
+        };
+        if req.state != ReqState::Executing || req.outstanding == 0 {
+            return;
+        }
+        if let Err(e) = &result {
+            if req.status.is_success() {
+                req.status = status::io_error_status(io.op, e);
+            }
+        }
+        if let pollux_graph::IoBuf::Owned(b) = io.buf {
+            if io.op == pollux_graph::IoOp::Read {
+                req.buf = Some(b);
+            } else {
+                give_buf(&mut self.bufs, b);
+            }
+        }
+        let req = &mut self.reqs[slot as usize];
+        req.outstanding -= 1;
+        if req.outstanding == 0 {
+            req.state = ReqState::Executed;
+            // The response goes out on the poll group's next pass, batched
+            // with the other completions of this iteration.
+            self.process(r, slot);
+        }
+    }
+
+    /// Grows the slot table to the queue depth Connect asked for.
+    pub(super) fn set_queue_depth(&mut self, depth: usize) {
+        let old = self.reqs.len();
+        if depth > old {
+            self.reqs.resize_with(depth, Request::free);
+            self.free.extend((old as u16..depth as u16).rev());
+        }
+    }
+
+    /// Builds a command's data from a byte slice (admin C2H data): copies
+    /// what fits into the request buffer and zero-pads the rest.
+    pub(super) fn put_c2h(&mut self, slot: u16, data: &[u8]) {
+        let req = &mut self.reqs[slot as usize];
+        if let Some(buf) = req.buf.as_mut() {
+            let n = data.len().min(buf.len());
+            buf.as_mut_slice()[..n].copy_from_slice(&data[..n]);
+        }
+    }
+
+    /// The host's command data (in-capsule or H2C).
+    pub(super) fn h2c_data(&self, slot: u16) -> &[u8] {
+        self.reqs[slot as usize]
+            .buf
+            .as_ref()
+            .map_or(&[][..], |b| b.as_slice())
+    }
+
+    /// Fails `slot` with `status` (handlers).
+    pub(super) fn fail(&mut self, slot: u16, status: Status) {
+        self.reqs[slot as usize].fail(status);
+    }
+
+    /// The command in `slot`.
+    pub(super) fn sqe(&self, slot: u16) -> Sqe {
+        self.reqs[slot as usize].sqe
+    }
+
+    /// Marks the connection for closing (e.g. Disconnect).
+    pub(super) fn request_close(&mut self, reason: CloseReason) {
+        self.close = Some(reason);
+    }
+}

@@ -1,0 +1,138 @@
+//! One command's life on a queue pair, as an explicit state machine
+//! modelled on SPDK `lib/nvmf/tcp.c` (`nvmf_tcp_req_process`):
+//!
+//! ```text
+//! New → NeedBuffer → [TransferringHostToController (R2T/H2CData)]
+//!     → ReadyToExecute → Executing → Executed → ReadyToComplete
+//!     → [TransferringControllerToHost (C2HData)] → Completed (slot freed)
+//! ```
+//!
+//! Any state may jump to ReadyToComplete with an error status. The driver
+//! (`conn.rs`) advances a request until it reaches a waiting state
+//! (TransferringHostToController, Executing) or Completed.
+
+use pollux_graph::AlignedBuf;
+use pollux_nvme::{Sqe, Status};
+
+/// Where a request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReqState {
+    /// Slot unused.
+    Free,
+    /// Capsule (and any in-capsule data) received; not yet parsed.
+    New,
+    /// Parsed; its data buffer must be set up.
+    NeedBuffer,
+    /// Waiting for H2CData answering our R2T.
+    TransferringHostToController,
+    /// Has everything it needs.
+    ReadyToExecute,
+    /// Submitted to the graph (or held, for an AER); waiting.
+    Executing,
+    /// Execution finished; status known.
+    Executed,
+    /// The response can be built.
+    ReadyToComplete,
+    /// C2HData queued for the socket.
+    TransferringControllerToHost,
+    /// Response queued; the slot is released.
+    Completed,
+}
+
+/// Data direction of a command, from its opcode (or FCTYPE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Xfer {
+    /// No data.
+    None,
+    /// Host to controller.
+    H2C,
+    /// Controller to host.
+    C2H,
+}
+
+/// One queue slot. The slot index is the R2T transfer tag and the graph
+/// I/O tag, so completion lookup is an array index.
+pub struct Request {
+    /// State.
+    pub state: ReqState,
+    /// The command.
+    pub sqe: Sqe,
+    /// Data direction.
+    pub xfer: Xfer,
+    /// Bytes of data the command moves (the SGL length).
+    pub xfer_len: u32,
+    /// Data buffer (in-capsule data, H2C data, or C2H data to send).
+    pub buf: Option<AlignedBuf>,
+    /// Bytes of data received so far (in-capsule or H2CData).
+    pub received: u32,
+    /// Data arrived in the capsule.
+    pub in_capsule: bool,
+    /// Completion status.
+    pub status: Status,
+    /// Completion dword 0.
+    pub dw0: u32,
+    /// Completion dword 1.
+    pub dw1: u32,
+    /// Graph I/Os still in flight (several for Dataset Management).
+    pub outstanding: u32,
+    /// C2H bytes to send (may be less than the buffer, e.g. a log page
+    /// shorter than asked for is zero padded inside the buffer).
+    pub c2h_len: u32,
+}
+
+impl Request {
+    /// An unused slot.
+    pub fn free() -> Self {
+        Request {
+            state: ReqState::Free,
+            sqe: Sqe::default(),
+            xfer: Xfer::None,
+            xfer_len: 0,
+            buf: None,
+            received: 0,
+            in_capsule: false,
+            status: Status::SUCCESS,
+            dw0: 0,
+            dw1: 0,
+            outstanding: 0,
+            c2h_len: 0,
+        }
+    }
+
+    /// Starts the slot for a newly received command.
+    pub fn start(&mut self, sqe: Sqe, in_capsule: Option<AlignedBuf>) {
+        *self = Request::free();
+        self.in_capsule = in_capsule.is_some();
+        self.buf = in_capsule;
+        self.sqe = sqe;
+        self.state = ReqState::New;
+    }
+
+    /// Fails the command: it completes with `status` from here.
+    pub fn fail(&mut self, status: Status) {
+        self.status = status;
+        self.state = ReqState::ReadyToComplete;
+    }
+
+    /// Command identifier.
+    pub fn cid(&self) -> u16 {
+        self.sqe.cid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_resets_previous_command() {
+        let mut r = Request::free();
+        r.fail(Status::INVALID_FIELD);
+        r.dw0 = 7;
+        r.start(Sqe::new(0x02, 5), None);
+        assert_eq!(r.state, ReqState::New);
+        assert_eq!(r.cid(), 5);
+        assert_eq!(r.dw0, 0);
+        assert!(r.status.is_success());
+    }
+}

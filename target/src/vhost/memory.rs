@@ -1,0 +1,185 @@
+//! Front-end memory: the vhost-user memory table, mapped into Pollux.
+//!
+//! A front-end describes its memory as regions (a guest physical range, the
+//! front-end's own virtual address for it, and an fd to mmap). `MemTable`
+//! keeps those regions on the control thread and builds immutable
+//! `GuestMemoryMmap` snapshots that are handed to the reactors by message.
+//! Regions are `Arc`-shared between snapshots, so a mapping stays alive as
+//! long as any snapshot (and so any in-flight I/O) still uses it.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use vhost::vhost_user::message::VhostUserMemoryRegion;
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
+    MmapRegion,
+};
+
+use super::request::GuestMem;
+
+/// Why a memory table change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MemError {
+    /// The region could not be mapped.
+    #[error("cannot map region at guest address {gpa:#x} ({size} bytes): {reason}")]
+    Map {
+        /// Guest physical address.
+        gpa: u64,
+        /// Length.
+        size: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Regions overlap or the table is otherwise inconsistent.
+    #[error("invalid memory table: {0}")]
+    Table(String),
+    /// More fds than regions or the other way round.
+    #[error("memory table has {regions} regions but {fds} fds")]
+    FdCount {
+        /// Regions in the message.
+        regions: usize,
+        /// Fds attached.
+        fds: usize,
+    },
+}
+
+/// Most regions a front-end may add (GET_MAX_MEM_SLOTS). QEMU's own limit
+/// for vhost-user is 509 (KVM's memslot count minus a few); libblkio maps
+/// one region per buffer pool.
+pub const MAX_MEM_SLOTS: u64 = 509;
+
+#[derive(Clone)]
+struct Region {
+    gpa: u64,
+    size: u64,
+    user_addr: u64,
+    mapping: Arc<MmapRegion>,
+}
+
+/// The regions a front-end has given us.
+#[derive(Default)]
+pub struct MemTable {
+    regions: Vec<Region>,
+}
+
+impl MemTable {
+    fn map(r: &VhostUserMemoryRegion, file: File) -> Result<Region, MemError> {
+        let (gpa, size) = (r.guest_phys_addr, r.memory_size);
+        let err = |reason: String| MemError::Map { gpa, size, reason };
+        if size == 0 || gpa.checked_add(size).is_none() || r.user_addr.checked_add(size).is_none() {
+            return Err(err("empty or wrapping range".into()));
+        }
+        let len = usize::try_from(size).map_err(|_| err("too large".into()))?;
+        let mapping = MmapRegion::from_file(FileOffset::new(file, r.mmap_offset), len)
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Region {
+            gpa,
+            size,
+            user_addr: r.user_addr,
+            mapping: Arc::new(mapping),
+        })
+    }
+
+    fn overlaps(&self, gpa: u64, size: u64) -> bool {
+        self.regions
+            .iter()
+            .any(|r| gpa < r.gpa + r.size && r.gpa < gpa + size)
+    }
+
+    /// SET_MEM_TABLE: replaces every region.
+    pub fn set(
+        &mut self,
+        regions: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+    ) -> Result<(), MemError> {
+        if regions.len() != files.len() {
+            return Err(MemError::FdCount {
+                regions: regions.len(),
+                fds: files.len(),
+            });
+        }
+        let mut next = MemTable::default();
+        for (r, f) in regions.iter().zip(files) {
+            let region = Self::map(r, f)?;
+            if next.overlaps(region.gpa, region.size) {
+                return Err(MemError::Table("overlapping regions".into()));
+            }
+            next.regions.push(region);
+        }
+        *self = next;
+        Ok(())
+    }
+
+    /// ADD_MEM_REG.
+    pub fn add(&mut self, r: &VhostUserMemoryRegion, file: File) -> Result<(), MemError> {
+        if self.regions.len() as u64 >= MAX_MEM_SLOTS {
+            return Err(MemError::Table("no free memory slot".into()));
+        }
+        let region = Self::map(r, file)?;
+        if self.overlaps(region.gpa, region.size) {
+            return Err(MemError::Table("region overlaps an existing one".into()));
+        }
+        self.regions.push(region);
+        Ok(())
+    }
+
+    /// REM_MEM_REG: the region with this guest address and size.
+    pub fn remove(&mut self, r: &VhostUserMemoryRegion) -> Result<(), MemError> {
+        let before = self.regions.len();
+        self.regions
+            .retain(|x| !(x.gpa == r.guest_phys_addr && x.size == r.memory_size));
+        if self.regions.len() == before {
+            let (gpa, size) = (r.guest_phys_addr, r.memory_size);
+            return Err(MemError::Table(format!(
+                "no region at {gpa:#x} of {size} bytes to remove"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Front-end virtual address (as in SET_VRING_ADDR) → guest address.
+    pub fn va_to_gpa(&self, va: u64) -> Option<u64> {
+        self.regions
+            .iter()
+            .find(|r| va >= r.user_addr && va - r.user_addr < r.size)
+            .map(|r| va - r.user_addr + r.gpa)
+    }
+
+    /// An immutable snapshot of the current regions for the reactors.
+    pub fn snapshot(&self) -> Result<Arc<GuestMemoryMmap>, MemError> {
+        // GuestMemoryMmap wants its regions in address order.
+        let mut sorted: Vec<&Region> = self.regions.iter().collect();
+        sorted.sort_by_key(|r| r.gpa);
+        let regions = sorted
+            .into_iter()
+            .map(|r| {
+                GuestRegionMmap::with_arc(r.mapping.clone(), GuestAddress(r.gpa))
+                    .ok_or_else(|| MemError::Table("region end overflows".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if regions.is_empty() {
+            return Ok(Arc::new(GuestMemoryMmap::new()));
+        }
+        GuestMemoryMmap::from_regions(regions)
+            .map(Arc::new)
+            .map_err(|e| MemError::Table(e.to_string()))
+    }
+}
+
+/// The parser's view of a guest memory snapshot.
+pub struct Guest<'a>(pub &'a GuestMemoryMmap);
+
+impl GuestMem for Guest<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.0.read_slice(buf, GuestAddress(addr)).is_ok()
+    }
+
+    fn host(&self, addr: u64, len: u64) -> Option<*mut u8> {
+        let len = usize::try_from(len).ok()?;
+        // get_slice succeeds only inside one region, so the host range is
+        // contiguous and mapped.
+        let slice = self.0.get_slice(GuestAddress(addr), len).ok()?;
+        Some(slice.ptr_guard_mut().as_ptr())
+    }
+}

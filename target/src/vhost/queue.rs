@@ -1,0 +1,511 @@
+//! One virtqueue, polled by a poller on its reactor.
+//!
+//! The control thread builds a [`QueueSetup`] and sends it to the queue's
+//! reactor ([`start`]); from then on only that reactor touches the ring.
+//! Later control messages (new memory map, new call fd, stop) find the queue
+//! in the reactor's [`Registry`] by [`QueueKey`]. Guest memory is held per
+//! queue as an `Rc` of the session's current map: each request keeps a clone
+//! of the `Rc` it was parsed with (in its slot and in its `IoBuf::raw`), so
+//! a remap (new map by message) never unmaps memory an in-flight I/O uses,
+//! and no per-I/O atomic is shared between reactors.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+
+use pollux_graph::{Graph, Io, IoBuf, IoOp, IoResult, IoSink, RootId};
+use pollux_poller::{PollStatus, PollerId, Reactor};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::inflight::InflightQueue;
+use super::memory::Guest;
+use super::request::{self, Desc, Limits, Op, Ring, ID_BYTES, S_IOERR, S_OK};
+
+/// Requests taken from the avail ring per poll, so one busy queue cannot
+/// starve the other pollers of its reactor.
+const POLL_BATCH: usize = 32;
+
+/// What every queue of a device shares (immutable but for `writeback`).
+pub struct DeviceInfo {
+    /// The `[[vhost.blk]]` socket path, for logs.
+    pub name: String,
+    /// The graph requests go to.
+    pub graph: Arc<Graph>,
+    /// The root of the exported bdev.
+    pub root: RootId,
+    /// Serial number returned by GET_ID.
+    pub serial: [u8; ID_BYTES],
+    /// CONFIG_WCE: false after the driver switched to writethrough, in which
+    /// case each write is followed by a flush before it completes.
+    pub writeback: AtomicBool,
+    /// Reactors sleep in epoll when idle: kicks must wake them.
+    pub adaptive: bool,
+}
+
+/// Names a queue across reactors: the session (one front-end connection)
+/// and the queue index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QueueKey {
+    /// Session number, unique for the daemon's lifetime.
+    pub session: u64,
+    /// Virtqueue index.
+    pub index: u16,
+}
+
+/// Everything a reactor needs to start polling a queue.
+pub struct QueueSetup {
+    /// Which queue.
+    pub key: QueueKey,
+    /// Ring size (a power of two).
+    pub size: u16,
+    /// Guest addresses of the descriptor table, avail and used rings.
+    pub desc: u64,
+    /// Avail ring.
+    pub avail: u64,
+    /// Used ring.
+    pub used: u64,
+    /// SET_VRING_BASE: first avail index to process.
+    pub next_avail: u16,
+    /// RING_EVENT_IDX negotiated.
+    pub event_idx: bool,
+    /// Parser limits (INDIRECT_DESC included).
+    pub limits: Limits,
+    /// The front-end's kick eventfd (none: the front-end never kicks).
+    pub kick: Option<File>,
+    /// The call eventfd (none: the front-end polls).
+    pub call: Option<File>,
+    /// The current memory map.
+    pub mem: Arc<GuestMemoryMmap>,
+    /// INFLIGHT_SHMEM tracking for this queue.
+    pub inflight: Option<InflightQueue>,
+    /// The device.
+    pub dev: Arc<DeviceInfo>,
+}
+
+/// Why a queue could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The ring layout is invalid.
+    #[error("queue {index}: {reason}")]
+    Ring {
+        /// Queue index.
+        index: u16,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The kick fd could not be added to the reactor's epoll set.
+    #[error("queue {index}: cannot watch the kick fd: {source}")]
+    Kick {
+        /// Queue index.
+        index: u16,
+        /// The epoll error.
+        source: std::io::Error,
+    },
+}
+
+type Mem = Rc<Arc<GuestMemoryMmap>>;
+
+#[derive(Default)]
+struct Slot {
+    busy: bool,
+    status: u64,
+    used_len: u32,
+    /// The map the request was parsed with; keeps it mapped until done.
+    mem: Option<Mem>,
+    flush_after: bool,
+}
+
+struct State {
+    queue: Queue,
+    ring: Ring,
+    limits: Limits,
+    mem: Mem,
+    /// Owned so the fd stays open while it is an epoll wake source.
+    _kick: Option<File>,
+    call: Option<File>,
+    slots: Vec<Slot>,
+    in_flight: u32,
+    need_signal: bool,
+    /// avail index at which notifications were last re-armed (adaptive).
+    armed_at: Option<u16>,
+    scratch: Vec<Desc>,
+    inflight: Option<InflightQueue>,
+    counter: u64,
+    resubmit: VecDeque<u16>,
+    stop: Option<mpsc::Sender<u16>>,
+    poller: Option<PollerId>,
+    wake_fd: Option<RawFd>,
+}
+
+/// A started virtqueue; owned by its poller, its registry entry and its
+/// in-flight I/Os.
+pub struct VirtQueue {
+    key: QueueKey,
+    dev: Arc<DeviceInfo>,
+    st: RefCell<State>,
+}
+
+/// The queues a reactor polls.
+#[derive(Default)]
+pub struct Registry(RefCell<HashMap<QueueKey, Rc<VirtQueue>>>);
+
+fn registry(r: &Reactor) -> Rc<Registry> {
+    r.local(|_| Registry::default())
+}
+
+fn find(r: &Reactor, key: QueueKey) -> Option<Rc<VirtQueue>> {
+    registry(r).0.borrow().get(&key).cloned()
+}
+
+enum Next {
+    Empty,
+    Handled,
+    Submit(Io),
+}
+
+/// Starts polling `s` on this reactor.
+pub fn start(r: &Reactor, s: QueueSetup) -> Result<(), QueueError> {
+    let index = s.key.index;
+    let ring_err = |reason: String| QueueError::Ring { index, reason };
+    let mut queue = Queue::new(s.size).map_err(|e| ring_err(e.to_string()))?;
+    queue
+        .try_set_size(s.size)
+        .map_err(|e| ring_err(e.to_string()))?;
+    queue
+        .try_set_desc_table_address(GuestAddress(s.desc))
+        .map_err(|e| ring_err(format!("descriptor table: {e}")))?;
+    queue
+        .try_set_avail_ring_address(GuestAddress(s.avail))
+        .map_err(|e| ring_err(format!("avail ring: {e}")))?;
+    queue
+        .try_set_used_ring_address(GuestAddress(s.used))
+        .map_err(|e| ring_err(format!("used ring: {e}")))?;
+    queue.set_event_idx(s.event_idx);
+    queue.set_ready(true);
+    if !queue.is_valid(&*s.mem) {
+        return Err(ring_err("rings are not inside guest memory".into()));
+    }
+    let used_idx = queue
+        .used_idx(&*s.mem, Ordering::Acquire)
+        .map_err(|e| ring_err(e.to_string()))?
+        .0;
+    queue.set_next_used(used_idx);
+    let mut next_avail = s.next_avail;
+    let (mut resubmit, mut counter) = (VecDeque::new(), 0);
+    if let Some(inf) = &s.inflight {
+        let (heads, max) = inf.recover(used_idx);
+        if !heads.is_empty() {
+            // As libvhost-user: the requests between the used index and the
+            // resubmitted ones are exactly those in flight.
+            next_avail = used_idx.wrapping_add(heads.len() as u16);
+            tracing::info!(
+                device = %s.dev.name, queue = index, count = heads.len(),
+                "resubmitting requests in flight at the last disconnect"
+            );
+        }
+        resubmit = heads.into_iter().filter(|&h| h < s.size).collect();
+        counter = max;
+    }
+    queue.set_next_avail(next_avail);
+    if !s.dev.adaptive {
+        // Polling never needs a kick: ask the driver not to send them
+        // (a no-op with EVENT_IDX, where avail_event simply is never moved).
+        let _ = queue.disable_notification(&*s.mem);
+    }
+    let wake_fd = if let (true, Some(kick)) = (s.dev.adaptive, &s.kick) {
+        let fd = kick.as_raw_fd();
+        // Edge-triggered: every kick (eventfd write) wakes a sleeping
+        // reactor, and the kick counter never has to be read back.
+        r.register_wake_fd(fd, (libc::EPOLLIN | libc::EPOLLET) as u32)
+            .map_err(|source| QueueError::Kick { index, source })?;
+        Some(fd)
+    } else {
+        None
+    };
+    let q = Rc::new(VirtQueue {
+        key: s.key,
+        dev: s.dev,
+        st: RefCell::new(State {
+            queue,
+            ring: Ring {
+                desc_table: s.desc,
+                size: s.size,
+            },
+            limits: s.limits,
+            mem: Rc::new(s.mem),
+            _kick: s.kick,
+            call: s.call,
+            slots: (0..s.size).map(|_| Slot::default()).collect(),
+            in_flight: 0,
+            need_signal: false,
+            armed_at: None,
+            scratch: Vec::new(),
+            inflight: s.inflight,
+            counter,
+            resubmit,
+            stop: None,
+            poller: None,
+            wake_fd,
+        }),
+    });
+    let polled = q.clone();
+    let id = r.register_poller(move |r: &Reactor| polled.poll(r));
+    q.st.borrow_mut().poller = Some(id);
+    registry(r).0.borrow_mut().insert(s.key, q);
+    tracing::debug!(queue = ?s.key, reactor = r.index(), "virtqueue started");
+    Ok(())
+}
+
+/// Switches a queue to a new memory map (after SET_MEM_TABLE, ADD_MEM_REG
+/// or REM_MEM_REG). Requests already parsed keep their own map.
+pub fn update_mem(r: &Reactor, key: QueueKey, mem: Arc<GuestMemoryMmap>) {
+    if let Some(q) = find(r, key) {
+        q.st.borrow_mut().mem = Rc::new(mem);
+    }
+}
+
+/// Replaces a queue's call fd (QEMU does this when it masks interrupts).
+pub fn update_call(r: &Reactor, key: QueueKey, call: Option<File>) {
+    if let Some(q) = find(r, key) {
+        q.st.borrow_mut().call = call;
+    }
+}
+
+/// Stops taking requests from the queue; once its in-flight requests have
+/// completed, removes it and sends the next avail index on `reply`.
+pub fn stop(r: &Reactor, key: QueueKey, reply: mpsc::Sender<u16>) {
+    match find(r, key) {
+        Some(q) => {
+            q.st.borrow_mut().stop = Some(reply);
+            q.try_finish_stop(r);
+        }
+        None => {
+            let _ = reply.send(0);
+        }
+    }
+}
+
+impl VirtQueue {
+    fn poll(self: &Rc<Self>, r: &Reactor) -> PollStatus {
+        let mut busy = false;
+        for _ in 0..POLL_BATCH {
+            match self.next_request() {
+                Next::Empty => break,
+                Next::Handled => busy = true,
+                Next::Submit(io) => {
+                    busy = true;
+                    self.dev.graph.snapshot(r).submit(r, self.dev.root, io);
+                }
+            }
+        }
+        let mut st = self.st.borrow_mut();
+        if st.need_signal {
+            st.need_signal = false;
+            st.signal();
+            busy = true;
+        }
+        let stopping = st.stop.is_some();
+        drop(st);
+        if stopping {
+            self.try_finish_stop(r);
+        }
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+
+    fn try_finish_stop(&self, r: &Reactor) {
+        let mut st = self.st.borrow_mut();
+        if st.in_flight != 0 {
+            return;
+        }
+        let Some(reply) = st.stop.take() else { return };
+        if st.need_signal {
+            st.need_signal = false;
+            st.signal();
+        }
+        if let Some(id) = st.poller.take() {
+            r.unregister_poller(id);
+        }
+        if let Some(fd) = st.wake_fd.take() {
+            // Before the kick fd closes (when the last Rc goes).
+            let _ = r.unregister_wake_fd(fd);
+        }
+        let next_avail = st.queue.next_avail();
+        drop(st);
+        registry(r).0.borrow_mut().remove(&self.key);
+        tracing::debug!(queue = ?self.key, next_avail, "virtqueue stopped");
+        let _ = reply.send(next_avail);
+    }
+
+    fn next_request(self: &Rc<Self>) -> Next {
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        if st.stop.is_some() {
+            return Next::Empty;
+        }
+        let head = match st.resubmit.pop_front() {
+            Some(h) => h,
+            None => match st.queue.pop_descriptor_chain(&**st.mem) {
+                Some(chain) => chain.head_index(),
+                None => {
+                    if self.dev.adaptive && st.armed_at != Some(st.queue.next_avail()) {
+                        // The ring looks empty: ask for a kick on the next
+                        // request (the reactor may go to sleep), then look
+                        // once more so a request added meanwhile is not
+                        // left waiting for a kick that will not come.
+                        st.armed_at = Some(st.queue.next_avail());
+                        if let Ok(true) = st.queue.enable_notification(&**st.mem) {
+                            return Next::Handled;
+                        }
+                    }
+                    return Next::Empty;
+                }
+            },
+        };
+        let h = usize::from(head);
+        if h >= st.slots.len() || st.slots[h].busy {
+            // A head the driver reused while we still own it: the ring is
+            // corrupt; there is no way to complete it twice.
+            tracing::warn!(device = %self.dev.name, queue = self.key.index, head,
+                "driver made an in-flight descriptor available again; ignored");
+            return Next::Handled;
+        }
+        if let Some(inf) = &st.inflight {
+            st.counter += 1;
+            inf.fetched(head, st.counter);
+        }
+        let parsed = request::parse(&Guest(&st.mem), st.ring, head, &st.limits, &mut st.scratch);
+        let req = match parsed {
+            Ok(req) => req,
+            Err(f) => {
+                tracing::debug!(device = %self.dev.name, queue = self.key.index, head,
+                    reason = f.reason, "request failed");
+                let used_len = match f.status {
+                    Some(at) => {
+                        let _ = st.mem.write_obj(f.code, GuestAddress(at));
+                        1
+                    }
+                    None => 0,
+                };
+                st.complete(head, used_len);
+                return Next::Handled;
+            }
+        };
+        let op = match req.op {
+            Op::GetId => {
+                let n = req.len as usize;
+                let ok = st
+                    .mem
+                    .write_slice(&self.dev.serial[..n], GuestAddress(req.offset))
+                    .is_ok();
+                let status = if ok { S_OK } else { S_IOERR };
+                let _ = st.mem.write_obj(status, GuestAddress(req.status));
+                st.complete(head, req.used_len);
+                return Next::Handled;
+            }
+            Op::Read => IoOp::Read,
+            Op::Write => IoOp::Write,
+            Op::Flush => IoOp::Flush,
+            Op::Discard => IoOp::Discard,
+            Op::WriteZeroes => IoOp::WriteZeroes,
+        };
+        let mem = st.mem.clone();
+        let buf = if req.data.is_empty() {
+            IoBuf::None
+        } else {
+            let keep: Rc<dyn Any> = mem.clone();
+            // SAFETY: `parse` returned each segment only after `Guest::host`
+            // found it inside one region of `mem`, and `keep` holds that map
+            // (and so the mmap) until the I/O is dropped. The memory is
+            // shared with the front-end process and is only ever reached
+            // through raw pointers (copies and kernel I/O), never through
+            // Rust references, so segments the guest made overlap cannot
+            // alias a reference.
+            unsafe { IoBuf::raw(req.data, keep) }
+        };
+        st.slots[h] = Slot {
+            busy: true,
+            status: req.status,
+            used_len: req.used_len,
+            mem: Some(mem),
+            flush_after: op == IoOp::Write && !self.dev.writeback.load(Ordering::Relaxed),
+        };
+        st.in_flight += 1;
+        let sink: Rc<dyn IoSink> = self.clone();
+        Next::Submit(Io::new(op, req.offset, req.len, buf, sink, u64::from(head)))
+    }
+}
+
+impl State {
+    /// Puts `head` in the used ring and marks a notification as due.
+    fn complete(&mut self, head: u16, used_len: u32) {
+        if let Some(inf) = &self.inflight {
+            inf.completing(head);
+        }
+        if let Err(e) = self.queue.add_used(&**self.mem, head, used_len) {
+            tracing::warn!(head, error = %e, "cannot update the used ring");
+        }
+        if let Some(inf) = &self.inflight {
+            inf.completed(head, self.queue.next_used());
+        }
+        self.need_signal = true;
+    }
+
+    /// Interrupts the driver through the call fd unless event-idx (or
+    /// NO_INTERRUPT) says it does not want one.
+    fn signal(&mut self) {
+        let needed = self.queue.needs_notification(&**self.mem).unwrap_or(true);
+        if needed {
+            if let Some(call) = &self.call {
+                // A full eventfd counter (EAGAIN) already means "signalled".
+                let _ = (&*call).write(&1u64.to_ne_bytes());
+            }
+        }
+    }
+}
+
+impl IoSink for VirtQueue {
+    fn io_done(&self, r: &Reactor, mut io: Io, result: IoResult) {
+        let head = io.tag as u16;
+        let mut st = self.st.borrow_mut();
+        let Some(slot) = st.slots.get_mut(usize::from(head)) else {
+            return;
+        };
+        if result.is_ok() && slot.flush_after {
+            // Writethrough mode: the write completes once it is durable.
+            slot.flush_after = false;
+            drop(st);
+            io.op = IoOp::Flush;
+            io.offset = 0;
+            io.len = 0;
+            io.buf = IoBuf::None;
+            self.dev.graph.snapshot(r).submit(r, self.dev.root, io);
+            return;
+        }
+        drop(io);
+        let slot = std::mem::take(slot);
+        let status = match &result {
+            Ok(()) => S_OK,
+            Err(e) => {
+                tracing::debug!(device = %self.dev.name, queue = self.key.index, head,
+                    error = %e, "I/O failed");
+                S_IOERR
+            }
+        };
+        if let Some(mem) = &slot.mem {
+            let _ = mem.write_obj(status, GuestAddress(slot.status));
+        }
+        st.in_flight -= 1;
+        st.complete(head, slot.used_len);
+    }
+}

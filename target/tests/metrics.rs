@@ -1,0 +1,381 @@
+//! The daemon's Prometheus endpoint from outside: the families are there,
+//! counters move between scrapes, `promtool check metrics` accepts the
+//! output, and a real Prometheus server (Debian's `prometheus` package)
+//! scrapes it. Missing `promtool`/`prometheus` binaries fail the tests.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the daemon and Prometheus get to come up, and Prometheus to
+/// complete its first scrapes (1 s interval) on a loaded CI machine.
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// Kills and reaps the child when dropped, so a failed assertion does not
+/// leave a daemon or a Prometheus server behind.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port nothing listens on right now (the kernel's pick, released at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `binary` from PATH, or a failure that says how to get it.
+fn require(binary: &str) -> String {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(binary).is_file()));
+    assert!(
+        found,
+        "`{binary}` is not installed: these tests need Debian's `prometheus` package \
+         (apt-get install prometheus), which provides prometheus and promtool"
+    );
+    binary.to_owned()
+}
+
+/// Starts `pollux` with one adaptive reactor on core 0, a ram bdev and the
+/// metrics endpoint on a free port; returns once it reports ready.
+fn start_pollux(dir: &Path) -> (Reaped, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = dir.join("pollux.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[reactors]\ncores = [0]\nidle = \"adaptive\"\n\n\
+             [[bdev]]\nname = \"ram0\"\nkind = \"ram\"\nsize = \"16MiB\"\nblock_size = 4096\n\n\
+             [metrics]\nlisten = \"{addr}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pollux"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("POLLUX_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = Reaped(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("pollux ready") {
+                let _ = tx.send(Ok(()));
+            }
+        }
+        // The daemon exited (or closed stderr) before or after ready.
+        let _ = tx.send(Err(log));
+    });
+    match rx.recv_timeout(STARTUP) {
+        Ok(Ok(())) => {}
+        Ok(Err(log)) => panic!("pollux exited before it was ready:\n{log}"),
+        Err(_) => panic!("pollux did not report ready within {STARTUP:?}"),
+    }
+    (child, addr)
+}
+
+/// A plain HTTP/1.0 GET (the server then closes the connection after an
+/// unchunked body); returns status code and body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_owned())
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+#[test]
+fn metrics_endpoint_serves_every_family_and_counters_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_pollux, addr) = start_pollux(dir.path());
+
+    let first = scrape(addr);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        sample(
+            &first,
+            &format!("pollux_build_info{{version=\"{version}\"}}")
+        ),
+        Some(1.0),
+        "{first}"
+    );
+    for family in [
+        "pollux_reactor_polls_total",
+        "pollux_reactor_busy_seconds_total",
+        "pollux_reactor_idle_seconds_total",
+        "pollux_reactor_messages_total",
+        "pollux_bdev_ops_total",
+        "pollux_bdev_bytes_total",
+        "pollux_bdev_errors_total",
+        "pollux_bdev_latency_seconds",
+        "pollux_graph_generation",
+        "pollux_graph_publishes_total",
+        "pollux_graph_grace_period_seconds",
+    ] {
+        assert!(
+            first.contains(&format!("\n# TYPE {family} ")),
+            "{family} missing:\n{first}"
+        );
+    }
+    for op in ["read", "write", "flush", "write_zeroes", "discard"] {
+        let series = format!("pollux_bdev_ops_total{{bdev=\"ram0\",op=\"{op}\"}}");
+        assert_eq!(sample(&first, &series), Some(0.0), "{series}");
+        let series =
+            format!("pollux_bdev_latency_seconds_bucket{{bdev=\"ram0\",op=\"{op}\",le=\"+Inf\"}}");
+        assert_eq!(sample(&first, &series), Some(0.0), "{series}");
+    }
+    // Building ram0 was one publication, each with one grace period.
+    assert_eq!(sample(&first, "pollux_graph_generation"), Some(1.0));
+    assert_eq!(sample(&first, "pollux_graph_publishes_total"), Some(1.0));
+    assert_eq!(
+        sample(&first, "pollux_graph_grace_period_seconds_count"),
+        Some(1.0)
+    );
+
+    // An idle adaptive reactor still wakes at least once a second, so its
+    // loop and time counters move between scrapes.
+    let polls = "pollux_reactor_polls_total{core=\"0\"}";
+    let idle = "pollux_reactor_idle_seconds_total{core=\"0\"}";
+    let (p0, i0) = (
+        sample(&first, polls).unwrap(),
+        sample(&first, idle).unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = scrape(addr);
+        if sample(&now, polls).unwrap() > p0 && sample(&now, idle).unwrap() > i0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reactor counters did not move:\n{now}"
+        );
+    }
+
+    // Anything but /metrics is not found.
+    assert_eq!(get(addr, "/").0, 404);
+    assert_eq!(get(addr, "/metrics/x").0, 404);
+}
+
+#[test]
+fn promtool_accepts_the_exposition() {
+    let promtool = require("promtool");
+    let dir = tempfile::tempdir().unwrap();
+    let (_pollux, addr) = start_pollux(dir.path());
+    let text = scrape(addr);
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_prometheus_server_scrapes_pollux() {
+    let prometheus = require("prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let (_pollux, target) = start_pollux(dir.path());
+
+    let prom_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: pollux\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _server = Reaped(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+
+    let query = |q: &str| -> Option<serde_json::Value> {
+        let c = TcpStream::connect(prom_addr).ok()?;
+        drop(c);
+        let (status, body) = get(prom_addr, &format!("/api/v1/query?query={q}"));
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let result = v["data"]["result"].as_array()?;
+        result.first().cloned()
+    };
+    let deadline = Instant::now() + STARTUP;
+    let (up, info) = loop {
+        let up = query("up%7Bjob%3D%22pollux%22%7D");
+        let info = query("pollux_build_info");
+        if let (Some(up), Some(info)) = (&up, &info) {
+            if up["value"][1] == "1" {
+                break (up.clone(), info.clone());
+            }
+        }
+        if Instant::now() > deadline {
+            let log =
+                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+            panic!(
+                "Prometheus did not scrape pollux within {STARTUP:?} \
+                 (up: {up:?}, build_info: {info:?}); its log:\n{log}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(up["metric"]["instance"], target.to_string());
+    assert_eq!(info["metric"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(info["value"][1], "1");
+}
+
+/// Every metric family the daemon exports (front-end gauges only appear
+/// once a front-end registers them).
+const FAMILIES: &[&str] = &[
+    "pollux_build_info",
+    "pollux_reactor_polls_total",
+    "pollux_reactor_busy_seconds_total",
+    "pollux_reactor_idle_seconds_total",
+    "pollux_reactor_messages_total",
+    "pollux_bdev_ops_total",
+    "pollux_bdev_bytes_total",
+    "pollux_bdev_errors_total",
+    "pollux_bdev_latency_seconds",
+    "pollux_bdev_inflight",
+    "pollux_graph_generation",
+    "pollux_graph_publishes_total",
+    "pollux_graph_reclaimed_total",
+    "pollux_graph_nodes_closed_total",
+    "pollux_graph_grace_period_seconds",
+    "pollux_nvmf_connections",
+    "pollux_vhost_queues",
+];
+
+fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn grafana_dashboard_queries_are_valid_promql_over_our_metrics() {
+    let promtool = require("promtool");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/grafana/pollux-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut all = Vec::new();
+    exprs(&dashboard["panels"], &mut all);
+    assert!(all.len() >= 15, "only {} queries", all.len());
+
+    // Grafana's variables, as Prometheus would see them substituted.
+    let rules: Vec<serde_json::Value> = all
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*")
+                .replace("$bdev", ".*");
+            for name in e
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("pollux_"))
+            {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .filter(|f| FAMILIES.contains(f))
+                    .unwrap_or(name);
+                assert!(FAMILIES.contains(&family), "unknown metric {name} in {e}");
+            }
+            serde_json::json!({ "record": format!("dashboard:query_{i}"), "expr": e })
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    // JSON is YAML, so promtool reads this as a rules file.
+    let file = dir.path().join("dashboard-rules.yml");
+    let doc = serde_json::json!({ "groups": [{ "name": "dashboard", "rules": rules }] });
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
