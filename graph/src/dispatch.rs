@@ -85,8 +85,16 @@ impl Path {
 
     /// Accounts the finished I/O on every pinned node and unpins them.
     /// `submitted` is the raw clock reading taken when it entered the graph.
+    /// Returns the latency recorded (0 for failed I/O).
     #[inline]
-    pub(crate) fn finish(&mut self, r: &Reactor, op: IoOp, len: u64, ok: bool, submitted: u64) {
+    pub(crate) fn finish(
+        &mut self,
+        r: &Reactor,
+        op: IoOp,
+        len: u64,
+        ok: bool,
+        submitted: u64,
+    ) -> u64 {
         let i = op.as_index();
         // One clock read per I/O, however many nodes it went through: every
         // node on the path sees the latency from submission, as the caller
@@ -118,6 +126,7 @@ impl Path {
             c.inflight.store(n - 1, Ordering::Release);
         }
         self.len = 0;
+        ns
     }
 }
 

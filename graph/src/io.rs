@@ -132,6 +132,8 @@ pub struct Io {
     pub(crate) path: crate::dispatch::Path,
     /// Raw clock reading at `Snapshot::submit`, for the latency histograms.
     pub(crate) submitted: u64,
+    /// Set at completion: nanoseconds from `Snapshot::submit`.
+    latency_ns: u64,
 }
 
 impl Io {
@@ -146,7 +148,15 @@ impl Io {
             sink,
             path: crate::dispatch::Path::default(),
             submitted: 0,
+            latency_ns: 0,
         }
+    }
+
+    /// For a completed, successful I/O: nanoseconds from its submission to
+    /// the graph until its completion (what the latency histograms record),
+    /// so callers need not read the clock again. 0 otherwise.
+    pub fn latency_ns(&self) -> u64 {
+        self.latency_ns
     }
 
     /// Finishes the request now: accounts it on every node it went through
@@ -154,7 +164,8 @@ impl Io {
     /// asynchronous (a ring's completion queue); synchronous backends use
     /// `complete_later` so a sink that resubmits cannot recurse.
     pub fn complete(mut self, r: &Reactor, result: IoResult) {
-        self.path
+        self.latency_ns = self
+            .path
             .finish(r, self.op, self.len, result.is_ok(), self.submitted);
         // Per-I/O tracing: the macro's level check (a static max level, then
         // one relaxed load of the global max level) skips everything else

@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use quanta::Clock;
-
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use pollux_graph::{AlignedBuf, Graph, Io, IoBuf, IoOp, IoResult, IoSink, RootId};
@@ -85,10 +83,6 @@ struct Job {
     /// Number of `bs`-sized slots on the device.
     slots: u64,
     rng: Cell<u64>,
-    /// TSC-based clock: reading it costs a few ns where `Instant::now`
-    /// (clock_gettime) costs ~20, twice per I/O.
-    clock: Clock,
-    started: Vec<Cell<u64>>,
     hist: RefCell<Histogram<u64>>,
     ios: Cell<u64>,
     errors: Cell<u64>,
@@ -120,7 +114,6 @@ impl Job {
         let bs = self.spec.bs as u64;
         let offset = (x % self.slots) * bs;
         let sink: Rc<dyn IoSink> = self.me.borrow().clone().expect("job running");
-        self.started[tag as usize].set(self.clock.raw());
         let io = Io::new(op, offset, bs, IoBuf::Owned(buf), sink, tag);
         self.graph.snapshot(r).submit(r, self.root, io);
     }
@@ -141,6 +134,9 @@ impl Job {
 impl IoSink for Job {
     fn io_done(&self, r: &Reactor, io: Io, result: IoResult) {
         let tag = io.tag;
+        // The graph timed the I/O already (TSC at submit and completion):
+        // reuse it rather than read the clock twice more per I/O.
+        let ns = io.latency_ns();
         let IoBuf::Owned(buf) = io.buf else {
             unreachable!("perf submits owned buffers")
         };
@@ -151,9 +147,6 @@ impl IoSink for Job {
             }
             return;
         }
-        let ns = self
-            .clock
-            .delta_as_nanos(self.started[tag as usize].get(), self.clock.raw());
         let _ = self.hist.borrow_mut().record(ns.clamp(1, MAX_LATENCY_NS));
         match result {
             Ok(()) => self.ios.set(self.ios.get() + 1),
@@ -193,13 +186,10 @@ fn run_on(target: &Target, bdev: &str, spec: &PerfSpec) -> Result<PerfReport> {
     }
 
     let handle = target.runtime.handle();
-    // Calibrated once here (it takes a moment), cloned into every job.
-    let clock = Clock::new();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     for i in 0..handle.num_reactors() {
         let (graph, stop, tx, spec) = (graph.clone(), stop.clone(), tx.clone(), spec.clone());
-        let clock = clock.clone();
         handle.send_blocking(i, move |r: &Reactor| {
             let qd = spec.qd;
             let now = Instant::now();
@@ -209,8 +199,6 @@ fn run_on(target: &Target, bdev: &str, spec: &PerfSpec) -> Result<PerfReport> {
                 stop,
                 slots,
                 rng: Cell::new(0x2545_F491_4F6C_DD1D ^ ((r.index() as u64 + 1) << 17)),
-                clock: clock.clone(),
-                started: (0..qd).map(|_| Cell::new(0)).collect(),
                 hist: RefCell::new(
                     Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("valid bounds"),
                 ),
