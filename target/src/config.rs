@@ -26,10 +26,12 @@ use serde::Deserialize;
 
 mod metrics;
 mod nvmf;
+mod rpc;
 mod vhost;
 pub use metrics::MetricsConfig;
 pub use nvmf::{NvmfConfig, NvmfSubsystemConfig};
-pub use vhost::{VhostBlkConfig, VhostConfig};
+pub use rpc::{RpcConfig, DEFAULT_SOCKET as DEFAULT_RPC_SOCKET};
+pub use vhost::{VhostBlkConfig, VhostConfig, MAX_NUM_QUEUES as MAX_VHOST_QUEUES};
 
 /// Default for `reactors.idle_after_us`.
 const DEFAULT_IDLE_AFTER_US: u64 = 200;
@@ -50,7 +52,9 @@ pub struct Config {
     pub nvmf: NvmfConfig,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
-    /// `[[vhost.blk]]` exports.
+    /// `[rpc]`: the JSON-RPC socket.
+    pub rpc: RpcConfig,
+    /// `[vhost]`: vhost-user-blk exports and where RPC-created sockets go.
     pub vhost: VhostConfig,
 }
 
@@ -236,12 +240,14 @@ impl Config {
         let bdevs = validate_bdevs(raw.bdev)?;
         let nvmf = nvmf::validate_nvmf(raw.nvmf, &bdevs)?;
         let metrics = metrics::validate_metrics(raw.metrics)?;
+        let rpc = rpc::validate_rpc(raw.rpc)?;
         let vhost = vhost::validate_vhost(raw.vhost, &bdevs, &reactors)?;
         Ok(Config {
             reactors,
             bdevs,
             nvmf,
             metrics,
+            rpc,
             vhost,
         })
     }
@@ -272,6 +278,7 @@ impl Config {
                 subsystems: vec![NvmfSubsystemConfig::embedded_default()],
             },
             metrics: MetricsConfig::default(),
+            rpc: RpcConfig::default(),
             vhost: VhostConfig::default(),
         }
     }
@@ -294,6 +301,8 @@ struct RawConfig {
     nvmf: nvmf::RawNvmf,
     #[serde(default)]
     metrics: metrics::RawMetrics,
+    #[serde(default)]
+    rpc: rpc::RawRpc,
     #[serde(default)]
     vhost: vhost::RawVhost,
 }
@@ -851,6 +860,7 @@ child = "disk0"
                 ],
                 nvmf: NvmfConfig::default(),
                 metrics: MetricsConfig::default(),
+                rpc: RpcConfig::default(),
                 vhost: VhostConfig::default(),
             }
         );

@@ -62,17 +62,18 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let target = Target::start(&cfg)?;
     let nvmf = crate::nvmf::NvmfTarget::start(&cfg.nvmf, &target.graph)?;
-    let vhost = crate::vhost::start(
-        &cfg.vhost.blk,
+    // Shared with the RPC methods, which create and delete controllers.
+    let vhost = Arc::new(crate::vhost::VhostTargets::start(
+        &cfg.vhost,
         &target.graph,
         target.runtime.handle(),
         cfg.reactors.idle == IdleMode::Adaptive,
-    )?;
+    )?);
     let exporter = crate::exporter::Exporter::start(&cfg.metrics, &target)?;
-    let rpc_ctx = Arc::new(crate::rpc::RpcContext::new(
-        target.graph.clone(),
-        target.runtime.handle().clone(),
-    ));
+    let rpc_ctx = Arc::new(
+        crate::rpc::RpcContext::new(target.graph.clone(), target.runtime.handle().clone())
+            .with_vhost(vhost.clone()),
+    );
     crate::rpc::record_config_bdevs(&rpc_ctx, &cfg.bdevs);
     let dispatcher = Arc::new(crate::rpc::Dispatcher::new(rpc_ctx));
     if let Some(path) = &opts.json_config {
@@ -98,7 +99,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     // Front-ends first: stop accepting and drain queue pairs, so the graph
     // shutdown below flushes data that is no longer changing.
     nvmf.stop();
-    vhost.stop(&target.graph);
+    vhost.stop();
     exporter.shutdown();
     target.shutdown();
     tracing::info!("stopped");

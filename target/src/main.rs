@@ -202,10 +202,11 @@ fn main() -> ExitCode {
         None => match load_config(cli.config.as_deref()) {
             Ok(cfg) => {
                 let opts = daemon::RunOptions {
+                    // The command line wins over the config file.
                     rpc_socket: cli
                         .rpc_socket
                         .clone()
-                        .unwrap_or_else(|| PathBuf::from(rpc::DEFAULT_SOCKET)),
+                        .unwrap_or_else(|| cfg.rpc.socket.clone()),
                     json_config: cli.json.clone(),
                 };
                 daemon::run(cfg, opts)
@@ -213,10 +214,16 @@ fn main() -> ExitCode {
             Err(code) => return code,
         },
         Some(Command::Rpc { method, params }) => {
-            let socket = cli
-                .rpc_socket
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(rpc::DEFAULT_SOCKET));
+            // --rpc-socket, else the `[rpc] socket` of --config, else the
+            // default: the same order the daemon resolves it in.
+            let socket = match (&cli.rpc_socket, &cli.config) {
+                (Some(s), _) => s.clone(),
+                (None, Some(_)) => match load_config(cli.config.as_deref()) {
+                    Ok(cfg) => cfg.rpc.socket,
+                    Err(code) => return code,
+                },
+                (None, None) => PathBuf::from(rpc::DEFAULT_SOCKET),
+            };
             return rpc_client(&socket, &method, params.as_deref());
         }
         Some(Command::Perf(PerfCommand::Local(a))) => {

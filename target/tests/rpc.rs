@@ -279,3 +279,52 @@ fn bad_requests_get_json_rpc_errors_and_the_daemon_keeps_serving() {
     assert!(t.elapsed() < Duration::from_secs(5));
     drop(stuck);
 }
+
+/// `[rpc] socket` places the socket (mode 0600) when `--rpc-socket` is
+/// absent, and `pollux --config FILE rpc` finds it there too.
+#[test]
+fn rpc_socket_comes_from_the_config_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("from-config.sock");
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[reactors]\ncores = [0]\n[metrics]\nlisten = \"127.0.0.1:0\"\n[rpc]\nsocket = \"{}\"\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pollux"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "[rpc] socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    let out = Command::new(env!("CARGO_BIN_EXE_pollux"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["rpc", "spdk_get_version"])
+        .output()
+        .unwrap();
+    // SAFETY: kill(2) on our own child has no memory-safety concerns.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(mode, 0o600, "socket mode");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Pollux"));
+    assert!(status.success());
+    assert!(!sock.exists(), "socket left behind");
+}

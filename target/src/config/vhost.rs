@@ -15,11 +15,29 @@ use super::{BdevConfig, ConfigError, ReactorsConfig};
 /// vhost-user-blk at 1024.
 pub const MAX_NUM_QUEUES: u16 = 1024;
 
+/// Default `[vhost] socket_dir`. SPDK creates controller sockets in its
+/// `-S` directory (default: its working directory); a daemon's working
+/// directory is `/` under systemd, so Pollux uses /var/tmp, where SPDK
+/// deployments conventionally point `-S` and where its RPC socket lives.
+pub const DEFAULT_SOCKET_DIR: &str = "/var/tmp";
+
 /// `[vhost]`: vhost-user exports.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VhostConfig {
+    /// Directory in which `vhost_create_blk_controller` creates the socket
+    /// named by its `ctrlr` param (absolute).
+    pub socket_dir: PathBuf,
     /// `[[vhost.blk]]` entries, in file order.
     pub blk: Vec<VhostBlkConfig>,
+}
+
+impl Default for VhostConfig {
+    fn default() -> Self {
+        VhostConfig {
+            socket_dir: PathBuf::from(DEFAULT_SOCKET_DIR),
+            blk: Vec::new(),
+        }
+    }
 }
 
 /// One `[[vhost.blk]]`.
@@ -41,6 +59,7 @@ pub struct VhostBlkConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a [vhost] table")]
 pub(super) struct RawVhost {
+    socket_dir: Option<String>,
     #[serde(default)]
     blk: Vec<RawBlk>,
 }
@@ -139,7 +158,19 @@ pub(super) fn validate_vhost(
             readonly: b.readonly.unwrap_or(false),
         });
     }
-    Ok(VhostConfig { blk })
+    let socket_dir = match raw.socket_dir {
+        None => PathBuf::from(DEFAULT_SOCKET_DIR),
+        // Relative paths would depend on the daemon's working directory,
+        // which differs between a shell and a service manager.
+        Some(d) if !d.starts_with('/') => {
+            return Err(ConfigError::invalid(
+                "vhost.socket_dir",
+                format!("{d:?} is not an absolute path"),
+            ))
+        }
+        Some(d) => PathBuf::from(d),
+    };
+    Ok(VhostConfig { socket_dir, blk })
 }
 
 #[cfg(test)]
@@ -197,5 +228,17 @@ mod tests {
         assert!(e.starts_with("vhost.blk[1].socket:"), "{e}");
         let e = parse("[vhost]\nnet = 1\n").unwrap_err();
         assert!(e.starts_with("vhost.net: unknown key"), "{e}");
+        let e = parse("[vhost]\nsocket_dir = \"tmp\"\n").unwrap_err();
+        assert_eq!(e, "vhost.socket_dir: \"tmp\" is not an absolute path");
+    }
+
+    #[test]
+    fn socket_dir_defaults_to_var_tmp() {
+        assert_eq!(
+            parse("").unwrap().vhost.socket_dir.to_str(),
+            Some("/var/tmp")
+        );
+        let c = parse("[vhost]\nsocket_dir = \"/run/pollux\"\n").unwrap();
+        assert_eq!(c.vhost.socket_dir.to_str(), Some("/run/pollux"));
     }
 }

@@ -14,12 +14,13 @@ use pollux_graph::Graph;
 use pollux_poller::Handle;
 use serde_json::Value;
 
+use crate::vhost::VhostTargets;
 pub use jsonrpc::RpcError;
 pub use methods::bdev::record_config_bdevs;
 pub use server::{call, RpcServer};
 
 /// Default socket path (`[rpc] socket`), as SPDK's `/var/tmp/spdk.sock`.
-pub const DEFAULT_SOCKET: &str = "/var/tmp/pollux.sock";
+pub const DEFAULT_SOCKET: &str = crate::config::DEFAULT_RPC_SOCKET;
 
 /// How a bdev was created, so `save_config` can replay it and
 /// `bdev_get_bdevs` can describe it.
@@ -41,6 +42,9 @@ pub struct RpcContext {
     pub graph: Arc<Graph>,
     /// The reactors.
     pub handle: Handle,
+    /// The vhost-user-blk front-end, when the daemon runs one (`vhost_*`
+    /// methods answer that vhost is not available otherwise).
+    pub vhost: Option<Arc<VhostTargets>>,
     bdevs: Mutex<BTreeMap<String, BdevRecord>>,
     filters: Mutex<Vec<Value>>,
 }
@@ -51,9 +55,16 @@ impl RpcContext {
         RpcContext {
             graph,
             handle,
+            vhost: None,
             bdevs: Mutex::default(),
             filters: Mutex::default(),
         }
+    }
+
+    /// Gives the `vhost_*` methods the front-end to act on.
+    pub fn with_vhost(mut self, vhost: Arc<VhostTargets>) -> Self {
+        self.vhost = Some(vhost);
+        self
     }
 
     /// The bdev records (control path: a mutex is fine).

@@ -135,6 +135,16 @@ impl Session {
         }
     }
 
+    /// The session number (`vhost_get_controllers` reports it).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// How many virtqueues are being polled now.
+    pub fn started_queues(&self) -> usize {
+        self.vrings.iter().filter(|v| v.started).count()
+    }
+
     fn vring(&mut self, index: u32) -> VuResult<&mut Vring> {
         self.vrings
             .get_mut(index as usize)

@@ -1,5 +1,8 @@
 //! vhost-user-blk: local VMs (QEMU, cloud-hypervisor, libblkio clients)
-//! reach Pollux through a Unix socket per `[[vhost.blk]]`.
+//! reach Pollux through a Unix socket per controller: one per
+//! `[[vhost.blk]]`, plus those created with `vhost_create_blk_controller`
+//! (`VhostTargets::create`/`delete`/`list` are the control-plane API; the
+//! RPC methods call them, never the other way round).
 //!
 //! Threads: one control thread per device accepts a front-end and runs the
 //! vhost-user protocol (`backend`); every virtqueue is polled by a poller on
@@ -15,21 +18,22 @@ mod memory;
 mod queue;
 pub mod request;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use pollux_graph::Graph;
 use pollux_poller::Handle;
 use vhost::vhost_user::{BackendReqHandler, Error as VuError};
 
-use crate::config::VhostBlkConfig;
+use crate::config::{VhostBlkConfig, VhostConfig};
 use backend::{DeviceCtl, Session};
 use queue::DeviceInfo;
 use request::{Limits, ID_BYTES, SECTOR_SIZE};
@@ -49,7 +53,7 @@ const MAX_DWZ_SEG: u32 = 1;
 /// Only the owner may connect: the socket is the disk.
 const SOCKET_MODE: u32 = 0o600;
 
-/// Why the vhost exports could not start.
+/// Why the vhost exports of the config could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum VhostError {
     /// The socket could not be created.
@@ -72,120 +76,293 @@ pub enum VhostError {
     },
 }
 
-/// The running vhost-user-blk devices.
+/// Why a controller could not be created or deleted while the daemon runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The name is taken.
+    #[error("controller {0:?} already exists")]
+    Exists(String),
+    /// Another controller serves this socket path.
+    #[error("socket {path} is used by controller {ctrlr:?}")]
+    SocketInUse {
+        /// The path.
+        path: PathBuf,
+        /// Its controller.
+        ctrlr: String,
+    },
+    /// No controller by that name.
+    #[error("No such device: no controller {0:?}")]
+    NoSuchController(String),
+    /// A front-end is connected: deleting would pull the disk from under a
+    /// running VM, which SPDK refuses too (EBUSY).
+    #[error("controller {0:?} has a front-end connected; disconnect it first")]
+    Busy(String),
+    /// The socket could not be created.
+    #[error("socket {path}: {source}")]
+    Socket {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The bdev cannot be exported.
+    #[error("dev_name: {0}")]
+    Bdev(String),
+}
+
+/// `start_one`'s failures, before the caller names the config key or param.
+enum SetupError {
+    Socket(io::Error),
+    Bdev(String),
+}
+
+/// A connected front-end, as the control plane sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Session number, unique for the daemon's lifetime.
+    pub id: u64,
+    /// Virtqueues being polled.
+    pub started_queues: usize,
+}
+
+/// One controller, for `vhost_get_controllers` and `save_config`.
+#[derive(Clone, Debug)]
+pub struct ControllerInfo {
+    /// Its name (SPDK's `ctrlr`).
+    pub ctrlr: String,
+    /// Socket, bdev, queues and their reactors, read-only flag.
+    pub config: VhostBlkConfig,
+    /// The connected front-end, if any.
+    pub session: Option<SessionInfo>,
+}
+
+/// The vhost-user-blk front-end: the controllers of the config and those
+/// created over RPC. Shared between the daemon and the RPC control
+/// threads; it knows nothing of RPC.
 pub struct VhostTargets {
-    devices: Vec<Device>,
+    graph: Arc<Graph>,
+    handle: Handle,
+    adaptive: bool,
+    socket_dir: PathBuf,
+    /// By controller name. Create, delete and stop hold the lock for their
+    /// whole run so that a socket path is never bound by a new controller
+    /// while a deleted one still removes its file.
+    devices: Mutex<BTreeMap<String, Device>>,
 }
 
 struct Device {
-    path: PathBuf,
+    config: VhostBlkConfig,
     root_name: String,
+    /// Written by the control thread, read by `list`.
+    session: Arc<Mutex<Option<SessionInfo>>>,
     /// Dropping it wakes the control thread's poll (end of file).
     stop: UnixStream,
     thread: Option<JoinHandle<()>>,
 }
 
-/// Creates every `[[vhost.blk]]` socket and starts serving it.
-pub fn start(
-    cfgs: &[VhostBlkConfig],
-    graph: &Arc<Graph>,
-    handle: &Handle,
-    adaptive: bool,
-) -> Result<VhostTargets, VhostError> {
-    let mut targets = VhostTargets {
-        devices: Vec::new(),
-    };
-    for (index, cfg) in cfgs.iter().enumerate() {
-        let dev = start_one(index, cfg, graph, handle, adaptive)?;
-        targets.devices.push(dev);
-    }
-    Ok(targets)
-}
+/// Numbers control threads (`vhost-blkN`) across runtime creations.
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
 
-fn start_one(
-    index: usize,
-    cfg: &VhostBlkConfig,
-    graph: &Arc<Graph>,
-    handle: &Handle,
-    adaptive: bool,
-) -> Result<Device, VhostError> {
-    let bdev_err = |message: String| VhostError::Bdev { index, message };
-    let geo = graph
-        .node_geometry(&cfg.bdev)
-        .ok_or_else(|| bdev_err(format!("no bdev named {:?}", cfg.bdev)))?;
-    let root_name = format!("vhost-blk:{}", cfg.socket.display());
-    let root = graph
-        .add_root(&root_name, &cfg.bdev)
-        .map_err(|e| bdev_err(e.to_string()))?;
-    let listener = match bind_socket(&cfg.socket) {
-        Ok(l) => l,
-        Err(source) => {
-            let _ = graph.remove_root(&root_name);
-            return Err(VhostError::Socket {
-                index,
-                path: cfg.socket.clone(),
-                source,
-            });
-        }
-    };
-    let limits = Limits {
-        capacity_sectors: geo.size() / SECTOR_SIZE,
-        block_size: geo.block_size,
-        seg_max: SEG_MAX,
-        size_max: SIZE_MAX,
-        max_dwz_sectors: MAX_DWZ_SECTORS,
-        max_dwz_seg: MAX_DWZ_SEG,
-        readonly: cfg.readonly,
-        indirect: false,
-    };
-    let name = cfg.socket.display().to_string();
-    let ctl = Arc::new(DeviceCtl {
-        info: Arc::new(DeviceInfo {
-            serial: serial_for(&name),
-            name: name.clone(),
-            graph: graph.clone(),
-            root,
-            writeback: AtomicBool::new(true),
-            adaptive,
-        }),
-        handle: handle.clone(),
-        num_queues: cfg.num_queues,
-        queue_reactors: cfg.queue_reactors.clone(),
-        limits,
-        opt_io_bytes: geo.optimal_align.max(geo.block_size),
-    });
-    let (stop, stop_rx) = UnixStream::pair().map_err(|source| VhostError::Socket {
-        index,
-        path: cfg.socket.clone(),
-        source,
-    })?;
-    let thread = std::thread::Builder::new()
-        .name(format!("vhost-blk{index}"))
-        .spawn(move || serve(listener, stop_rx, ctl))
-        .map_err(|source| VhostError::Socket {
-            index,
-            path: cfg.socket.clone(),
-            source,
-        })?;
-    tracing::info!(socket = %name, bdev = %cfg.bdev, num_queues = cfg.num_queues,
-        queue_reactors = ?cfg.queue_reactors, readonly = cfg.readonly, "vhost-user-blk listening");
-    Ok(Device {
-        path: cfg.socket.clone(),
-        root_name,
-        stop,
-        thread: Some(thread),
-    })
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take the control plane down with it: the
+    // maps stay consistent because every update is a single insert/remove.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl VhostTargets {
+    /// Creates every `[[vhost.blk]]` socket and starts serving it.
+    pub fn start(
+        cfg: &VhostConfig,
+        graph: &Arc<Graph>,
+        handle: &Handle,
+        adaptive: bool,
+    ) -> Result<VhostTargets, VhostError> {
+        let targets = VhostTargets {
+            graph: graph.clone(),
+            handle: handle.clone(),
+            adaptive,
+            socket_dir: cfg.socket_dir.clone(),
+            devices: Mutex::default(),
+        };
+        for (index, blk) in cfg.blk.iter().enumerate() {
+            let ctrlr = targets.name_for(&blk.socket);
+            let dev = targets.start_one(&ctrlr, blk).map_err(|e| match e {
+                SetupError::Socket(source) => VhostError::Socket {
+                    index,
+                    path: blk.socket.clone(),
+                    source,
+                },
+                SetupError::Bdev(message) => VhostError::Bdev { index, message },
+            })?;
+            lock(&targets.devices).insert(ctrlr, dev);
+        }
+        Ok(targets)
+    }
+
+    /// The socket path for controller name `ctrlr`: `socket_dir/ctrlr`, as
+    /// SPDK does with its `-S` directory. An absolute path is taken as is
+    /// (a Pollux extension, so that `save_config` can replay controllers
+    /// of the TOML config whose socket is elsewhere).
+    pub fn socket_for(&self, ctrlr: &str) -> Result<PathBuf, String> {
+        if ctrlr.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if ctrlr.starts_with('/') {
+            return Ok(PathBuf::from(ctrlr));
+        }
+        if ctrlr.contains('/') || ctrlr == "." || ctrlr == ".." {
+            return Err(format!(
+                "{ctrlr:?} is not a socket name (no '/'; or an absolute path)"
+            ));
+        }
+        Ok(self.socket_dir.join(ctrlr))
+    }
+
+    /// The controller name of a config entry: the socket's file name when
+    /// it lives in `socket_dir` (what `vhost_create_blk_controller` would
+    /// have made of that name), else the whole path.
+    fn name_for(&self, socket: &Path) -> String {
+        match (socket.parent(), socket.file_name()) {
+            (Some(dir), Some(file)) if dir == self.socket_dir => file.to_string_lossy().into(),
+            _ => socket.display().to_string(),
+        }
+    }
+
+    /// Creates controller `ctrlr` and starts serving its socket, while the
+    /// daemon runs.
+    pub fn create(&self, ctrlr: &str, config: &VhostBlkConfig) -> Result<(), ControlError> {
+        let mut devices = lock(&self.devices);
+        if devices.contains_key(ctrlr) {
+            return Err(ControlError::Exists(ctrlr.into()));
+        }
+        if let Some((other, _)) = devices
+            .iter()
+            .find(|(_, d)| d.config.socket == config.socket)
+        {
+            return Err(ControlError::SocketInUse {
+                path: config.socket.clone(),
+                ctrlr: other.clone(),
+            });
+        }
+        let dev = self.start_one(ctrlr, config).map_err(|e| match e {
+            SetupError::Socket(source) => ControlError::Socket {
+                path: config.socket.clone(),
+                source,
+            },
+            SetupError::Bdev(m) => ControlError::Bdev(m),
+        })?;
+        devices.insert(ctrlr.into(), dev);
+        Ok(())
+    }
+
+    /// Deletes controller `ctrlr`: its socket file and its graph root go.
+    /// Refused while a front-end is connected.
+    pub fn delete(&self, ctrlr: &str) -> Result<(), ControlError> {
+        let mut devices = lock(&self.devices);
+        let dev = devices
+            .get(ctrlr)
+            .ok_or_else(|| ControlError::NoSuchController(ctrlr.into()))?;
+        if lock(&dev.session).is_some() {
+            return Err(ControlError::Busy(ctrlr.into()));
+        }
+        let dev = devices.remove(ctrlr).expect("looked up under the lock");
+        self.retire(dev);
+        tracing::info!(ctrlr, "vhost-user-blk controller deleted");
+        Ok(())
+    }
+
+    /// Every controller, by name.
+    pub fn list(&self) -> Vec<ControllerInfo> {
+        lock(&self.devices)
+            .iter()
+            .map(|(name, d)| ControllerInfo {
+                ctrlr: name.clone(),
+                config: d.config.clone(),
+                session: *lock(&d.session),
+            })
+            .collect()
+    }
+
     /// Disconnects every front-end (draining its queues), removes the
     /// sockets and the graph roots.
-    pub fn stop(mut self, graph: &Graph) {
-        for d in self.devices.drain(..) {
-            let root = d.root_name.clone();
-            drop(d);
-            let _ = graph.remove_root(&root);
+    pub fn stop(&self) {
+        let mut devices = lock(&self.devices);
+        for (_, d) in std::mem::take(&mut *devices) {
+            self.retire(d);
         }
+    }
+
+    /// Stops a device (a front-end still connected is disconnected and its
+    /// queues drained), then unpublishes its root.
+    fn retire(&self, dev: Device) {
+        let root = dev.root_name.clone();
+        drop(dev);
+        let _ = self.graph.remove_root(&root);
+    }
+
+    fn start_one(&self, ctrlr: &str, cfg: &VhostBlkConfig) -> Result<Device, SetupError> {
+        let graph = &self.graph;
+        let geo = graph
+            .node_geometry(&cfg.bdev)
+            .ok_or_else(|| SetupError::Bdev(format!("no bdev named {:?}", cfg.bdev)))?;
+        let root_name = format!("vhost-blk:{}", cfg.socket.display());
+        let root = graph
+            .add_root(&root_name, &cfg.bdev)
+            .map_err(|e| SetupError::Bdev(e.to_string()))?;
+        let unroot = |e: io::Error| {
+            let _ = graph.remove_root(&root_name);
+            SetupError::Socket(e)
+        };
+        let listener = bind_socket(&cfg.socket).map_err(unroot)?;
+        let limits = Limits {
+            capacity_sectors: geo.size() / SECTOR_SIZE,
+            block_size: geo.block_size,
+            seg_max: SEG_MAX,
+            size_max: SIZE_MAX,
+            max_dwz_sectors: MAX_DWZ_SECTORS,
+            max_dwz_seg: MAX_DWZ_SEG,
+            readonly: cfg.readonly,
+            indirect: false,
+        };
+        let name = cfg.socket.display().to_string();
+        let ctl = Arc::new(DeviceCtl {
+            info: Arc::new(DeviceInfo {
+                serial: serial_for(&name),
+                name: name.clone(),
+                graph: graph.clone(),
+                root,
+                writeback: AtomicBool::new(true),
+                adaptive: self.adaptive,
+            }),
+            handle: self.handle.clone(),
+            num_queues: cfg.num_queues,
+            queue_reactors: cfg.queue_reactors.clone(),
+            limits,
+            opt_io_bytes: geo.optimal_align.max(geo.block_size),
+        });
+        let (stop, stop_rx) = UnixStream::pair().map_err(|e| {
+            let _ = std::fs::remove_file(&cfg.socket);
+            unroot(e)
+        })?;
+        let session = Arc::new(Mutex::new(None));
+        let status = session.clone();
+        let seq = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+        let thread = std::thread::Builder::new()
+            .name(format!("vhost-blk{seq}"))
+            .spawn(move || serve(listener, stop_rx, ctl, &status))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&cfg.socket);
+                unroot(e)
+            })?;
+        tracing::info!(ctrlr, socket = %name, bdev = %cfg.bdev, num_queues = cfg.num_queues,
+            queue_reactors = ?cfg.queue_reactors, readonly = cfg.readonly, "vhost-user-blk listening");
+        Ok(Device {
+            config: cfg.clone(),
+            root_name,
+            session,
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -196,7 +373,7 @@ impl Drop for Device {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.config.socket);
     }
 }
 
@@ -320,7 +497,13 @@ fn wait_readable(fd: RawFd, stop: &UnixStream) -> bool {
 }
 
 /// The device's control thread: one front-end at a time, until stopped.
-fn serve(listener: UnixListener, stop: UnixStream, ctl: Arc<DeviceCtl>) {
+/// `status` shows the connected front-end to the control plane.
+fn serve(
+    listener: UnixListener,
+    stop: UnixStream,
+    ctl: Arc<DeviceCtl>,
+    status: &Mutex<Option<SessionInfo>>,
+) {
     let name = ctl.info.name.clone();
     while wait_readable(listener.as_raw_fd(), &stop) {
         let stream = match listener.accept() {
@@ -332,13 +515,23 @@ fn serve(listener: UnixListener, stop: UnixStream, ctl: Arc<DeviceCtl>) {
         };
         tracing::info!(socket = %name, "front-end connected");
         let session = Arc::new(Mutex::new(Session::new(ctl.clone())));
+        let publish = || {
+            // Uncontended: only this thread handles the session's messages.
+            if let Ok(s) = session.try_lock() {
+                *lock(status) = Some(SessionInfo {
+                    id: s.id(),
+                    started_queues: s.started_queues(),
+                });
+            }
+        };
+        publish();
         let mut handler = BackendReqHandler::from_stream(stream, session.clone());
         loop {
             if !wait_readable(handler.as_raw_fd(), &stop) {
                 break;
             }
             match handler.handle_request() {
-                Ok(()) => {}
+                Ok(()) => publish(),
                 Err(VuError::Disconnected | VuError::PartialMessage) => {
                     tracing::info!(socket = %name, "front-end disconnected");
                     break;
@@ -357,6 +550,8 @@ fn serve(listener: UnixListener, stop: UnixStream, ctl: Arc<DeviceCtl>) {
         if let Ok(mut s) = session.lock() {
             s.shutdown();
         };
+        // Only now is the controller free to delete: its queues drained.
+        *lock(status) = None;
     }
     tracing::debug!(socket = %name, "vhost-user-blk control thread stopped");
 }

@@ -3,11 +3,15 @@
 pub mod bdev;
 mod framework;
 mod graph;
+mod vhost;
 
 use super::Dispatcher;
 
 pub(super) fn register_all(d: &mut Dispatcher) {
     framework::register(d);
     bdev::register(d);
+    // Before graph: filters are replayed last, above the bdevs the
+    // controllers attached to.
+    vhost::register(d);
     graph::register(d);
 }
