@@ -70,6 +70,21 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         cfg.reactors.idle == IdleMode::Adaptive,
     )?);
     let exporter = crate::exporter::Exporter::start(&cfg.metrics, &target)?;
+    let vhost_gauge = {
+        let vhost = vhost.clone();
+        exporter
+            .metrics
+            .register_gauges(&pollux_metrics::VHOST_QUEUES, move || {
+                vhost
+                    .list()
+                    .into_iter()
+                    .map(|c| {
+                        let started = c.session.map_or(0, |s| s.started_queues);
+                        (c.ctrlr, started as f64)
+                    })
+                    .collect()
+            })?
+    };
     let rpc_ctx = Arc::new(
         crate::rpc::RpcContext::new(target.graph.clone(), target.runtime.handle().clone())
             .with_vhost(vhost.clone()),
@@ -99,6 +114,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     // Front-ends first: stop accepting and drain queue pairs, so the graph
     // shutdown below flushes data that is no longer changing.
     nvmf.stop();
+    drop(vhost_gauge);
     vhost.stop();
     exporter.shutdown();
     target.shutdown();

@@ -14,9 +14,6 @@ use crate::daemon::Target;
 /// graph that is being torn down (harmless, but pointless).
 pub struct Exporter {
     /// The registry; front-ends register their gauges here.
-    // Until a front-end is wired into the daemon nothing reads it; remove
-    // the allow when the first one registers its gauges.
-    #[allow(dead_code)]
     pub metrics: Arc<Metrics>,
     server: Server,
 }

@@ -382,7 +382,19 @@ fn filter_churn_under_verified_io_with_metrics_and_clean_teardown() {
     let ops = |op: &str| format!("pollux_bdev_ops_total{{bdev=\"Malloc0\",op=\"{op}\"}}");
     let bytes_w = "pollux_bdev_bytes_total{bdev=\"Malloc0\",op=\"write\"}";
 
+    let queues = "pollux_vhost_queues{controller=\"vhost.0\"}";
+    assert_eq!(series(&before, queues), 0.0, "no front-end yet");
+
     let host = Host::connect(&vsock, 2);
+    // Both virtqueues are started on their reactors once the host is up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while series(&d.scrape(), queues) != 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pollux_vhost_queues never reached 2"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(IoTally::default());
     let io = {
