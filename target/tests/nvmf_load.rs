@@ -1,0 +1,204 @@
+//! Load on the NVMe/TCP target from our own initiator (`pollux perf nvmf`):
+//! many connections at queue depth 128 with verified completion counts,
+//! and hosts killed in the middle of I/O, after which nothing is leaked
+//! (file descriptors, in-flight I/O) and new hosts are served.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NQN: &str = "nqn.2024-11.dev.pollux:load";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    metrics: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, metrics) = (free_port(), free_port());
+        let cfg = dir.path().join("p.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[reactors]\ncores = [0]\nidle = \"adaptive\"\n\
+                 [[bdev]]\nname = \"ram0\"\nkind = \"ram\"\nsize = \"64MiB\"\n\
+                 [[nvmf.subsystem]]\nnqn = \"{NQN}\"\nnamespaces = [\"ram0\"]\n\
+                 allow_any_host = true\nlisten = [\"127.0.0.1:{port}\"]\n\
+                 [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pollux"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--rpc-socket")
+            .arg(dir.path().join("rpc.sock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "listener never came up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            child,
+            port,
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    fn perf(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pollux"));
+        c.args(["perf", "nvmf", "--addr"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(["--nqn", NQN])
+            .args(args);
+        c
+    }
+
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} missing"))
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child has no memory-safety concerns.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn run_json(mut c: Command) -> serde_json::Value {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "perf nvmf failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn many_connections_at_qd128_and_abrupt_disconnects_leak_nothing() {
+    let d = Daemon::start();
+    let baseline_fds = d.open_fds();
+
+    // 8 connections x QD 128, mixed reads and writes of 4 KiB (in-capsule)
+    // and 16 KiB (R2T), with and without digests.
+    for args in [
+        &[
+            "--connections",
+            "8",
+            "--qd",
+            "128",
+            "--rw",
+            "randrw",
+            "--bs",
+            "4096",
+        ][..],
+        &[
+            "--connections",
+            "4",
+            "--qd",
+            "128",
+            "--rw",
+            "randwrite",
+            "--bs",
+            "16384",
+        ][..],
+        &[
+            "--connections",
+            "2",
+            "--qd",
+            "64",
+            "--rw",
+            "randrw",
+            "--bs",
+            "8192",
+            "--hdr-digest",
+            "--data-digest",
+        ][..],
+    ] {
+        let mut c = d.perf(args);
+        c.args(["--time", "2", "--json"]);
+        let r = run_json(c);
+        assert_eq!(r["errors"], 0, "{args:?}: {r}");
+        assert!(r["iops"].as_f64().unwrap() > 100.0, "{args:?}: {r}");
+    }
+
+    // Hosts killed (SIGKILL: no disconnect, no shutdown) in the middle of
+    // I/O, several times over.
+    for round in 0..5 {
+        let mut c = d.perf(&[
+            "--connections",
+            "4",
+            "--qd",
+            "128",
+            "--rw",
+            "randrw",
+            "--time",
+            "30",
+        ]);
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300 + 100 * round));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    // The target noticed every dead connection and released everything.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let fds = d.open_fds();
+        let inflight = d.metric("pollux_bdev_inflight{bdev=\"ram0\"}");
+        if fds <= baseline_fds && inflight == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leak after abrupt disconnects: {fds} fds (baseline {baseline_fds}), {inflight} in flight"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // And new hosts are served as before.
+    let mut c = d.perf(&["--connections", "2", "--qd", "32", "--time", "1", "--json"]);
+    c.args(["--rw", "randread"]);
+    let r = run_json(c);
+    assert_eq!(r["errors"], 0, "{r}");
+}
