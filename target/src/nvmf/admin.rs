@@ -417,6 +417,8 @@ impl Conn {
                     if cmd.rae {
                         st.changed_ns.clone()
                     } else {
+                        // Reading the list re-arms the notice.
+                        st.ns_notice_masked = false;
                         std::mem::take(&mut st.changed_ns)
                     }
                 };

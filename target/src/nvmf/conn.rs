@@ -47,24 +47,45 @@ const READS_PER_POLL: usize = 8;
 const PRE_CONNECT_SLOTS: usize = 1;
 /// Data buffers kept for reuse per connection: allocating (and zeroing)
 /// a fresh aligned buffer per command costs more than the command's
-/// protocol work, and sizes repeat (the host's block size).
+/// protocol work, and sizes repeat (the host's block size). Bounded in
+/// count and bytes so idle connections hold little.
 const BUF_CACHE: usize = 32;
+const BUF_CACHE_BYTES: usize = 1024 * 1024;
 
-/// A data buffer of exactly `len` bytes, reused from `cache` when one of
-/// that size is there. Contents are unspecified: every user overwrites the
-/// whole buffer (received data, a read) or zeroes it (admin data).
-fn take_buf(cache: &mut Vec<AlignedBuf>, len: usize) -> AlignedBuf {
-    match cache.iter().rposition(|b| b.len() == len) {
-        Some(i) => cache.swap_remove(i),
-        None => AlignedBuf::zeroed(len),
+/// Reusable data buffers of one connection.
+#[derive(Default)]
+struct BufCache {
+    bufs: Vec<AlignedBuf>,
+    bytes: usize,
+}
+
+impl BufCache {
+    /// A buffer of exactly `len` bytes, reused when one of that size is
+    /// cached. Contents are unspecified: every user overwrites the whole
+    /// buffer (received data, a read) or zeroes it (admin data).
+    fn take(&mut self, len: usize) -> AlignedBuf {
+        match self.bufs.iter().rposition(|b| b.len() == len) {
+            Some(i) => {
+                self.bytes -= len;
+                self.bufs.swap_remove(i)
+            }
+            None => AlignedBuf::zeroed(len),
+        }
+    }
+
+    fn give(&mut self, buf: AlignedBuf) {
+        if self.bufs.len() < BUF_CACHE && self.bytes + buf.len() <= BUF_CACHE_BYTES {
+            self.bytes += buf.len();
+            self.bufs.push(buf);
+        }
     }
 }
 
-fn give_buf(cache: &mut Vec<AlignedBuf>, buf: AlignedBuf) {
-    if cache.len() < BUF_CACHE && !buf.is_empty() {
-        cache.push(buf);
-    }
-}
+/// Bytes of R2T and read buffers the connections of one poll group may
+/// hold at once (SPDK's shared data buffer pool): a request that would
+/// exceed it waits in NEED_BUFFER, so many hosts at full queue depth cannot
+/// make the target allocate without bound. Reactor-local, no atomics.
+pub type Budget = Rc<std::cell::Cell<u64>>;
 
 /// How far the connection got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,7 +263,11 @@ pub struct Conn {
     /// Parsing stopped for back-pressure with bytes still buffered.
     rx_paused: bool,
     /// Reusable data buffers.
-    bufs: Vec<AlignedBuf>,
+    bufs: BufCache,
+    /// The poll group's buffer budget.
+    budget: Budget,
+    /// Requests waiting in NEED_BUFFER for budget, oldest first.
+    buf_wait: std::collections::VecDeque<u16>,
     /// The poll group's epoll fd and our token in it (-1 until added).
     epfd: RawFd,
     token: u64,
@@ -263,6 +288,7 @@ impl Conn {
         sock: TcpStream,
         port: SocketAddr,
         permit: ConnPermit,
+        budget: Budget,
     ) -> io::Result<Rc<std::cell::RefCell<Conn>>> {
         sock.set_nonblocking(true)?;
         sock.set_nodelay(true)?;
@@ -295,7 +321,9 @@ impl Conn {
                 stats: ConnStats::default(),
                 close: None,
                 rx_paused: false,
-                bufs: Vec::new(),
+                bufs: BufCache::default(),
+                budget,
+                buf_wait: std::collections::VecDeque::new(),
                 epfd: -1,
                 token: 0,
                 interest: 0,
@@ -313,6 +341,7 @@ impl Conn {
     pub fn needs_poll(&self) -> bool {
         self.close.is_some()
             || (self.rx_paused && !self.backpressured())
+            || !self.buf_wait.is_empty()
             // Responses queued by completions since the last pass: one
             // write per pass for all of them.
             || (self.tx_off < self.tx.len() && self.interest & EV_OUT == 0)
@@ -380,6 +409,7 @@ impl Conn {
             return Err(reason);
         }
         let mut work = self.flush()?;
+        work |= self.retry_buffer_waits(r);
         if (readable || self.rx_paused) && !self.stopping() {
             work |= self.receive(r)?;
             work |= self.flush()?;
@@ -389,6 +419,28 @@ impl Conn {
         }
         self.update_interest();
         Ok(work)
+    }
+
+    /// Resumes requests waiting in NEED_BUFFER, oldest first, while the
+    /// budget allows.
+    fn retry_buffer_waits(&mut self, r: &Reactor) -> bool {
+        let mut work = false;
+        while let Some(&slot) = self.buf_wait.front() {
+            let req = &self.reqs[slot as usize];
+            if req.state != ReqState::NeedBuffer {
+                self.buf_wait.pop_front();
+                continue;
+            }
+            if self.budget.get() < u64::from(req.xfer_len) {
+                break;
+            }
+            self.process(r, slot);
+            work = true;
+            if self.buf_wait.front() == Some(&slot) {
+                break;
+            }
+        }
+        work
     }
 
     fn stopping(&self) -> bool {
@@ -431,6 +483,13 @@ impl Conn {
 
     /// Releases everything the connection holds in the controller.
     pub fn teardown(&mut self, r: &Reactor, reason: &CloseReason) {
+        // Give the budget back now; buffers of I/O still in flight are freed
+        // when the graph completes it (briefly over budget, never leaked).
+        let charged: u64 = self.reqs.iter().map(|q| u64::from(q.charged)).sum();
+        self.budget.set(self.budget.get() + charged);
+        for q in &mut self.reqs {
+            q.charged = 0;
+        }
         if let Some(t) = self.ka_timer.take() {
             r.cancel_timer(t);
         }
@@ -597,7 +656,7 @@ impl Conn {
                 } else {
                     // `n` is bounded by the in-capsule limit we advertised
                     // (checked by the decoder before we got here).
-                    let buf = take_buf(&mut self.bufs, n);
+                    let buf = self.bufs.take(n);
                     self.reqs[slot as usize].start(sqe, Some(buf));
                     self.rx_state = Self::body(Dest::Capsule { slot }, &frame, 0);
                 }
@@ -845,9 +904,28 @@ impl Conn {
                 ReqState::New => self.req_parse(i),
                 ReqState::NeedBuffer => {
                     let req = &mut self.reqs[i];
+                    let needs_buf =
+                        matches!(req.xfer, Xfer::C2H) || (req.xfer == Xfer::H2C && !req.in_capsule);
+                    if needs_buf && req.charged == 0 {
+                        let len = u64::from(req.xfer_len);
+                        let avail = self.budget.get();
+                        // FIFO: a request may not overtake earlier waiters.
+                        let first = self.buf_wait.front().is_none_or(|&s| s == slot);
+                        if avail < len || !first {
+                            if !self.buf_wait.contains(&slot) {
+                                self.buf_wait.push_back(slot);
+                            }
+                            return;
+                        }
+                        self.budget.set(avail - len);
+                        req.charged = req.xfer_len;
+                        if self.buf_wait.front() == Some(&slot) {
+                            self.buf_wait.pop_front();
+                        }
+                    }
                     match req.xfer {
                         Xfer::H2C if !req.in_capsule => {
-                            req.buf = Some(take_buf(&mut self.bufs, req.xfer_len as usize));
+                            req.buf = Some(self.bufs.take(req.xfer_len as usize));
                             req.state = ReqState::TransferringHostToController;
                             let r2t = Pdu::R2T(R2t {
                                 cccid: req.cid(),
@@ -863,7 +941,7 @@ impl Conn {
                             req.state = ReqState::ReadyToExecute;
                         }
                         Xfer::C2H => {
-                            let mut buf = take_buf(&mut self.bufs, req.xfer_len as usize);
+                            let mut buf = self.bufs.take(req.xfer_len as usize);
                             if self.qid.is_none_or(|q| q == 0) {
                                 // Admin data is built piecewise over zeroes.
                                 buf.as_mut_slice().fill(0);
@@ -897,8 +975,9 @@ impl Conn {
                 ReqState::Completed => {
                     let done = std::mem::replace(&mut self.reqs[i], Request::free());
                     if let Some(b) = done.buf {
-                        give_buf(&mut self.bufs, b);
+                        self.bufs.give(b);
                     }
+                    self.budget.set(self.budget.get() + u64::from(done.charged));
                     self.free.push(slot);
                     return;
                 }
@@ -1020,7 +1099,7 @@ impl Conn {
                 self.send_pdu(&Pdu::CapsuleResp(cqe), &[]);
             }
             if let Some(b) = buf {
-                give_buf(&mut self.bufs, b);
+                self.bufs.give(b);
             }
         } else {
             req.state = ReqState::Completed;
@@ -1046,7 +1125,7 @@ impl Conn {
             if io.op == pollux_graph::IoOp::Read {
                 req.buf = Some(b);
             } else {
-                give_buf(&mut self.bufs, b);
+                self.bufs.give(b);
             }
         }
         let req = &mut self.reqs[slot as usize];

@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use pollux_nvme::fabrics::{Cc, Csts, Shn, Shst};
-use pollux_nvme::features::AsyncEvent;
+use pollux_nvme::features::{aec, AsyncEvent};
 
 use super::subsystem::Subsystem;
 
 /// Dynamic controller IDs are 1..=0xFFEF (FFF0h and up are reserved).
 const CNTLID_MAX: u16 = 0xFFEF;
+/// Entries in the Changed Namespace List log page.
+const CHANGED_NS_MAX: usize = 1024;
 
 /// What a controller exports.
 #[derive(Debug, Clone)]
@@ -54,6 +56,9 @@ pub struct CtrlState {
     pub events: VecDeque<AsyncEvent>,
     /// Changed namespace list not yet read.
     pub changed_ns: Vec<u32>,
+    /// A Namespace Attribute Changed notice was sent and the host has not
+    /// read the Changed Namespace List since: further notices are masked.
+    pub ns_notice_masked: bool,
 }
 
 /// One controller.
@@ -103,13 +108,33 @@ impl Controller {
         e
     }
 
-    /// Queues an async event (e.g. namespace attribute changed). Nothing
-    /// changes namespaces at run time yet (no RPC), so only tests call it.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Queues an async event for the next AER.
+    #[cfg(test)]
     pub fn push_event(&self, e: AsyncEvent) {
         let mut st = self.state();
         st.events.push_back(e);
         self.event_pending.store(true, Ordering::Release);
+    }
+
+    /// Namespace `nsid` was added, removed or resized: adds it to the
+    /// Changed Namespace List and, when the host enabled the notice (AEC
+    /// bit 8) and has read the list since the last one, queues a Namespace
+    /// Attribute Changed event.
+    pub fn namespace_changed(&self, nsid: u32) {
+        let mut st = self.state();
+        if !st.changed_ns.contains(&nsid) && st.changed_ns.first() != Some(&u32::MAX) {
+            if st.changed_ns.len() < CHANGED_NS_MAX {
+                st.changed_ns.push(nsid);
+            } else {
+                // Too many to list: the spec's "more than 1024 changed".
+                st.changed_ns = vec![u32::MAX];
+            }
+        }
+        if st.aec & aec::NS_ATTR != 0 && !st.ns_notice_masked {
+            st.ns_notice_masked = true;
+            st.events.push_back(AsyncEvent::NS_ATTR_CHANGED);
+            self.event_pending.store(true, Ordering::Release);
+        }
     }
 
     /// The subsystem, for I/O controllers.
@@ -200,6 +225,7 @@ impl ControllerTable {
                     io_qids: Vec::new(),
                     events: VecDeque::new(),
                     changed_ns: Vec::new(),
+                    ns_notice_masked: false,
                 }),
             });
             self.by_id.insert(c.cntlid, c.clone());
@@ -218,6 +244,15 @@ impl ControllerTable {
         if let Some(c) = self.by_id.remove(&cntlid) {
             c.kill();
         }
+    }
+
+    /// The live I/O controllers of subsystem `nqn`.
+    pub fn of_subsystem(&self, nqn: &str) -> Vec<Arc<Controller>> {
+        self.by_id
+            .values()
+            .filter(|c| c.subsystem().is_some_and(|s| s.nqn == nqn))
+            .cloned()
+            .collect()
     }
 
     /// Kills every controller (target stop).

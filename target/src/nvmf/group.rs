@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use pollux_poller::{PollStatus, PollerId, Reactor, TimerId};
 
-use super::conn::{CloseReason, Conn};
+use super::conn::{Budget, CloseReason, Conn};
 use super::listener::ConnPermit;
 use super::Shared;
 
@@ -26,6 +26,7 @@ type ConnRef = Rc<RefCell<Conn>>;
 
 /// The poll group of one target on one reactor.
 pub struct PollGroup {
+    budget: Budget,
     epoll: OwnedFd,
     conns: RefCell<Vec<Option<ConnRef>>>,
     poller: RefCell<Option<PollerId>>,
@@ -54,6 +55,7 @@ fn group_for(r: &Reactor, shared: &Arc<Shared>) -> std::io::Result<Rc<PollGroup>
     let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
     r.register_wake_fd(epoll.as_raw_fd(), libc::EPOLLIN as u32)?;
     let g = Rc::new(PollGroup {
+        budget: Rc::new(std::cell::Cell::new(shared.buffer_budget)),
         epoll,
         conns: RefCell::new(Vec::new()),
         poller: RefCell::new(None),
@@ -91,7 +93,7 @@ pub fn attach(
             return;
         }
     };
-    let conn = match Conn::new(shared, sock, port, permit) {
+    let conn = match Conn::new(shared, sock, port, permit, g.budget.clone()) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "nvmf: cannot set up connection");

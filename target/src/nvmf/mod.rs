@@ -49,8 +49,10 @@ pub const MAXH2CDATA: u32 = 128 * 1024;
 pub const MDTS: u8 = 5;
 /// MDTS in bytes.
 pub const MDTS_BYTES: u32 = 4096 << MDTS;
-/// Deepest I/O queue (CAP.MQES + 1, MAXCMD): Linux's default queue size.
-pub const MAX_QUEUE_DEPTH: u32 = 128;
+/// Deepest queue (CAP.MQES + 1, MAXCMD). Linux asks for 128 entries by
+/// default; load generators that keep QD 128 outstanding ask for one more
+/// (a queue of N entries holds N - 1), so allow twice that.
+pub const MAX_QUEUE_DEPTH: u32 = 256;
 /// Admin queue depth hosts normally use (Linux NVME_AQ_DEPTH).
 pub const ADMIN_QUEUE_DEPTH: u32 = 32;
 /// I/O queues per controller (Number of Queues grants at most this).
@@ -63,6 +65,11 @@ pub const MAX_CONNECTIONS_PER_LISTENER: usize = 1024;
 pub const IC_TIMEOUT: Duration = Duration::from_secs(10);
 /// ... and Connect this soon after accept.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Data buffer bytes (R2T and read buffers) the queue pairs of one reactor
+/// may hold at once; beyond it requests wait in NEED_BUFFER. 64 MiB is 512
+/// commands of MDTS size in flight per core, far more than a core needs to
+/// keep the network busy.
+pub const BUFFER_BUDGET_PER_REACTOR: u64 = 64 * 1024 * 1024;
 /// How long `stop` waits for queue pairs to drain.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -98,6 +105,8 @@ pub struct Shared {
     stopping: AtomicBool,
     /// Live connections (accepted, not yet dropped).
     conns: AtomicUsize,
+    /// Buffer budget of each poll group.
+    buffer_budget: u64,
 }
 
 impl Shared {
@@ -116,6 +125,17 @@ impl NvmfTarget {
     /// Binds every configured listener, creates the namespaces' graph
     /// roots and starts accepting. With no subsystems nothing listens.
     pub fn start(cfg: &NvmfConfig, graph: &Arc<Graph>) -> Result<NvmfTarget, NvmfError> {
+        NvmfTarget::start_with_budget(cfg, graph, BUFFER_BUDGET_PER_REACTOR)
+    }
+
+    /// `start` with a given per-reactor buffer budget (at least MDTS, so
+    /// every request can eventually get its buffer).
+    pub(crate) fn start_with_budget(
+        cfg: &NvmfConfig,
+        graph: &Arc<Graph>,
+        buffer_budget: u64,
+    ) -> Result<NvmfTarget, NvmfError> {
+        let buffer_budget = buffer_budget.max(u64::from(MDTS_BYTES));
         // Bind each distinct address once; remember what it resolved to.
         let mut bound: Vec<(SocketAddr, SocketAddr, std::net::TcpListener)> = Vec::new();
         for s in &cfg.subsystems {
@@ -153,6 +173,7 @@ impl NvmfTarget {
             ctrls: Mutex::new(ControllerTable::default()),
             stopping: AtomicBool::new(false),
             conns: AtomicUsize::new(0),
+            buffer_budget,
         });
         let mut listeners = Vec::new();
         for (_, addr, l) in bound {
@@ -169,6 +190,18 @@ impl NvmfTarget {
     #[cfg(test)]
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.shared.ports.clone()
+    }
+
+    /// Reports that namespace `nsid` of subsystem `nqn` was added, removed
+    /// or resized to every connected controller (Changed Namespace List and
+    /// Namespace Attribute Changed AEN). For the control plane: the RPC
+    /// layer calls it once namespaces can change at run time.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn notify_namespace_changed(&self, nqn: &str, nsid: u32) {
+        let ctrls = self.shared.controllers().of_subsystem(nqn);
+        for c in ctrls {
+            c.namespace_changed(nsid);
+        }
     }
 
     /// Stops accepting, lets in-flight commands finish (queue pairs stop

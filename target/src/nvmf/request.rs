@@ -78,6 +78,9 @@ pub struct Request {
     /// C2H bytes to send (may be less than the buffer, e.g. a log page
     /// shorter than asked for is zero padded inside the buffer).
     pub c2h_len: u32,
+    /// Bytes charged to the poll group's buffer budget (returned when the
+    /// request completes).
+    pub charged: u32,
 }
 
 impl Request {
@@ -96,6 +99,7 @@ impl Request {
             dw1: 0,
             outstanding: 0,
             c2h_len: 0,
+            charged: 0,
         }
     }
 

@@ -15,8 +15,8 @@ use pollux_nvme::identify::cntrltype;
 use pollux_nvme::io::{DsmRange, DSM_ATTR_DEALLOCATE};
 use pollux_nvme::log_page::{DiscoveryLogEntry, DiscoveryLogHeader, GetLogPageCmd};
 use pollux_nvme::tcp::{
-    decode_common_header, decode_header, flags, DataHdr, Fes, IcReq, Limits, Pdu, PduType, Role,
-    TxParams, DGST_DATA, DGST_HEADER,
+    decode_common_header, decode_header, DataHdr, Fes, IcReq, Limits, Pdu, Role, TxParams,
+    DGST_DATA, DGST_HEADER,
 };
 use pollux_nvme::{Cqe, Sgl, Sqe, Status};
 use pollux_poller::{IdlePolicy, Runtime, RuntimeConfig};
@@ -43,6 +43,10 @@ impl Fixture {
     }
 
     fn with_cores(allow_any_host: bool, cores: Vec<usize>) -> Fixture {
+        Fixture::build(allow_any_host, cores, super::BUFFER_BUDGET_PER_REACTOR)
+    }
+
+    fn build(allow_any_host: bool, cores: Vec<usize>, budget: u64) -> Fixture {
         let rt = Runtime::start(RuntimeConfig::new(
             cores,
             IdlePolicy::Adaptive {
@@ -65,7 +69,7 @@ impl Fixture {
                 listen: vec!["127.0.0.1:0".parse().unwrap()],
             }],
         };
-        let tgt = NvmfTarget::start(&cfg, &graph).unwrap();
+        let tgt = NvmfTarget::start_with_budget(&cfg, &graph, budget).unwrap();
         let addr = tgt.local_addrs()[0];
         Fixture {
             rt: Some(rt),
@@ -604,7 +608,8 @@ fn idle_and_half_open_connections_do_not_block_new_hosts() {
 fn keep_alive_timeout_tears_the_controller_down() {
     let fx = Fixture::new(true);
     let mut cfg = fx.host();
-    cfg.kato = Duration::from_millis(500);
+    // Generous against a loaded CI host: keep alives go every 200 ms.
+    cfg.kato = Duration::from_millis(1500);
     let mut c = host::Controller::connect(cfg).unwrap();
     c.set_num_queues(1).unwrap();
     let mut q = c.io_queue(1, 8).unwrap();
@@ -654,24 +659,48 @@ fn async_event_request_is_held_until_an_event() {
     ka.set_sgl(&Sgl::transport(0));
     r.send(&Pdu::CapsuleCmd(ka), &[]);
     assert_eq!(r.response().cid(), 8);
-    let ctrl = fx
-        .tgt
-        .as_ref()
-        .unwrap()
-        .shared
-        .controllers()
-        .get(cntlid)
-        .unwrap();
-    ctrl.push_event(pollux_nvme::features::AsyncEvent::NS_ATTR_CHANGED);
+    let tgt = fx.tgt.as_ref().unwrap();
+    let ctrl = tgt.shared.controllers().get(cntlid).unwrap();
+    ctrl.push_event(pollux_nvme::features::AsyncEvent::DISCOVERY_CHANGED);
     let cqe = r.response();
     assert_eq!(cqe.cid(), 7);
     assert_eq!(
         cqe.dw0(),
+        pollux_nvme::features::AsyncEvent::DISCOVERY_CHANGED.to_dw0()
+    );
+
+    // Namespace changes: only once the host enabled the notice.
+    let mut aec = Sqe::new(0x09, 9);
+    aec.set_cdw10(0x0B);
+    aec.set_cdw11(pollux_nvme::features::aec::NS_ATTR);
+    aec.set_sgl(&Sgl::transport(0));
+    r.send(&Pdu::CapsuleCmd(aec), &[]);
+    assert_status(r.response().status(), Status::SUCCESS);
+    let mut aer = Sqe::new(0x0C, 10);
+    aer.set_sgl(&Sgl::transport(0));
+    r.send(&Pdu::CapsuleCmd(aer), &[]);
+    tgt.notify_namespace_changed(NQN, 1);
+    let cqe = r.response();
+    assert_eq!(cqe.cid(), 10);
+    assert_eq!(
+        cqe.dw0(),
         pollux_nvme::features::AsyncEvent::NS_ATTR_CHANGED.to_dw0()
     );
-    // C2H data PDUs carry LAST and SUCCESS for reads (checked by the
-    // decoder: SUCCESS without LAST is rejected).
-    let _ = (flags::SUCCESS, PduType::C2HData);
+    // The Changed Namespace List names it; reading it re-arms the notice.
+    let mut log = GetLogPageCmd::new(0x04, 0, 0, 4096).to_sqe(11);
+    log.set_sgl(&Sgl::transport(4096));
+    r.send(&Pdu::CapsuleCmd(log), &[]);
+    let (pdu, data) = r.recv().unwrap();
+    match pdu {
+        Pdu::C2HData { success, .. } => assert!(success),
+        other => panic!("expected C2HData, got {other:?}"),
+    }
+    assert_eq!(&data[..8], &[1, 0, 0, 0, 0, 0, 0, 0]);
+    let mut aer = Sqe::new(0x0C, 12);
+    aer.set_sgl(&Sgl::transport(0));
+    r.send(&Pdu::CapsuleCmd(aer), &[]);
+    tgt.notify_namespace_changed(NQN, 1);
+    assert_eq!(r.response().cid(), 12);
 }
 
 #[test]
@@ -818,4 +847,91 @@ fn mutated_pdu_streams_never_break_the_target() {
     keeper.keep_alive().unwrap();
     good_host_io(&fx);
     keeper.shutdown().unwrap();
+}
+
+#[test]
+fn abrupt_disconnect_mid_io_leaks_nothing() {
+    let fx = Fixture::with_cores(true, vec![0]);
+    let shared = fx.tgt.as_ref().unwrap().shared.clone();
+    for _ in 0..3 {
+        let mut c = host::Controller::connect(fx.host()).unwrap();
+        c.set_num_queues(1).unwrap();
+        let mut q = c.io_queue(1, 64).unwrap();
+        for i in 0..32u64 {
+            let write = i % 2 == 0;
+            q.submit(host::rw_sqe(write, 1, i * 128, 128), vec![7; 65536], write)
+                .unwrap();
+        }
+        // Vanish with commands (and R2T data) in flight.
+        drop(q);
+        drop(c);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fx.controllers() > 0 || shared.conns.load(std::sync::atomic::Ordering::Acquire) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "controllers or connections leaked"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    good_host_io(&fx);
+}
+
+#[test]
+fn requests_wait_in_need_buffer_when_the_budget_is_spent() {
+    // Room for one MDTS-sized buffer: everything else queues for it.
+    let fx = Fixture::build(true, vec![0], u64::from(super::MDTS_BYTES));
+    let mut c = host::Controller::connect(fx.host()).unwrap();
+    c.set_num_queues(2).unwrap();
+    let mut queues = [c.io_queue(1, 32).unwrap(), c.io_queue(2, 32).unwrap()];
+    let pattern = |i: u64| -> Vec<u8> { (0..131072u64).map(|b| (b * 31 + i) as u8).collect() };
+    // Writes through R2T, 128 KiB each, 8 per queue at once.
+    for (qi, q) in queues.iter_mut().enumerate() {
+        for k in 0..8u64 {
+            let i = qi as u64 * 8 + k;
+            q.submit(host::rw_sqe(true, 1, i * 256, 256), pattern(i), true)
+                .unwrap();
+        }
+    }
+    for q in queues.iter_mut() {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut done = 0;
+        while done < 8 {
+            q.poll().unwrap();
+            for cpl in q.take_completed() {
+                assert_status(cpl.cqe.status(), Status::SUCCESS);
+                done += 1;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "writes stuck waiting for buffers"
+            );
+        }
+    }
+    // Reads of the same, again all at once.
+    for (qi, q) in queues.iter_mut().enumerate() {
+        for k in 0..8u64 {
+            let i = qi as u64 * 8 + k;
+            q.submit(host::rw_sqe(false, 1, i * 256, 256), vec![0; 131072], false)
+                .unwrap();
+        }
+    }
+    for q in queues.iter_mut() {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut got = Vec::new();
+        while got.len() < 8 {
+            q.poll().unwrap();
+            got.extend(q.take_completed());
+            assert!(Instant::now() < deadline, "reads stuck waiting for buffers");
+        }
+        for cpl in got {
+            assert_status(cpl.cqe.status(), Status::SUCCESS);
+            // Each read's data matches one of the patterns written.
+            let first = cpl.data[0];
+            let i = u64::from(first);
+            assert!(cpl.data == pattern(i), "read data mismatch");
+        }
+    }
+    drop(queues);
+    c.shutdown().unwrap();
 }
