@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let head = u16::from(ctl[7]);
     let m = Mem(mem);
-    if let Ok(r) = request::parse(&m, ring, head, &limits, &mut Vec::new()) {
+    if let Ok(r) = request::parse(&m, ring, head, &limits, &mut Vec::new(), Vec::new()) {
         let base = mem.as_ptr() as usize;
         for s in &r.data {
             let start = s.ptr as usize - base;

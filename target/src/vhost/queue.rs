@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
-use pollux_graph::{Graph, Io, IoBuf, IoOp, IoResult, IoSink, RootId};
+use pollux_graph::{Graph, Io, IoBuf, IoOp, IoResult, IoSink, RawSegment, RootId};
 use pollux_poller::{PollStatus, PollerId, Reactor};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -136,6 +136,10 @@ struct State {
     /// avail index at which notifications were last re-armed (adaptive).
     armed_at: Option<u16>,
     scratch: Vec<Desc>,
+    /// Segment vectors of completed requests, reused by the next ones so
+    /// that a read or write allocates nothing. Never longer than the most
+    /// requests ever in flight at once (at most the ring size).
+    spare_segments: Vec<Vec<RawSegment>>,
     inflight: Option<InflightQueue>,
     counter: u64,
     resubmit: VecDeque<u16>,
@@ -247,6 +251,7 @@ pub fn start(r: &Reactor, s: QueueSetup) -> Result<(), QueueError> {
             need_signal: false,
             armed_at: None,
             scratch: Vec::new(),
+            spare_segments: Vec::new(),
             inflight: s.inflight,
             counter,
             resubmit,
@@ -384,7 +389,15 @@ impl VirtQueue {
             st.counter += 1;
             inf.fetched(head, st.counter);
         }
-        let parsed = request::parse(&Guest(&st.mem), st.ring, head, &st.limits, &mut st.scratch);
+        let segments = st.spare_segments.pop().unwrap_or_default();
+        let parsed = request::parse(
+            &Guest(&st.mem),
+            st.ring,
+            head,
+            &st.limits,
+            &mut st.scratch,
+            segments,
+        );
         let req = match parsed {
             Ok(req) => req,
             Err(f) => {
@@ -492,7 +505,14 @@ impl IoSink for VirtQueue {
             self.dev.graph.snapshot(r).submit(r, self.dev.root, io);
             return;
         }
+        if let IoBuf::Raw { mut segments, .. } = std::mem::replace(&mut io.buf, IoBuf::None) {
+            segments.clear();
+            st.spare_segments.push(segments);
+        }
         drop(io);
+        let Some(slot) = st.slots.get_mut(usize::from(head)) else {
+            return;
+        };
         let slot = std::mem::take(slot);
         let status = match &result {
             Ok(()) => S_OK,

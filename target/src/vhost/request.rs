@@ -240,17 +240,20 @@ pub fn walk_chain(
 }
 
 /// Parses the request whose chain starts at `head`. `scratch` is reused
-/// between calls to avoid an allocation per request.
+/// between calls, and `segments` (cleared first) receives a read's or
+/// write's data: a queue hands in the vector of a completed request, so the
+/// data path does not allocate per request.
 pub fn parse(
     mem: &impl GuestMem,
     ring: Ring,
     head: u16,
     limits: &Limits,
     scratch: &mut Vec<Desc>,
+    segments: Vec<RawSegment>,
 ) -> Result<Request, Failure> {
     let max_descs = (limits.seg_max as usize).saturating_add(EXTRA_DESCS);
     walk_chain(mem, ring, head, limits.indirect, max_descs, scratch)?;
-    parse_descs(mem, scratch, limits)
+    parse_descs(mem, scratch, limits, segments)
 }
 
 /// The header, status and data checks over an already walked chain.
@@ -258,7 +261,9 @@ pub fn parse_descs(
     mem: &impl GuestMem,
     descs: &[Desc],
     limits: &Limits,
+    mut segments: Vec<RawSegment>,
 ) -> Result<Request, Failure> {
+    segments.clear();
     // The status byte first: without one, nothing can be reported.
     let (first, last) = match descs {
         [] => return Err(Failure::no_status("empty chain")),
@@ -304,10 +309,14 @@ pub fn parse_descs(
         write: last.write,
     };
     let middle = &descs[1..descs.len() - 1];
-    let data = std::iter::once(head_rest)
-        .chain(middle.iter().copied())
-        .chain(std::iter::once(tail_rest))
-        .filter(|d| d.len != 0);
+    // A function, not one iterator: GET_ID and discard walk the data again
+    // after the checks, so the checks need not keep a copy.
+    let data = || {
+        std::iter::once(head_rest)
+            .chain(middle.iter().copied())
+            .chain(std::iter::once(tail_rest))
+            .filter(|d| d.len != 0)
+    };
 
     let op = match kind {
         T_IN => Op::Read,
@@ -323,10 +332,9 @@ pub fn parse_descs(
     }
     // Device-writable data for reads and GET_ID, device-readable otherwise.
     let want_write = matches!(op, Op::Read | Op::GetId);
-    let mut segments = Vec::new();
     let mut total: u64 = 0;
     let mut count: u32 = 0;
-    for d in data {
+    for d in data() {
         if d.write != want_write {
             return Err(fail(S_IOERR, "data descriptor with the wrong direction"));
         }
@@ -341,7 +349,10 @@ pub fn parse_descs(
             .host(d.addr, u64::from(d.len))
             .ok_or(fail(S_IOERR, "data segment outside guest memory"))?;
         total += u64::from(d.len);
-        segments.push((d, ptr));
+        segments.push(RawSegment {
+            ptr,
+            len: d.len as usize,
+        });
     }
 
     match op {
@@ -359,13 +370,7 @@ pub fn parse_descs(
                 op,
                 offset,
                 len: total,
-                data: segments
-                    .into_iter()
-                    .map(|(d, ptr)| RawSegment {
-                        ptr,
-                        len: d.len as usize,
-                    })
-                    .collect(),
+                data: segments,
                 status,
                 used_len,
             })
@@ -380,7 +385,7 @@ pub fn parse_descs(
         }),
         Op::GetId => {
             // The ID goes into the first writable bytes, at most 20 of them.
-            let Some(&(d, _)) = segments.first() else {
+            let Some(d) = data().next() else {
                 return Err(fail(S_IOERR, "GET_ID without a buffer"));
             };
             let n = (d.len as usize).min(ID_BYTES);
@@ -404,7 +409,7 @@ pub fn parse_descs(
             // descriptors, so gather its 16 bytes.
             let mut raw = [0u8; DWZ_SEG_LEN as usize];
             let mut got = 0usize;
-            for (d, _) in &segments {
+            for d in data() {
                 let n = (d.len as usize).min(raw.len() - got);
                 if !mem.read(d.addr, &mut raw[got..got + n]) {
                     return Err(fail(S_IOERR, "range outside guest memory"));
@@ -561,7 +566,7 @@ pub(crate) mod tests {
     }
 
     fn run(m: &FakeMem, l: &Limits) -> Result<Request, Failure> {
-        parse(m, RING, 0, l, &mut Vec::new())
+        parse(m, RING, 0, l, &mut Vec::new(), Vec::new())
     }
 
     #[test]
@@ -734,7 +739,7 @@ pub(crate) mod tests {
                 size: rng.random_range(1..=64),
             };
             let head = rng.random_range(0..70u16);
-            if let Ok(r) = parse(&m, ring, head, &limits(), &mut Vec::new()) {
+            if let Ok(r) = parse(&m, ring, head, &limits(), &mut Vec::new(), Vec::new()) {
                 for s in &r.data {
                     let start = s.ptr as usize - m.bytes.as_ptr() as usize;
                     assert!(start + s.len <= m.bytes.len());
