@@ -61,7 +61,8 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     // Register before starting anything so an early signal is not lost.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let target = Target::start(&cfg)?;
-    let nvmf = crate::nvmf::NvmfTarget::start(&cfg.nvmf, &target.graph)?;
+    // Shared with the RPC methods, which change subsystems at run time.
+    let nvmf = Arc::new(crate::nvmf::NvmfTarget::start(&cfg.nvmf, &target.graph)?);
     // Shared with the RPC methods, which create and delete controllers.
     let vhost = Arc::new(crate::vhost::VhostTargets::start(
         &cfg.vhost,
@@ -85,9 +86,21 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
                     .collect()
             })?
     };
+    let nvmf_gauge = {
+        let nvmf = nvmf.clone();
+        exporter
+            .metrics
+            .register_gauges(&pollux_metrics::NVMF_CONNECTIONS, move || {
+                nvmf.connections()
+                    .into_iter()
+                    .map(|(nqn, n)| (nqn, n as f64))
+                    .collect()
+            })?
+    };
     let rpc_ctx = Arc::new(
         crate::rpc::RpcContext::new(target.graph.clone(), target.runtime.handle().clone())
-            .with_vhost(vhost.clone()),
+            .with_vhost(vhost.clone())
+            .with_nvmf(nvmf.clone()),
     );
     crate::rpc::record_config_bdevs(&rpc_ctx, &cfg.bdevs);
     let dispatcher = Arc::new(crate::rpc::Dispatcher::new(rpc_ctx));
@@ -114,6 +127,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     // Front-ends first: stop accepting and drain queue pairs, so the graph
     // shutdown below flushes data that is no longer changing.
     nvmf.stop();
+    drop(nvmf_gauge);
     drop(vhost_gauge);
     vhost.stop();
     exporter.shutdown();

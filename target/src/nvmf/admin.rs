@@ -105,7 +105,7 @@ impl Conn {
             }
             CtrlKind::Discovery
         } else {
-            let Some(sub) = self.shared.subsystems.iter().find(|s| s.nqn == subnqn) else {
+            let Some(sub) = self.shared.subsystem(&subnqn) else {
                 tracing::warn!(peer = %self.peer, subnqn, "nvmf: Connect to unknown subsystem");
                 return Err(invalid_param(ConnectData::SUBNQN_OFFSET, true));
             };
@@ -117,7 +117,7 @@ impl Conn {
                 tracing::warn!(peer = %self.peer, subnqn, hostnqn, "nvmf: host not allowed");
                 return Err((Status::CONNECT_INVALID_HOST.with_dnr(), 0));
             }
-            CtrlKind::Io(sub.clone())
+            CtrlKind::Io(sub)
         };
         let depth = usize::from(cmd.sqsize) + 1;
         if cmd.qid == 0 {
@@ -339,6 +339,9 @@ impl Conn {
                         id.nguid = ns.nguid;
                         id.write(&mut out);
                     }
+                } else if cmd.nsid != 0 && cmd.nsid <= sub.nn() {
+                    // An inactive NSID within NN (removed, or not yet
+                    // added): all zeroes, as the spec asks.
                 } else {
                     return self.fail(slot, Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
                 }
@@ -347,18 +350,14 @@ impl Conn {
                 if cmd.nsid >= 0xFFFF_FFFE {
                     return self.fail(slot, Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
                 }
-                let nsids: Vec<u32> = sub.namespaces.iter().map(|n| n.nsid).collect();
+                let nsids: Vec<u32> = sub.namespaces().iter().map(|n| n.nsid).collect();
                 identify::write_active_ns_list(&nsids, cmd.nsid, &mut out);
             }
             (Some(Cns::NamespaceDescriptorList), Some(sub)) => {
                 let Some(ns) = sub.namespace(cmd.nsid) else {
                     return self.fail(slot, Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
                 };
-                let mut uuid = ns.nguid;
-                // RFC 4122 variant and version 4 bits, so the UUID is well
-                // formed; the rest is the stable NGUID hash.
-                uuid[6] = (uuid[6] & 0x0f) | 0x40;
-                uuid[8] = (uuid[8] & 0x3f) | 0x80;
+                let uuid = ns.uuid();
                 let descs = [NsIdDescriptor::Nguid(ns.nguid), NsIdDescriptor::Uuid(uuid)];
                 if identify::write_ns_desc_list(&descs, &mut out).is_err() {
                     return self.fail(slot, Status::INTERNAL_ERROR);
@@ -384,10 +383,14 @@ impl Conn {
         };
         let discovery = matches!(ctrl.kind, CtrlKind::Discovery);
         let page: Vec<u8> = match (cmd.log_page_id(), discovery) {
-            (Some(LogPageId::Discovery), true) => {
-                let ports = &self.shared.ports;
-                discovery_log(&self.shared.subsystems, ports, &ctrl.hostnqn)
-            }
+            (Some(LogPageId::Discovery), true) => discovery_log(
+                &self.shared.subsystem_list(),
+                &self.shared.port_list(),
+                &ctrl.hostnqn,
+                self.shared
+                    .discovery_gen
+                    .load(std::sync::atomic::Ordering::Acquire),
+            ),
             (Some(LogPageId::ErrorInformation), _) => vec![0u8; 64],
             (Some(LogPageId::SmartHealth), false) => {
                 let log = SmartLog {

@@ -254,6 +254,8 @@ pub struct Conn {
     pub(super) sqsize: u16,
     sqhd: u16,
     pub(super) ctrl: Option<Arc<Controller>>,
+    /// This queue pair's view of its subsystem's namespace table.
+    pub(super) ns_cache: super::subsystem::NsCache,
     /// Slots holding Asynchronous Event Requests.
     pub(super) aers: Vec<u16>,
     pub(super) sink: Rc<dyn IoSink>,
@@ -315,6 +317,7 @@ impl Conn {
                 sqsize: 0,
                 sqhd: 0,
                 ctrl: None,
+                ns_cache: Default::default(),
                 aers: Vec::new(),
                 sink: Rc::new(ConnSink { conn: weak.clone() }),
                 ka_timer: None,

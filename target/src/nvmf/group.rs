@@ -26,6 +26,8 @@ type ConnRef = Rc<RefCell<Conn>>;
 
 /// The poll group of one target on one reactor.
 pub struct PollGroup {
+    /// The target this group serves.
+    target_id: u64,
     budget: Budget,
     epoll: OwnedFd,
     conns: RefCell<Vec<Option<ConnRef>>>,
@@ -55,6 +57,7 @@ fn group_for(r: &Reactor, shared: &Arc<Shared>) -> std::io::Result<Rc<PollGroup>
     let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
     r.register_wake_fd(epoll.as_raw_fd(), libc::EPOLLIN as u32)?;
     let g = Rc::new(PollGroup {
+        target_id: shared.id,
         budget: Rc::new(std::cell::Cell::new(shared.buffer_budget)),
         epoll,
         conns: RefCell::new(Vec::new()),
@@ -127,6 +130,20 @@ pub fn detach(r: &Reactor, target_id: u64) {
     let _ = r.unregister_wake_fd(g.epoll.as_raw_fd());
 }
 
+/// `detach` if this target's group on this reactor still has no queue
+/// pair (one may have been attached since the detach was scheduled).
+fn detach_if_idle(r: &Reactor, target_id: u64) {
+    let reg = r.local(|_| Registry::default());
+    let idle = reg
+        .groups
+        .borrow()
+        .iter()
+        .any(|(id, g)| *id == target_id && g.len() == 0);
+    if idle {
+        detach(r, target_id);
+    }
+}
+
 impl PollGroup {
     fn add(&self, conn: ConnRef) {
         let fd = conn.borrow().fd();
@@ -167,6 +184,16 @@ impl PollGroup {
         // SAFETY: as in `add`; removing an fd that is still open.
         unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, c.fd(), &mut ev) };
         c.teardown(r, &reason);
+        drop(c);
+        drop(conn);
+        if self.len() == 0 {
+            // The last queue pair left: give the epoll fd, poller and
+            // timer back, so a target whose hosts all went away holds
+            // nothing per reactor. Deferred to a timer because we are
+            // inside this group's own poller; `attach` recreates it.
+            let id = self.target_id;
+            r.add_timer(Duration::ZERO, move |r| detach_if_idle(r, id));
+        }
     }
 
     fn poll(&self, r: &Reactor) -> PollStatus {
@@ -226,7 +253,6 @@ impl PollGroup {
     }
 
     /// Live connections in this group.
-    #[allow(dead_code)]
     pub fn len(&self) -> usize {
         self.conns.borrow().iter().flatten().count()
     }

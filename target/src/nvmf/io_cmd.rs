@@ -41,12 +41,14 @@ impl Conn {
             self.fail(slot, Status::INVALID_OPCODE.with_dnr());
             return false;
         };
-        let Some(ns) = subsys.namespace(sqe.nsid()) else {
+        // Lock-free unless the namespace table changed since the last
+        // command of this queue pair.
+        let Some(root) = self.ns_cache.table(subsys).get(sqe.nsid()).map(|n| n.root) else {
             self.reqs[i].fail(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
             return false;
         };
         let snap = self.shared.graph.snapshot(r);
-        let Some(geo) = snap.root_geometry(ns.root) else {
+        let Some(geo) = snap.root_geometry(root) else {
             self.reqs[i].fail(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
             return false;
         };
@@ -150,7 +152,7 @@ impl Conn {
                         self.sink.clone(),
                         u64::from(slot),
                     );
-                    snap.submit(r, ns.root, io);
+                    snap.submit(r, root, io);
                 }
                 return true;
             }
@@ -160,7 +162,7 @@ impl Conn {
             }
         };
         req.outstanding = 1;
-        snap.submit(r, ns.root, io);
+        snap.submit(r, root, io);
         true
     }
 }

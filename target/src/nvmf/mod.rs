@@ -29,6 +29,7 @@ mod tests;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
 use std::time::{Duration, Instant};
 
 use pollux_graph::Graph;
@@ -75,7 +76,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 static NEXT_TARGET_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Errors starting the front-end.
+/// Errors starting or changing the front-end.
 #[derive(Debug, thiserror::Error)]
 pub enum NvmfError {
     /// A listen address could not be bound.
@@ -86,21 +87,69 @@ pub enum NvmfError {
         /// Why.
         source: std::io::Error,
     },
-    /// A subsystem could not be built.
+    /// A subsystem could not be built or changed.
     #[error(transparent)]
     Subsystem(#[from] subsystem::SubsystemError),
     /// An accept thread could not be started.
     #[error("nvmf: cannot start accept thread: {0}")]
     Thread(std::io::Error),
+    /// No subsystem with that NQN.
+    #[error("no subsystem {0}")]
+    NoSuchSubsystem(String),
+    /// The NQN is taken (or is the discovery NQN).
+    #[error("subsystem {0} already exists")]
+    SubsystemExists(String),
+    /// The subsystem already listens there.
+    #[error("subsystem {nqn} already listens on {addr}")]
+    ListenerExists {
+        /// Subsystem.
+        nqn: String,
+        /// Address.
+        addr: SocketAddr,
+    },
+    /// The subsystem does not listen there.
+    #[error("subsystem {nqn} does not listen on {addr}")]
+    NoSuchListener {
+        /// Subsystem.
+        nqn: String,
+        /// Address.
+        addr: SocketAddr,
+    },
+    /// The host is already on the allow list.
+    #[error("host {host} is already allowed on {nqn}")]
+    HostExists {
+        /// Subsystem.
+        nqn: String,
+        /// Host NQN.
+        host: String,
+    },
+    /// The host is not on the allow list.
+    #[error("host {host} is not allowed on {nqn}")]
+    NoSuchHost {
+        /// Subsystem.
+        nqn: String,
+        /// Host NQN.
+        host: String,
+    },
+    /// The target is stopping.
+    #[error("nvmf: the target is stopping")]
+    Stopping,
 }
+
+pub use subsystem::{Access, SubsystemSpec, DEFAULT_MAX_NSID};
 
 /// State shared by the listeners and every poll group of one target.
 pub struct Shared {
     id: u64,
     graph: Arc<Graph>,
-    subsystems: Vec<Arc<Subsystem>>,
-    /// Every bound listener address (PORTID = index).
-    ports: Vec<SocketAddr>,
+    /// Subsystems (Connect and discovery read it; the control plane
+    /// changes it).
+    subsystems: Mutex<Vec<Arc<Subsystem>>>,
+    /// Every address ever bound (PORTID = index, stable for the run).
+    ports: Mutex<Vec<SocketAddr>>,
+    /// Discovery log generation counter, bumped by every change a
+    /// discovery controller could see.
+    discovery_gen: AtomicU64,
     ctrls: Mutex<ControllerTable>,
     stopping: AtomicBool,
     /// Live connections (accepted, not yet dropped).
@@ -109,21 +158,97 @@ pub struct Shared {
     buffer_budget: u64,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock still holds consistent plain data.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Shared {
     fn controllers(&self) -> MutexGuard<'_, ControllerTable> {
-        self.ctrls.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.ctrls)
+    }
+
+    /// The subsystem with this NQN.
+    fn subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        lock(&self.subsystems)
+            .iter()
+            .find(|s| s.nqn == nqn)
+            .cloned()
+    }
+
+    /// A snapshot of the subsystem list.
+    fn subsystem_list(&self) -> Vec<Arc<Subsystem>> {
+        lock(&self.subsystems).clone()
+    }
+
+    /// A snapshot of the PORTID table.
+    fn port_list(&self) -> Vec<SocketAddr> {
+        lock(&self.ports).clone()
+    }
+
+    fn discovery_changed(&self) {
+        self.discovery_gen.fetch_add(1, Ordering::AcqRel);
     }
 }
 
-/// A running NVMe/TCP front-end.
+/// A bound address and its accept thread.
+struct BoundListener {
+    /// The address asked for (port 0 allowed).
+    requested: SocketAddr,
+    /// The address bound.
+    bound: SocketAddr,
+    listener: Listener,
+}
+
+/// What `subsystems()` reports about one subsystem.
+#[derive(Debug, Clone)]
+pub struct SubsystemInfo {
+    /// NQN.
+    pub nqn: String,
+    /// Serial number.
+    pub serial: String,
+    /// Model number.
+    pub model: String,
+    /// 0 = unlimited.
+    pub max_namespaces: u32,
+    /// Hosts and listeners.
+    pub access: Access,
+    /// (nsid, bdev, nguid, nguid given by the creator, uuid).
+    pub namespaces: Vec<NamespaceInfo>,
+}
+
+/// One namespace of `SubsystemInfo`.
+#[derive(Debug, Clone)]
+pub struct NamespaceInfo {
+    /// NSID.
+    pub nsid: u32,
+    /// Bdev.
+    pub bdev: String,
+    /// NGUID.
+    pub nguid: [u8; 16],
+    /// Whether the NGUID was given at creation.
+    pub nguid_given: bool,
+    /// UUID reported to hosts.
+    pub uuid: [u8; 16],
+}
+
+/// A running NVMe/TCP front-end. Every method takes `&self`: the control
+/// plane changes subsystems, namespaces, hosts and listeners while hosts
+/// are connected.
 pub struct NvmfTarget {
     shared: Arc<Shared>,
-    listeners: Vec<Listener>,
+    listeners: Mutex<Vec<BoundListener>>,
+    /// Serialises control-plane changes (so listener refcounts and
+    /// subsystem lists change together).
+    control: Mutex<()>,
+    /// Transport options stored by `nvmf_create_transport` (JSON objects).
+    transports: Mutex<Vec<serde_json::Value>>,
 }
 
 impl NvmfTarget {
     /// Binds every configured listener, creates the namespaces' graph
-    /// roots and starts accepting. With no subsystems nothing listens.
+    /// roots and starts accepting. With no subsystems nothing listens
+    /// until the control plane adds some.
     pub fn start(cfg: &NvmfConfig, graph: &Arc<Graph>) -> Result<NvmfTarget, NvmfError> {
         NvmfTarget::start_with_budget(cfg, graph, BUFFER_BUDGET_PER_REACTOR)
     }
@@ -136,67 +261,339 @@ impl NvmfTarget {
         buffer_budget: u64,
     ) -> Result<NvmfTarget, NvmfError> {
         let buffer_budget = buffer_budget.max(u64::from(MDTS_BYTES));
-        // Bind each distinct address once; remember what it resolved to.
-        let mut bound: Vec<(SocketAddr, SocketAddr, std::net::TcpListener)> = Vec::new();
-        for s in &cfg.subsystems {
-            for &addr in &s.listen {
-                if bound.iter().any(|(want, _, _)| *want == addr) {
-                    continue;
-                }
-                let (l, actual) =
-                    Listener::bind(addr).map_err(|source| NvmfError::Bind { addr, source })?;
-                bound.push((addr, actual, l));
-            }
-        }
-        let mut subsystems = Vec::new();
-        for s in &cfg.subsystems {
-            let ports = s
-                .listen
-                .iter()
-                .filter_map(|a| bound.iter().find(|(w, _, _)| w == a).map(|(_, b, _)| *b))
-                .collect();
-            match Subsystem::build(s, graph, ports) {
-                Ok(sub) => subsystems.push(Arc::new(sub)),
-                Err(e) => {
-                    for sub in &subsystems {
-                        Subsystem::remove_roots(sub, graph);
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
         let shared = Arc::new(Shared {
             id: NEXT_TARGET_ID.fetch_add(1, Ordering::Relaxed),
             graph: graph.clone(),
-            subsystems,
-            ports: bound.iter().map(|(_, b, _)| *b).collect(),
+            subsystems: Mutex::new(Vec::new()),
+            ports: Mutex::new(Vec::new()),
+            discovery_gen: AtomicU64::new(1),
             ctrls: Mutex::new(ControllerTable::default()),
             stopping: AtomicBool::new(false),
             conns: AtomicUsize::new(0),
             buffer_budget,
         });
-        let mut listeners = Vec::new();
-        for (_, addr, l) in bound {
-            listeners.push(Listener::start(l, addr, shared.clone()).map_err(NvmfError::Thread)?);
+        let t = NvmfTarget {
+            shared,
+            listeners: Mutex::new(Vec::new()),
+            control: Mutex::new(()),
+            transports: Mutex::new(Vec::new()),
+        };
+        for s in &cfg.subsystems {
+            let built = Subsystem::build(s, graph, Vec::new()).map_err(NvmfError::from);
+            let result = built.and_then(|sub| {
+                let sub = Arc::new(sub);
+                lock(&t.shared.subsystems).push(sub.clone());
+                for &addr in &s.listen {
+                    t.listen(&sub, addr)?;
+                }
+                Ok(sub)
+            });
+            match result {
+                Ok(sub) => {
+                    tracing::info!(nqn = %sub.nqn, namespaces = ?sub.namespaces().iter().map(|n| n.bdev.clone()).collect::<Vec<_>>(),
+                        listen = ?sub.access().ports, "nvmf: subsystem exported");
+                }
+                Err(e) => {
+                    t.stop();
+                    return Err(e);
+                }
+            }
         }
-        for s in &shared.subsystems {
-            tracing::info!(nqn = %s.nqn, namespaces = ?s.namespaces.iter().map(|n| n.bdev.as_str()).collect::<Vec<_>>(),
-                listen = ?s.ports, "nvmf: subsystem exported");
+        Ok(t)
+    }
+
+    /// Makes `sub` reachable on `addr`: binds it unless another subsystem
+    /// already did. Call with `control` held or before the target is
+    /// shared.
+    fn listen(&self, sub: &Arc<Subsystem>, addr: SocketAddr) -> Result<SocketAddr, NvmfError> {
+        let mut ls = lock(&self.listeners);
+        let existing = ls
+            .iter()
+            .find(|l| l.requested == addr || l.bound == addr)
+            .map(|l| l.bound);
+        let bound = match existing {
+            Some(b) => b,
+            None => {
+                let (l, bound) =
+                    Listener::bind(addr).map_err(|source| NvmfError::Bind { addr, source })?;
+                {
+                    let mut ports = lock(&self.shared.ports);
+                    if !ports.contains(&bound) {
+                        ports.push(bound);
+                    }
+                }
+                let listener =
+                    Listener::start(l, bound, self.shared.clone()).map_err(NvmfError::Thread)?;
+                ls.push(BoundListener {
+                    requested: addr,
+                    bound,
+                    listener,
+                });
+                bound
+            }
+        };
+        let mut a = sub.access();
+        if a.ports.contains(&bound) {
+            return Err(NvmfError::ListenerExists {
+                nqn: sub.nqn.clone(),
+                addr,
+            });
         }
-        Ok(NvmfTarget { shared, listeners })
+        a.ports.push(bound);
+        drop(a);
+        self.shared.discovery_changed();
+        Ok(bound)
+    }
+
+    /// Stops accepting on listeners no subsystem uses any more (existing
+    /// connections stay, as SPDK).
+    fn close_unused_listeners(&self) {
+        let used: Vec<SocketAddr> = self
+            .shared
+            .subsystem_list()
+            .iter()
+            .flat_map(|s| s.access().ports.clone())
+            .collect();
+        let closed: Vec<BoundListener> = {
+            let mut ls = lock(&self.listeners);
+            let (keep, closed) = std::mem::take(&mut *ls)
+                .into_iter()
+                .partition(|l| used.contains(&l.bound));
+            *ls = keep;
+            closed
+        };
+        for mut l in closed {
+            l.listener.stop();
+            tracing::info!(addr = %l.bound, "nvmf: listener removed");
+        }
+    }
+
+    fn control(&self) -> Result<MutexGuard<'_, ()>, NvmfError> {
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Err(NvmfError::Stopping);
+        }
+        Ok(lock(&self.control))
+    }
+
+    fn get(&self, nqn: &str) -> Result<Arc<Subsystem>, NvmfError> {
+        self.shared
+            .subsystem(nqn)
+            .ok_or_else(|| NvmfError::NoSuchSubsystem(nqn.to_owned()))
     }
 
     /// The bound listener addresses (ports resolved).
     #[cfg(test)]
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.shared.ports.clone()
+        lock(&self.listeners).iter().map(|l| l.bound).collect()
+    }
+
+    /// Creates an empty subsystem (no namespaces, no listeners).
+    pub fn create_subsystem(&self, spec: SubsystemSpec) -> Result<(), NvmfError> {
+        let _c = self.control()?;
+        let mut subs = lock(&self.shared.subsystems);
+        if spec.nqn == pollux_nvme::fabrics::DISCOVERY_NQN || subs.iter().any(|s| s.nqn == spec.nqn)
+        {
+            return Err(NvmfError::SubsystemExists(spec.nqn));
+        }
+        tracing::info!(nqn = %spec.nqn, "nvmf: subsystem created");
+        subs.push(Arc::new(Subsystem::new(spec)));
+        Ok(())
+    }
+
+    /// Deletes a subsystem: it disappears from Connect and discovery, its
+    /// controllers are torn down (their hosts are disconnected), its
+    /// namespaces' roots are removed (I/O in flight on them completes)
+    /// and listeners nobody else uses stop accepting.
+    pub fn delete_subsystem(&self, nqn: &str) -> Result<(), NvmfError> {
+        let _c = self.control()?;
+        let sub = {
+            let mut subs = lock(&self.shared.subsystems);
+            let i = subs
+                .iter()
+                .position(|s| s.nqn == nqn)
+                .ok_or_else(|| NvmfError::NoSuchSubsystem(nqn.to_owned()))?;
+            subs.remove(i)
+        };
+        self.shared.discovery_changed();
+        {
+            let mut ctrls = self.shared.controllers();
+            for c in ctrls.of_subsystem(nqn) {
+                ctrls.remove(c.cntlid);
+            }
+        }
+        sub.remove_roots(&self.shared.graph);
+        self.close_unused_listeners();
+        tracing::info!(nqn, "nvmf: subsystem deleted");
+        Ok(())
+    }
+
+    /// Adds a namespace over `bdev` and tells connected hosts. Returns the
+    /// NSID.
+    pub fn add_namespace(
+        &self,
+        nqn: &str,
+        bdev: &str,
+        nsid: Option<u32>,
+        nguid: Option<[u8; 16]>,
+    ) -> Result<u32, NvmfError> {
+        let _c = self.control()?;
+        let sub = self.get(nqn)?;
+        let nsid = sub.add_namespace(&self.shared.graph, bdev, nsid, nguid)?;
+        tracing::info!(nqn, nsid, bdev, "nvmf: namespace added");
+        self.notify_namespace_changed(nqn, nsid);
+        Ok(nsid)
+    }
+
+    /// Removes a namespace (waits only for a grace period; I/O in flight on
+    /// it completes) and tells connected hosts.
+    pub fn remove_namespace(&self, nqn: &str, nsid: u32) -> Result<(), NvmfError> {
+        let _c = self.control()?;
+        let sub = self.get(nqn)?;
+        sub.remove_namespace(&self.shared.graph, nsid)?;
+        tracing::info!(nqn, nsid, "nvmf: namespace removed");
+        self.notify_namespace_changed(nqn, nsid);
+        Ok(())
+    }
+
+    /// Makes subsystem `nqn` reachable on `addr` (binding it if needed).
+    /// Returns the bound address.
+    pub fn add_listener(&self, nqn: &str, addr: SocketAddr) -> Result<SocketAddr, NvmfError> {
+        let _c = self.control()?;
+        let sub = self.get(nqn)?;
+        let bound = self.listen(&sub, addr)?;
+        tracing::info!(nqn, %bound, "nvmf: listener added");
+        Ok(bound)
+    }
+
+    /// Stops exporting `nqn` on `addr`; the socket closes once no
+    /// subsystem uses it. Connections already made stay, as in SPDK.
+    pub fn remove_listener(&self, nqn: &str, addr: SocketAddr) -> Result<(), NvmfError> {
+        let _c = self.control()?;
+        let sub = self.get(nqn)?;
+        let bound = lock(&self.listeners)
+            .iter()
+            .find(|l| l.requested == addr || l.bound == addr)
+            .map_or(addr, |l| l.bound);
+        {
+            let mut a = sub.access();
+            let Some(i) = a.ports.iter().position(|p| *p == bound) else {
+                return Err(NvmfError::NoSuchListener {
+                    nqn: nqn.to_owned(),
+                    addr,
+                });
+            };
+            a.ports.remove(i);
+        }
+        self.shared.discovery_changed();
+        self.close_unused_listeners();
+        Ok(())
+    }
+
+    /// Adds `host` to the allow list of `nqn`.
+    pub fn add_host(&self, nqn: &str, host: &str) -> Result<(), NvmfError> {
+        let _c = self.control()?;
+        let sub = self.get(nqn)?;
+        let mut a = sub.access();
+        if a.hosts.iter().any(|h| h == host) {
+            return Err(NvmfError::HostExists {
+                nqn: nqn.to_owned(),
+                host: host.to_owned(),
+            });
+        }
+        a.hosts.push(host.to_owned());
+        drop(a);
+        self.shared.discovery_changed();
+        Ok(())
+    }
+
+    /// Removes `host` from the allow list; unless any host is allowed, its
+    /// controllers on `nqn` are disconnected (as SPDK does).
+    pub fn remove_host(&self, nqn: &str, host: &str) -> Result<(), NvmfError> {
+        let _c = self.control()?;
+        let sub = self.get(nqn)?;
+        let allow_any = {
+            let mut a = sub.access();
+            let Some(i) = a.hosts.iter().position(|h| h == host) else {
+                return Err(NvmfError::NoSuchHost {
+                    nqn: nqn.to_owned(),
+                    host: host.to_owned(),
+                });
+            };
+            a.hosts.remove(i);
+            a.allow_any_host
+        };
+        self.shared.discovery_changed();
+        if !allow_any {
+            let mut ctrls = self.shared.controllers();
+            for c in ctrls.of_subsystem(nqn) {
+                if c.hostnqn == host {
+                    ctrls.remove(c.cntlid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets allow_any_host of `nqn` (affects later Connects only).
+    pub fn set_allow_any_host(&self, nqn: &str, allow: bool) -> Result<(), NvmfError> {
+        let _c = self.control()?;
+        self.get(nqn)?.access().allow_any_host = allow;
+        self.shared.discovery_changed();
+        Ok(())
+    }
+
+    /// Every subsystem, in creation order.
+    pub fn subsystems(&self) -> Vec<SubsystemInfo> {
+        self.shared
+            .subsystem_list()
+            .iter()
+            .map(|s| SubsystemInfo {
+                nqn: s.nqn.clone(),
+                serial: s.serial.clone(),
+                model: s.model.clone(),
+                max_namespaces: s.max_namespaces,
+                access: s.access().clone(),
+                namespaces: s
+                    .namespaces()
+                    .iter()
+                    .map(|n| NamespaceInfo {
+                        nsid: n.nsid,
+                        bdev: n.bdev.clone(),
+                        nguid: n.nguid,
+                        nguid_given: n.nguid_given,
+                        uuid: n.uuid(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Queue pairs (admin + I/O) connected per subsystem, for the
+    /// `pollux_nvmf_connections` gauge. Subsystems without any report 0.
+    pub fn connections(&self) -> Vec<(String, usize)> {
+        let subs = self.shared.subsystem_list();
+        let ctrls = self.shared.controllers();
+        subs.iter()
+            .map(|s| {
+                let n = ctrls
+                    .of_subsystem(&s.nqn)
+                    .iter()
+                    .filter(|c| !c.is_dead())
+                    .map(|c| 1 + c.state().io_qids.len())
+                    .sum();
+                (s.nqn.clone(), n)
+            })
+            .collect()
+    }
+
+    /// Transport options stored by `nvmf_create_transport`.
+    pub fn transports(&self) -> MutexGuard<'_, Vec<serde_json::Value>> {
+        lock(&self.transports)
     }
 
     /// Reports that namespace `nsid` of subsystem `nqn` was added, removed
     /// or resized to every connected controller (Changed Namespace List and
-    /// Namespace Attribute Changed AEN). For the control plane: the RPC
-    /// layer calls it once namespaces can change at run time.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Namespace Attribute Changed AEN).
     pub fn notify_namespace_changed(&self, nqn: &str, nsid: u32) {
         let ctrls = self.shared.controllers().of_subsystem(nqn);
         for c in ctrls {
@@ -206,11 +603,14 @@ impl NvmfTarget {
 
     /// Stops accepting, lets in-flight commands finish (queue pairs stop
     /// taking new commands and close once idle), then tears down every
-    /// controller and removes the namespaces' roots.
-    pub fn stop(mut self) {
-        self.shared.stopping.store(true, Ordering::Release);
-        for l in &mut self.listeners {
-            l.stop();
+    /// controller and removes the namespaces' roots. Idempotent.
+    pub fn stop(&self) {
+        if self.shared.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _c = lock(&self.control);
+        for l in lock(&self.listeners).iter_mut() {
+            l.listener.stop();
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         while self.shared.conns.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
@@ -229,9 +629,10 @@ impl NvmfTarget {
             .handle()
             .on_each_reactor(move |r| group::detach(r, id));
         self.shared.controllers().kill_all();
-        for s in &self.shared.subsystems {
+        for s in self.shared.subsystem_list() {
             s.remove_roots(&self.shared.graph);
         }
+        lock(&self.listeners).clear();
         tracing::info!("nvmf: stopped");
     }
 }

@@ -1,13 +1,28 @@
 //! Subsystems (NQN, identity, namespaces as graph roots, host allow list,
 //! listeners) and the discovery subsystem's log page.
+//!
+//! Everything here can change while hosts are connected (control plane).
+//! The I/O path never takes a lock for a namespace lookup: the namespace
+//! table is an immutable `Arc<NsTable>` republished on every change with a
+//! bumped generation; a queue pair caches the table and only re-fetches it
+//! (under the control-path mutex) when the generation it reads moved.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pollux_graph::{Graph, RootId};
 use pollux_nvme::fabrics::Nqn;
 use pollux_nvme::log_page::{adrfam, subtype, treq, write_discovery_log, DiscoveryLogEntry};
 
 use crate::config::NvmfSubsystemConfig;
+
+/// Identify Controller NN reported by subsystems created with
+/// `max_namespaces` 0 (unlimited), as SPDK (NVMF_SUBSYSTEM_DEFAULT_NAMESPACES),
+/// so hosts size their namespace scans for namespaces added later.
+pub const DEFAULT_MAX_NSID: u32 = 32;
+/// Highest valid NSID (FFFFFFFFh is the broadcast value, FFFFFFFEh reserved).
+pub const NSID_MAX: u32 = 0xFFFF_FFFE;
 
 /// A namespace: an NSID bound to a graph root over a bdev.
 #[derive(Debug)]
@@ -21,8 +36,85 @@ pub struct Namespace {
     /// The root's name in the graph (`nvmf:<nqn>:<nsid>`).
     pub root_name: String,
     /// Namespace globally unique identifier, stable across restarts
-    /// (derived from NQN and NSID), so multipath hosts recognise it.
+    /// (derived from NQN and NSID unless given), so multipath hosts
+    /// recognise it.
     pub nguid: [u8; 16],
+    /// Whether `nguid` was given by the creator (save_config replays it).
+    pub nguid_given: bool,
+}
+
+impl Namespace {
+    /// The namespace UUID reported in the NS Identification Descriptor
+    /// list: the NGUID with RFC 4122 variant and version 4 bits set.
+    pub fn uuid(&self) -> [u8; 16] {
+        let mut uuid = self.nguid;
+        uuid[6] = (uuid[6] & 0x0f) | 0x40;
+        uuid[8] = (uuid[8] & 0x3f) | 0x80;
+        uuid
+    }
+}
+
+/// The namespaces of a subsystem, sorted by NSID. Never modified after
+/// publication.
+#[derive(Debug, Default)]
+pub struct NsTable {
+    list: Vec<Arc<Namespace>>,
+}
+
+impl NsTable {
+    /// The namespace with this NSID.
+    #[inline]
+    pub fn get(&self, nsid: u32) -> Option<&Arc<Namespace>> {
+        self.list
+            .binary_search_by_key(&nsid, |n| n.nsid)
+            .ok()
+            .map(|i| &self.list[i])
+    }
+
+    /// All namespaces, NSID order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Namespace>> {
+        self.list.iter()
+    }
+}
+
+/// A queue pair's cached view of a subsystem's namespace table.
+#[derive(Debug, Default)]
+pub struct NsCache {
+    generation: u64,
+    table: Option<Arc<NsTable>>,
+}
+
+impl NsCache {
+    /// The current table of `sub`: one atomic load when nothing changed;
+    /// the control-path mutex only right after a change.
+    #[inline]
+    pub fn table(&mut self, sub: &Subsystem) -> &Arc<NsTable> {
+        let g = sub.ns_generation.load(Ordering::Acquire);
+        if self.table.is_none() || self.generation != g {
+            let st = sub.ns_state();
+            // Read under the lock: table and generation change together.
+            self.generation = sub.ns_generation.load(Ordering::Acquire);
+            self.table = Some(st.table.clone());
+        }
+        self.table.get_or_insert_with(Default::default)
+    }
+}
+
+/// Host access and listeners: read by Connect and discovery only.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// Any host may connect.
+    pub allow_any_host: bool,
+    /// Allowed host NQNs otherwise.
+    pub hosts: Vec<String>,
+    /// Addresses actually bound for this subsystem (a configured port 0
+    /// becomes the ephemeral port picked at bind time).
+    pub ports: Vec<SocketAddr>,
+}
+
+#[derive(Debug)]
+struct NsState {
+    table: Arc<NsTable>,
 }
 
 /// An NVM subsystem.
@@ -34,18 +126,22 @@ pub struct Subsystem {
     pub serial: String,
     /// Model number.
     pub model: String,
-    /// Namespaces, NSID order.
-    pub namespaces: Vec<Namespace>,
-    /// Any host may connect.
-    pub allow_any_host: bool,
-    /// Allowed host NQNs otherwise.
-    pub hosts: Vec<String>,
-    /// Addresses actually bound for this subsystem (a configured port 0
-    /// becomes the ephemeral port picked at bind time).
-    pub ports: Vec<SocketAddr>,
+    /// Most namespaces (and highest NSID) allowed; 0 = unlimited.
+    pub max_namespaces: u32,
+    /// Identify Controller NN floor (NN is at least the highest NSID).
+    nn_floor: u32,
+    /// Bumped (under `ns`) each time a new table is published.
+    ns_generation: AtomicU64,
+    /// Held only to swap or clone the table: queue pairs take it right
+    /// after a change, so nothing slow (graph publication waits for every
+    /// reactor) may run under it.
+    ns: Mutex<NsState>,
+    /// Serialises namespace changes (control threads only).
+    change: Mutex<()>,
+    access: Mutex<Access>,
 }
 
-/// Errors building subsystems.
+/// Errors building or changing subsystems.
 #[derive(Debug, thiserror::Error)]
 pub enum SubsystemError {
     /// A namespace's root could not be added.
@@ -60,6 +156,40 @@ pub enum SubsystemError {
         /// Why (boxed: the error is rare and large).
         source: Box<pollux_graph::GraphError>,
     },
+    /// The NSID is taken.
+    #[error("subsystem {nqn}: NSID {nsid} is already in use")]
+    NsidInUse {
+        /// Subsystem.
+        nqn: String,
+        /// NSID.
+        nsid: u32,
+    },
+    /// The NSID is out of range (0, reserved, or above max_namespaces).
+    #[error("subsystem {nqn}: NSID {nsid} is not between 1 and {max}")]
+    BadNsid {
+        /// Subsystem.
+        nqn: String,
+        /// NSID.
+        nsid: u32,
+        /// Highest allowed.
+        max: u32,
+    },
+    /// Every allowed NSID is taken.
+    #[error("subsystem {nqn}: no free NSID (max_namespaces {max})")]
+    Full {
+        /// Subsystem.
+        nqn: String,
+        /// The limit.
+        max: u32,
+    },
+    /// No namespace with that NSID.
+    #[error("subsystem {nqn}: no namespace {nsid}")]
+    NoSuchNamespace {
+        /// Subsystem.
+        nqn: String,
+        /// NSID.
+        nsid: u32,
+    },
 }
 
 fn hash64(seed: u64, bytes: &[u8]) -> u64 {
@@ -71,76 +201,233 @@ fn hash64(seed: u64, bytes: &[u8]) -> u64 {
     h
 }
 
+fn derived_nguid(nqn: &str, nsid: u32) -> [u8; 16] {
+    let key = format!("{nqn}#{nsid}");
+    let mut nguid = [0u8; 16];
+    nguid[..8].copy_from_slice(&hash64(1, key.as_bytes()).to_be_bytes());
+    nguid[8..].copy_from_slice(&hash64(2, key.as_bytes()).to_be_bytes());
+    nguid
+}
+
+/// How a new subsystem is made (TOML config or `nvmf_create_subsystem`).
+#[derive(Debug, Clone)]
+pub struct SubsystemSpec {
+    /// NQN.
+    pub nqn: String,
+    /// Serial number.
+    pub serial: String,
+    /// Model number.
+    pub model: String,
+    /// 0 = unlimited.
+    pub max_namespaces: u32,
+    /// Identify Controller NN floor.
+    pub nn_floor: u32,
+    /// Any host may connect.
+    pub allow_any_host: bool,
+    /// Allowed hosts.
+    pub hosts: Vec<String>,
+}
+
 impl Subsystem {
-    /// Creates the subsystem's graph roots, one per namespace.
+    /// An empty subsystem (no namespaces, no listeners).
+    pub fn new(spec: SubsystemSpec) -> Subsystem {
+        Subsystem {
+            nqn: spec.nqn,
+            serial: spec.serial,
+            model: spec.model,
+            max_namespaces: spec.max_namespaces,
+            nn_floor: spec.nn_floor,
+            ns_generation: AtomicU64::new(0),
+            ns: Mutex::new(NsState {
+                table: Arc::default(),
+            }),
+            change: Mutex::new(()),
+            access: Mutex::new(Access {
+                allow_any_host: spec.allow_any_host,
+                hosts: spec.hosts,
+                ports: Vec::new(),
+            }),
+        }
+    }
+
+    /// Creates the subsystem's graph roots, one per configured namespace.
     pub fn build(
         cfg: &NvmfSubsystemConfig,
         graph: &Graph,
         ports: Vec<SocketAddr>,
     ) -> Result<Subsystem, SubsystemError> {
-        let mut namespaces = Vec::with_capacity(cfg.namespaces.len());
-        for (i, bdev) in cfg.namespaces.iter().enumerate() {
-            let nsid = i as u32 + 1;
-            let root_name = format!("nvmf:{}:{}", cfg.nqn, nsid);
-            let root = graph
-                .add_root(&root_name, bdev)
-                .map_err(|source| SubsystemError::Root {
-                    nqn: cfg.nqn.clone(),
-                    nsid,
-                    bdev: bdev.clone(),
-                    source: Box::new(source),
-                })?;
-            let key = format!("{}#{}", cfg.nqn, nsid);
-            let a = hash64(1, key.as_bytes());
-            let b = hash64(2, key.as_bytes());
-            let mut nguid = [0u8; 16];
-            nguid[..8].copy_from_slice(&a.to_be_bytes());
-            nguid[8..].copy_from_slice(&b.to_be_bytes());
-            namespaces.push(Namespace {
-                nsid,
-                bdev: bdev.clone(),
-                root,
-                root_name,
-                nguid,
-            });
-        }
-        Ok(Subsystem {
+        let s = Subsystem::new(SubsystemSpec {
             nqn: cfg.nqn.clone(),
             serial: cfg.serial.clone(),
             model: cfg.model.clone(),
-            namespaces,
+            max_namespaces: 0,
+            // NN follows the configured namespaces, as before runtime
+            // changes existed.
+            nn_floor: 0,
             allow_any_host: cfg.allow_any_host,
             hosts: cfg.hosts.clone(),
-            ports,
-        })
+        });
+        for (i, bdev) in cfg.namespaces.iter().enumerate() {
+            if let Err(e) = s.add_namespace(graph, bdev, Some(i as u32 + 1), None) {
+                s.remove_roots(graph);
+                return Err(e);
+            }
+        }
+        s.access().ports = ports;
+        Ok(s)
     }
 
-    /// Removes the namespaces' roots (I/O already submitted completes).
+    fn ns_state(&self) -> MutexGuard<'_, NsState> {
+        self.ns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Host access and listeners (control path).
+    pub fn access(&self) -> MutexGuard<'_, Access> {
+        self.access.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changing(&self) -> MutexGuard<'_, ()> {
+        self.change.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, list: Vec<Arc<Namespace>>) {
+        let mut st = self.ns_state();
+        st.table = Arc::new(NsTable { list });
+        self.ns_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Adds a namespace over `bdev` (NSID: `nsid` or the lowest free one).
+    /// The root exists before the table naming it is published.
+    pub fn add_namespace(
+        &self,
+        graph: &Graph,
+        bdev: &str,
+        nsid: Option<u32>,
+        nguid: Option<[u8; 16]>,
+    ) -> Result<u32, SubsystemError> {
+        let _change = self.changing();
+        let table = self.namespaces();
+        let max = if self.max_namespaces == 0 {
+            NSID_MAX
+        } else {
+            self.max_namespaces
+        };
+        let nsid = match nsid {
+            Some(n) if n == 0 || n > max => {
+                return Err(SubsystemError::BadNsid {
+                    nqn: self.nqn.clone(),
+                    nsid: n,
+                    max,
+                })
+            }
+            Some(n) if table.get(n).is_some() => {
+                return Err(SubsystemError::NsidInUse {
+                    nqn: self.nqn.clone(),
+                    nsid: n,
+                })
+            }
+            Some(n) => n,
+            None => {
+                // The list is sorted: the first gap is the lowest free NSID.
+                let mut want = 1u32;
+                for ns in table.iter() {
+                    if ns.nsid != want {
+                        break;
+                    }
+                    want += 1;
+                }
+                if want > max {
+                    return Err(SubsystemError::Full {
+                        nqn: self.nqn.clone(),
+                        max,
+                    });
+                }
+                want
+            }
+        };
+        let root_name = format!("nvmf:{}:{}", self.nqn, nsid);
+        let root = graph
+            .add_root(&root_name, bdev)
+            .map_err(|source| SubsystemError::Root {
+                nqn: self.nqn.clone(),
+                nsid,
+                bdev: bdev.to_owned(),
+                source: Box::new(source),
+            })?;
+        let ns = Arc::new(Namespace {
+            nsid,
+            bdev: bdev.to_owned(),
+            root,
+            root_name,
+            nguid: nguid.unwrap_or_else(|| derived_nguid(&self.nqn, nsid)),
+            nguid_given: nguid.is_some(),
+        });
+        let mut list: Vec<Arc<Namespace>> = table.list.clone();
+        let at = list.partition_point(|n| n.nsid < nsid);
+        list.insert(at, ns);
+        self.publish(list);
+        Ok(nsid)
+    }
+
+    /// Removes a namespace: the table without it is published first, then
+    /// its root is removed (which waits for a grace period, so no queue
+    /// pair can still pick the old root afterwards); I/O already submitted
+    /// through it completes normally.
+    pub fn remove_namespace(&self, graph: &Graph, nsid: u32) -> Result<(), SubsystemError> {
+        let _change = self.changing();
+        let table = self.namespaces();
+        let Some(ns) = table.get(nsid).cloned() else {
+            return Err(SubsystemError::NoSuchNamespace {
+                nqn: self.nqn.clone(),
+                nsid,
+            });
+        };
+        let list = table
+            .list
+            .iter()
+            .filter(|n| n.nsid != nsid)
+            .cloned()
+            .collect();
+        self.publish(list);
+        let _ = graph.remove_root(&ns.root_name);
+        Ok(())
+    }
+
+    /// Removes every namespace's root (I/O already submitted completes).
     pub fn remove_roots(&self, graph: &Graph) {
-        for ns in &self.namespaces {
+        let _change = self.changing();
+        let old = self.namespaces();
+        self.publish(Vec::new());
+        for ns in old.iter() {
             let _ = graph.remove_root(&ns.root_name);
         }
     }
 
+    /// The current namespace table (control path).
+    pub fn namespaces(&self) -> Arc<NsTable> {
+        self.ns_state().table.clone()
+    }
+
+    /// The namespace with this NSID (control path).
+    pub fn namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {
+        self.ns_state().table.get(nsid).cloned()
+    }
+
     /// Whether `hostnqn` may connect.
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
-        self.allow_any_host || self.hosts.iter().any(|h| h == hostnqn)
+        let a = self.access();
+        a.allow_any_host || a.hosts.iter().any(|h| h == hostnqn)
     }
 
-    /// The namespace with this NSID.
-    pub fn namespace(&self, nsid: u32) -> Option<&Namespace> {
-        let i = usize::try_from(nsid.checked_sub(1)?).ok()?;
-        self.namespaces.get(i)
-    }
-
-    /// Number of namespaces (Identify Controller NN: the highest NSID).
+    /// Identify Controller NN: the highest NSID a host should consider.
     pub fn nn(&self) -> u32 {
-        self.namespaces.len() as u32
+        let top = self.ns_state().table.list.last().map_or(0, |n| n.nsid);
+        top.max(self.nn_floor)
     }
 
     /// Whether this subsystem is reachable through `port`.
     pub fn listens_on(&self, port: SocketAddr) -> bool {
-        self.ports.contains(&port)
+        self.access().ports.contains(&port)
     }
 }
 
@@ -152,14 +439,16 @@ fn port_id(all_ports: &[SocketAddr], port: &SocketAddr) -> u16 {
 /// The discovery log page for `hostnqn`: one entry per (subsystem the host
 /// may use, listener of that subsystem).
 pub fn discovery_log(
-    subsystems: &[std::sync::Arc<Subsystem>],
+    subsystems: &[Arc<Subsystem>],
     all_ports: &[SocketAddr],
     hostnqn: &str,
+    genctr: u64,
 ) -> Vec<u8> {
     let mut entries = Vec::new();
     for s in subsystems.iter().filter(|s| s.host_allowed(hostnqn)) {
         let Ok(nqn) = Nqn::new(&s.nqn) else { continue };
-        for port in &s.ports {
+        let ports = s.access().ports.clone();
+        for port in &ports {
             let fam = if port.is_ipv4() {
                 adrfam::IPV4
             } else {
@@ -180,10 +469,6 @@ pub fn discovery_log(
     }
     let mut out = vec![0u8; 1024 * (entries.len() + 1)];
     // Cannot fail: `out` is sized for the header plus every entry.
-    let _ = write_discovery_log(DISCOVERY_GENCTR, &entries, &mut out);
+    let _ = write_discovery_log(genctr, &entries, &mut out);
     out
 }
-
-/// Discovery log generation counter. Subsystems are fixed at start, so
-/// the log never changes while the daemon runs.
-const DISCOVERY_GENCTR: u64 = 1;

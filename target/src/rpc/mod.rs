@@ -14,6 +14,7 @@ use pollux_graph::Graph;
 use pollux_poller::Handle;
 use serde_json::Value;
 
+use crate::nvmf::NvmfTarget;
 use crate::vhost::VhostTargets;
 pub use jsonrpc::RpcError;
 pub use methods::bdev::record_config_bdevs;
@@ -45,6 +46,9 @@ pub struct RpcContext {
     /// The vhost-user-blk front-end, when the daemon runs one (`vhost_*`
     /// methods answer that vhost is not available otherwise).
     pub vhost: Option<Arc<VhostTargets>>,
+    /// The NVMe/TCP front-end, when the daemon runs one (`nvmf_*` methods
+    /// answer that NVMe-oF is not available otherwise).
+    pub nvmf: Option<Arc<NvmfTarget>>,
     bdevs: Mutex<BTreeMap<String, BdevRecord>>,
     filters: Mutex<Vec<Value>>,
 }
@@ -56,6 +60,7 @@ impl RpcContext {
             graph,
             handle,
             vhost: None,
+            nvmf: None,
             bdevs: Mutex::default(),
             filters: Mutex::default(),
         }
@@ -64,6 +69,12 @@ impl RpcContext {
     /// Gives the `vhost_*` methods the front-end to act on.
     pub fn with_vhost(mut self, vhost: Arc<VhostTargets>) -> Self {
         self.vhost = Some(vhost);
+        self
+    }
+
+    /// Gives the `nvmf_*` methods the front-end to act on.
+    pub fn with_nvmf(mut self, nvmf: Arc<NvmfTarget>) -> Self {
+        self.nvmf = Some(nvmf);
         self
     }
 

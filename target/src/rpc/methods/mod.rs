@@ -3,6 +3,7 @@
 pub mod bdev;
 mod framework;
 mod graph;
+mod nvmf;
 mod vhost;
 
 use super::Dispatcher;
@@ -13,5 +14,7 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     // Before graph: filters are replayed last, above the bdevs the
     // controllers attached to.
     vhost::register(d);
+    // After bdev, before graph (SPDK's order; filters replayed last).
+    nvmf::register(d);
     graph::register(d);
 }

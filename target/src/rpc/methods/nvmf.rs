@@ -1,0 +1,728 @@
+//! NVMe-oF methods, named and shaped as SPDK's `lib/nvmf/nvmf_rpc.c`:
+//! transports, subsystems, namespaces, listeners and hosts, all changeable
+//! while hosts are connected (over `crate::nvmf::NvmfTarget`).
+//!
+//! Pollux has one NVMe-oF target (SPDK's default `nvmf_tgt`) and one
+//! transport, TCP. Options Pollux cannot honour (TLS, DH-HMAC-CHAP, ANA,
+//! reservations, passthrough) are refused with -32602 naming the param
+//! rather than silently ignored.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::nvmf::{NvmfError, NvmfTarget, SubsystemInfo, SubsystemSpec};
+use crate::rpc::jsonrpc::{params, RpcError};
+use crate::rpc::Dispatcher;
+
+/// SPDK's name for its one default target; `tgt_name` may only name it.
+const DEFAULT_TGT: &str = "nvmf_tgt";
+/// The only transport.
+const TCP: &str = "TCP";
+/// The port SPDK uses when `trsvcid` is absent (IANA NVMe/TCP port).
+const DEFAULT_TRSVCID: u16 = 4420;
+/// Identify Controller SN is 20 ASCII bytes.
+const SERIAL_MAX: usize = 20;
+/// Identify Controller MN is 40 ASCII bytes.
+const MODEL_MAX: usize = 40;
+/// NVMe Base 2.0 section 4.5: an NQN is at most 223 bytes.
+const NQN_MAX: usize = 223;
+/// SPDK's serial number when none is given (`nvmf_rpc.c`).
+const DEFAULT_SERIAL: &str = "00000000000000000000";
+/// Model number when none is given.
+const DEFAULT_MODEL: &str = "Pollux";
+/// Dynamic controller IDs Pollux allocates (SPDK's defaults too).
+const CNTLID_MIN: u16 = 1;
+/// Highest dynamic controller ID (FFF0h and up are reserved).
+const CNTLID_MAX: u16 = 0xFFEF;
+/// The discovery subsystem's NQN.
+const DISCOVERY_NQN: &str = pollux_nvme::fabrics::DISCOVERY_NQN;
+
+pub(super) fn register(d: &mut Dispatcher) {
+    d.register("nvmf_create_transport", nvmf_create_transport);
+    d.register("nvmf_get_transports", nvmf_get_transports);
+    d.register("nvmf_create_subsystem", nvmf_create_subsystem);
+    d.register("nvmf_delete_subsystem", nvmf_delete_subsystem);
+    d.register("nvmf_get_subsystems", nvmf_get_subsystems);
+    d.register("nvmf_subsystem_add_ns", nvmf_subsystem_add_ns);
+    d.register("nvmf_subsystem_remove_ns", nvmf_subsystem_remove_ns);
+    d.register("nvmf_subsystem_add_listener", |d, p| listener(d, p, true));
+    d.register("nvmf_subsystem_remove_listener", |d, p| {
+        listener(d, p, false)
+    });
+    d.register("nvmf_subsystem_add_host", nvmf_subsystem_add_host);
+    d.register("nvmf_subsystem_remove_host", nvmf_subsystem_remove_host);
+    d.register(
+        "nvmf_subsystem_allow_any_host",
+        nvmf_subsystem_allow_any_host,
+    );
+    d.register_subsystem(crate::rpc::Subsystem {
+        name: "nvmf",
+        depends_on: &["bdev"],
+        writer: config_writer,
+    });
+}
+
+fn target(d: &Dispatcher) -> Result<&NvmfTarget, RpcError> {
+    d.ctx
+        .nvmf
+        .as_deref()
+        .ok_or_else(|| RpcError::failed("NVMe-oF is not available in this process"))
+}
+
+fn check_tgt(tgt_name: &Option<String>) -> Result<(), RpcError> {
+    match tgt_name.as_deref() {
+        None | Some(DEFAULT_TGT) => Ok(()),
+        Some(t) => Err(RpcError::invalid_params(format!(
+            "tgt_name: no target {t:?} (Pollux has one target, {DEFAULT_TGT:?})"
+        ))),
+    }
+}
+
+/// Maps a target error to the answer SPDK gives (-32602 for anything the
+/// caller named wrongly), prefixed with the param at fault.
+fn err(param: &str, e: NvmfError) -> RpcError {
+    match e {
+        NvmfError::NoSuchSubsystem(_) | NvmfError::SubsystemExists(_) => {
+            RpcError::invalid_params(format!("nqn: {e}"))
+        }
+        NvmfError::Stopping | NvmfError::Thread(_) => RpcError::failed(e),
+        _ => RpcError::invalid_params(format!("{param}: {e}")),
+    }
+}
+
+fn refuse(param: &str, why: &str) -> RpcError {
+    RpcError::invalid_params(format!("{param}: {why}"))
+}
+
+fn check_nqn(param: &str, nqn: &str) -> Result<(), RpcError> {
+    if !nqn.starts_with("nqn.") {
+        return Err(refuse(
+            param,
+            &format!("{nqn:?} is not an NQN (it must start with \"nqn.\")"),
+        ));
+    }
+    if nqn.len() > NQN_MAX || nqn.bytes().any(|b| b.is_ascii_control()) {
+        return Err(refuse(
+            param,
+            &format!("must be at most {NQN_MAX} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_ascii(param: &str, value: &str, max: usize) -> Result<(), RpcError> {
+    if value.is_empty() || value.len() > max || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(refuse(
+            param,
+            &format!("{value:?} must be 1 to {max} printable ASCII characters"),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- transports
+
+#[derive(Deserialize)]
+struct CreateTransport {
+    trtype: String,
+    tgt_name: Option<String>,
+}
+
+/// What `nvmf_get_transports` reports for TCP before any option is set:
+/// Pollux's actual limits, under SPDK's names.
+fn transport_defaults() -> Map<String, Value> {
+    let v = json!({
+        "trtype": TCP,
+        "max_queue_depth": crate::nvmf::MAX_QUEUE_DEPTH,
+        "max_io_qpairs_per_ctrlr": crate::nvmf::MAX_IO_QUEUES,
+        "in_capsule_data_size": crate::nvmf::IN_CAPSULE_DATA,
+        "max_io_size": crate::nvmf::MDTS_BYTES,
+        "io_unit_size": crate::nvmf::MAXH2CDATA,
+        "max_aq_depth": crate::nvmf::ADMIN_QUEUE_DEPTH,
+        "c2h_success": true,
+        "dif_insert_or_strip": false,
+        "zcopy": false,
+        "sock_priority": 0,
+        "abort_timeout_sec": 1,
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn nvmf_create_transport(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let raw = p.clone().unwrap_or_else(|| json!({}));
+    let c: CreateTransport = params(p)?;
+    check_tgt(&c.tgt_name)?;
+    if !c.trtype.eq_ignore_ascii_case(TCP) {
+        return Err(refuse(
+            "trtype",
+            &format!(
+                "transport {:?} is not available (Pollux serves TCP only)",
+                c.trtype
+            ),
+        ));
+    }
+    let mut opts = match raw {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    opts.remove("tgt_name");
+    opts.insert("trtype".into(), json!(TCP));
+    let t = target(d)?;
+    let mut transports = t.transports();
+    if !transports.is_empty() {
+        return Err(refuse("trtype", "transport TCP already exists"));
+    }
+    transports.push(Value::Object(opts));
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetTransports {
+    trtype: Option<String>,
+    tgt_name: Option<String>,
+}
+
+fn nvmf_get_transports(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let g: GetTransports = params(p)?;
+    check_tgt(&g.tgt_name)?;
+    let t = target(d)?;
+    let list: Vec<Value> = t
+        .transports()
+        .iter()
+        .map(|stored| {
+            let mut out = transport_defaults();
+            if let Value::Object(m) = stored {
+                for (k, v) in m {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+            Value::Object(out)
+        })
+        .collect();
+    if let Some(tr) = &g.trtype {
+        if !tr.eq_ignore_ascii_case(TCP) || list.is_empty() {
+            return Err(refuse("trtype", &format!("no transport {tr:?}")));
+        }
+    }
+    Ok(json!(list))
+}
+
+// ---------------------------------------------------------------- subsystems
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSubsystem {
+    nqn: String,
+    tgt_name: Option<String>,
+    serial_number: Option<String>,
+    model_number: Option<String>,
+    #[serde(default)]
+    allow_any_host: bool,
+    #[serde(default)]
+    max_namespaces: u32,
+    #[serde(default)]
+    ana_reporting: bool,
+    min_cntlid: Option<u16>,
+    max_cntlid: Option<u16>,
+    /// Range size limit hint for Dataset Management; Pollux's nodes take
+    /// any range, so there is no limit to report.
+    #[allow(dead_code)] // accepted, as SPDK
+    dmrsl: Option<u32>,
+    /// Write Zeroes size limit hint; likewise not needed.
+    #[allow(dead_code)] // accepted, as SPDK
+    wzsl: Option<u32>,
+    #[serde(default)]
+    passthrough: bool,
+    #[serde(default)]
+    enable_nssr: bool,
+    admin_label: Option<String>,
+}
+
+fn nvmf_create_subsystem(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let c: CreateSubsystem = params(p)?;
+    check_tgt(&c.tgt_name)?;
+    check_nqn("nqn", &c.nqn)?;
+    let serial = c.serial_number.unwrap_or_else(|| DEFAULT_SERIAL.into());
+    check_ascii("serial_number", &serial, SERIAL_MAX)?;
+    let model = c.model_number.unwrap_or_else(|| DEFAULT_MODEL.into());
+    check_ascii("model_number", &model, MODEL_MAX)?;
+    if c.ana_reporting {
+        return Err(refuse("ana_reporting", "ANA reporting is not supported"));
+    }
+    if c.passthrough {
+        return Err(refuse(
+            "passthrough",
+            "NVMe passthrough needs an NVMe bdev, which Pollux does not have",
+        ));
+    }
+    if c.min_cntlid.is_some_and(|v| v != CNTLID_MIN)
+        || c.max_cntlid.is_some_and(|v| v != CNTLID_MAX)
+    {
+        return Err(refuse(
+            "min_cntlid",
+            &format!("Pollux allocates controller IDs {CNTLID_MIN}..={CNTLID_MAX} (0x{CNTLID_MAX:X}) only"),
+        ));
+    }
+    if c.admin_label.is_some() {
+        return Err(refuse(
+            "admin_label",
+            "extended discovery log entries are not supported",
+        ));
+    }
+    // NSSR means nothing to a software target; accepting it is harmless.
+    let _ = c.enable_nssr;
+    target(d)?
+        .create_subsystem(SubsystemSpec {
+            nqn: c.nqn,
+            serial,
+            model,
+            max_namespaces: c.max_namespaces,
+            nn_floor: if c.max_namespaces == 0 {
+                crate::nvmf::DEFAULT_MAX_NSID
+            } else {
+                c.max_namespaces
+            },
+            allow_any_host: c.allow_any_host,
+            hosts: Vec::new(),
+        })
+        .map_err(|e| err("nqn", e))?;
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Nqn {
+    nqn: String,
+    tgt_name: Option<String>,
+}
+
+fn nvmf_delete_subsystem(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let n: Nqn = params(p)?;
+    check_tgt(&n.tgt_name)?;
+    if n.nqn == DISCOVERY_NQN {
+        return Err(refuse("nqn", "the discovery subsystem cannot be deleted"));
+    }
+    target(d)?
+        .delete_subsystem(&n.nqn)
+        .map_err(|e| err("nqn", e))?;
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetSubsystems {
+    nqn: Option<String>,
+    tgt_name: Option<String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+fn uuid_string(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn listen_address(addr: &SocketAddr) -> Value {
+    json!({
+        "trtype": TCP,
+        "adrfam": if addr.is_ipv4() { "IPv4" } else { "IPv6" },
+        "traddr": addr.ip().to_string(),
+        "trsvcid": addr.port().to_string(),
+    })
+}
+
+fn describe(s: &SubsystemInfo) -> Value {
+    json!({
+        "nqn": s.nqn,
+        "subtype": "NVMe",
+        "listen_addresses": s.access.ports.iter().map(listen_address).collect::<Vec<_>>(),
+        "allow_any_host": s.access.allow_any_host,
+        "hosts": s.access.hosts.iter().map(|h| json!({"nqn": h})).collect::<Vec<_>>(),
+        "serial_number": s.serial,
+        "model_number": s.model,
+        "max_namespaces": s.max_namespaces,
+        "min_cntlid": CNTLID_MIN,
+        "max_cntlid": CNTLID_MAX,
+        "namespaces": s.namespaces.iter().map(|n| json!({
+            "nsid": n.nsid,
+            "bdev_name": n.bdev,
+            "name": n.bdev,
+            "nguid": hex(&n.nguid),
+            "uuid": uuid_string(&n.uuid),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn nvmf_get_subsystems(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let g: GetSubsystems = params(p)?;
+    check_tgt(&g.tgt_name)?;
+    let mut list = vec![json!({
+        "nqn": DISCOVERY_NQN,
+        "subtype": "Discovery",
+        "listen_addresses": [],
+        "hosts": [],
+        "allow_any_host": true,
+    })];
+    if let Some(t) = d.ctx.nvmf.as_deref() {
+        list.extend(t.subsystems().iter().map(describe));
+    }
+    if let Some(nqn) = &g.nqn {
+        list.retain(|s| s["nqn"] == json!(nqn));
+        if list.is_empty() {
+            return Err(refuse("nqn", &format!("no subsystem {nqn}")));
+        }
+    }
+    Ok(json!(list))
+}
+
+// ---------------------------------------------------------------- namespaces
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NsParams {
+    bdev_name: String,
+    nsid: Option<u32>,
+    nguid: Option<String>,
+    uuid: Option<String>,
+    eui64: Option<String>,
+    ptpl_file: Option<String>,
+    anagrpid: Option<u32>,
+    #[serde(default)]
+    no_auto_visible: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddNs {
+    nqn: String,
+    namespace: NsParams,
+    tgt_name: Option<String>,
+}
+
+/// 16 bytes from 32 hex digits, dashes allowed (a UUID or an NGUID).
+fn parse_16(param: &str, text: &str) -> Result<[u8; 16], RpcError> {
+    let digits: Vec<u8> = text.bytes().filter(|&b| b != b'-').collect();
+    let bad = || refuse(param, &format!("{text:?} is not 16 bytes of hexadecimal"));
+    if digits.len() != 32 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in digits.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).map_err(|_| bad())?;
+        out[i] = u8::from_str_radix(s, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn nvmf_subsystem_add_ns(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let a: AddNs = params(p)?;
+    check_tgt(&a.tgt_name)?;
+    let ns = a.namespace;
+    if ns.eui64.is_some() {
+        return Err(refuse(
+            "namespace.eui64",
+            "EUI-64 identifiers are not supported (use nguid or uuid)",
+        ));
+    }
+    if ns.ptpl_file.is_some() {
+        return Err(refuse(
+            "namespace.ptpl_file",
+            "reservations are not supported",
+        ));
+    }
+    if ns.anagrpid.is_some_and(|g| g != 1) {
+        return Err(refuse(
+            "namespace.anagrpid",
+            "ANA is not supported (only group 1)",
+        ));
+    }
+    if ns.no_auto_visible {
+        return Err(refuse(
+            "namespace.no_auto_visible",
+            "per-host namespace visibility is not supported",
+        ));
+    }
+    if ns.nsid == Some(0) {
+        return Err(refuse("namespace.nsid", "0 is not a namespace ID"));
+    }
+    let nguid = match (&ns.nguid, &ns.uuid) {
+        (Some(n), _) => Some(parse_16("namespace.nguid", n)?),
+        (None, Some(u)) => Some(parse_16("namespace.uuid", u)?),
+        (None, None) => None,
+    };
+    if d.ctx.graph.node_geometry(&ns.bdev_name).is_none() {
+        return Err(refuse(
+            "namespace.bdev_name",
+            &format!("no bdev {:?}", ns.bdev_name),
+        ));
+    }
+    let nsid = target(d)?
+        .add_namespace(&a.nqn, &ns.bdev_name, ns.nsid, nguid)
+        .map_err(|e| err("namespace", e))?;
+    Ok(json!(nsid))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveNs {
+    nqn: String,
+    nsid: u32,
+    tgt_name: Option<String>,
+}
+
+fn nvmf_subsystem_remove_ns(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let r: RemoveNs = params(p)?;
+    check_tgt(&r.tgt_name)?;
+    target(d)?
+        .remove_namespace(&r.nqn, r.nsid)
+        .map_err(|e| err("nsid", e))?;
+    Ok(json!(true))
+}
+
+// ---------------------------------------------------------------- listeners
+
+/// `trsvcid` is a string in SPDK's schema; accept a number too.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Svc {
+    Text(String),
+    Number(u16),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenAddress {
+    trtype: String,
+    adrfam: Option<String>,
+    traddr: String,
+    trsvcid: Option<Svc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerParams {
+    nqn: String,
+    listen_address: ListenAddress,
+    tgt_name: Option<String>,
+    #[serde(default)]
+    secure_channel: bool,
+    ana_state: Option<String>,
+    sock_impl: Option<String>,
+    numa_id: Option<i32>,
+}
+
+fn parse_listen(a: &ListenAddress) -> Result<SocketAddr, RpcError> {
+    if !a.trtype.eq_ignore_ascii_case(TCP) {
+        return Err(refuse(
+            "listen_address.trtype",
+            &format!("{:?} is not available (Pollux serves TCP only)", a.trtype),
+        ));
+    }
+    let text = a.traddr.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = text.parse().map_err(|_| {
+        refuse(
+            "listen_address.traddr",
+            &format!("{:?} is not an IP address", a.traddr),
+        )
+    })?;
+    match a.adrfam.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => {}
+        Some("ipv4") if ip.is_ipv4() => {}
+        Some("ipv6") if ip.is_ipv6() => {}
+        Some(f @ ("ipv4" | "ipv6")) => {
+            return Err(refuse(
+                "listen_address.adrfam",
+                &format!("{f} does not match traddr {ip}"),
+            ))
+        }
+        Some(f) => {
+            return Err(refuse(
+                "listen_address.adrfam",
+                &format!("{f:?} is not available over TCP (ipv4 or ipv6)"),
+            ))
+        }
+    }
+    let port = match &a.trsvcid {
+        None => DEFAULT_TRSVCID,
+        Some(Svc::Number(n)) => *n,
+        Some(Svc::Text(t)) => t.trim().parse::<u16>().map_err(|_| {
+            refuse(
+                "listen_address.trsvcid",
+                &format!("{t:?} is not a TCP port"),
+            )
+        })?,
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn listener(d: &Dispatcher, p: Option<Value>, add: bool) -> Result<Value, RpcError> {
+    let l: ListenerParams = params(p)?;
+    check_tgt(&l.tgt_name)?;
+    let addr = parse_listen(&l.listen_address)?;
+    if l.secure_channel {
+        return Err(refuse("secure_channel", "TLS is not supported"));
+    }
+    if l.ana_state.as_deref().is_some_and(|s| s != "optimized") {
+        return Err(refuse(
+            "ana_state",
+            "ANA is not supported (every path is optimized)",
+        ));
+    }
+    if l.sock_impl.as_deref().is_some_and(|s| s != "posix") {
+        return Err(refuse(
+            "sock_impl",
+            "Pollux has one socket implementation, \"posix\"",
+        ));
+    }
+    // NUMA placement only matters to vfio-user, as in SPDK.
+    let _ = l.numa_id;
+    if l.nqn == DISCOVERY_NQN {
+        return Err(refuse(
+            "nqn",
+            "discovery is answered on every subsystem listener; a discovery-only listener is not supported",
+        ));
+    }
+    let t = target(d)?;
+    if add {
+        t.add_listener(&l.nqn, addr)
+            .map_err(|e| err("listen_address", e))?;
+    } else {
+        t.remove_listener(&l.nqn, addr)
+            .map_err(|e| err("listen_address", e))?;
+    }
+    Ok(json!(true))
+}
+
+// ---------------------------------------------------------------- hosts
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddHost {
+    nqn: String,
+    host: String,
+    tgt_name: Option<String>,
+    psk: Option<String>,
+    dhchap_key: Option<String>,
+    dhchap_ctrlr_key: Option<String>,
+}
+
+fn nvmf_subsystem_add_host(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let h: AddHost = params(p)?;
+    check_tgt(&h.tgt_name)?;
+    check_nqn("host", &h.host)?;
+    if h.psk.is_some() {
+        return Err(refuse("psk", "TLS is not supported"));
+    }
+    if h.dhchap_key.is_some() || h.dhchap_ctrlr_key.is_some() {
+        return Err(refuse("dhchap_key", "DH-HMAC-CHAP is not supported"));
+    }
+    target(d)?
+        .add_host(&h.nqn, &h.host)
+        .map_err(|e| err("host", e))?;
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveHost {
+    nqn: String,
+    host: String,
+    tgt_name: Option<String>,
+    /// Pollux tears the host's controllers down at once and their I/O in
+    /// flight completes on its own; there is nothing to wait for.
+    #[allow(dead_code)] // accepted, as SPDK
+    timeout_ms: Option<u64>,
+}
+
+fn nvmf_subsystem_remove_host(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let h: RemoveHost = params(p)?;
+    check_tgt(&h.tgt_name)?;
+    target(d)?
+        .remove_host(&h.nqn, &h.host)
+        .map_err(|e| err("host", e))?;
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowAny {
+    nqn: String,
+    allow_any_host: bool,
+    tgt_name: Option<String>,
+}
+
+fn nvmf_subsystem_allow_any_host(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let a: AllowAny = params(p)?;
+    check_tgt(&a.tgt_name)?;
+    target(d)?
+        .set_allow_any_host(&a.nqn, a.allow_any_host)
+        .map_err(|e| err("nqn", e))?;
+    Ok(json!(true))
+}
+
+// ---------------------------------------------------------------- save_config
+
+/// `save_config`'s nvmf part, in SPDK's order: the transport, then per
+/// subsystem create, listeners, hosts, namespaces. Subsystems from the
+/// TOML config are written too (with the TCP transport they imply).
+fn config_writer(d: &Dispatcher) -> Vec<Value> {
+    let Some(t) = d.ctx.nvmf.as_deref() else {
+        return Vec::new();
+    };
+    let subs = t.subsystems();
+    let mut out = Vec::new();
+    let transports = t.transports().clone();
+    if transports.is_empty() && !subs.is_empty() {
+        out.push(json!({"method": "nvmf_create_transport", "params": {"trtype": TCP}}));
+    }
+    for tr in transports {
+        out.push(json!({"method": "nvmf_create_transport", "params": tr}));
+    }
+    for s in &subs {
+        out.push(json!({"method": "nvmf_create_subsystem", "params": {
+            "nqn": s.nqn,
+            "serial_number": s.serial,
+            "model_number": s.model,
+            "allow_any_host": s.access.allow_any_host,
+            "max_namespaces": s.max_namespaces,
+        }}));
+        for port in &s.access.ports {
+            out.push(json!({"method": "nvmf_subsystem_add_listener", "params": {
+                "nqn": s.nqn,
+                "listen_address": listen_address(port),
+            }}));
+        }
+        for h in &s.access.hosts {
+            out.push(json!({"method": "nvmf_subsystem_add_host", "params": {
+                "nqn": s.nqn,
+                "host": h,
+            }}));
+        }
+        for n in &s.namespaces {
+            let mut ns = json!({"bdev_name": n.bdev, "nsid": n.nsid});
+            if n.nguid_given {
+                ns["nguid"] = json!(hex(&n.nguid));
+            }
+            out.push(json!({"method": "nvmf_subsystem_add_ns", "params": {
+                "nqn": s.nqn,
+                "namespace": ns,
+            }}));
+        }
+    }
+    out
+}

@@ -1,0 +1,541 @@
+//! Issue 5 §7, first bullet, for NVMe-oF: what SPDK's rpc.py sends builds
+//! an NVMe/TCP target from an empty config (reactors only), hosts connect
+//! and do I/O, namespaces come and go while they are connected, and
+//! everything is torn down over RPC with nothing leaked.
+//!
+//! Two hosts: our own initiator (`pollux perf nvmf`, fast, no VM) and the
+//! Linux kernel (`nvme-tcp` + nvme-cli + fio in a QEMU guest through
+//! `../shared/vm/vm-client`, one boot), which must see the namespace added
+//! over RPC appear (Namespace Attribute Changed AEN → rescan) and go.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
+const SERIAL: &str = "SPDK00000000000001";
+const DISCOVERY: &str = "nqn.2014-08.org.nvmexpress.discovery";
+
+fn spdk_rpc() -> PathBuf {
+    let p = std::env::var_os("SPDK_RPC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/spdk-rpc/bin/spdk-rpc"));
+    assert!(
+        p.exists(),
+        "SPDK's rpc client is missing at {}: run scripts/test-deps.sh",
+        p.display()
+    );
+    p
+}
+
+fn vm_client() -> PathBuf {
+    if let Some(p) = std::env::var_os("VM_CLIENT") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vm/vm-client")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    sock: PathBuf,
+    metrics: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Pollux from an empty config: reactors only, metrics on a free port,
+    /// a private RPC socket.
+    fn start(extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("empty.toml");
+        std::fs::write(
+            &cfg,
+            "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        let sock = dir.path().join("rpc.sock");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pollux"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--rpc-socket")
+            .arg(&sock)
+            .args(extra)
+            .env("POLLUX_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start pollux");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut addr = None;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("metrics endpoint listening") {
+                    addr = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                }
+                if line.contains("pollux ready") {
+                    let _ = tx.send(addr);
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let metrics = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(a)) => a,
+            _ => {
+                let _ = child.kill();
+                panic!("pollux did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Daemon {
+            child,
+            dir,
+            sock,
+            metrics,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn try_rpc(&self, args: &[&str]) -> Result<Value, String> {
+        let out = Command::new(spdk_rpc())
+            .arg("-s")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() {
+            return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn rpc(&self, args: &[&str]) -> Value {
+        self.try_rpc(args)
+            .unwrap_or_else(|e| panic!("spdk-rpc {args:?} failed: {e}\n{}", self.log()))
+    }
+
+    /// One call through SPDK's `JSONRPCClient`: the result, or the error
+    /// text (which carries the JSON-RPC code and message).
+    fn try_call(&self, method: &str, params: Value) -> Result<Value, String> {
+        let python = spdk_rpc().with_file_name("python3");
+        let script = "import json, sys\nfrom spdk.rpc.client import JSONRPCClient\n\
+                      c = JSONRPCClient(sys.argv[1])\n\
+                      print(json.dumps(c.call(sys.argv[2], json.loads(sys.argv[3]))))\n";
+        let out = Command::new(python)
+            .args(["-c", script])
+            .arg(&self.sock)
+            .arg(method)
+            .arg(params.to_string())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(serde_json::from_slice(&out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn scrape(&self) -> String {
+        let mut c = TcpStream::connect(self.metrics).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// `pollux_nvmf_connections{subsystem="nqn"}`, 0 when absent.
+    fn connections(&self, nqn: &str) -> f64 {
+        let series = format!("pollux_nvmf_connections{{subsystem=\"{nqn}\"}} ");
+        self.scrape()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    /// Waits for `cond`, panicking with `what` and the log after `secs`.
+    fn wait(&self, secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {what}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn build_target(&self, port: u16) {
+        assert_eq!(
+            self.rpc(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"]),
+            json!("Malloc0")
+        );
+        self.rpc(&["nvmf_create_transport", "-t", "TCP"]);
+        self.rpc(&["nvmf_create_subsystem", NQN, "-a", "-s", SERIAL]);
+        // rpc.py prints nothing for add_ns; the NSID is checked below.
+        self.rpc(&["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
+        self.rpc(&[
+            "nvmf_subsystem_add_listener",
+            NQN,
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            &port.to_string(),
+            "-f",
+            "ipv4",
+        ]);
+    }
+
+    fn tear_down(&self, port: u16) {
+        self.rpc(&["nvmf_subsystem_remove_ns", NQN, "1"]);
+        self.rpc(&[
+            "nvmf_subsystem_remove_listener",
+            NQN,
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            &port.to_string(),
+            "-f",
+            "ipv4",
+        ]);
+        self.rpc(&["nvmf_delete_subsystem", NQN]);
+        self.rpc(&["bdev_malloc_delete", "Malloc0"]);
+        let subs = self.rpc(&["nvmf_get_subsystems"]);
+        assert_eq!(subs.as_array().unwrap().len(), 1, "{subs}");
+        assert_eq!(subs[0]["nqn"], json!(DISCOVERY));
+        assert_eq!(self.rpc(&["bdev_get_bdevs"]), json!([]));
+        assert_eq!(self.connections(NQN), 0.0);
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "the removed listener still accepts"
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child has no memory-safety concerns.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn perf(port: u16, nsid: u32, secs: u32) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pollux"));
+    c.args(["perf", "nvmf", "--addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--nqn", NQN, "--nsid", &nsid.to_string()])
+        .args(["--rw", "randrw", "--bs", "4096", "--qd", "32"])
+        .args(["--time", &secs.to_string(), "--connections", "2", "--json"]);
+    c
+}
+
+fn perf_ok(out: std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "perf nvmf failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["errors"], json!(0), "{v}");
+    assert!(v["iops"].as_f64().unwrap() > 0.0, "{v}");
+    v
+}
+
+#[test]
+fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
+    let d = Daemon::start(&[]);
+    let port = free_port();
+    let baseline_fds = d.open_fds();
+    d.build_target(port);
+
+    let subs = d.rpc(&["nvmf_get_subsystems"]);
+    assert_eq!(subs[0]["subtype"], json!("Discovery"));
+    let s = &subs[1];
+    assert_eq!(s["nqn"], json!(NQN));
+    assert_eq!(s["subtype"], json!("NVMe"));
+    assert_eq!(s["serial_number"], json!(SERIAL));
+    assert_eq!(s["allow_any_host"], json!(true));
+    assert_eq!(
+        s["listen_addresses"],
+        json!([{"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}])
+    );
+    assert_eq!(s["namespaces"][0]["nsid"], json!(1));
+    assert_eq!(s["namespaces"][0]["bdev_name"], json!("Malloc0"));
+    let tr = d.rpc(&["nvmf_get_transports"]);
+    assert_eq!(tr[0]["trtype"], json!("TCP"));
+    assert_eq!(tr[0]["c2h_success"], json!(true));
+
+    // I/O while a second namespace is added, used and removed.
+    let bg = perf(port, 1, 4)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    d.wait(20, "perf connected", || d.connections(NQN) > 0.0);
+    // Admin + I/O queue per connection.
+    assert!(d.connections(NQN) >= 2.0);
+    d.rpc(&["bdev_malloc_create", "-b", "Malloc1", "32", "4096"]);
+    // The method answers the NSID (rpc.py does not print it).
+    assert_eq!(
+        d.try_call(
+            "nvmf_subsystem_add_ns",
+            json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc1"}})
+        )
+        .unwrap(),
+        json!(2)
+    );
+    perf_ok(perf(port, 2, 1).output().unwrap());
+    d.rpc(&["nvmf_subsystem_remove_ns", NQN, "2"]);
+    d.rpc(&["bdev_malloc_delete", "Malloc1"]);
+    perf_ok(bg.wait_with_output().unwrap());
+    // The removed NSID is gone for new hosts too.
+    let gone = perf(port, 2, 1).output().unwrap();
+    let v: Option<Value> = serde_json::from_slice(&gone.stdout).ok();
+    assert!(
+        !gone.status.success() || v.is_some_and(|v| v["errors"] != json!(0)),
+        "I/O to a removed namespace succeeded"
+    );
+
+    // Hosts: a closed allow list refuses, adding the host admits it.
+    d.rpc(&["nvmf_subsystem_allow_any_host", NQN, "--no-allow-any-host"]);
+    d.rpc(&[
+        "nvmf_subsystem_add_host",
+        NQN,
+        "nqn.2014-08.org.nvmexpress:uuid:test",
+    ]);
+    let s = &d.rpc(&["nvmf_get_subsystems", NQN])[0];
+    assert_eq!(s["allow_any_host"], json!(false));
+    assert_eq!(
+        s["hosts"],
+        json!([{"nqn": "nqn.2014-08.org.nvmexpress:uuid:test"}])
+    );
+    d.rpc(&[
+        "nvmf_subsystem_remove_host",
+        NQN,
+        "nqn.2014-08.org.nvmexpress:uuid:test",
+    ]);
+    d.rpc(&["nvmf_subsystem_allow_any_host", NQN, "--allow-any-host"]);
+
+    // save_config → pollux --json rebuilds the same target.
+    let saved = d.rpc(&["save_config"]);
+    let nvmf = saved["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subsystem"] == json!("nvmf"))
+        .expect("nvmf in save_config")
+        .clone();
+    let methods: Vec<&str> = nvmf["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "nvmf_create_transport",
+            "nvmf_create_subsystem",
+            "nvmf_subsystem_add_listener",
+            "nvmf_subsystem_add_ns"
+        ]
+    );
+    let order: Vec<&str> = saved["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["subsystem"].as_str().unwrap())
+        .collect();
+    let pos = |n: &str| order.iter().position(|s| *s == n).unwrap();
+    assert!(
+        pos("bdev") < pos("nvmf") && pos("nvmf") < pos("pollux_graph"),
+        "{order:?}"
+    );
+
+    // Bad params: -32602 naming the param; the daemon keeps serving.
+    for (method, params, names) in [
+        ("nvmf_create_subsystem", json!({"nqn": "bad"}), "nqn"),
+        ("nvmf_create_subsystem", json!({"nqn": NQN}), "nqn"),
+        (
+            "nvmf_subsystem_add_ns",
+            json!({"nqn": NQN, "namespace": {"bdev_name": "nope"}}),
+            "namespace.bdev_name",
+        ),
+        (
+            "nvmf_subsystem_add_ns",
+            json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}),
+            "namespace",
+        ),
+        (
+            "nvmf_subsystem_remove_ns",
+            json!({"nqn": NQN, "nsid": 9}),
+            "nsid",
+        ),
+        (
+            "nvmf_subsystem_remove_ns",
+            json!({"nqn": NQN, "nsid": "x"}),
+            "nsid",
+        ),
+        (
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": NQN, "listen_address": {"trtype": "rdma", "traddr": "127.0.0.1", "trsvcid": "4420"}}),
+            "listen_address.trtype",
+        ),
+        (
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": NQN, "listen_address": {"trtype": "tcp", "traddr": "nowhere", "trsvcid": "4420"}}),
+            "listen_address.traddr",
+        ),
+        ("nvmf_create_transport", json!({"trtype": "RDMA"}), "trtype"),
+        (
+            "nvmf_delete_subsystem",
+            json!({"nqn": "nqn.2016-06.io.spdk:none"}),
+            "nqn",
+        ),
+        (
+            "nvmf_subsystem_add_host",
+            json!({"nqn": NQN, "host": "nqn.x:h", "psk": "key0"}),
+            "psk",
+        ),
+    ] {
+        let e = d
+            .try_call(method, params.clone())
+            .expect_err(&format!("{method} {params} should fail"));
+        assert!(e.contains("-32602"), "{method} {params}: {e}");
+        assert!(
+            e.contains(names),
+            "{method} {params}: {e} does not name {names}"
+        );
+    }
+
+    d.tear_down(port);
+    d.wait(10, "fds back to baseline", || d.open_fds() <= baseline_fds);
+
+    // The saved config rebuilds the target in a fresh daemon.
+    let json_path = d.dir.path().join("saved.json");
+    std::fs::write(&json_path, saved.to_string()).unwrap();
+    let d2 = Daemon::start(&["--json", json_path.to_str().unwrap()]);
+    let s = &d2.rpc(&["nvmf_get_subsystems", NQN])[0];
+    assert_eq!(s["serial_number"], json!(SERIAL));
+    assert_eq!(s["namespaces"][0]["bdev_name"], json!("Malloc0"));
+    perf_ok(perf(port, 1, 1).output().unwrap());
+}
+
+#[test]
+fn linux_host_sees_namespaces_added_and_removed_over_rpc() {
+    let vm = vm_client();
+    assert!(
+        vm.is_file(),
+        "vm-client not found at {} (set VM_CLIENT): the Linux initiator test cannot run",
+        vm.display()
+    );
+    let d = Daemon::start(&[]);
+    let port = free_port();
+    let baseline_fds = d.open_fds();
+    d.build_target(port);
+
+    // The guest waits for each change the host makes over RPC; the host
+    // sees the guest's progress through the target (connections, reads on
+    // the new namespace). Timeouts are generous: TCG is slow.
+    let script = format!(
+        "set -e\n\
+         nvme connect -t tcp -a 10.0.2.2 -s {port} -n {NQN}\n\
+         i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); [ $i -gt 200 ] && {{ echo NO_NS1; nvme list; exit 1; }}; sleep 0.1; done\n\
+         fio --name=v --filename=/dev/nvme0n1 --rw=randwrite --bs=4k --size=8m --iodepth=16 \
+             --ioengine=libaio --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+             --randrepeat=0 >/tmp/v.out 2>&1 || {{ cat /tmp/v.out; echo FIO_FAILED; exit 1; }}\n\
+         echo FIO_OK\n\
+         i=0; while [ ! -b /dev/nvme0n2 ]; do i=$((i+1)); [ $i -gt 1200 ] && {{ echo NO_NS2; nvme list; exit 1; }}; sleep 0.1; done\n\
+         echo NS2_APPEARED\n\
+         dd if=/dev/nvme0n2 of=/dev/null bs=4k count=256 iflag=direct\n\
+         i=0; while [ -b /dev/nvme0n2 ]; do i=$((i+1)); [ $i -gt 1200 ] && {{ echo NS2_STAYED; exit 1; }}; sleep 0.1; done\n\
+         echo NS2_GONE\n\
+         nvme disconnect -n {NQN}\n\
+         echo ALL_OK\n"
+    );
+    let accel = std::env::var("VM_CLIENT_ACCEL").unwrap_or_else(|_| "tcg".into());
+    let guest = std::thread::spawn(move || {
+        Command::new(&vm)
+            .args(["--accel", &accel, "--timeout", "900", "--", &script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run vm-client")
+    });
+
+    let reads = |bdev: &str| {
+        d.try_call("bdev_get_iostat", json!({"name": bdev}))
+            .map(|v| v["bdevs"][0]["num_read_ops"].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    // Host connected and fio's verify pass read its 8 MiB back (2,048 4 KiB
+    // reads): the controller is long set up (AEC enabled, AER posted), so
+    // the namespace below can only show up through the AEN and rescan.
+    d.wait(600, "the guest connects", || d.connections(NQN) > 0.0);
+    d.wait(600, "fio verifies on nsid 1", || reads("Malloc0") >= 2048);
+    d.rpc(&["bdev_malloc_create", "-b", "Malloc1", "32", "512"]);
+    d.rpc(&["nvmf_subsystem_add_ns", NQN, "Malloc1", "-n", "2"]);
+    // The kernel reads a new namespace (partition scan, then our dd).
+    d.wait(600, "the guest reads the new namespace", || {
+        reads("Malloc1") >= 256
+    });
+    d.rpc(&["nvmf_subsystem_remove_ns", NQN, "2"]);
+    d.rpc(&["bdev_malloc_delete", "Malloc1"]);
+
+    let out = guest.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "guest script failed (exit {:?})\n--- guest ---\n{stdout}\n--- vm-client ---\n{stderr}\n--- pollux ---\n{}",
+        out.status.code(),
+        d.log()
+    );
+    for m in ["FIO_OK", "NS2_APPEARED", "NS2_GONE", "ALL_OK"] {
+        assert!(stdout.contains(m), "{m} missing:\n{stdout}");
+    }
+    d.wait(20, "the guest's queue pairs close", || {
+        d.connections(NQN) == 0.0
+    });
+    d.tear_down(port);
+    d.wait(10, "fds back to baseline", || d.open_fds() <= baseline_fds);
+}
