@@ -1,15 +1,13 @@
 //! The `pollux` binary as a user runs it: config validation and exit codes,
 //! the daemon's start and clean stop on signals, and `perf local`.
 
-use std::io::Write;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-fn pollux() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pollux"));
-    c.env("POLLUX_LOG", "info");
-    c
-}
+use std::io::Write;
+use std::process::Output;
+use std::time::Duration;
+
+use support::{pollux, Daemon};
 
 fn config(text: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
@@ -95,47 +93,20 @@ fn empty_config_is_valid() {
     assert!(out.status.success());
 }
 
-/// Starts the daemon and waits for its "ready" log line.
-fn start_daemon(args: &[&str]) -> Child {
-    let mut child = pollux()
+/// Starts the daemon (no `--rpc-socket`, as a user runs it) and waits
+/// for its "ready" log line.
+fn start_daemon(args: &[&str]) -> Daemon {
+    Daemon::builder()
+        .no_rpc_socket()
         .args(args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("pollux ready") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("daemon did not report ready");
-    child
-}
-
-fn signal_and_wait(child: &mut Child, sig: i32) -> std::process::ExitStatus {
-    // SAFETY: kill(2) on our own child's pid has no memory-safety concerns.
-    unsafe { libc::kill(child.id() as i32, sig) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "daemon did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        .timeout(Duration::from_secs(20))
+        .start()
 }
 
 #[test]
 fn daemon_runs_embedded_default_and_stops_cleanly_on_sigterm() {
-    let mut child = start_daemon(&[]);
-    let st = signal_and_wait(&mut child, libc::SIGTERM);
+    let mut d = start_daemon(&[]);
+    let st = d.signal_and_wait(libc::SIGTERM);
     assert_eq!(st.code(), Some(0));
 }
 
@@ -151,8 +122,8 @@ fn daemon_flushes_file_bdevs_and_exits_0_on_sigint() {
          [metrics]\nlisten = \"127.0.0.1:0\"\n",
         img.display()
     ));
-    let mut child = start_daemon(&["--config", cfg.path().to_str().unwrap()]);
-    let st = signal_and_wait(&mut child, libc::SIGINT);
+    let mut d = start_daemon(&["--config", cfg.path().to_str().unwrap()]);
+    let st = d.signal_and_wait(libc::SIGINT);
     assert_eq!(st.code(), Some(0));
 }
 

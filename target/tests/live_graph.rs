@@ -8,17 +8,17 @@
 //! Also: the vhost methods' params, errors and result shapes, and
 //! save_config → `pollux --json` recreating a controller.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
 use std::mem::MaybeUninit;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
 use serde_json::{json, Value};
+use support::{scrape, series, Daemon, SpdkRpc};
 
 /// The malloc bdev: 64 MiB of 4 KiB blocks (rpc.py takes the size in MiB).
 const DISK_MIB: u64 = 64;
@@ -34,209 +34,34 @@ const FILTER: &str = "churn0";
 /// cycle) and far above a host stalled by a publication.
 const MIN_PAIRS_DURING_CHURN: u64 = CHURN as u64 / 10;
 
-fn spdk_rpc() -> PathBuf {
-    let p = std::env::var_os("SPDK_RPC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/spdk-rpc/bin/spdk-rpc"));
-    assert!(
-        p.exists(),
-        "SPDK's rpc client is missing at {}: run scripts/test-deps.sh",
-        p.display()
+/// Starts pollux on an empty target in `dir`: two adaptive reactors,
+/// metrics on a free port, vhost sockets and the RPC socket in `dir`.
+fn start(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
+    let cfg = format!(
+        "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [vhost]\nsocket_dir = \"{}\"\n",
+        dir.path().display()
     );
-    p
+    Daemon::builder()
+        .in_dir(dir)
+        .config(cfg)
+        .args(extra)
+        .start()
 }
 
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    sock: PathBuf,
-    metrics: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    /// Starts pollux on an empty target: two adaptive reactors, metrics on
-    /// a free port, vhost sockets and the RPC socket in `dir`.
-    fn start(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
-        let cfg = dir.path().join("pollux.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n\
-                 [metrics]\nlisten = \"127.0.0.1:0\"\n\
-                 [vhost]\nsocket_dir = \"{}\"\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let sock = dir.path().join("rpc.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pollux"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--rpc-socket")
-            .arg(&sock)
-            .args(extra)
-            .env("POLLUX_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start pollux");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            let mut addr = None;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("metrics endpoint listening") {
-                    addr = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))
-                        .and_then(|a| a.parse::<SocketAddr>().ok());
-                }
-                if line.contains("pollux ready") {
-                    let _ = tx.send(addr);
-                }
-                let mut l = log2.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let metrics = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(a)) => a,
-            _ => {
-                let _ = child.kill();
-                panic!(
-                    "pollux did not start or logged no metrics address:\n{}",
-                    log.lock().unwrap()
-                );
-            }
-        };
-        Daemon {
-            child,
-            dir,
-            sock,
-            metrics,
-            log,
+/// Waits until `ctrlr` reports no session (the front-end's queues are
+/// drained), so it may be deleted.
+fn wait_no_session(rpc: &SpdkRpc, ctrlr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = rpc.run(&["vhost_get_controllers", "-n", ctrlr]);
+        if c[0]["sessions"] == json!([]) {
+            return;
         }
+        assert!(Instant::now() < deadline, "session never ended: {c}");
+        std::thread::sleep(Duration::from_millis(50));
     }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// `spdk-rpc -s SOCK args...`: stdout as JSON (or a JSON string), or
-    /// the error text.
-    fn try_rpc(&self, args: &[&str]) -> Result<Value, String> {
-        let out = Command::new(spdk_rpc())
-            .arg("-s")
-            .arg(&self.sock)
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() {
-            return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    fn rpc(&self, args: &[&str]) -> Value {
-        self.try_rpc(args)
-            .unwrap_or_else(|e| panic!("spdk-rpc {args:?} failed: {e}"))
-    }
-
-    /// Runs a Python snippet with SPDK's `JSONRPCClient` bound to `c`.
-    fn python(&self, body: &str, args: &[&str]) -> std::process::Output {
-        let python = spdk_rpc().with_file_name("python3");
-        let script = format!(
-            "import json, sys\nfrom spdk.rpc.client import JSONRPCClient\n\
-             c = JSONRPCClient(sys.argv[1])\n{body}"
-        );
-        Command::new(python)
-            .args(["-c", &script])
-            .arg(&self.sock)
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// One call through `JSONRPCClient`: the result, or the error text.
-    fn try_call(&self, method: &str, params: Value) -> Result<Value, String> {
-        let out = self.python(
-            "print(json.dumps(c.call(sys.argv[2], json.loads(sys.argv[3]))))\n",
-            &[method, &params.to_string()],
-        );
-        if out.status.success() {
-            Ok(serde_json::from_slice(&out.stdout).unwrap())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    fn call(&self, method: &str, params: Value) -> Value {
-        self.try_call(method, params)
-            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
-    }
-
-    fn scrape(&self) -> String {
-        let mut c = TcpStream::connect(self.metrics).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
-        out
-    }
-
-    /// Waits until `ctrlr` reports no session (the front-end's queues are
-    /// drained), so it may be deleted.
-    fn wait_no_session(&self, ctrlr: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let c = self.rpc(&["vhost_get_controllers", "-n", ctrlr]);
-            if c[0]["sessions"] == json!([]) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "session never ended: {c}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety
-        // preconditions.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "pollux did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("pollux log:\n{}", self.log());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The value of one series in a scrape.
-fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 /// A libblkio host with one shared-memory buffer region of 2 × MAX_IO
@@ -356,9 +181,10 @@ print(json.dumps({"cycles": n, "generation": g["generation"]}))
 
 #[test]
 fn filter_churn_under_verified_io_with_metrics_and_clean_teardown() {
-    let mut d = Daemon::start(tempfile::tempdir().unwrap(), &[]);
+    let mut d = start(tempfile::tempdir().unwrap(), &[]);
+    let rpc = d.spdk();
     assert_eq!(
-        d.rpc(&[
+        rpc.run(&[
             "bdev_malloc_create",
             "-b",
             "Malloc0",
@@ -368,17 +194,17 @@ fn filter_churn_under_verified_io_with_metrics_and_clean_teardown() {
         json!("Malloc0")
     );
     // rpc.py prints nothing on success: no error is the check.
-    d.rpc(&[
+    rpc.run(&[
         "vhost_create_blk_controller",
         "--cpumask",
         "0x3",
         "vhost.0",
         "Malloc0",
     ]);
-    let vsock = d.dir.path().join("vhost.0");
+    let vsock = d.dir().join("vhost.0");
     assert!(vsock.exists(), "the controller's socket is in socket_dir");
 
-    let before = d.scrape();
+    let before = scrape(d.metrics_addr());
     let ops = |op: &str| format!("pollux_bdev_ops_total{{bdev=\"Malloc0\",op=\"{op}\"}}");
     let bytes_w = "pollux_bdev_bytes_total{bdev=\"Malloc0\",op=\"write\"}";
 
@@ -388,7 +214,7 @@ fn filter_churn_under_verified_io_with_metrics_and_clean_teardown() {
     let host = Host::connect(&vsock, 2);
     // Both virtqueues are started on their reactors once the host is up.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while series(&d.scrape(), queues) != 2.0 {
+    while series(&scrape(d.metrics_addr()), queues) != 2.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "pollux_vhost_queues never reached 2"
@@ -410,7 +236,7 @@ fn filter_churn_under_verified_io_with_metrics_and_clean_teardown() {
 
     let at_start = tally.verified.load(Ordering::Relaxed);
     let t = Instant::now();
-    let out = d.python(CHURN_SCRIPT, &[&CHURN.to_string(), "Malloc0", FILTER]);
+    let out = rpc.python(CHURN_SCRIPT, &[&CHURN.to_string(), "Malloc0", FILTER]);
     let churn_time = t.elapsed();
     let during = tally.verified.load(Ordering::Relaxed) - at_start;
     assert!(
@@ -455,7 +281,7 @@ fn filter_churn_under_verified_io_with_metrics_and_clean_teardown() {
 
     // /metrics moved with the I/O: every pair is one write and one read on
     // Malloc0 (through the filter or not, the leaf counts it).
-    let after = d.scrape();
+    let after = scrape(d.metrics_addr());
     let writes = series(&after, &ops("write")) - series(&before, &ops("write"));
     let reads = series(&after, &ops("read")) - series(&before, &ops("read"));
     assert!(writes >= verified as f64, "writes {writes} < {verified}");
@@ -469,12 +295,12 @@ fn filter_churn_under_verified_io_with_metrics_and_clean_teardown() {
 
     // The front-end went away (dropped with the I/O thread): once its
     // queues are drained the controller and then the bdev can go.
-    d.wait_no_session("vhost.0");
-    d.rpc(&["vhost_delete_controller", "vhost.0"]);
-    d.rpc(&["bdev_malloc_delete", "Malloc0"]);
-    assert_eq!(d.rpc(&["bdev_get_bdevs"]), json!([]));
-    assert_eq!(d.rpc(&["vhost_get_controllers"]), json!([]));
-    let g = d.call("pollux_graph_get", json!({}));
+    wait_no_session(&rpc, "vhost.0");
+    rpc.run(&["vhost_delete_controller", "vhost.0"]);
+    rpc.run(&["bdev_malloc_delete", "Malloc0"]);
+    assert_eq!(rpc.run(&["bdev_get_bdevs"]), json!([]));
+    assert_eq!(rpc.run(&["vhost_get_controllers"]), json!([]));
+    let g = rpc.call("pollux_graph_get", json!({}));
     assert_eq!((&g["nodes"], &g["roots"]), (&json!([]), &json!([])));
     assert!(
         !vsock.exists(),
@@ -487,17 +313,18 @@ fn filter_churn_under_verified_io_with_metrics_and_clean_teardown() {
 
 #[test]
 fn vhost_methods_shapes_errors_and_save_config_round_trip() {
-    let d = Daemon::start(tempfile::tempdir().unwrap(), &[]);
-    d.rpc(&["bdev_malloc_create", "-b", "Malloc0", "8", "512"]);
-    d.rpc(&["vhost_create_blk_controller", "-r", "vb0", "Malloc0"]);
-    d.call(
+    let d = start(tempfile::tempdir().unwrap(), &[]);
+    let rpc = d.spdk();
+    rpc.run(&["bdev_malloc_create", "-b", "Malloc0", "8", "512"]);
+    rpc.run(&["vhost_create_blk_controller", "-r", "vb0", "Malloc0"]);
+    rpc.call(
         "vhost_create_blk_controller",
         json!({"ctrlr": "vb1", "dev_name": "Malloc0", "cpumask": "[1]", "num_queues": 2}),
     );
-    let dir = d.dir.path();
-    let all = d.rpc(&["vhost_get_controllers"]);
+    let dir = d.dir();
+    let all = rpc.run(&["vhost_get_controllers"]);
     assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
-    let vb0 = d.rpc(&["vhost_get_controllers", "-n", "vb0"]);
+    let vb0 = rpc.run(&["vhost_get_controllers", "-n", "vb0"]);
     assert_eq!(
         vb0,
         json!([{
@@ -513,22 +340,24 @@ fn vhost_methods_shapes_errors_and_save_config_round_trip() {
             },
         }])
     );
-    let vb1 = d.rpc(&["vhost_get_controllers", "-n", "vb1"]);
+    let vb1 = rpc.run(&["vhost_get_controllers", "-n", "vb1"]);
     assert_eq!(vb1[0]["cpumask"], json!("0x2"));
     assert_eq!(vb1[0]["num_queues"], json!(2));
 
     // A connected front-end shows as a session and blocks deletion.
     let host = Host::connect(&dir.join("vb1"), 1);
-    let s = d.rpc(&["vhost_get_controllers", "-n", "vb1"])[0]["sessions"].clone();
+    let s = rpc.run(&["vhost_get_controllers", "-n", "vb1"])[0]["sessions"].clone();
     assert_eq!(s[0]["started"], json!(true), "{s}");
-    let err = d.try_rpc(&["vhost_delete_controller", "vb1"]).unwrap_err();
+    let err = rpc
+        .try_run(&["vhost_delete_controller", "vb1"])
+        .unwrap_err();
     assert!(err.contains("front-end connected"), "{err}");
     drop(host);
-    d.wait_no_session("vb1");
+    wait_no_session(&rpc, "vb1");
 
     // Bad params: -32602 naming the param; state errors name the cause.
     let bad = |params: Value, want: &str| {
-        let e = d
+        let e = rpc
             .try_call("vhost_create_blk_controller", params.clone())
             .unwrap_err();
         assert!(
@@ -558,29 +387,31 @@ fn vhost_methods_shapes_errors_and_save_config_round_trip() {
         "bogus",
     );
     bad(json!({"dev_name": "Malloc0"}), "ctrlr");
-    let e = d
-        .try_rpc(&["vhost_create_blk_controller", "vb0", "Malloc0"])
+    let e = rpc
+        .try_run(&["vhost_create_blk_controller", "vb0", "Malloc0"])
         .unwrap_err();
     assert!(e.contains("already exists"), "{e}");
-    let e = d
-        .try_rpc(&["vhost_create_blk_controller", "x", "NoSuchBdev"])
+    let e = rpc
+        .try_run(&["vhost_create_blk_controller", "x", "NoSuchBdev"])
         .unwrap_err();
     assert!(e.contains("dev_name: no bdev named"), "{e}");
     assert!(!dir.join("x").exists(), "a failed create left its socket");
-    let e = d.try_rpc(&["vhost_delete_controller", "nope"]).unwrap_err();
-    assert!(e.contains("No such device"), "{e}");
-    let e = d
-        .try_rpc(&["vhost_get_controllers", "-n", "nope"])
+    let e = rpc
+        .try_run(&["vhost_delete_controller", "nope"])
         .unwrap_err();
     assert!(e.contains("No such device"), "{e}");
-    let e = d.try_rpc(&["bdev_malloc_delete", "Malloc0"]).unwrap_err();
+    let e = rpc
+        .try_run(&["vhost_get_controllers", "-n", "nope"])
+        .unwrap_err();
+    assert!(e.contains("No such device"), "{e}");
+    let e = rpc.try_run(&["bdev_malloc_delete", "Malloc0"]).unwrap_err();
     assert!(
         e.contains("vhost-blk:"),
         "a bdev under a controller is in use: {e}"
     );
 
     // save_config, then a fresh daemon (its own socket_dir) loads it.
-    let saved = d.rpc(&["save_config"]);
+    let saved = rpc.run(&["save_config"]);
     let subsystems = saved["subsystems"].as_array().unwrap();
     let order: Vec<&str> = subsystems
         .iter()
@@ -599,10 +430,10 @@ fn vhost_methods_shapes_errors_and_save_config_round_trip() {
     let dir2 = tempfile::tempdir().unwrap();
     let json_path = dir2.path().join("saved.json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&saved).unwrap()).unwrap();
-    let d2 = Daemon::start(dir2, &["--json", json_path.to_str().unwrap()]);
-    let mut again = d2.rpc(&["vhost_get_controllers"]);
-    let mut orig = d.rpc(&["vhost_get_controllers"]);
-    for (list, dir) in [(&mut again, d2.dir.path()), (&mut orig, dir)] {
+    let d2 = start(dir2, &["--json", json_path.to_str().unwrap()]);
+    let mut again = d2.spdk().run(&["vhost_get_controllers"]);
+    let mut orig = rpc.run(&["vhost_get_controllers"]);
+    for (list, dir) in [(&mut again, d2.dir()), (&mut orig, dir)] {
         for c in list.as_array_mut().unwrap() {
             let name = c["ctrlr"].as_str().unwrap().to_owned();
             assert_eq!(c["socket"], json!(dir.join(&name)));
@@ -611,14 +442,14 @@ fn vhost_methods_shapes_errors_and_save_config_round_trip() {
     }
     assert_eq!(again, orig);
     // The reloaded controller serves a host.
-    let mut host = Host::connect(&d2.dir.path().join("vb1"), 2);
+    let mut host = Host::connect(&d2.dir().join("vb1"), 2);
     let r = host.one(1, true, 0, 0, 4096);
     assert_eq!(r, Some(0), "write through the reloaded controller");
     drop(host);
     drop(d2);
 
-    d.rpc(&["vhost_delete_controller", "vb0"]);
-    d.rpc(&["vhost_delete_controller", "vb1"]);
-    d.rpc(&["bdev_malloc_delete", "Malloc0"]);
-    assert_eq!(d.rpc(&["vhost_get_controllers"]), json!([]));
+    rpc.run(&["vhost_delete_controller", "vb0"]);
+    rpc.run(&["vhost_delete_controller", "vb1"]);
+    rpc.run(&["bdev_malloc_delete", "Malloc0"]);
+    assert_eq!(rpc.run(&["vhost_get_controllers"]), json!([]));
 }

@@ -3,18 +3,21 @@
 //! output, and a real Prometheus server (Debian's `prometheus` package)
 //! scrapes it. Missing `promtool`/`prometheus` binaries fail the tests.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+mod support;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::{free_port, http_get, scrape, try_series, Daemon};
 
 /// How long the daemon and Prometheus get to come up, and Prometheus to
 /// complete its first scrapes (1 s interval) on a loaded CI machine.
 const STARTUP: Duration = Duration::from_secs(30);
 
 /// Kills and reaps the child when dropped, so a failed assertion does not
-/// leave a daemon or a Prometheus server behind.
+/// leave a Prometheus server behind.
 struct Reaped(Child);
 
 impl Drop for Reaped {
@@ -22,15 +25,6 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A port nothing listens on right now (the kernel's pick, released at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `binary` from PATH, or a failure that says how to get it.
@@ -47,89 +41,28 @@ fn require(binary: &str) -> String {
 
 /// Starts `pollux` with one adaptive reactor on core 0, a ram bdev and the
 /// metrics endpoint on a free port; returns once it reports ready.
-fn start_pollux(dir: &Path) -> (Reaped, SocketAddr) {
+fn start_pollux() -> (Daemon, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cfg = dir.join("pollux.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let d = Daemon::builder()
+        .config(format!(
             "[reactors]\ncores = [0]\nidle = \"adaptive\"\n\n\
              [[bdev]]\nname = \"ram0\"\nkind = \"ram\"\nsize = \"16MiB\"\nblock_size = 4096\n\n\
              [metrics]\nlisten = \"{addr}\"\n"
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pollux"))
-        .arg("--config")
-        .arg(&cfg)
-        .env("POLLUX_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let child = Reaped(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut log = String::new();
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            log.push_str(&line);
-            log.push('\n');
-            if line.contains("pollux ready") {
-                let _ = tx.send(Ok(()));
-            }
-        }
-        // The daemon exited (or closed stderr) before or after ready.
-        let _ = tx.send(Err(log));
-    });
-    match rx.recv_timeout(STARTUP) {
-        Ok(Ok(())) => {}
-        Ok(Err(log)) => panic!("pollux exited before it was ready:\n{log}"),
-        Err(_) => panic!("pollux did not report ready within {STARTUP:?}"),
-    }
-    (child, addr)
-}
-
-/// A plain HTTP/1.0 GET (the server then closes the connection after an
-/// unchunked body); returns status code and body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    c.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, body.to_owned())
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let (status, body) = get(addr, "/metrics");
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// The value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
+        ))
+        .no_rpc_socket()
+        .timeout(STARTUP)
+        .start();
+    (d, addr)
 }
 
 #[test]
 fn metrics_endpoint_serves_every_family_and_counters_move() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_pollux, addr) = start_pollux(dir.path());
+    let (_pollux, addr) = start_pollux();
 
     let first = scrape(addr);
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
-        sample(
+        try_series(
             &first,
             &format!("pollux_build_info{{version=\"{version}\"}}")
         ),
@@ -156,16 +89,19 @@ fn metrics_endpoint_serves_every_family_and_counters_move() {
     }
     for op in ["read", "write", "flush", "write_zeroes", "discard"] {
         let series = format!("pollux_bdev_ops_total{{bdev=\"ram0\",op=\"{op}\"}}");
-        assert_eq!(sample(&first, &series), Some(0.0), "{series}");
+        assert_eq!(try_series(&first, &series), Some(0.0), "{series}");
         let series =
             format!("pollux_bdev_latency_seconds_bucket{{bdev=\"ram0\",op=\"{op}\",le=\"+Inf\"}}");
-        assert_eq!(sample(&first, &series), Some(0.0), "{series}");
+        assert_eq!(try_series(&first, &series), Some(0.0), "{series}");
     }
     // Building ram0 was one publication, each with one grace period.
-    assert_eq!(sample(&first, "pollux_graph_generation"), Some(1.0));
-    assert_eq!(sample(&first, "pollux_graph_publishes_total"), Some(1.0));
+    assert_eq!(try_series(&first, "pollux_graph_generation"), Some(1.0));
     assert_eq!(
-        sample(&first, "pollux_graph_grace_period_seconds_count"),
+        try_series(&first, "pollux_graph_publishes_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        try_series(&first, "pollux_graph_grace_period_seconds_count"),
         Some(1.0)
     );
 
@@ -174,14 +110,14 @@ fn metrics_endpoint_serves_every_family_and_counters_move() {
     let polls = "pollux_reactor_polls_total{core=\"0\"}";
     let idle = "pollux_reactor_idle_seconds_total{core=\"0\"}";
     let (p0, i0) = (
-        sample(&first, polls).unwrap(),
-        sample(&first, idle).unwrap(),
+        try_series(&first, polls).unwrap(),
+        try_series(&first, idle).unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         std::thread::sleep(Duration::from_millis(300));
         let now = scrape(addr);
-        if sample(&now, polls).unwrap() > p0 && sample(&now, idle).unwrap() > i0 {
+        if try_series(&now, polls).unwrap() > p0 && try_series(&now, idle).unwrap() > i0 {
             break;
         }
         assert!(
@@ -191,15 +127,14 @@ fn metrics_endpoint_serves_every_family_and_counters_move() {
     }
 
     // Anything but /metrics is not found.
-    assert_eq!(get(addr, "/").0, 404);
-    assert_eq!(get(addr, "/metrics/x").0, 404);
+    assert_eq!(http_get(addr, "/").0, 404);
+    assert_eq!(http_get(addr, "/metrics/x").0, 404);
 }
 
 #[test]
 fn promtool_accepts_the_exposition() {
     let promtool = require("promtool");
-    let dir = tempfile::tempdir().unwrap();
-    let (_pollux, addr) = start_pollux(dir.path());
+    let (_pollux, addr) = start_pollux();
     let text = scrape(addr);
     let mut check = Command::new(promtool)
         .args(["check", "metrics"])
@@ -227,7 +162,7 @@ fn promtool_accepts_the_exposition() {
 fn a_prometheus_server_scrapes_pollux() {
     let prometheus = require("prometheus");
     let dir = tempfile::tempdir().unwrap();
-    let (_pollux, target) = start_pollux(dir.path());
+    let (_pollux, target) = start_pollux();
 
     let prom_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = dir.path().join("prometheus.yml");
@@ -257,7 +192,7 @@ fn a_prometheus_server_scrapes_pollux() {
     let query = |q: &str| -> Option<serde_json::Value> {
         let c = TcpStream::connect(prom_addr).ok()?;
         drop(c);
-        let (status, body) = get(prom_addr, &format!("/api/v1/query?query={q}"));
+        let (status, body) = http_get(prom_addr, &format!("/api/v1/query?query={q}"));
         if status != 200 {
             return None;
         }

@@ -15,101 +15,16 @@
 //! accelerator (default `tcg`: on the CI hosts KVM is a PVM that makes
 //! QEMU abort, see ../shared/vm/README.md).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::fmt::Write;
+use std::process::Command;
+
+use support::{free_port, sparse_file, Daemon, Ready, VmClient};
 
 const NQN: &str = "nqn.2024-11.dev.pollux:vmtest";
 /// Backing file size: room for three 16 MiB fio regions.
 const DISK_MB: u64 = 64;
-
-fn vm_client() -> PathBuf {
-    if let Some(p) = std::env::var_os("VM_CLIENT") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vm/vm-client")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The daemon, with its stderr collected for assertions.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(config: &std::path::Path, rpc_socket: &std::path::Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pollux"))
-            .args(["--config", config.to_str().unwrap()])
-            // A private RPC socket, so the test can run beside other daemons.
-            .args(["--rpc-socket", rpc_socket.to_str().unwrap()])
-            .env("POLLUX_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start pollux");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let line = strip_ansi(&line);
-                if line.contains("nvmf: listening") {
-                    let _ = tx.send(());
-                }
-                let mut l = log2.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = child.kill();
-            panic!(
-                "pollux did not start listening; its log:\n{}",
-                log.lock().unwrap()
-            );
-        }
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn stop(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety
-        // preconditions.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "pollux did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// MD5 of `len` bytes at `offset` of `path`, via coreutils (also what the
 /// guest's busybox prints).
@@ -130,50 +45,16 @@ fn host_md5(path: &std::path::Path, offset_mb: u64, len_mb: u64) -> String {
         .to_owned()
 }
 
-/// Removes terminal colour codes the log formatter may add.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC '[' parameters, ending with a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn marker<'a>(out: &'a str, key: &str) -> Option<&'a str> {
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix(key))
-        .map(str::trim)
-}
-
 #[test]
 fn linux_kernel_initiator_discover_connect_fio_verify() {
-    let vm = vm_client();
-    assert!(
-        vm.is_file(),
-        "vm-client not found at {} (set VM_CLIENT): the Linux initiator test cannot run",
-        vm.display()
-    );
+    let vm = VmClient::find();
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(DISK_MB << 20)
-        .unwrap();
+    sparse_file(&disk, DISK_MB << 20);
     let port = free_port();
-    let config = dir.path().join("pollux.toml");
-    let mut f = std::fs::File::create(&config).unwrap();
+    let mut config = String::new();
     write!(
-        f,
+        config,
         r#"[reactors]
 cores = [0]
 idle = "adaptive"
@@ -196,9 +77,12 @@ listen = ["127.0.0.1:{port}"]
         disk.display()
     )
     .unwrap();
-    drop(f);
 
-    let mut daemon = Daemon::start(&config, &dir.path().join("rpc.sock"));
+    let mut daemon = Daemon::builder()
+        .in_dir(dir)
+        .config(config)
+        .ready(Ready::LogLine("nvmf: listening"))
+        .start();
 
     let fio = |name: &str, bs: &str, offset_mb: u64, size_mb: u64| {
         format!(
@@ -234,21 +118,9 @@ listen = ["127.0.0.1:{port}"]
         f16kd = fio("w16k_digest", "16k", 32, 16),
         f4kd = fio("w4k_digest", "4k", 48, 16),
     );
-    let accel = std::env::var("VM_CLIENT_ACCEL").unwrap_or_else(|_| "tcg".into());
-    let out = Command::new(&vm)
-        .args(["--accel", &accel, "--timeout", "900", "--", &script])
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run vm-client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report = || {
-        format!(
-            "vm-client exit {:?}\n--- guest output ---\n{stdout}\n--- vm-client stderr ---\n{stderr}\n--- pollux log ---\n{}",
-            out.status.code(),
-            daemon.log()
-        )
-    };
+    let out = vm.run(&[], 900, &script);
+    let stdout = &out.stdout;
+    let report = || out.report(&daemon.log());
     assert!(out.status.success(), "guest script failed:\n{}", report());
     for m in [
         "DISCOVER_OK",
@@ -263,8 +135,12 @@ listen = ["127.0.0.1:{port}"]
     }
 
     // What the guest read through the target is what is in the file.
-    let plain = marker(&stdout, "GUEST_MD5_PLAIN").and_then(|s| s.split_whitespace().next());
-    let digest = marker(&stdout, "GUEST_MD5_DIGEST").and_then(|s| s.split_whitespace().next());
+    let plain = out
+        .marker("GUEST_MD5_PLAIN")
+        .and_then(|s| s.split_whitespace().next());
+    let digest = out
+        .marker("GUEST_MD5_DIGEST")
+        .and_then(|s| s.split_whitespace().next());
     assert_eq!(plain, Some(host_md5(&disk, 0, 32).as_str()), "{}", report());
     assert_eq!(
         digest,

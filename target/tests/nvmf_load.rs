@@ -3,68 +3,46 @@
 //! and hosts killed in the middle of I/O, after which nothing is leaked
 //! (file descriptors, in-flight I/O) and new hosts are served.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::{free_port, pollux, scrape, series, Daemon, Ready};
 
 const NQN: &str = "nqn.2024-11.dev.pollux:load";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Daemon {
-    child: Child,
+/// The daemon serving ram0 over NVMe/TCP on `port`, metrics on `metrics`.
+struct Target {
+    daemon: Daemon,
     port: u16,
-    metrics: u16,
-    _dir: tempfile::TempDir,
+    metrics: SocketAddr,
 }
 
-impl Daemon {
-    fn start() -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+impl Target {
+    fn start() -> Target {
         let (port, metrics) = (free_port(), free_port());
-        let cfg = dir.path().join("p.toml");
-        std::fs::write(
-            &cfg,
-            format!(
+        let daemon = Daemon::builder()
+            .config(format!(
                 "[reactors]\ncores = [0]\nidle = \"adaptive\"\n\
                  [[bdev]]\nname = \"ram0\"\nkind = \"ram\"\nsize = \"64MiB\"\n\
                  [[nvmf.subsystem]]\nnqn = \"{NQN}\"\nnamespaces = [\"ram0\"]\n\
                  allow_any_host = true\nlisten = [\"127.0.0.1:{port}\"]\n\
                  [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pollux"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--rpc-socket")
-            .arg(dir.path().join("rpc.sock"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "listener never came up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon {
-            child,
+            ))
+            .ready(Ready::Tcp(([127, 0, 0, 1], port).into()))
+            .timeout(Duration::from_secs(20))
+            .start();
+        Target {
+            daemon,
             port,
-            metrics,
-            _dir: dir,
+            metrics: ([127, 0, 0, 1], metrics).into(),
         }
     }
 
     fn perf(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pollux"));
+        let mut c = pollux();
         c.args(["perf", "nvmf", "--addr"])
             .arg(format!("127.0.0.1:{}", self.port))
             .args(["--nqn", NQN])
@@ -73,30 +51,11 @@ impl Daemon {
     }
 
     fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .count()
+        self.daemon.open_fds()
     }
 
-    fn metric(&self, series: &str) -> f64 {
-        let mut s = TcpStream::connect(("127.0.0.1", self.metrics)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{series} missing"))
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child has no memory-safety concerns.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+    fn metric(&self, name: &str) -> f64 {
+        series(&scrape(self.metrics), name)
     }
 }
 
@@ -112,7 +71,7 @@ fn run_json(mut c: Command) -> serde_json::Value {
 
 #[test]
 fn many_connections_at_qd128_and_abrupt_disconnects_leak_nothing() {
-    let d = Daemon::start();
+    let d = Target::start();
 
     // 8 connections x QD 128, mixed reads and writes of 4 KiB (in-capsule)
     // and 16 KiB (R2T), with and without digests.

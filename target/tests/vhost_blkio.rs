@@ -9,106 +9,33 @@
 //! connecting (and seeing the first one's data), a read-only export, and a
 //! front-end sending garbage being dropped while the device keeps serving.
 
-use std::io::{BufRead, BufReader, Write};
+mod support;
+
+use std::io::Write;
 use std::mem::MaybeUninit;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
+use support::{pollux, Daemon};
 
 const DISK: u64 = 64 << 20;
 const BUF: usize = 1 << 20;
 /// Any free port for the metrics endpoint, so tests can run side by side.
 const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
 
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(blk: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("pollux.toml");
-        let text = format!(
-            "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n{METRICS}\
-             [[bdev]]\nname = \"ram0\"\nkind = \"ram\"\nsize = {DISK}\n\
-             {}",
-            blk.replace("DIR", dir.path().to_str().unwrap())
-        );
-        std::fs::write(&cfg, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pollux"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--rpc-socket")
-            .arg(dir.path().join("rpc.sock"))
-            .env("POLLUX_LOG", "info,pollux::vhost=debug")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start pollux");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("pollux ready") {
-                    let _ = tx.send(());
-                }
-                let mut l = log2.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = child.kill();
-            panic!("pollux did not start; its log:\n{}", log.lock().unwrap());
-        }
-        Daemon { child, log, dir }
-    }
-
-    fn sock(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn stop(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety
-        // preconditions.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pollux did not stop; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("pollux log:\n{}", self.log());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Pollux with ram0 on two adaptive reactors and the `[[vhost.blk]]`
+/// tables `blk`, in which `DIR` stands for the daemon's directory.
+fn start(blk: &str) -> Daemon {
+    let b = Daemon::builder().log_filter("info,pollux::vhost=debug");
+    let text = format!(
+        "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n{METRICS}\
+         [[bdev]]\nname = \"ram0\"\nkind = \"ram\"\nsize = {DISK}\n\
+         {}",
+        blk.replace("DIR", b.dir().to_str().unwrap())
+    );
+    b.config(text).start()
 }
 
 /// A libblkio client with one shared-memory buffer region.
@@ -210,11 +137,11 @@ fn write_verify(c: &mut Client, wq: usize, rq: usize, start: u64, len: usize, se
 
 #[test]
 fn libblkio_io_queues_reconnect_and_bad_input() {
-    let mut d = Daemon::start(
+    let mut d = start(
         "[[vhost.blk]]\nsocket = \"DIR/vhost.0\"\nbdev = \"ram0\"\nnum_queues = 2\n\
          [[vhost.blk]]\nsocket = \"DIR/vhost.ro\"\nbdev = \"ram0\"\nreadonly = true\n",
     );
-    let sock = d.sock("vhost.0");
+    let sock = d.dir().join("vhost.0");
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode");
 
@@ -296,7 +223,7 @@ fn libblkio_io_queues_reconnect_and_bad_input() {
 
     // The read-only export: reads work, writes fail, the driver must open
     // it read-only.
-    let ro = d.sock("vhost.ro");
+    let ro = d.dir().join("vhost.ro");
     let mut b = Blkio::new("virtio-blk-vhost-user").unwrap();
     b.set_str("path", ro.to_str().unwrap()).unwrap();
     b.connect().unwrap();
@@ -320,24 +247,13 @@ fn socket_setup_errors_and_stale_socket() {
     let stale = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
-    let cfg = dir.path().join("p.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let d = Daemon::builder()
+        .config(format!(
             "[reactors]\nidle = \"adaptive\"\n{METRICS}[[bdev]]\nname = \"n\"\nkind = \"null\"\nsize = \"1GiB\"\n\
              [[vhost.blk]]\nsocket = \"{}\"\nbdev = \"n\"\n",
             stale.display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pollux"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--rpc-socket")
-        .arg(dir.path().join("rpc.sock"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ))
+        .start();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut ok = false;
     while Instant::now() < deadline {
@@ -350,11 +266,11 @@ fn socket_setup_errors_and_stale_socket() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(d);
     assert!(ok, "pollux did not replace the stale socket");
 
     // A path that cannot be created: a clear startup error naming the key.
+    let cfg = dir.path().join("p.toml");
     std::fs::write(
         &cfg,
         format!(
@@ -363,7 +279,7 @@ fn socket_setup_errors_and_stale_socket() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pollux"))
+    let out = pollux()
         .arg("--config")
         .arg(&cfg)
         .arg("--rpc-socket")

@@ -11,86 +11,29 @@
 //! `VM_CLIENT` overrides the vm-client path, `VM_CLIENT_ACCEL` the
 //! accelerator (default `tcg`, see ../shared/vm/README.md).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod support;
+
+use support::{sparse_file, Daemon, VmClient};
 
 /// Backing file: room for fio's 32 MiB region and more.
 const DISK_MB: u64 = 64;
 
-fn vm_client() -> PathBuf {
-    if let Some(p) = std::env::var_os("VM_CLIENT") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vm/vm-client")
-}
-
-fn marker<'a>(out: &'a str, key: &str) -> Option<&'a str> {
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix(key))
-        .map(str::trim)
-}
-
 #[test]
 fn linux_guest_two_queues_fio_verify() {
-    let vm = vm_client();
-    assert!(
-        vm.is_file(),
-        "vm-client not found at {} (set VM_CLIENT): this test needs it and does not skip",
-        vm.display()
-    );
+    let vm = VmClient::find();
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(DISK_MB << 20)
-        .unwrap();
+    sparse_file(&disk, DISK_MB << 20);
     let sock = dir.path().join("vhost.0");
-    let cfg = dir.path().join("pollux.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n\
-             [[bdev]]\nname = \"disk0\"\nkind = \"file\"\npath = \"{}\"\n\
-             [[vhost.blk]]\nsocket = \"{}\"\nbdev = \"disk0\"\nnum_queues = 2\nqueue_cores = [0, 1]\n",
-            disk.display(),
-            sock.display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pollux"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--rpc-socket")
-        .arg(dir.path().join("rpc.sock"))
-        .env("POLLUX_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start pollux");
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("pollux ready") {
-                let _ = tx.send(());
-            }
-            let mut l = log2.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-        let _ = child.kill();
-        panic!("pollux did not start; log:\n{}", log.lock().unwrap());
-    }
+    let cfg = format!(
+        "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[bdev]]\nname = \"disk0\"\nkind = \"file\"\npath = \"{}\"\n\
+         [[vhost.blk]]\nsocket = \"{}\"\nbdev = \"disk0\"\nnum_queues = 2\nqueue_cores = [0, 1]\n",
+        disk.display(),
+        sock.display()
+    );
+    let mut daemon = Daemon::builder().in_dir(dir).config(cfg).start();
 
     let script = r#"
 set -e
@@ -109,39 +52,27 @@ echo "FIO_MQ_RC=$?"
 sync
 echo DONE
 "#;
-    let accel = std::env::var("VM_CLIENT_ACCEL").unwrap_or_else(|_| "tcg".into());
-    let out = Command::new(&vm)
-        .args(["--cpus", "2", "--accel", &accel, "--timeout", "400"])
-        .arg("--vhost-user-blk")
-        .arg(&sock)
-        .args(["--", script])
-        .output()
-        .expect("cannot run vm-client");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    // SAFETY: kill(2) on our own child's pid has no memory-safety
-    // preconditions.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    let log = log.lock().unwrap().clone();
-    let ctx = format!(
-        "vm-client status {:?}\n--- guest output\n{stdout}\n--- vm-client stderr\n{stderr}\n--- pollux log\n{log}",
-        out.status
-    );
+    let vhost = ["--cpus", "2", "--vhost-user-blk", sock.to_str().unwrap()];
+    let out = vm.run(&vhost, 400, script);
+    let status = daemon.stop();
+    let log = daemon.log();
+    let ctx = out.report(&log);
+    let stdout = &out.stdout;
     assert!(out.status.success(), "guest script failed\n{ctx}");
-    assert_eq!(marker(&stdout, "MQ="), Some("2"), "{ctx}");
+    assert_eq!(out.marker("MQ="), Some("2"), "{ctx}");
     assert_eq!(
-        marker(&stdout, "SIZE="),
+        out.marker("SIZE="),
         Some((DISK_MB << 11).to_string().as_str()),
         "{ctx}"
     );
     assert!(
-        marker(&stdout, "SERIAL=").is_some_and(|s| s.starts_with("PLXVB")),
+        out.marker("SERIAL=")
+            .is_some_and(|s| s.starts_with("PLXVB")),
         "GET_ID serial\n{ctx}"
     );
-    assert_eq!(marker(&stdout, "CACHE="), Some("write back"), "{ctx}");
-    assert_eq!(marker(&stdout, "FIO_RC="), Some("0"), "{ctx}");
-    assert_eq!(marker(&stdout, "FIO_MQ_RC="), Some("0"), "{ctx}");
+    assert_eq!(out.marker("CACHE="), Some("write back"), "{ctx}");
+    assert_eq!(out.marker("FIO_RC="), Some("0"), "{ctx}");
+    assert_eq!(out.marker("FIO_MQ_RC="), Some("0"), "{ctx}");
     assert!(stdout.contains("DONE"), "{ctx}");
     assert!(
         log.contains("queue=0") && log.contains("queue=1") && log.contains("reactor=1"),
