@@ -8,183 +8,48 @@
 //! `../shared/vm/vm-client`, one boot), which must see the namespace added
 //! over RPC appear (Namespace Attribute Changed AEN → rescan) and go.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod support;
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::{free_port, pollux, scrape, try_series, Daemon, SpdkRpc, VmClient};
 
 const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
 const SERIAL: &str = "SPDK00000000000001";
 const DISCOVERY: &str = "nqn.2014-08.org.nvmexpress.discovery";
 
-fn spdk_rpc() -> PathBuf {
-    let p = std::env::var_os("SPDK_RPC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/spdk-rpc/bin/spdk-rpc"));
-    assert!(
-        p.exists(),
-        "SPDK's rpc client is missing at {}: run scripts/test-deps.sh",
-        p.display()
-    );
-    p
-}
-
-fn vm_client() -> PathBuf {
-    if let Some(p) = std::env::var_os("VM_CLIENT") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vm/vm-client")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    sock: PathBuf,
+/// A daemon with its SPDK client and metrics address.
+struct Target {
+    daemon: Daemon,
+    rpc: SpdkRpc,
     metrics: SocketAddr,
-    log: Arc<Mutex<String>>,
 }
 
-impl Daemon {
+impl Target {
     /// Pollux from an empty config: reactors only, metrics on a free port,
     /// a private RPC socket.
-    fn start(extra: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("empty.toml");
-        std::fs::write(
-            &cfg,
-            "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n",
-        )
-        .unwrap();
-        let sock = dir.path().join("rpc.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pollux"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--rpc-socket")
-            .arg(&sock)
+    fn start(extra: &[&str]) -> Target {
+        let daemon = Daemon::builder()
+            .config(
+                "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:0\"\n",
+            )
             .args(extra)
-            .env("POLLUX_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start pollux");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            let mut addr = None;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("metrics endpoint listening") {
-                    addr = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))
-                        .and_then(|a| a.parse::<SocketAddr>().ok());
-                }
-                if line.contains("pollux ready") {
-                    let _ = tx.send(addr);
-                }
-                let mut l = log2.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let metrics = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(a)) => a,
-            _ => {
-                let _ = child.kill();
-                panic!("pollux did not start:\n{}", log.lock().unwrap());
-            }
-        };
-        Daemon {
-            child,
-            dir,
-            sock,
-            metrics,
-            log,
+            .start();
+        Target {
+            rpc: daemon.spdk(),
+            metrics: daemon.metrics_addr(),
+            daemon,
         }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn try_rpc(&self, args: &[&str]) -> Result<Value, String> {
-        let out = Command::new(spdk_rpc())
-            .arg("-s")
-            .arg(&self.sock)
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() {
-            return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    fn rpc(&self, args: &[&str]) -> Value {
-        self.try_rpc(args)
-            .unwrap_or_else(|e| panic!("spdk-rpc {args:?} failed: {e}\n{}", self.log()))
-    }
-
-    /// One call through SPDK's `JSONRPCClient`: the result, or the error
-    /// text (which carries the JSON-RPC code and message).
-    fn try_call(&self, method: &str, params: Value) -> Result<Value, String> {
-        let python = spdk_rpc().with_file_name("python3");
-        let script = "import json, sys\nfrom spdk.rpc.client import JSONRPCClient\n\
-                      c = JSONRPCClient(sys.argv[1])\n\
-                      print(json.dumps(c.call(sys.argv[2], json.loads(sys.argv[3]))))\n";
-        let out = Command::new(python)
-            .args(["-c", script])
-            .arg(&self.sock)
-            .arg(method)
-            .arg(params.to_string())
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(serde_json::from_slice(&out.stdout).unwrap())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    fn scrape(&self) -> String {
-        let mut c = TcpStream::connect(self.metrics).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        out
     }
 
     /// `pollux_nvmf_connections{subsystem="nqn"}`, 0 when absent.
     fn connections(&self, nqn: &str) -> f64 {
-        let series = format!("pollux_nvmf_connections{{subsystem=\"{nqn}\"}} ");
-        self.scrape()
-            .lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .map_or(0.0, |v| v.trim().parse().unwrap())
-    }
-
-    fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .count()
+        let series = format!("pollux_nvmf_connections{{subsystem=\"{nqn}\"}}");
+        try_series(&scrape(self.metrics), &series).unwrap_or(0.0)
     }
 
     /// Waits for `cond`, panicking with `what` and the log after `secs`.
@@ -194,7 +59,7 @@ impl Daemon {
             assert!(
                 Instant::now() < deadline,
                 "timed out: {what}\n{}",
-                self.log()
+                self.daemon.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -202,14 +67,16 @@ impl Daemon {
 
     fn build_target(&self, port: u16) {
         assert_eq!(
-            self.rpc(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"]),
+            self.rpc
+                .run(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"]),
             json!("Malloc0")
         );
-        self.rpc(&["nvmf_create_transport", "-t", "TCP"]);
-        self.rpc(&["nvmf_create_subsystem", NQN, "-a", "-s", SERIAL]);
+        self.rpc.run(&["nvmf_create_transport", "-t", "TCP"]);
+        self.rpc
+            .run(&["nvmf_create_subsystem", NQN, "-a", "-s", SERIAL]);
         // rpc.py prints nothing for add_ns; the NSID is checked below.
-        self.rpc(&["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
-        self.rpc(&[
+        self.rpc.run(&["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
+        self.rpc.run(&[
             "nvmf_subsystem_add_listener",
             NQN,
             "-t",
@@ -224,8 +91,8 @@ impl Daemon {
     }
 
     fn tear_down(&self, port: u16) {
-        self.rpc(&["nvmf_subsystem_remove_ns", NQN, "1"]);
-        self.rpc(&[
+        self.rpc.run(&["nvmf_subsystem_remove_ns", NQN, "1"]);
+        self.rpc.run(&[
             "nvmf_subsystem_remove_listener",
             NQN,
             "-t",
@@ -237,12 +104,12 @@ impl Daemon {
             "-f",
             "ipv4",
         ]);
-        self.rpc(&["nvmf_delete_subsystem", NQN]);
-        self.rpc(&["bdev_malloc_delete", "Malloc0"]);
-        let subs = self.rpc(&["nvmf_get_subsystems"]);
+        self.rpc.run(&["nvmf_delete_subsystem", NQN]);
+        self.rpc.run(&["bdev_malloc_delete", "Malloc0"]);
+        let subs = self.rpc.run(&["nvmf_get_subsystems"]);
         assert_eq!(subs.as_array().unwrap().len(), 1, "{subs}");
         assert_eq!(subs[0]["nqn"], json!(DISCOVERY));
-        assert_eq!(self.rpc(&["bdev_get_bdevs"]), json!([]));
+        assert_eq!(self.rpc.run(&["bdev_get_bdevs"]), json!([]));
         assert_eq!(self.connections(NQN), 0.0);
         assert!(
             TcpStream::connect(("127.0.0.1", port)).is_err(),
@@ -251,16 +118,8 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child has no memory-safety concerns.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
 fn perf(port: u16, nsid: u32, secs: u32) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pollux"));
+    let mut c = pollux();
     c.args(["perf", "nvmf", "--addr"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["--nqn", NQN, "--nsid", &nsid.to_string()])
@@ -283,12 +142,12 @@ fn perf_ok(out: std::process::Output) -> Value {
 
 #[test]
 fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
-    let d = Daemon::start(&[]);
+    let d = Target::start(&[]);
     let port = free_port();
-    let baseline_fds = d.open_fds();
+    let baseline_fds = d.daemon.open_fds();
     d.build_target(port);
 
-    let subs = d.rpc(&["nvmf_get_subsystems"]);
+    let subs = d.rpc.run(&["nvmf_get_subsystems"]);
     assert_eq!(subs[0]["subtype"], json!("Discovery"));
     let s = &subs[1];
     assert_eq!(s["nqn"], json!(NQN));
@@ -301,7 +160,7 @@ fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
     );
     assert_eq!(s["namespaces"][0]["nsid"], json!(1));
     assert_eq!(s["namespaces"][0]["bdev_name"], json!("Malloc0"));
-    let tr = d.rpc(&["nvmf_get_transports"]);
+    let tr = d.rpc.run(&["nvmf_get_transports"]);
     assert_eq!(tr[0]["trtype"], json!("TCP"));
     assert_eq!(tr[0]["c2h_success"], json!(true));
 
@@ -314,19 +173,21 @@ fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
     d.wait(20, "perf connected", || d.connections(NQN) > 0.0);
     // Admin + I/O queue per connection.
     assert!(d.connections(NQN) >= 2.0);
-    d.rpc(&["bdev_malloc_create", "-b", "Malloc1", "32", "4096"]);
+    d.rpc
+        .run(&["bdev_malloc_create", "-b", "Malloc1", "32", "4096"]);
     // The method answers the NSID (rpc.py does not print it).
     assert_eq!(
-        d.try_call(
-            "nvmf_subsystem_add_ns",
-            json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc1"}})
-        )
-        .unwrap(),
+        d.rpc
+            .try_call(
+                "nvmf_subsystem_add_ns",
+                json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc1"}})
+            )
+            .unwrap(),
         json!(2)
     );
     perf_ok(perf(port, 2, 1).output().unwrap());
-    d.rpc(&["nvmf_subsystem_remove_ns", NQN, "2"]);
-    d.rpc(&["bdev_malloc_delete", "Malloc1"]);
+    d.rpc.run(&["nvmf_subsystem_remove_ns", NQN, "2"]);
+    d.rpc.run(&["bdev_malloc_delete", "Malloc1"]);
     perf_ok(bg.wait_with_output().unwrap());
     // The removed NSID is gone for new hosts too.
     let gone = perf(port, 2, 1).output().unwrap();
@@ -337,27 +198,29 @@ fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
     );
 
     // Hosts: a closed allow list refuses, adding the host admits it.
-    d.rpc(&["nvmf_subsystem_allow_any_host", NQN, "--no-allow-any-host"]);
-    d.rpc(&[
+    d.rpc
+        .run(&["nvmf_subsystem_allow_any_host", NQN, "--no-allow-any-host"]);
+    d.rpc.run(&[
         "nvmf_subsystem_add_host",
         NQN,
         "nqn.2014-08.org.nvmexpress:uuid:test",
     ]);
-    let s = &d.rpc(&["nvmf_get_subsystems", NQN])[0];
+    let s = &d.rpc.run(&["nvmf_get_subsystems", NQN])[0];
     assert_eq!(s["allow_any_host"], json!(false));
     assert_eq!(
         s["hosts"],
         json!([{"nqn": "nqn.2014-08.org.nvmexpress:uuid:test"}])
     );
-    d.rpc(&[
+    d.rpc.run(&[
         "nvmf_subsystem_remove_host",
         NQN,
         "nqn.2014-08.org.nvmexpress:uuid:test",
     ]);
-    d.rpc(&["nvmf_subsystem_allow_any_host", NQN, "--allow-any-host"]);
+    d.rpc
+        .run(&["nvmf_subsystem_allow_any_host", NQN, "--allow-any-host"]);
 
     // save_config → pollux --json rebuilds the same target.
-    let saved = d.rpc(&["save_config"]);
+    let saved = d.rpc.run(&["save_config"]);
     let nvmf = saved["subsystems"]
         .as_array()
         .unwrap()
@@ -439,6 +302,7 @@ fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
         ),
     ] {
         let e = d
+            .rpc
             .try_call(method, params.clone())
             .expect_err(&format!("{method} {params} should fail"));
         assert!(e.contains("-32602"), "{method} {params}: {e}");
@@ -449,13 +313,15 @@ fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
     }
 
     d.tear_down(port);
-    d.wait(10, "fds back to baseline", || d.open_fds() <= baseline_fds);
+    d.wait(10, "fds back to baseline", || {
+        d.daemon.open_fds() <= baseline_fds
+    });
 
     // The saved config rebuilds the target in a fresh daemon.
-    let json_path = d.dir.path().join("saved.json");
+    let json_path = d.daemon.dir().join("saved.json");
     std::fs::write(&json_path, saved.to_string()).unwrap();
-    let d2 = Daemon::start(&["--json", json_path.to_str().unwrap()]);
-    let s = &d2.rpc(&["nvmf_get_subsystems", NQN])[0];
+    let d2 = Target::start(&["--json", json_path.to_str().unwrap()]);
+    let s = &d2.rpc.run(&["nvmf_get_subsystems", NQN])[0];
     assert_eq!(s["serial_number"], json!(SERIAL));
     assert_eq!(s["namespaces"][0]["bdev_name"], json!("Malloc0"));
     perf_ok(perf(port, 1, 1).output().unwrap());
@@ -463,15 +329,10 @@ fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
 
 #[test]
 fn linux_host_sees_namespaces_added_and_removed_over_rpc() {
-    let vm = vm_client();
-    assert!(
-        vm.is_file(),
-        "vm-client not found at {} (set VM_CLIENT): the Linux initiator test cannot run",
-        vm.display()
-    );
-    let d = Daemon::start(&[]);
+    let vm = VmClient::find();
+    let d = Target::start(&[]);
     let port = free_port();
-    let baseline_fds = d.open_fds();
+    let baseline_fds = d.daemon.open_fds();
     d.build_target(port);
 
     // The guest waits for each change the host makes over RPC; the host
@@ -493,17 +354,11 @@ fn linux_host_sees_namespaces_added_and_removed_over_rpc() {
          nvme disconnect -n {NQN}\n\
          echo ALL_OK\n"
     );
-    let accel = std::env::var("VM_CLIENT_ACCEL").unwrap_or_else(|_| "tcg".into());
-    let guest = std::thread::spawn(move || {
-        Command::new(&vm)
-            .args(["--accel", &accel, "--timeout", "900", "--", &script])
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run vm-client")
-    });
+    let guest = std::thread::spawn(move || vm.run(&[], 900, &script));
 
     let reads = |bdev: &str| {
-        d.try_call("bdev_get_iostat", json!({"name": bdev}))
+        d.rpc
+            .try_call("bdev_get_iostat", json!({"name": bdev}))
             .map(|v| v["bdevs"][0]["num_read_ops"].as_u64().unwrap_or(0))
             .unwrap_or(0)
     };
@@ -512,23 +367,23 @@ fn linux_host_sees_namespaces_added_and_removed_over_rpc() {
     // the namespace below can only show up through the AEN and rescan.
     d.wait(600, "the guest connects", || d.connections(NQN) > 0.0);
     d.wait(600, "fio verifies on nsid 1", || reads("Malloc0") >= 2048);
-    d.rpc(&["bdev_malloc_create", "-b", "Malloc1", "32", "512"]);
-    d.rpc(&["nvmf_subsystem_add_ns", NQN, "Malloc1", "-n", "2"]);
+    d.rpc
+        .run(&["bdev_malloc_create", "-b", "Malloc1", "32", "512"]);
+    d.rpc
+        .run(&["nvmf_subsystem_add_ns", NQN, "Malloc1", "-n", "2"]);
     // The kernel reads a new namespace (partition scan, then our dd).
     d.wait(600, "the guest reads the new namespace", || {
         reads("Malloc1") >= 256
     });
-    d.rpc(&["nvmf_subsystem_remove_ns", NQN, "2"]);
-    d.rpc(&["bdev_malloc_delete", "Malloc1"]);
+    d.rpc.run(&["nvmf_subsystem_remove_ns", NQN, "2"]);
+    d.rpc.run(&["bdev_malloc_delete", "Malloc1"]);
 
     let out = guest.join().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = &out.stdout;
     assert!(
         out.status.success(),
-        "guest script failed (exit {:?})\n--- guest ---\n{stdout}\n--- vm-client ---\n{stderr}\n--- pollux ---\n{}",
-        out.status.code(),
-        d.log()
+        "guest script failed:\n{}",
+        out.report(&d.daemon.log())
     );
     for m in ["FIO_OK", "NS2_APPEARED", "NS2_GONE", "ALL_OK"] {
         assert!(stdout.contains(m), "{m} missing:\n{stdout}");
@@ -537,5 +392,7 @@ fn linux_host_sees_namespaces_added_and_removed_over_rpc() {
         d.connections(NQN) == 0.0
     });
     d.tear_down(port);
-    d.wait(10, "fds back to baseline", || d.open_fds() <= baseline_fds);
+    d.wait(10, "fds back to baseline", || {
+        d.daemon.open_fds() <= baseline_fds
+    });
 }
