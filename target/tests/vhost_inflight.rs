@@ -24,14 +24,20 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{sparse_file, Daemon, VmClient};
+use support::{scrape, sparse_file, try_series, Daemon, VmClient};
 
 /// Backing file: room for fio's region and more.
 const DISK_MB: u64 = 384;
 /// fio's region: long enough that the write phase spans the crashes.
 const FIO_MB: u64 = 320;
 /// How many crashes to try before giving up on catching a request in flight.
-const MAX_CRASHES: usize = 4;
+/// A guest request spends ~0.1 ms inside pollux (the TCG guest's own time
+/// dominates), so a crash catches one in flight only about half the time
+/// even when aimed with the in-flight gauge: allow enough crashes that a
+/// run without any catch is vanishingly unlikely.
+const MAX_CRASHES: usize = 12;
+/// The target's own count of I/O it holds on the exported bdev.
+const INFLIGHT: &str = "pollux_bdev_inflight{bdev=\"disk0\"}";
 const RESUBMIT_LINE: &str = "resubmitting requests in flight at the last disconnect";
 
 /// Bytes the backing file has allocated: grows while the guest writes.
@@ -132,7 +138,11 @@ echo DONE
         if guest.is_finished() || !growing {
             break;
         }
-        std::thread::sleep(Duration::from_millis(300 + 700 * crash as u64));
+        // Aim: crash right after the target reports guest I/O in flight.
+        let addr = daemon.metrics_addr();
+        let _ = wait_for(Duration::from_secs(3), || {
+            try_series(&scrape(addr), INFLIGHT).is_some_and(|n| n > 0.0)
+        });
         let status = daemon.signal_and_wait(libc::SIGKILL);
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
         logs.push(daemon.log());
