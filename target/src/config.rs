@@ -770,6 +770,26 @@ fn io_message(e: &io::Error) -> String {
     }
 }
 
+/// Helpers for the section modules' tests: parse against this machine's
+/// online CPUs, and check that an error is one line.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Config, ConfigError};
+
+    /// Parses `text` as a whole config.
+    pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
+        let online = pollux_poller::cpu::online_cpus().unwrap();
+        Config::from_toml_str(text, &online)
+    }
+
+    /// Parses `text`, expects an error, checks it is one line and returns it.
+    pub(crate) fn err(text: &str) -> String {
+        let msg = parse(text).expect_err("rejected").to_string();
+        assert!(!msg.contains('\n'), "not one line: {msg:?}");
+        msg
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

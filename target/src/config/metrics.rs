@@ -52,19 +52,9 @@ pub(super) fn validate_metrics(raw: RawMetrics) -> Result<MetricsConfig, ConfigE
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, ConfigError};
+    use super::super::testing::{err, parse};
+    use super::super::Config;
     use super::MetricsConfig;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        let online = pollux_poller::cpu::online_cpus().unwrap();
-        Config::from_toml_str(text, &online)
-    }
-
-    fn err(text: &str) -> String {
-        let msg = parse(text).expect_err("rejected").to_string();
-        assert!(!msg.contains('\n'), "not one line: {msg:?}");
-        msg
-    }
 
     #[test]
     fn default_is_loopback_9469() {

@@ -235,12 +235,7 @@ pub(super) fn validate_nvmf(raw: RawNvmf, bdevs: &[BdevConfig]) -> Result<NvmfCo
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, ConfigError};
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        let online = pollux_poller::cpu::online_cpus().unwrap();
-        Config::from_toml_str(text, &online)
-    }
+    use super::super::testing::parse;
 
     fn sub(extra: &str) -> String {
         format!(

@@ -62,19 +62,9 @@ pub(super) fn validate_rpc(raw: RawRpc) -> Result<RpcConfig, ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, ConfigError};
+    use super::super::testing::{err, parse};
+    use super::super::Config;
     use super::RpcConfig;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        let online = pollux_poller::cpu::online_cpus().unwrap();
-        Config::from_toml_str(text, &online)
-    }
-
-    fn err(text: &str) -> String {
-        let msg = parse(text).expect_err("rejected").to_string();
-        assert!(!msg.contains('\n'), "not one line: {msg:?}");
-        msg
-    }
 
     #[test]
     fn default_is_var_tmp_pollux_sock() {

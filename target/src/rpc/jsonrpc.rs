@@ -65,6 +65,12 @@ pub fn params<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError>
     })
 }
 
+/// The params of a method that takes none: `{}` or absent, anything else
+/// is -32602 naming the unexpected field.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
 /// A parsed request.
 #[derive(Debug)]
 pub struct Request {

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::rpc::jsonrpc::{params, RpcError};
+use crate::rpc::jsonrpc::{params, NoParams, RpcError};
 use crate::rpc::Dispatcher;
 
 pub(super) fn register(d: &mut Dispatcher) {
@@ -17,10 +17,6 @@ pub(super) fn register(d: &mut Dispatcher) {
     d.register("framework_get_subsystems", framework_get_subsystems);
     d.register("framework_get_config", framework_get_config);
 }
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoParams {}
 
 fn spdk_get_version(_d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let NoParams {} = params(p)?;

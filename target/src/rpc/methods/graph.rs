@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::rpc::jsonrpc::{params, RpcError};
+use crate::rpc::jsonrpc::{params, NoParams, RpcError};
 use crate::rpc::Dispatcher;
 use pollux_graph::nodes::passthru::PassthruNode;
 
@@ -21,10 +21,6 @@ pub(super) fn register(d: &mut Dispatcher) {
         writer: |d| d.ctx.filters().clone(),
     });
 }
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoParams {}
 
 fn pollux_graph_get(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let NoParams {} = params(p)?;
