@@ -5,16 +5,24 @@
 //! `route_only`: the same resolution on a snapshot reference taken once,
 //! i.e. without the snapshot load. The difference is the price of RCU.
 //! `route_through_passthru`: resolution through one filter level.
+//! `submit_complete_write_null[_through_passthru]`: a whole I/O, from
+//! `submit` through pinning, the null node and the deferred completion to
+//! the sink that resubmits it, `QD` at a time (the loop's per-iteration
+//! cost is shared by the I/O of one iteration, as on a loaded reactor).
 //!
 //! Each sample runs on reactor 0 (the graph is only readable there) and
 //! reports the time measured on the reactor.
 
+use std::cell::Cell;
 use std::hint::black_box;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pollux_graph::nodes::{null::NullNode, passthru::PassthruNode};
-use pollux_graph::Graph;
+use pollux_graph::{AlignedBuf, Graph, Io, IoBuf, IoOp, IoResult, IoSink, RootId};
 use pollux_poller::{IdlePolicy, Reactor, Runtime, RuntimeConfig};
 
 fn bench(c: &mut Criterion) {
@@ -75,7 +83,67 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    for (name, root) in [
+        ("submit_complete_write_null", root),
+        ("submit_complete_write_null_through_passthru", root_pt),
+    ] {
+        let g = g.clone();
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| submit_loop(&rt, &g, root, iters))
+        });
+    }
     group.finish();
+}
+
+/// I/O in flight at once in the submit benchmarks.
+const QD: u64 = 32;
+
+/// Resubmits each completed I/O until `left` reaches zero, then reports
+/// the time since `start` once the last one is back.
+struct Chain {
+    graph: Arc<Graph>,
+    root: RootId,
+    left: Cell<u64>,
+    inflight: Cell<u64>,
+    start: Instant,
+    done: mpsc::Sender<Duration>,
+}
+
+impl IoSink for Chain {
+    fn io_done(&self, r: &Reactor, io: Io, result: IoResult) {
+        assert_eq!(result, Ok(()));
+        if self.left.get() > 0 {
+            self.left.set(self.left.get() - 1);
+            self.graph.snapshot(r).submit(r, self.root, io);
+            return;
+        }
+        self.inflight.set(self.inflight.get() - 1);
+        if self.inflight.get() == 0 {
+            let _ = self.done.send(self.start.elapsed());
+        }
+    }
+}
+
+fn submit_loop(rt: &Runtime, g: &Arc<Graph>, root: RootId, iters: u64) -> Duration {
+    let (tx, rx) = mpsc::channel();
+    let g = g.clone();
+    rt.handle().call(0, move |r: &Reactor| {
+        let qd = QD.min(iters.max(1));
+        let chain = Rc::new(Chain {
+            graph: g.clone(),
+            root,
+            left: Cell::new(iters.saturating_sub(qd)),
+            inflight: Cell::new(qd),
+            start: Instant::now(),
+            done: tx,
+        });
+        for tag in 0..qd {
+            let buf = IoBuf::Owned(AlignedBuf::zeroed(4096));
+            let io = Io::new(IoOp::Write, 0, 4096, buf, chain.clone(), tag);
+            g.snapshot(r).submit(r, root, io);
+        }
+    });
+    rx.recv().expect("the submit loop never finished")
 }
 
 criterion_group!(benches, bench);
