@@ -106,11 +106,16 @@ impl Path {
         };
         for slot in &mut self.nodes[..self.len] {
             let Some(p) = slot.take() else { continue };
-            // SAFETY: a node is freed only after it left the published graph,
-            // a grace period passed, and every reactor's `inflight` for it
-            // read zero (Graph::reclaim). This I/O incremented `inflight` on
-            // this reactor when it pinned the node and has not decremented it
-            // yet, so the node is alive.
+            // SAFETY: the node's only owners are the published snapshot and,
+            // while it drains, the writer (snapshots cannot be cloned or owned
+            // outside the graph, see `Snapshot`). The writer frees it only
+            // after it left the published graph, a grace period passed and
+            // every reactor's `inflight` for it read zero (`Graph::update`);
+            // `Graph`'s drop frees it only if `inflight` reads zero and leaks
+            // it otherwise. This I/O incremented `inflight` on this reactor
+            // (the only one that completes it: `Io` is not `Send`) when it
+            // pinned the node and has not decremented it yet, so the node is
+            // alive.
             let core = unsafe { p.as_ref() };
             let c = &core.counters[r.index()];
             if ok {

@@ -17,7 +17,7 @@ use crate::cell::{DynNode, NodeCell};
 use crate::io::{IoOp, MAX_DEPTH};
 use crate::latency::{self, LatencyHistogram};
 use crate::node::{BlockNode, Geometry};
-use crate::snapshot::{NodeEntry, NodeId, RootEntry, RootId, Snapshot};
+use crate::snapshot::{NodeEntry, NodeId, RootEntry, RootId, Snapshot, SnapshotGuard};
 
 /// Why a graph change was refused. Nothing was published then.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -183,7 +183,7 @@ impl Graph {
         latency::init_clock();
         Arc::new(Graph {
             handle: handle.clone(),
-            current: AtomicPtr::new(Box::into_raw(Box::default())),
+            current: AtomicPtr::new(Box::into_raw(Box::new(Snapshot::empty()))),
             writer: Mutex::new(()),
             counters: Counters::default(),
         })
@@ -201,26 +201,31 @@ impl Graph {
     /// # Panics
     /// If `r` belongs to another runtime (a caller bug).
     #[inline]
-    pub fn snapshot<'r>(&'r self, r: &'r Reactor) -> &'r Snapshot {
+    pub fn snapshot<'r>(&'r self, r: &'r Reactor) -> SnapshotGuard<'r> {
         assert_eq!(
             r.runtime_id(),
             self.handle.runtime_id(),
             "graph read from a reactor of another runtime"
         );
         let p = self.current.load(Ordering::Acquire);
-        // SAFETY: `p` came from Box::into_raw and is freed only by `publish`,
+        // SAFETY: `p` came from Box::into_raw and is freed only by `update`,
         // after `Handle::synchronize` saw every reactor of this runtime (the
-        // check above) pass a quiescent point following the swap. The reactor
-        // passes quiescent points only between callbacks, and the returned
-        // reference cannot outlive the `&Reactor` handed to this callback.
-        unsafe { &*p }
+        // check above) pass a quiescent point following the swap, or by
+        // `drop`, which `&'r self` rules out. The reactor passes quiescent
+        // points only between callbacks, `&Reactor` exists only inside one,
+        // and the guard borrows it: it cannot be cloned into an owned
+        // snapshot, stored past the callback or sent to another thread.
+        unsafe { SnapshotGuard::new(&*p, r) }
     }
 
     /// The current snapshot for the control plane, under the writer lock so
     /// it cannot be freed meanwhile.
     pub fn read<T>(&self, f: impl FnOnce(&Snapshot) -> T) -> T {
         let _w = self.lock();
-        // SAFETY: only writers free snapshots, and we hold the writer lock.
+        // SAFETY: only writers (holding the lock we hold) and `drop` (which
+        // `&self` rules out) free snapshots. `f` gets a borrow it cannot
+        // return (the lifetime is its own) nor turn into an owned snapshot
+        // (`Snapshot` is not `Clone`), so nothing of it outlives the lock.
         f(unsafe { &*self.current.load(Ordering::Acquire) })
     }
 
@@ -241,7 +246,7 @@ impl Graph {
         let old_ptr = self.current.load(Ordering::Acquire);
         // SAFETY: writers are serialized by `_w`; only writers free snapshots.
         let old = unsafe { &*old_ptr };
-        let mut next = old.clone();
+        let mut next = old.fork();
         let out = change(&mut next)?;
         validate(&next)?;
         next.generation = old.generation + 1;
@@ -268,9 +273,14 @@ impl Graph {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(grace.as_nanos() as u64);
-        // SAFETY: `old_ptr` came from Box::into_raw; it was unpublished before
-        // the grace period began, so no reactor still borrows it, and no other
-        // writer can free it (we hold the writer lock).
+        // SAFETY: `old_ptr` came from Box::into_raw and no other writer can
+        // free it (we hold the writer lock). Its only borrows are a reactor's
+        // `SnapshotGuard`, which lives inside one callback (it borrows the
+        // callback's `&Reactor`, and no owned copy of a snapshot can be made),
+        // and `read`'s, under the lock we hold. It was unpublished before the
+        // grace period began, and every reactor of this runtime has since
+        // passed a quiescent point, i.e. left the callback that could borrow
+        // it.
         drop(unsafe { Box::from_raw(old_ptr) });
         self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
 
@@ -523,7 +533,7 @@ impl Graph {
     pub fn shutdown(&self) {
         let _span = tracing::info_span!("graph_shutdown").entered();
         let _ = self.update(|s| {
-            *s = Snapshot::default();
+            *s = Snapshot::empty();
             Ok(())
         });
     }
@@ -533,13 +543,31 @@ impl Drop for Graph {
     fn drop(&mut self) {
         let p = *self.current.get_mut();
         // SAFETY: we own the graph exclusively (&mut self), so no reader or
-        // writer can still use the current snapshot; it came from into_raw.
+        // writer can still use the current snapshot (guards and `read` borrow
+        // the graph); it came from into_raw.
         let last = unsafe { Box::from_raw(p) };
         // Nodes still published at drop are closed too (their reactors are
-        // gone or the graph is unreachable from them).
+        // gone or the graph is unreachable from them), unless I/O is still in
+        // flight on them: that I/O's `Path` points at the node and writes
+        // its counters when it completes, and nothing can wait for it here
+        // (this may run on the reactor that will complete it). Such nodes are
+        // leaked instead of freed. The count read is final: every pin was
+        // made through a guard borrowing this graph, so before the last
+        // `Arc<Graph>` was dropped, which orders it before this drop.
         for (_, e) in last.live_nodes() {
-            if Arc::strong_count(&e.cell) == 1 {
+            if Arc::strong_count(&e.cell) != 1 {
+                continue;
+            }
+            let inflight = e.cell.core().inflight();
+            if inflight == 0 {
                 e.cell.close();
+            } else {
+                tracing::warn!(
+                    node = %e.cell.core().name,
+                    inflight,
+                    "graph dropped with I/O in flight; the node is leaked, not closed"
+                );
+                std::mem::forget(Arc::clone(&e.cell));
             }
         }
     }

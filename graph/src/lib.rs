@@ -25,4 +25,4 @@ pub use graph::{Graph, GraphError, GraphInfo, GraphStats, NodeInfo, NodeStats, R
 pub use io::{Io, IoError, IoOp, IoResult, IoSink};
 pub use latency::LatencyHistogram;
 pub use node::{BlockNode, Geometry};
-pub use snapshot::{NodeId, RootId, Snapshot};
+pub use snapshot::{NodeId, RootId, Snapshot, SnapshotGuard};

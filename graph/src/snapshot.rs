@@ -1,6 +1,7 @@
 //! An immutable version of the block graph, as the reactors see it.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use pollux_poller::Reactor;
@@ -34,7 +35,52 @@ pub(crate) struct RootEntry {
 
 /// One published version of the graph: nodes, parent→child edges and named
 /// roots. Never modified after publication.
-#[derive(Clone, Default)]
+///
+/// Nobody outside the graph can own one: it is neither `Clone` nor
+/// `Default`, and the graph hands out only borrows of it. The snapshot holds
+/// the nodes' `Arc`s, so an owned copy would keep nodes alive that the graph
+/// has drained and closed, and could route I/O to them after the I/O's
+/// `Path` pinned memory that the drain no longer accounts for. Reactors
+/// read it through a [`SnapshotGuard`], which also carries the only way in
+/// (`submit`); the control plane queries it inside [`Graph::read`].
+///
+/// A clone of the published snapshot does not compile:
+///
+/// ```compile_fail,E0277
+/// # use pollux_graph::{Graph, Snapshot};
+/// # use pollux_poller::Reactor;
+/// fn keep(g: &Graph, r: &Reactor) -> Snapshot {
+///     Clone::clone(&*g.snapshot(r))
+/// }
+/// ```
+///
+/// nor does one taken under the writer lock, or a made-up one:
+///
+/// ```compile_fail,E0277
+/// # use pollux_graph::{Graph, Snapshot};
+/// fn keep(g: &Graph) -> Snapshot {
+///     g.read(|s| Clone::clone(s))
+/// }
+/// ```
+///
+/// ```compile_fail,E0599
+/// let _ = pollux_graph::Snapshot::default();
+/// ```
+///
+/// while borrowing it for the length of the callback does:
+///
+/// ```
+/// # use pollux_graph::{Geometry, Graph, RootId};
+/// # use pollux_poller::Reactor;
+/// fn geometry(g: &Graph, r: &Reactor, root: RootId) -> Option<Geometry> {
+///     g.snapshot(r).root_geometry(root)
+/// }
+/// fn geometry_ctl(g: &Graph, root: RootId) -> Option<Geometry> {
+///     g.read(|s| s.root_geometry(root))
+/// }
+/// ```
+///
+/// [`Graph::read`]: crate::Graph::read
 pub struct Snapshot {
     pub(crate) generation: u64,
     pub(crate) nodes: Vec<Option<NodeEntry>>,
@@ -42,23 +88,103 @@ pub struct Snapshot {
     pub(crate) names: HashMap<String, NodeId>,
 }
 
-impl Snapshot {
-    /// Publication number of this version.
-    pub fn generation(&self) -> u64 {
-        self.generation
+/// A reactor's read of the published snapshot: what `Graph::snapshot`
+/// returns, valid until the callback that took it returns.
+///
+/// It borrows the `&Reactor` of that callback, and the reactor passes a
+/// quiescent point only between callbacks, so the snapshot it points at
+/// cannot be freed while it exists. It is not `Send` (nor is the reactor),
+/// it cannot be stored anywhere that outlives the callback, and it owns no
+/// node: an I/O submitted through it pins its nodes before the reactor's
+/// next quiescent point, which is what `Graph`'s drain waits for. It is
+/// only made for a reactor of the graph's own runtime, whose quiescent
+/// points the graph's grace periods wait for.
+///
+/// Kept for a later timer or poller, it does not compile:
+///
+/// ```compile_fail,E0521
+/// # use std::sync::Arc;
+/// # use std::time::Duration;
+/// # use pollux_graph::{Graph, Io, RootId};
+/// # use pollux_poller::Reactor;
+/// fn later(g: &Arc<Graph>, r: &Reactor, root: RootId, io: Io) {
+///     let s = g.snapshot(r);
+///     r.add_timer(Duration::from_millis(1), move |r| s.submit(r, root, io));
+/// }
+/// ```
+///
+/// nor sent to another thread:
+///
+/// ```compile_fail,E0277
+/// # use pollux_graph::Graph;
+/// # use pollux_poller::Reactor;
+/// fn send(g: &Graph, r: &Reactor) {
+///     let s = g.snapshot(r);
+///     std::thread::scope(|t| {
+///         t.spawn(move || s.generation());
+///     });
+/// }
+/// ```
+///
+/// and I/O cannot be submitted through the control plane's read, where
+/// nothing ties the reactor to the graph's runtime:
+///
+/// ```compile_fail,E0599
+/// # use pollux_graph::{Graph, Io, RootId};
+/// # use pollux_poller::Reactor;
+/// fn submit(g: &Graph, r: &Reactor, root: RootId, io: Io) {
+///     g.read(|s| s.submit(r, root, io));
+/// }
+/// ```
+///
+/// The intended use, fetching it again in each callback, compiles:
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use std::time::Duration;
+/// # use pollux_graph::{Graph, Io, RootId};
+/// # use pollux_poller::Reactor;
+/// fn later(g: &Arc<Graph>, r: &Reactor, root: RootId, io: Io) {
+///     let g = g.clone();
+///     r.add_timer(Duration::from_millis(1), move |r| g.snapshot(r).submit(r, root, io));
+/// }
+/// ```
+#[derive(Clone, Copy)]
+pub struct SnapshotGuard<'r> {
+    snap: &'r Snapshot,
+    /// Not `Send`/`Sync`: it stands for the reactor's read-side critical
+    /// section, which exists only on the reactor's thread.
+    _reactor: PhantomData<&'r Reactor>,
+}
+
+impl<'r> SnapshotGuard<'r> {
+    /// Wraps the published snapshot for reactor `r`.
+    ///
+    /// # Safety
+    /// `snap` must stay allocated for as long as `r` is borrowed: it is the
+    /// graph's published snapshot, or one unpublished after `r`'s last
+    /// quiescent point, and `r` belongs to the runtime whose grace periods
+    /// the graph waits for before freeing it.
+    #[inline]
+    pub(crate) unsafe fn new(snap: &'r Snapshot, _r: &'r Reactor) -> Self {
+        SnapshotGuard {
+            snap,
+            _reactor: PhantomData,
+        }
     }
 
     /// Routes `io` from `root` down to a leaf and starts it there. Any
     /// failure completes the I/O with an error; it never panics.
     #[inline]
     pub fn submit(&self, r: &Reactor, root: RootId, mut io: Io) {
+        let s = self.snap;
         io.submitted = crate::latency::now_raw();
-        let Some(mut id) = self.root_node(root) else {
+        let Some(mut id) = s.root_node(root) else {
             io.complete_later(r, Err(IoError::NoDevice));
             return;
         };
         loop {
-            let Some(entry) = self.entry(id) else {
+            let Some(entry) = s.entry(id) else {
                 io.complete_later(r, Err(IoError::NoDevice));
                 return;
             };
@@ -85,6 +211,43 @@ impl Snapshot {
                 },
             }
         }
+    }
+}
+
+impl std::ops::Deref for SnapshotGuard<'_> {
+    type Target = Snapshot;
+
+    #[inline]
+    fn deref(&self) -> &Snapshot {
+        self.snap
+    }
+}
+
+impl Snapshot {
+    /// The empty graph (generation 0).
+    pub(crate) fn empty() -> Snapshot {
+        Snapshot {
+            generation: 0,
+            nodes: Vec::new(),
+            roots: Vec::new(),
+            names: HashMap::new(),
+        }
+    }
+
+    /// A copy for the writer to change and publish as the next version.
+    /// Not `Clone`: see the type's documentation.
+    pub(crate) fn fork(&self) -> Snapshot {
+        Snapshot {
+            generation: self.generation,
+            nodes: self.nodes.clone(),
+            roots: self.roots.clone(),
+            names: self.names.clone(),
+        }
+    }
+
+    /// Publication number of this version.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     #[inline]
