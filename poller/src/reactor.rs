@@ -170,7 +170,9 @@ impl Reactor {
         )
     }
 
-    /// Cancels a timer; false if it already ran or was cancelled.
+    /// Cancels a timer; false if it already ran or was cancelled. A periodic
+    /// timer may cancel itself from its own callback: it does not run again,
+    /// whatever the callback returns.
     pub fn cancel_timer(&self, id: TimerId) -> bool {
         self.timers.borrow_mut().cancel(id)
     }
@@ -306,13 +308,13 @@ impl Reactor {
             match f {
                 TimerFn::Once(f) => f(self),
                 TimerFn::Periodic(period, mut f) => {
-                    if f(self) {
-                        self.timers.borrow_mut().rearm(
-                            id,
-                            now + period,
-                            TimerFn::Periodic(period, f),
-                        );
-                    }
+                    // The callback may cancel its own timer (cancel_timer
+                    // marks it while it runs): finish_periodic then drops it
+                    // even if the callback returns true.
+                    let again = f(self);
+                    self.timers
+                        .borrow_mut()
+                        .finish_periodic(id, again, now + period, period, f);
                 }
             }
         }

@@ -107,6 +107,46 @@ fn timers_fire_in_deadline_order_and_cancel() {
     );
 }
 
+/// A periodic timer that cancels itself from its callback does not run
+/// again, although the callback returns true. Checked by ordering, not by
+/// waiting: a one-shot timer armed for five periods later, on the same
+/// reactor, fires after any re-armed run would have (timers fire in
+/// deadline order).
+#[test]
+fn periodic_timer_cancels_itself_from_its_callback() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    const PERIOD: Duration = Duration::from_millis(2);
+    let rt = Runtime::start(RuntimeConfig::new(cores(1), adaptive())).unwrap();
+    let (tx, rx) = mpsc::channel();
+    rt.handle()
+        .send(0, move |r: &Reactor| {
+            let me = Rc::new(Cell::new(None));
+            let runs = Rc::new(Cell::new(0u32));
+            let (me2, runs2) = (me.clone(), runs.clone());
+            let id = r.add_periodic(PERIOD, move |r| {
+                runs2.set(runs2.get() + 1);
+                if runs2.get() == 2 {
+                    let cancelled = r.cancel_timer(me2.get().expect("id set before the first run"));
+                    let (tx, runs) = (tx.clone(), runs2.clone());
+                    r.add_timer(PERIOD * 5, move |_| {
+                        tx.send((cancelled, runs.get())).unwrap();
+                    });
+                }
+                true
+            });
+            me.set(Some(id));
+        })
+        .unwrap();
+    let (cancelled, runs) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        cancelled,
+        "cancel_timer from the callback reported nothing to cancel"
+    );
+    assert_eq!(runs, 2, "the timer ran again after cancelling itself");
+}
+
 #[test]
 fn pollers_run_until_unregistered() {
     let rt = Runtime::start(RuntimeConfig::new(cores(1), IdlePolicy::Poll)).unwrap();
