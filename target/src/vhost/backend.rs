@@ -9,9 +9,9 @@
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use pollux_poller::Handle;
+use pollux_poller::{Handle, Reactor};
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
     VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
@@ -35,6 +35,12 @@ const MAX_QUEUE_SIZE: u32 = 32768;
 /// before the control thread gives up waiting (the queue still drains and
 /// removes itself later). Generous: a file bdev may be slow to flush.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a running queue's reactor may take to switch to a new memory
+/// map or call fd. The message runs at the reactor's next loop iteration
+/// (an idle reactor is woken by it), microseconds away; only a wedged
+/// reactor misses this, and then the front-end is refused rather than the
+/// control thread left waiting for ever.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Session numbers, so queues of a new connection never collide with a
 /// previous connection's queues still draining on a reactor.
@@ -245,21 +251,71 @@ impl Session {
         }
     }
 
-    /// Hands the current memory map to every running queue.
+    /// Hands the current memory map to every running queue, and returns
+    /// only once each queue's reactor has switched to it: the reply to
+    /// SET_MEM_TABLE / ADD_MEM_REG / REM_MEM_REG (REPLY_ACK) goes out after
+    /// this, and a front-end may put requests into the new memory as soon
+    /// as it has that reply (libblkio does, right after mapping a buffer).
     fn publish_mem(&mut self) -> VuResult<()> {
         self.snapshot = self
             .mem
             .snapshot()
             .map_err(|e| handler_err(e.to_string()))?;
+        let mut applied = Applied::new();
         for i in 0..self.vrings.len() {
             if self.vrings[i].started {
                 let (key, mem) = (self.key(i), self.snapshot.clone());
-                self.dev
-                    .handle
-                    .send_blocking(self.dev.queue_reactors[i], move |r| {
-                        queue::update_mem(r, key, mem)
-                    });
+                applied.send(&self.dev, i, move |r| queue::update_mem(r, key, mem));
             }
+        }
+        applied.wait("memory map")
+    }
+}
+
+/// Changes sent to the reactors of running rings, acknowledged to the
+/// front-end only once every one of them has run: a message only queues
+/// the change, and the queue's poller may go on parsing requests with what
+/// it had (another iteration, or a whole batch if the reactor's thread is
+/// preempted) until its reactor drains its inbox.
+struct Applied {
+    done: mpsc::Sender<()>,
+    ran: mpsc::Receiver<()>,
+    sent: usize,
+}
+
+impl Applied {
+    fn new() -> Applied {
+        let (done, ran) = mpsc::channel();
+        Applied { done, ran, sent: 0 }
+    }
+
+    /// Sends `change` to the reactor of ring `i`.
+    fn send(&mut self, dev: &DeviceCtl, i: usize, change: impl FnOnce(&Reactor) + Send + 'static) {
+        let done = self.done.clone();
+        dev.handle.send_blocking(dev.queue_reactors[i], move |r| {
+            change(r);
+            let _ = done.send(());
+        });
+        self.sent += 1;
+    }
+
+    /// Waits until every change sent has run. A reactor that does not get
+    /// to it in time (or stops, dropping the message) fails the vhost-user
+    /// message, which disconnects the front-end rather than hang its
+    /// control thread.
+    fn wait(self, what: &str) -> VuResult<()> {
+        let Applied { done, ran, sent } = self;
+        // Only the messages' clones are left: a message dropped unrun (the
+        // runtime stopping) ends the wait at once, not at the deadline.
+        drop(done);
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        for _ in 0..sent {
+            let left = deadline.saturating_duration_since(Instant::now());
+            ran.recv_timeout(left).map_err(|_| {
+                handler_err(format!(
+                    "a queue's reactor did not switch to the new {what} within {APPLY_TIMEOUT:?}"
+                ))
+            })?;
         }
         Ok(())
     }
@@ -367,11 +423,13 @@ impl VhostUserBackendReqHandlerMut for Session {
                 None => None,
             };
             let key = self.key(i);
-            self.dev
-                .handle
-                .send_blocking(self.dev.queue_reactors[i], move |r| {
-                    queue::update_call(r, key, call)
-                });
+            // Acknowledged only once the queue signals the new fd: QEMU
+            // masks a vector by switching fds, and on unmask switches back
+            // and then checks the masked fd for interrupts sent meanwhile;
+            // one sent to it after that check would be lost.
+            let mut applied = Applied::new();
+            applied.send(&self.dev, i, move |r| queue::update_call(r, key, call));
+            applied.wait("call fd")?;
         }
         self.vrings[i].call = fd;
         Ok(())
@@ -527,5 +585,165 @@ impl VhostUserBackendReqHandlerMut for Session {
 
     fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VuResult<()> {
         Err(VuError::InvalidOperation("dirty logging is not supported"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The ordering the front-end relies on: a reply to a message that
+    //! changes what a running queue uses is sent only once the queue's
+    //! reactor has switched. Each test holds the reactor in a message of
+    //! its own, so the change cannot run before the test lets it: the
+    //! handler must not have returned (and so the reply must not have gone
+    //! out) while it is held.
+
+    use std::sync::mpsc::RecvTimeoutError;
+
+    use pollux_graph::nodes::null::NullNode;
+    use pollux_graph::Graph;
+    use pollux_poller::{IdlePolicy, Runtime, RuntimeConfig};
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+    use super::*;
+    use crate::vhost::queue::current_mem;
+
+    /// Guest address and front-end address of the ring region, and of the
+    /// buffer region added once the ring runs (libblkio's order).
+    const RING_GPA: u64 = 0x1_0000;
+    const RING_VA: u64 = 0x7f00_0000_0000;
+    const BUF_GPA: u64 = 0x10_0000;
+    const REGION: u64 = 64 << 10;
+    const RING_SIZE: u32 = 16;
+    /// How long the reactor is held: if the handler returns within it, it
+    /// returned without waiting for the reactor.
+    const HOLD: Duration = Duration::from_millis(300);
+
+    fn region_file() -> File {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(REGION).unwrap();
+        f
+    }
+
+    /// A session on one adaptive reactor with ring 0 of a null device
+    /// running, its rings in the region at RING_GPA.
+    fn running_session() -> (Runtime, Session) {
+        let rt = Runtime::start(RuntimeConfig::new(
+            vec![0],
+            IdlePolicy::Adaptive {
+                idle_after: Duration::from_micros(200),
+            },
+        ))
+        .unwrap();
+        let graph = Graph::new(rt.handle());
+        graph
+            .add_node("null0", NullNode::new(1 << 20, 512), &[])
+            .unwrap();
+        let root = graph.add_root("vhost-blk:test", "null0").unwrap();
+        let dev = Arc::new(DeviceCtl {
+            info: Arc::new(DeviceInfo {
+                name: "test".into(),
+                graph,
+                root,
+                serial: [0; 20],
+                writeback: std::sync::atomic::AtomicBool::new(true),
+                adaptive: true,
+            }),
+            handle: rt.handle().clone(),
+            num_queues: 1,
+            queue_reactors: vec![0],
+            limits: Limits {
+                capacity_sectors: 2048,
+                block_size: 512,
+                seg_max: 126,
+                size_max: 1 << 20,
+                max_dwz_sectors: 1 << 16,
+                max_dwz_seg: 1,
+                readonly: false,
+                indirect: false,
+            },
+            opt_io_bytes: 512,
+        });
+        let mut s = Session::new(dev);
+        s.set_features(f::VERSION_1 | f::PROTOCOL_FEATURES).unwrap();
+        let ring = VhostUserSingleMemoryRegion::new(RING_GPA, REGION, RING_VA, 0);
+        s.add_mem_region(&ring, region_file(), None).unwrap();
+        s.set_vring_num(0, RING_SIZE).unwrap();
+        // Descriptor table, then the avail and used rings, in one page.
+        let flags = VhostUserVringAddrFlags::empty();
+        s.set_vring_addr(0, flags, RING_VA, RING_VA + 0x400, RING_VA + 0x200, 0)
+            .unwrap();
+        s.set_vring_kick(0, None).unwrap();
+        s.set_vring_enable(0, true).unwrap();
+        assert_eq!(s.started_queues(), 1);
+        (rt, s)
+    }
+
+    /// Holds reactor 0 in a message until the returned sender is dropped.
+    fn hold_reactor(rt: &Runtime) -> mpsc::Sender<()> {
+        let (release, held) = mpsc::channel::<()>();
+        rt.handle().send_blocking(0, move |_| {
+            let _ = held.recv();
+        });
+        release
+    }
+
+    /// Runs `change` on the session in another thread while reactor 0 is
+    /// held; checks it is still waiting when the hold ends, then that it
+    /// returns Ok once the reactor ran. Gives the session back.
+    fn change_waits_for_reactor(
+        rt: &Runtime,
+        s: Session,
+        change: impl FnOnce(&mut Session) -> VuResult<()> + Send + 'static,
+    ) -> Session {
+        let release = hold_reactor(rt);
+        let (done_tx, done) = mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let mut s = s;
+            let r = change(&mut s);
+            let _ = done_tx.send(r.is_ok());
+            s
+        });
+        assert_eq!(
+            done.recv_timeout(HOLD),
+            Err(RecvTimeoutError::Timeout),
+            "the handler returned (its reply would be sent) before the queue's reactor \
+             switched to the change"
+        );
+        drop(release);
+        assert_eq!(done.recv_timeout(APPLY_TIMEOUT), Ok(true));
+        t.join().unwrap()
+    }
+
+    #[test]
+    fn add_mem_region_is_answered_after_the_running_queue_switched() {
+        let (rt, s) = running_session();
+        let buf = VhostUserSingleMemoryRegion::new(BUF_GPA, REGION, RING_VA + REGION, 0);
+        let s = change_waits_for_reactor(&rt, s, move |s| {
+            s.add_mem_region(&buf, region_file(), None).map(|_| ())
+        });
+        let key = s.key(0);
+        let mem = rt
+            .handle()
+            .call(0, move |r| current_mem(r, key))
+            .expect("queue 0 runs");
+        assert!(
+            mem.address_in_range(GuestAddress(BUF_GPA)),
+            "the running queue parses with a map that lacks the added region"
+        );
+
+        // Removing it is ordered the same way.
+        let mut s = change_waits_for_reactor(&rt, s, move |s| s.remove_mem_region(&buf));
+        let mem = rt.handle().call(0, move |r| current_mem(r, key)).unwrap();
+        assert!(!mem.address_in_range(GuestAddress(BUF_GPA)));
+        s.shutdown();
+    }
+
+    #[test]
+    fn set_vring_call_is_answered_after_the_running_queue_switched() {
+        let (rt, s) = running_session();
+        let call: File = tempfile::tempfile().unwrap();
+        let mut s = change_waits_for_reactor(&rt, s, move |s| s.set_vring_call(0, Some(call)));
+        assert!(s.vrings[0].call.is_some());
+        s.shutdown();
     }
 }

@@ -3,7 +3,9 @@
 //! The control thread builds a [`QueueSetup`] and sends it to the queue's
 //! reactor ([`start`]); from then on only that reactor touches the ring.
 //! Later control messages (new memory map, new call fd, stop) find the queue
-//! in the reactor's [`Registry`] by [`QueueKey`]. Guest memory is held per
+//! in the reactor's [`Registry`] by [`QueueKey`]; the control thread waits
+//! for each to have run before it answers the front-end, which may use the
+//! change as soon as it has the answer. Guest memory is held per
 //! queue as an `Rc` of the session's current map: each request keeps a clone
 //! of the `Rc` it was parsed with (in its slot and in its `IoBuf::raw`), so
 //! a remap (new map by message) never unmaps memory an in-flight I/O uses,
@@ -274,6 +276,12 @@ pub fn update_mem(r: &Reactor, key: QueueKey, mem: Arc<GuestMemoryMmap>) {
     if let Some(q) = find(r, key) {
         q.st.borrow_mut().mem = Rc::new(mem);
     }
+}
+
+/// The memory map a queue parses new requests with.
+#[cfg(test)]
+pub fn current_mem(r: &Reactor, key: QueueKey) -> Option<Arc<GuestMemoryMmap>> {
+    find(r, key).map(|q| Arc::clone(&q.st.borrow().mem))
 }
 
 /// Replaces a queue's call fd (QEMU does this when it masks interrupts).
