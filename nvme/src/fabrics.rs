@@ -102,6 +102,19 @@ impl Nqn {
         a[..b.len()].copy_from_slice(b);
         Ok(Nqn(a))
     }
+    /// The empty field (all zeroes): what a host without a host NQN sends
+    /// (SPDK's initiator when its transport ID names no `hostnqn`).
+    pub const EMPTY: Nqn = Nqn([0; 256]);
+
+    /// The wire field for `s`: an NQN as [`Nqn::new`] checks it, or the
+    /// empty field for `""`.
+    pub fn field(s: &str) -> Result<Self, ParseError> {
+        if s.is_empty() {
+            Ok(Nqn::EMPTY)
+        } else {
+            Nqn::new(s)
+        }
+    }
     /// Wraps a wire field as received (validated lazily by [`Nqn::as_str`]).
     pub const fn from_raw(raw: [u8; 256]) -> Self {
         Nqn(raw)
@@ -110,11 +123,14 @@ impl Nqn {
     pub const fn raw(&self) -> &[u8; 256] {
         &self.0
     }
-    /// The name up to the first NUL; errors if there is none within the
-    /// 223-byte limit, if empty, or if not UTF-8.
+    /// The name up to the first NUL, which may be empty (an all-zero
+    /// field is a well-formed "no NQN": the Linux and SPDK targets accept
+    /// it, and it can only ever match "any host"). Errors if the field is
+    /// unterminated, if the NUL comes after the 223-byte limit, or if the
+    /// name is not UTF-8.
     pub fn as_str(&self) -> Result<&str, ParseError> {
         let end = self.0.iter().position(|&b| b == 0).ok_or(ParseError::Nqn)?;
-        if end == 0 || end > NQN_MAX_LEN {
+        if end > NQN_MAX_LEN {
             return Err(ParseError::Nqn);
         }
         core::str::from_utf8(&self.0[..end]).map_err(|_| ParseError::Nqn)
@@ -136,7 +152,8 @@ pub struct ConnectCmd {
     pub qid: u16,
     /// Submission queue size, 0-based.
     pub sqsize: u16,
-    /// Connect attributes (bit 2: I/O queue type; bits 1:0 priority).
+    /// Connect attributes (bit 2: SQ flow control disable, see
+    /// [`ConnectCmd::CATTR_SQ_FLOW_DISABLE`]; bits 1:0 priority class).
     pub cattr: u8,
     /// Keep alive timeout in milliseconds (admin queue only).
     pub kato: u32,
@@ -155,6 +172,11 @@ impl ConnectCmd {
     pub const CATTR_OFFSET: u16 = 46;
     /// Byte offset of KATO.
     pub const KATO_OFFSET: u16 = 48;
+    /// CATTR bit 2 (NVMe-oF 1.1, Linux NVME_CONNECT_DISABLE_SQFLOW): the
+    /// host disables SQ flow control on this queue, so completions need
+    /// not carry SQHD (and NVMe/TCP may then complete reads by C2HData
+    /// SUCCESS alone).
+    pub const CATTR_SQ_FLOW_DISABLE: u8 = 1 << 2;
 
     /// Decodes a Connect SQE.
     pub fn parse(sqe: &Sqe) -> Result<Self, ParseError> {
@@ -761,7 +783,17 @@ mod tests {
         assert!(Nqn::new(&"a".repeat(223)).is_ok());
         assert!(Nqn::new("a\0b").is_err());
         assert!(Nqn::from_raw([b'a'; 256]).as_str().is_err());
-        assert!(Nqn::from_raw([0; 256]).as_str().is_err());
+        // Empty is well-formed on the wire, never as a name to build.
+        assert_eq!(Nqn::from_raw([0; 256]).as_str(), Ok(""));
+        assert_eq!(Nqn::field(""), Ok(Nqn::EMPTY));
+        assert!(Nqn::field("nqn.a").unwrap().eq_str("nqn.a"));
+        // Terminated at the last allowed byte, and one past it.
+        let mut raw = [b'a'; 256];
+        raw[NQN_MAX_LEN] = 0;
+        assert_eq!(Nqn::from_raw(raw).as_str().map(str::len), Ok(NQN_MAX_LEN));
+        raw[NQN_MAX_LEN] = b'a';
+        raw[NQN_MAX_LEN + 1] = 0;
+        assert!(Nqn::from_raw(raw).as_str().is_err());
         assert!(Nqn::new(DISCOVERY_NQN).unwrap().eq_str(DISCOVERY_NQN));
     }
 

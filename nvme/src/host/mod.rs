@@ -64,6 +64,8 @@ pub struct Controller {
     cntlid: u16,
     /// Identify Controller data.
     pub identify: IdentifyController,
+    /// The CAP property read at connect.
+    pub cap: crate::fabrics::Cap,
 }
 
 impl Controller {
@@ -76,8 +78,10 @@ impl Controller {
             admin,
             cntlid,
             identify: IdentifyController::default(),
+            cap: crate::fabrics::Cap(0),
         };
         let cap = crate::fabrics::Cap(c.get_property(property::CAP, PropertySize::Eight)?);
+        c.cap = cap;
         let cc = Cc(0).with_en(1).with_iosqes(6).with_iocqes(4);
         c.set_property(property::CC, PropertySize::Four, u64::from(cc.0))?;
         // CAP.TO is in 500 ms units.

@@ -33,7 +33,8 @@ pub struct HostConfig {
     pub addr: SocketAddr,
     /// Subsystem NQN.
     pub subnqn: String,
-    /// Host NQN.
+    /// Host NQN; empty sends an all-zero HOSTNQN field, as SPDK's
+    /// initiator does when its transport ID names no `hostnqn`.
     pub hostnqn: String,
     /// Host identifier.
     pub hostid: [u8; 16],
@@ -45,6 +46,10 @@ pub struct HostConfig {
     pub kato: Duration,
     /// How long to wait for any single blocking step.
     pub timeout: Duration,
+    /// Disable SQ flow control on every queue (Connect CATTR bit 2, nvme-cli
+    /// `--disable-sqflow`). Only then may the controller complete a read
+    /// by a C2HData PDU with SUCCESS instead of a CapsuleResp.
+    pub disable_sqflow: bool,
 }
 
 impl HostConfig {
@@ -59,6 +64,7 @@ impl HostConfig {
             ddgst: false,
             kato: Duration::from_secs(30),
             timeout: Duration::from_secs(10),
+            disable_sqflow: false,
         }
     }
 }
@@ -110,6 +116,10 @@ pub struct QueuePair {
     rxbuf: Vec<u8>,
     rxlen: usize,
     completed: Vec<Completion>,
+    /// SQ flow control was disabled at Connect.
+    sqflow_disabled: bool,
+    /// Commands completed by a C2HData SUCCESS flag (no CapsuleResp).
+    c2h_success: u64,
 }
 
 impl QueuePair {
@@ -141,6 +151,8 @@ impl QueuePair {
             rxbuf: vec![0; (MAX_C2H_DATA as usize) + 4096],
             rxlen: 0,
             completed: Vec::new(),
+            sqflow_disabled: cfg.disable_sqflow,
+            c2h_success: 0,
         };
         qp.initialize(cfg)?;
         qp.stream.set_nonblocking(true)?;
@@ -149,7 +161,11 @@ impl QueuePair {
             recfmt: 0,
             qid,
             sqsize: queue_size.saturating_sub(1),
-            cattr: 0,
+            cattr: if cfg.disable_sqflow {
+                ConnectCmd::CATTR_SQ_FLOW_DISABLE
+            } else {
+                0
+            },
             kato: if qid == 0 {
                 cfg.kato.as_millis().min(u32::MAX as u128) as u32
             } else {
@@ -161,7 +177,7 @@ impl QueuePair {
             hostid: cfg.hostid,
             cntlid,
             subnqn: Nqn::new(&cfg.subnqn)?,
-            hostnqn: Nqn::new(&cfg.hostnqn)?,
+            hostnqn: Nqn::field(&cfg.hostnqn)?,
         };
         // Connect data always travels in-capsule (Fabrics requires at least
         // 1024 bytes of in-capsule space for it on every queue).
@@ -191,6 +207,11 @@ impl QueuePair {
     /// Commands submitted and not yet completed.
     pub fn outstanding(&self) -> usize {
         self.outstanding
+    }
+
+    /// Commands the controller completed by C2HData SUCCESS alone.
+    pub fn c2h_success_count(&self) -> u64 {
+        self.c2h_success
     }
 
     /// Free command slots.
@@ -379,6 +400,15 @@ impl QueuePair {
                 p.data[o..o + l].copy_from_slice(data);
                 p.received += l as u64;
                 if success {
+                    // Without SQHD the host cannot track the SQ head, so the
+                    // spec allows SUCCESS only on queues that disabled SQ
+                    // flow control: anything else is a controller bug.
+                    if !self.sqflow_disabled {
+                        return Err(HostError::Protocol(format!(
+                            "C2HData SUCCESS for command {cid} while SQ flow control is enabled"
+                        )));
+                    }
+                    self.c2h_success += 1;
                     let mut cqe = Cqe::new(hdr.cccid, Status::SUCCESS);
                     cqe.set_sqid(self.qid);
                     self.complete(cqe)?;

@@ -26,13 +26,10 @@ use super::conn::Conn;
 use super::controller::{Controller, CtrlKind};
 use super::request::ReqState;
 use super::subsystem::discovery_log;
-use super::{ADMIN_QUEUE_DEPTH, IN_CAPSULE_DATA, MAX_IO_QUEUES, MAX_QUEUE_DEPTH, MDTS};
 
 /// Reported NVMe version: 1.4, so hosts use only the Identify CNS values
 /// this target implements (00h-03h, no I/O command set CNS).
 const NVME_VERSION: u32 = fabrics::version(1, 4, 0);
-/// Keep Alive Support granularity in 100 ms units: 1 s.
-const KAS: u16 = 10;
 /// Outstanding AERs accepted (AERL is 0-based): Linux sends one, SPDK up
 /// to four.
 const AER_LIMIT: usize = 4;
@@ -41,9 +38,6 @@ const ABORT_LIMIT: u8 = 4;
 /// CAP.TO in 500 ms units: how long a host waits for CSTS.RDY. Ours flips
 /// at once; 15 s is what Linux's own target reports.
 const CAP_TIMEOUT: u8 = 30;
-/// Bytes of one SQE, for IOCCSZ (which counts the SQE plus in-capsule data
-/// in 16-byte units).
-const SQE_LEN: u32 = 64;
 /// Model number of discovery controllers.
 const DISCOVERY_MODEL: &str = "Pollux Discovery";
 
@@ -60,7 +54,14 @@ impl Conn {
         let res = self.connect(r, slot);
         let req = &mut self.reqs[slot as usize];
         match res {
-            Ok(cntlid) => req.dw0 = fabrics::connect_success_dw0(cntlid),
+            Ok(cntlid) => {
+                req.dw0 = fabrics::connect_success_dw0(cntlid);
+                // Connect was entry 0 of the queue it created (SQSIZE was
+                // unknown when it arrived): the head is now past it.
+                if !self.sqflow_disabled {
+                    self.sqhd = 1;
+                }
+            }
             Err((status, dw0)) => {
                 req.dw0 = dw0;
                 req.fail(status);
@@ -84,20 +85,19 @@ impl Conn {
             .as_str()
             .map_err(|_| invalid_param(ConnectData::SUBNQN_OFFSET, true))?
             .to_owned();
+        // An empty HOSTNQN (all zeroes: SPDK's initiator without a
+        // `hostnqn`) is well-formed, as the Linux and SPDK targets take it;
+        // it only ever passes "any host". Unterminated or oversized fields
+        // are refused here.
         let hostnqn = data
             .hostnqn
             .as_str()
             .map_err(|_| invalid_param(ConnectData::HOSTNQN_OFFSET, true))?
             .to_owned();
-        let max_depth = if cmd.qid == 0 {
-            ADMIN_QUEUE_DEPTH.max(MAX_QUEUE_DEPTH)
-        } else {
-            MAX_QUEUE_DEPTH
-        };
-        // SQSIZE is 0-based and a queue needs at least two entries.
-        if cmd.sqsize == 0 || u32::from(cmd.sqsize) + 1 > max_depth {
-            tracing::warn!(peer = %self.peer, sqsize = cmd.sqsize, "nvmf: Connect with bad SQSIZE");
-            return Err(invalid_param(fabrics::ConnectCmd::SQSIZE_OFFSET, false));
+        // The admin queue's limits come from the options this connection
+        // took; an I/O queue's from its controller's (checked below).
+        if cmd.qid == 0 {
+            self.check_sqsize(cmd.sqsize, self.opts.max_aq_depth)?;
         }
         let kind = if subnqn == DISCOVERY_NQN {
             if cmd.qid != 0 {
@@ -124,15 +124,20 @@ impl Conn {
             if data.cntlid != ConnectData::CNTLID_DYNAMIC && data.cntlid != 0xFFFE {
                 return Err(invalid_param(ConnectData::CNTLID_OFFSET, true));
             }
-            let created =
-                self.shared
-                    .controllers()
-                    .create(kind, hostnqn.clone(), data.hostid, cmd.kato);
+            let kato = self.opts.kato(cmd.kato);
+            let created = self.shared.controllers().create(
+                kind,
+                hostnqn.clone(),
+                data.hostid,
+                kato,
+                self.opts.clone(),
+            );
             let Some(ctrl) = created else {
                 return Err((Status::CONNECT_CONTROLLER_BUSY, 0));
             };
             tracing::info!(peer = %self.peer, cntlid = ctrl.cntlid, subnqn, hostnqn,
-                kato_ms = cmd.kato, "nvmf: controller created");
+                kato_ms = kato, "nvmf: controller created");
+            self.sqflow_disabled = cmd.cattr & fabrics::ConnectCmd::CATTR_SQ_FLOW_DISABLE != 0;
             self.start_keep_alive(r, &ctrl);
             self.qid = Some(0);
             self.sqsize = cmd.sqsize;
@@ -144,16 +149,27 @@ impl Conn {
         let Some(ctrl) = self.shared.controllers().get(data.cntlid) else {
             return Err(invalid_param(ConnectData::CNTLID_OFFSET, true));
         };
-        let same_sub = ctrl.subsystem().is_some_and(|s| s.nqn == subnqn);
-        if !same_sub || ctrl.hostnqn != hostnqn || ctrl.is_dead() {
+        if ctrl.is_dead() {
             return Err(invalid_param(ConnectData::CNTLID_OFFSET, true));
         }
+        // Each field that disagrees with the admin queue's is named, as
+        // SPDK does; an empty HOSTNQN matches only an empty one.
+        if ctrl.subsystem().is_none_or(|s| s.nqn != subnqn) {
+            return Err(invalid_param(ConnectData::SUBNQN_OFFSET, true));
+        }
+        if ctrl.hostnqn != hostnqn {
+            tracing::warn!(peer = %self.peer, cntlid = ctrl.cntlid, hostnqn, "nvmf: I/O queue Connect with another HOSTNQN");
+            return Err(invalid_param(ConnectData::HOSTNQN_OFFSET, true));
+        }
+        self.check_sqsize(cmd.sqsize, ctrl.opts.max_queue_depth)?;
         {
             let mut st = ctrl.state();
             if !(st.cc.enabled() && st.csts.rdy() == 1) {
                 return Err(invalid_param(ConnectData::CNTLID_OFFSET, true));
             }
-            let max_qid = st.nq_granted.map_or(MAX_IO_QUEUES, |g| g.saturating_add(1));
+            let max_qid = st
+                .nq_granted
+                .map_or(io_queues(&ctrl), |g| g.saturating_add(1));
             if cmd.qid > max_qid || st.io_qids.contains(&cmd.qid) {
                 tracing::warn!(peer = %self.peer, qid = cmd.qid, max_qid, "nvmf: Connect with bad QID");
                 return Err(invalid_param(fabrics::ConnectCmd::QID_OFFSET, false));
@@ -161,12 +177,26 @@ impl Conn {
             st.io_qids.push(cmd.qid);
         }
         tracing::debug!(peer = %self.peer, cntlid = ctrl.cntlid, qid = cmd.qid, depth, "nvmf: I/O queue connected");
+        self.sqflow_disabled = cmd.cattr & fabrics::ConnectCmd::CATTR_SQ_FLOW_DISABLE != 0;
+        // The queue follows its controller: the in-capsule size and MDTS
+        // that Identify reported.
+        self.opts = ctrl.opts.clone();
+        self.set_in_capsule_limit(ctrl.opts.in_capsule_data_size);
         self.qid = Some(cmd.qid);
         self.sqsize = cmd.sqsize;
         self.set_queue_depth(depth);
         let cntlid = ctrl.cntlid;
         self.ctrl = Some(ctrl);
         Ok(cntlid)
+    }
+
+    /// SQSIZE is 0-based and a queue needs at least two entries.
+    fn check_sqsize(&self, sqsize: u16, max_depth: u32) -> Result<(), (Status, u32)> {
+        if sqsize == 0 || u32::from(sqsize) + 1 > max_depth {
+            tracing::warn!(peer = %self.peer, sqsize, max_depth, "nvmf: Connect with bad SQSIZE");
+            return Err(invalid_param(fabrics::ConnectCmd::SQSIZE_OFFSET, false));
+        }
+        Ok(())
     }
 
     /// KATO enforcement: a timer on this (the admin queue's) reactor tears
@@ -277,7 +307,7 @@ impl Conn {
                 let value: u64 = match p.offset {
                     property::CAP => {
                         Cap(0)
-                            .with_mqes((MAX_QUEUE_DEPTH - 1) as u16)
+                            .with_mqes((ctrl.opts.max_queue_depth - 1) as u16)
                             .with_cqr(1)
                             .with_to(CAP_TIMEOUT)
                             .with_css(CAP_CSS_NVM)
@@ -387,6 +417,7 @@ impl Conn {
                 &self.shared.subsystem_list(),
                 &self.shared.port_list(),
                 &ctrl.hostnqn,
+                ctrl.opts.max_aq_depth,
                 self.shared
                     .discovery_gen
                     .load(std::sync::atomic::Ordering::Acquire),
@@ -508,7 +539,7 @@ impl Conn {
                 u32::from(st.vwc)
             }
             Some(FeatureId::NumberOfQueues) => {
-                let max = MAX_IO_QUEUES - 1;
+                let max = io_queues(ctrl) - 1;
                 if f.set {
                     let req = NumQueues::from_dword(f.cdw11);
                     if !req.is_valid_request() {
@@ -539,7 +570,7 @@ impl Conn {
             }
             Some(FeatureId::KeepAliveTimer) => {
                 if f.set {
-                    st.kato_ms = f.cdw11;
+                    st.kato_ms = ctrl.opts.kato(f.cdw11);
                     st.last_keep_alive = Instant::now();
                 }
                 st.kato_ms
@@ -552,6 +583,12 @@ impl Conn {
         drop(st);
         self.reqs[slot as usize].dw0 = dw0;
     }
+}
+
+/// I/O queues a controller may have (1-based), from its options.
+fn io_queues(ctrl: &Controller) -> u16 {
+    // Validated to 1..=IO_QPAIRS_MAX, which fits.
+    ctrl.opts.max_io_qpairs_per_ctrlr.min(u32::from(u16::MAX)) as u16
 }
 
 /// Identify Controller for `ctrl`, satisfying Linux's fabrics checks
@@ -582,7 +619,8 @@ fn identify_controller(ctrl: &Controller) -> IdentifyController {
     id.rab = 6;
     // Dynamic model: any number of controllers per subsystem.
     id.cmic = cmic::MULTI_CTRL;
-    id.mdts = MDTS;
+    let opts = &ctrl.opts;
+    id.mdts = opts.mdts();
     id.cntlid = ctrl.cntlid;
     id.ver = NVME_VERSION;
     id.oaes = if kind == cntrltype::IO {
@@ -597,12 +635,12 @@ fn identify_controller(ctrl: &Controller) -> IdentifyController {
     // One firmware slot, read-only.
     id.frmw = (1 << 1) | 1;
     id.lpa = lpa::CMD_EFFECTS | lpa::EXTENDED_DATA;
-    id.kas = KAS;
+    id.kas = opts.kas as u16;
     id.sqes = 0x66;
     id.cqes = 0x44;
-    id.maxcmd = MAX_QUEUE_DEPTH as u16;
+    id.maxcmd = opts.max_queue_depth as u16;
     id.nn = nn;
-    id.oncs = oncs::DSM | oncs::WRITE_ZEROES;
+    id.oncs = (oncs::DSM | oncs::WRITE_ZEROES) & !opts.masked_oncs;
     // A volatile cache is reported so hosts send Flush (the file node
     // buffers, and Flush is what makes its data durable); broadcast flush
     // (NSID FFFFFFFFh) is not supported.
@@ -611,7 +649,7 @@ fn identify_controller(ctrl: &Controller) -> IdentifyController {
     if let Ok(n) = fabrics::Nqn::new(nqn) {
         id.subnqn = n;
     }
-    id.ioccsz = (SQE_LEN + IN_CAPSULE_DATA) / 16;
+    id.ioccsz = opts.ioccsz();
     id.iorcsz = 1;
     id.icdoff = 0;
     id.fcatt = 0;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pollux_graph::{AlignedBuf, Io, IoResult, IoSink};
-use pollux_nvme::fabrics::{fctype, FABRICS_OPCODE};
+use pollux_nvme::fabrics::{fctype, FabricsType, FABRICS_OPCODE};
 use pollux_nvme::tcp::{
     data_digest, decode_common_header, decode_header, term_req_data, DataDigest, Fes, IcResp,
     Limits, Pdu, PduError, PduFrame, R2t, Role, TermReq, TxParams, COMMON_HEADER_LEN, DGST_DATA,
@@ -30,7 +30,8 @@ use super::controller::Controller;
 use super::listener::ConnPermit;
 use super::request::{ReqState, Request, Xfer};
 use super::status;
-use super::{Shared, IN_CAPSULE_DATA, MAXH2CDATA, MDTS_BYTES};
+use super::transport::TransportOpts;
+use super::{Shared, ADMIN_IN_CAPSULE_DATA};
 
 /// Receive buffer: large enough for any PDU header (72 + digest + padding
 /// < 256) and for a good batch of small capsules per read.
@@ -85,7 +86,9 @@ impl BufCache {
 /// hold at once (SPDK's shared data buffer pool): a request that would
 /// exceed it waits in NEED_BUFFER, so many hosts at full queue depth cannot
 /// make the target allocate without bound. Reactor-local, no atomics.
-pub type Budget = Rc<std::cell::Cell<u64>>;
+/// Signed: when `nvmf_create_transport` shrinks the budget of a group with
+/// buffers out, it stays below zero until they come back.
+pub type Budget = Rc<std::cell::Cell<i64>>;
 
 /// How far the connection got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,6 +239,11 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The listener address the connection came in on.
     pub port: SocketAddr,
+    /// Transport options taken at accept; replaced by the controller's at
+    /// Connect (see `transport`).
+    pub(super) opts: Arc<TransportOpts>,
+    /// The host disabled SQ flow control at Connect (CATTR bit 2).
+    pub(super) sqflow_disabled: bool,
     pub(super) phase: Phase,
     pub(super) created: Instant,
     limits: Limits,
@@ -252,7 +260,7 @@ pub struct Conn {
     pub(super) qid: Option<u16>,
     /// Connect's SQSIZE (0-based).
     pub(super) sqsize: u16,
-    sqhd: u16,
+    pub(super) sqhd: u16,
     pub(super) ctrl: Option<Arc<Controller>>,
     /// This queue pair's view of its subsystem's namespace table.
     pub(super) ns_cache: super::subsystem::NsCache,
@@ -295,12 +303,18 @@ impl Conn {
         sock.set_nonblocking(true)?;
         sock.set_nodelay(true)?;
         let peer = sock.peer_addr()?;
+        let opts = shared.opts();
+        if opts.sock_priority != 0 {
+            set_sock_priority(&sock, opts.sock_priority);
+        }
         Ok(Rc::new_cyclic(|weak| {
             std::cell::RefCell::new(Conn {
                 shared,
                 sock,
                 peer,
                 port,
+                opts,
+                sqflow_disabled: false,
                 phase: Phase::AwaitIcReq,
                 created: Instant::now(),
                 limits: Limits::new(Role::Controller),
@@ -434,7 +448,7 @@ impl Conn {
                 self.buf_wait.pop_front();
                 continue;
             }
-            if self.budget.get() < u64::from(req.xfer_len) {
+            if self.budget.get() < i64::from(self.opts.buffer_charge(req.xfer_len)) {
                 break;
             }
             self.process(r, slot);
@@ -488,7 +502,7 @@ impl Conn {
     pub fn teardown(&mut self, r: &Reactor, reason: &CloseReason) {
         // Give the budget back now; buffers of I/O still in flight are freed
         // when the graph completes it (briefly over budget, never leaked).
-        let charged: u64 = self.reqs.iter().map(|q| u64::from(q.charged)).sum();
+        let charged: i64 = self.reqs.iter().map(|q| i64::from(q.charged)).sum();
         self.budget.set(self.budget.get() + charged);
         for q in &mut self.reqs {
             q.charged = 0;
@@ -613,13 +627,15 @@ impl Conn {
                     ddgst,
                     pda: req.hpda,
                 };
+                // Until Connect says which queue this is, in-capsule data is
+                // bounded as on the admin queue (Connect data is 1 KiB).
                 self.limits = Limits::established(
                     Role::Controller,
                     hdgst,
                     ddgst,
                     0,
-                    IN_CAPSULE_DATA,
-                    MAXH2CDATA,
+                    ADMIN_IN_CAPSULE_DATA,
+                    self.opts.maxh2cdata(),
                 );
                 self.phase = Phase::Ready;
                 tracing::info!(peer = %self.peer, hdgst, ddgst, hpda = req.hpda, "nvmf: ICReq");
@@ -627,7 +643,7 @@ impl Conn {
                     pfv: PFV_1_0,
                     cpda: 0,
                     dgst,
-                    maxh2cdata: MAXH2CDATA,
+                    maxh2cdata: self.opts.maxh2cdata(),
                 });
                 self.send_pdu(&resp, &[]);
                 Ok(())
@@ -639,7 +655,7 @@ impl Conn {
             }
             Pdu::CapsuleCmd(sqe) => {
                 self.stats.commands += 1;
-                self.sqhd = if self.sqsize == 0 {
+                self.sqhd = if self.sqsize == 0 || self.sqflow_disabled {
                     0
                 } else {
                     (self.sqhd + 1) % (self.sqsize + 1)
@@ -910,18 +926,22 @@ impl Conn {
                     let needs_buf =
                         matches!(req.xfer, Xfer::C2H) || (req.xfer == Xfer::H2C && !req.in_capsule);
                     if needs_buf && req.charged == 0 {
-                        let len = u64::from(req.xfer_len);
+                        let charge = self.opts.buffer_charge(req.xfer_len);
+                        let len = i64::from(charge);
                         let avail = self.budget.get();
                         // FIFO: a request may not overtake earlier waiters.
                         let first = self.buf_wait.front().is_none_or(|&s| s == slot);
                         if avail < len || !first {
                             if !self.buf_wait.contains(&slot) {
+                                self.shared
+                                    .buffer_waits
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 self.buf_wait.push_back(slot);
                             }
                             return;
                         }
                         self.budget.set(avail - len);
-                        req.charged = req.xfer_len;
+                        req.charged = charge;
                         if self.buf_wait.front() == Some(&slot) {
                             self.buf_wait.pop_front();
                         }
@@ -980,7 +1000,7 @@ impl Conn {
                     if let Some(b) = done.buf {
                         self.bufs.give(b);
                     }
-                    self.budget.set(self.budget.get() + u64::from(done.charged));
+                    self.budget.set(self.budget.get() + i64::from(done.charged));
                     self.free.push(slot);
                     return;
                 }
@@ -1036,7 +1056,7 @@ impl Conn {
                 if req.in_capsule {
                     return req.fail(Status::INVALID_FIELD.with_dnr());
                 }
-                if length > MDTS_BYTES {
+                if length > self.opts.max_io_size {
                     return req.fail(Status::INVALID_FIELD.with_dnr());
                 }
                 req.xfer_len = length;
@@ -1062,11 +1082,23 @@ impl Conn {
         }
     }
 
-    /// READY_TO_COMPLETE: C2HData (with SUCCESS when nothing else needs
-    /// reporting) and/or CapsuleResp.
+    /// READY_TO_COMPLETE: C2HData (with SUCCESS where `c2h_success` allows
+    /// it) and/or CapsuleResp.
     fn respond(&mut self, i: usize) {
         let qid = self.qid.unwrap_or(0);
-        let sqhd = self.sqhd;
+        let is_connect = {
+            let sqe = &self.reqs[i].sqe;
+            sqe.opcode() == FABRICS_OPCODE && fctype(sqe) == FabricsType::Connect.as_u8()
+        };
+        // Without SQ flow control SQHD is not tracked: the Connect response
+        // says FFFFh and later ones keep the head where Connect left it, as
+        // the Linux target does.
+        let sqhd = if self.sqflow_disabled && is_connect {
+            0xFFFF
+        } else {
+            self.sqhd
+        };
+        let success_allowed = c2h_success_allowed(&self.opts, self.sqflow_disabled);
         let req = &mut self.reqs[i];
         let send_data = req.status.is_success() && req.xfer == Xfer::C2H && req.c2h_len > 0;
         let cqe = {
@@ -1078,7 +1110,8 @@ impl Conn {
             c
         };
         if send_data {
-            let success = req.dw0 == 0 && req.dw1 == 0;
+            // SUCCESS stands for a CQE of all-zero dwords 0 and 1.
+            let success = success_allowed && req.dw0 == 0 && req.dw1 == 0;
             let buf = req.buf.take();
             let len = req.c2h_len;
             let cid = req.cid();
@@ -1168,6 +1201,12 @@ impl Conn {
             .map_or(&[][..], |b| b.as_slice())
     }
 
+    /// In-capsule data accepted per command from now on (an I/O queue
+    /// after its Connect).
+    pub(super) fn set_in_capsule_limit(&mut self, bytes: u32) {
+        self.limits.max_in_capsule = bytes;
+    }
+
     /// Fails `slot` with `status` (handlers).
     pub(super) fn fail(&mut self, slot: u16, status: Status) {
         self.reqs[slot as usize].fail(status);
@@ -1181,5 +1220,55 @@ impl Conn {
     /// Marks the connection for closing (e.g. Disconnect).
     pub(super) fn request_close(&mut self, reason: CloseReason) {
         self.close = Some(reason);
+    }
+}
+
+/// Whether the last C2HData of a read may carry SUCCESS, completing the
+/// command without a CapsuleResp. That CapsuleResp is where the host
+/// learns SQHD, so (NVMe/TCP 1.0, 3.6.2.8 and the Linux target's
+/// `sqhd_disabled`) only a queue whose host disabled SQ flow control may
+/// go without it; and SPDK's `c2h_success` option can forbid it
+/// altogether.
+pub(super) fn c2h_success_allowed(opts: &TransportOpts, sqflow_disabled: bool) -> bool {
+    opts.c2h_success && sqflow_disabled
+}
+
+/// SO_PRIORITY for an accepted socket (`sock_priority`). Failure (a value
+/// above 6 without CAP_NET_ADMIN) is logged, not fatal, as in SPDK's posix
+/// sock layer.
+fn set_sock_priority(sock: &TcpStream, prio: u32) {
+    let v = prio as libc::c_int;
+    // SAFETY: `sock` is an open socket we own for the call; the option
+    // value points to a live c_int whose size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PRIORITY,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), prio, "nvmf: cannot set SO_PRIORITY");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c2h_success_needs_sq_flow_control_off_and_the_option_on() {
+        let mut o = TransportOpts::default();
+        assert!(o.c2h_success, "SPDK's default");
+        assert!(
+            !c2h_success_allowed(&o, false),
+            "flow control on: SQHD needed"
+        );
+        assert!(c2h_success_allowed(&o, true));
+        o.c2h_success = false;
+        assert!(!c2h_success_allowed(&o, true), "c2h_success off");
+        assert!(!c2h_success_allowed(&o, false));
     }
 }

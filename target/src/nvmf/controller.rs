@@ -12,6 +12,7 @@ use pollux_nvme::fabrics::{Cc, Csts, Shn, Shst};
 use pollux_nvme::features::{aec, AsyncEvent};
 
 use super::subsystem::Subsystem;
+use super::transport::TransportOpts;
 
 /// Dynamic controller IDs are 1..=0xFFEF (FFF0h and up are reserved).
 const CNTLID_MAX: u16 = 0xFFEF;
@@ -68,10 +69,13 @@ pub struct Controller {
     pub cntlid: u16,
     /// I/O or discovery.
     pub kind: CtrlKind,
-    /// Host NQN from the admin Connect.
+    /// Host NQN from the admin Connect (empty if the host sent none).
     pub hostnqn: String,
     /// Host identifier from the admin Connect.
     pub hostid: [u8; 16],
+    /// Transport options of the admin queue's connection: Identify, CAP
+    /// and every I/O queue of the controller follow them.
+    pub opts: Arc<TransportOpts>,
     /// Set when the controller is torn down (host gone, keep alive
     /// expired, target stopping): its queue pairs close.
     dead: AtomicBool,
@@ -193,6 +197,7 @@ impl ControllerTable {
         hostnqn: String,
         hostid: [u8; 16],
         kato_ms: u32,
+        opts: Arc<TransportOpts>,
     ) -> Option<Arc<Controller>> {
         for _ in 0..CNTLID_MAX {
             self.next = if self.next >= CNTLID_MAX {
@@ -208,6 +213,7 @@ impl ControllerTable {
                 kind,
                 hostnqn,
                 hostid,
+                opts: opts.clone(),
                 dead: AtomicBool::new(false),
                 event_pending: AtomicBool::new(false),
                 state: Mutex::new(CtrlState {

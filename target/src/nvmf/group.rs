@@ -29,6 +29,8 @@ pub struct PollGroup {
     /// The target this group serves.
     target_id: u64,
     budget: Budget,
+    /// The budget's size: `budget` plus what is charged now.
+    budget_total: std::cell::Cell<i64>,
     epoll: OwnedFd,
     conns: RefCell<Vec<Option<ConnRef>>>,
     poller: RefCell<Option<PollerId>>,
@@ -58,7 +60,8 @@ fn group_for(r: &Reactor, shared: &Arc<Shared>) -> std::io::Result<Rc<PollGroup>
     r.register_wake_fd(epoll.as_raw_fd(), libc::EPOLLIN as u32)?;
     let g = Rc::new(PollGroup {
         target_id: shared.id,
-        budget: Rc::new(std::cell::Cell::new(shared.buffer_budget)),
+        budget: Rc::new(std::cell::Cell::new(0)),
+        budget_total: std::cell::Cell::new(0),
         epoll,
         conns: RefCell::new(Vec::new()),
         poller: RefCell::new(None),
@@ -96,6 +99,7 @@ pub fn attach(
             return;
         }
     };
+    g.resize_budget(shared.opts().buffer_budget());
     let conn = match Conn::new(shared, sock, port, permit, g.budget.clone()) {
         Ok(c) => c,
         Err(e) => {
@@ -145,6 +149,17 @@ fn detach_if_idle(r: &Reactor, target_id: u64) {
 }
 
 impl PollGroup {
+    /// Makes the budget `total` bytes (the options of the connection being
+    /// attached), keeping what is charged now charged.
+    fn resize_budget(&self, total: u64) {
+        let total = i64::try_from(total).unwrap_or(i64::MAX);
+        let delta = total - self.budget_total.get();
+        if delta != 0 {
+            self.budget.set(self.budget.get() + delta);
+            self.budget_total.set(total);
+        }
+    }
+
     fn add(&self, conn: ConnRef) {
         let fd = conn.borrow().fd();
         let mut conns = self.conns.borrow_mut();

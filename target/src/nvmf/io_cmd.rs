@@ -11,7 +11,6 @@ use pollux_nvme::Status;
 use pollux_poller::Reactor;
 
 use super::conn::{CloseReason, Conn};
-use super::MDTS_BYTES;
 
 impl Conn {
     /// Executes an I/O queue command. Returns true if it now waits for the
@@ -74,7 +73,7 @@ impl Conn {
                         u64::from(slot),
                     )
                 } else {
-                    if len > u64::from(MDTS_BYTES) {
+                    if len > u64::from(self.opts.max_io_size) {
                         req.fail(Status::INVALID_FIELD.with_dnr());
                         return false;
                     }

@@ -22,6 +22,7 @@ mod listener;
 mod request;
 mod status;
 mod subsystem;
+mod transport;
 
 #[cfg(test)]
 mod tests;
@@ -54,8 +55,14 @@ pub const MDTS_BYTES: u32 = 4096 << MDTS;
 /// default; load generators that keep QD 128 outstanding ask for one more
 /// (a queue of N entries holds N - 1), so allow twice that.
 pub const MAX_QUEUE_DEPTH: u32 = 256;
-/// Admin queue depth hosts normally use (Linux NVME_AQ_DEPTH).
-pub const ADMIN_QUEUE_DEPTH: u32 = 32;
+/// Deepest admin queue by default: SPDK's TCP default, four times what
+/// Linux and SPDK hosts use (NVME_AQ_DEPTH 32).
+pub const ADMIN_QUEUE_DEPTH: u32 = 128;
+/// In-capsule data accepted on the admin queue and for Connect on any
+/// queue, whatever `in_capsule_data_size` says: Connect data (1 KiB)
+/// always travels in-capsule, and Linux sends admin writes of up to 8 KiB
+/// in-capsule (NVME_TCP_ADMIN_CCSZ).
+pub const ADMIN_IN_CAPSULE_DATA: u32 = 8 * 1024;
 /// I/O queues per controller (Number of Queues grants at most this).
 pub const MAX_IO_QUEUES: u16 = 64;
 /// Connections per listener; further ones are closed at accept, so a
@@ -134,9 +141,16 @@ pub enum NvmfError {
     /// The target is stopping.
     #[error("nvmf: the target is stopping")]
     Stopping,
+    /// `nvmf_create_transport` ran already.
+    #[error("transport TCP already exists")]
+    TransportExists,
+    /// A transport option is outside Pollux's bounds.
+    #[error(transparent)]
+    Opts(#[from] OptsError),
 }
 
 pub use subsystem::{Access, SubsystemSpec, DEFAULT_MAX_NSID};
+pub use transport::{OptsError, TransportOpts};
 
 /// State shared by the listeners and every poll group of one target.
 pub struct Shared {
@@ -154,8 +168,11 @@ pub struct Shared {
     stopping: AtomicBool,
     /// Live connections (accepted, not yet dropped).
     conns: AtomicUsize,
-    /// Buffer budget of each poll group.
-    buffer_budget: u64,
+    /// Transport options for connections accepted from now on.
+    opts: Mutex<Arc<TransportOpts>>,
+    /// Requests that had to wait for the buffer budget (cold path only:
+    /// counted when one starts waiting).
+    buffer_waits: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -184,6 +201,11 @@ impl Shared {
     /// A snapshot of the PORTID table.
     fn port_list(&self) -> Vec<SocketAddr> {
         lock(&self.ports).clone()
+    }
+
+    /// The transport options new connections take.
+    fn opts(&self) -> Arc<TransportOpts> {
+        lock(&self.opts).clone()
     }
 
     fn discovery_changed(&self) {
@@ -241,8 +263,8 @@ pub struct NvmfTarget {
     /// Serialises control-plane changes (so listener refcounts and
     /// subsystem lists change together).
     control: Mutex<()>,
-    /// Transport options stored by `nvmf_create_transport` (JSON objects).
-    transports: Mutex<Vec<serde_json::Value>>,
+    /// Whether `nvmf_create_transport` ran (the options are in `shared`).
+    transport_created: Mutex<bool>,
 }
 
 impl NvmfTarget {
@@ -253,14 +275,19 @@ impl NvmfTarget {
         NvmfTarget::start_with_budget(cfg, graph, BUFFER_BUDGET_PER_REACTOR)
     }
 
-    /// `start` with a given per-reactor buffer budget (at least MDTS, so
-    /// every request can eventually get its buffer).
+    /// `start` with a given per-reactor buffer budget (at least one
+    /// largest command, so every request can eventually get its buffer).
     pub(crate) fn start_with_budget(
         cfg: &NvmfConfig,
         graph: &Arc<Graph>,
         buffer_budget: u64,
     ) -> Result<NvmfTarget, NvmfError> {
-        let buffer_budget = buffer_budget.max(u64::from(MDTS_BYTES));
+        let mut opts = TransportOpts::default();
+        let unit = u64::from(opts.io_unit_size);
+        opts.num_shared_buffers = buffer_budget
+            .div_ceil(unit)
+            .max(u64::from(opts.max_io_size).div_ceil(unit))
+            .min(u64::from(u32::MAX)) as u32;
         let shared = Arc::new(Shared {
             id: NEXT_TARGET_ID.fetch_add(1, Ordering::Relaxed),
             graph: graph.clone(),
@@ -270,13 +297,14 @@ impl NvmfTarget {
             ctrls: Mutex::new(ControllerTable::default()),
             stopping: AtomicBool::new(false),
             conns: AtomicUsize::new(0),
-            buffer_budget,
+            opts: Mutex::new(Arc::new(opts)),
+            buffer_waits: AtomicU64::new(0),
         });
         let t = NvmfTarget {
             shared,
             listeners: Mutex::new(Vec::new()),
             control: Mutex::new(()),
-            transports: Mutex::new(Vec::new()),
+            transport_created: Mutex::new(false),
         };
         for s in &cfg.subsystems {
             let built = Subsystem::build(s, graph, Vec::new()).map_err(NvmfError::from);
@@ -586,9 +614,34 @@ impl NvmfTarget {
             .collect()
     }
 
-    /// Transport options stored by `nvmf_create_transport`.
-    pub fn transports(&self) -> MutexGuard<'_, Vec<serde_json::Value>> {
-        lock(&self.transports)
+    /// `nvmf_create_transport`: checks `opts` against Pollux's bounds and
+    /// makes them the options of every connection accepted from now on
+    /// (connections already up keep theirs, as in SPDK, where a transport's
+    /// options are fixed before it serves anyone). Returns the options in
+    /// force (some are adjusted, see `TransportOpts::validate`).
+    pub fn create_transport(&self, mut opts: TransportOpts) -> Result<TransportOpts, NvmfError> {
+        let _c = self.control()?;
+        let mut created = lock(&self.transport_created);
+        if *created {
+            return Err(NvmfError::TransportExists);
+        }
+        opts.validate()?;
+        tracing::info!(?opts, "nvmf: TCP transport options set");
+        *lock(&self.shared.opts) = Arc::new(opts.clone());
+        *created = true;
+        Ok(opts)
+    }
+
+    /// The options in force once `nvmf_create_transport` ran, else `None`.
+    pub fn transport(&self) -> Option<TransportOpts> {
+        let created = *lock(&self.transport_created);
+        created.then(|| (*self.shared.opts()).clone())
+    }
+
+    /// The options new connections take (the defaults until
+    /// `nvmf_create_transport`).
+    pub fn transport_opts(&self) -> TransportOpts {
+        (*self.shared.opts()).clone()
     }
 
     /// Reports that namespace `nsid` of subsystem `nqn` was added, removed

@@ -416,7 +416,8 @@ impl Subsystem {
     /// Whether `hostnqn` may connect.
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
         let a = self.access();
-        a.allow_any_host || a.hosts.iter().any(|h| h == hostnqn)
+        // An empty HOSTNQN names no host, so it can match no allow list.
+        a.allow_any_host || (!hostnqn.is_empty() && a.hosts.iter().any(|h| h == hostnqn))
     }
 
     /// Identify Controller NN: the highest NSID a host should consider.
@@ -437,11 +438,13 @@ fn port_id(all_ports: &[SocketAddr], port: &SocketAddr) -> u16 {
 }
 
 /// The discovery log page for `hostnqn`: one entry per (subsystem the host
-/// may use, listener of that subsystem).
+/// may use, listener of that subsystem). `asqsz` is the deepest admin
+/// queue a host may ask for.
 pub fn discovery_log(
     subsystems: &[Arc<Subsystem>],
     all_ports: &[SocketAddr],
     hostnqn: &str,
+    asqsz: u32,
     genctr: u64,
 ) -> Vec<u8> {
     let mut entries = Vec::new();
@@ -463,7 +466,7 @@ pub fn discovery_log(
                 nqn,
             );
             e.treq = treq::SECURE_NOT_REQUIRED;
-            e.asqsz = super::ADMIN_QUEUE_DEPTH as u16;
+            e.asqsz = asqsz.min(u32::from(u16::MAX)) as u16;
             entries.push(e);
         }
     }

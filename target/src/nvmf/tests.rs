@@ -210,13 +210,38 @@ impl Raw {
     }
 
     fn connect_data(subnqn: &str, hostnqn: &str, cntlid: u16) -> [u8; ConnectData::SIZE] {
+        Raw::connect_data_raw(subnqn, *Nqn::field(hostnqn).unwrap().raw(), cntlid)
+    }
+
+    /// Connect data with the HOSTNQN field exactly as given.
+    fn connect_data_raw(subnqn: &str, hostnqn: [u8; 256], cntlid: u16) -> [u8; ConnectData::SIZE] {
         ConnectData {
             hostid: [7; 16],
             cntlid,
             subnqn: Nqn::new(subnqn).unwrap(),
-            hostnqn: Nqn::new(hostnqn).unwrap(),
+            hostnqn: Nqn::from_raw(hostnqn),
         }
         .to_bytes()
+    }
+
+    /// An admin queue connected with `cattr` and enabled (CC.EN): the
+    /// Connect response and the raw client.
+    fn admin(addr: SocketAddr, cattr: u8) -> (Cqe, Raw) {
+        let mut r = Raw::ready(addr, 0);
+        let mut sqe = Raw::connect_sqe(0, 31);
+        sqe.as_bytes_mut()[46] = cattr;
+        r.send(&Pdu::CapsuleCmd(sqe), &Raw::connect_data(NQN, HOST, 0xFFFF));
+        let connected = r.response();
+        assert_status(connected.status(), Status::SUCCESS);
+        let cc = pollux_nvme::fabrics::PropertySet {
+            cid: 2,
+            size: pollux_nvme::fabrics::PropertySize::Four,
+            offset: pollux_nvme::fabrics::property::CC,
+            value: 1 | (6 << 16) | (4 << 20),
+        };
+        r.send(&Pdu::CapsuleCmd(cc.to_sqe()), &[]);
+        assert_status(r.response().status(), Status::SUCCESS);
+        (connected, r)
     }
 
     fn response(&mut self) -> Cqe {
@@ -609,24 +634,44 @@ fn keep_alive_timeout_tears_the_controller_down() {
     let fx = Fixture::new(true);
     let mut cfg = fx.host();
     // Generous against a loaded CI host: keep alives go every 200 ms.
-    cfg.kato = Duration::from_millis(1500);
+    let cfg_kato = Duration::from_millis(1500);
+    cfg.kato = cfg_kato;
     let mut c = host::Controller::connect(cfg).unwrap();
     c.set_num_queues(1).unwrap();
     let mut q = c.io_queue(1, 8).unwrap();
     assert_eq!(fx.controllers(), 1);
     // Keep alives keep it.
+    let mut last_sent = Instant::now();
     for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(200));
+        // Taken before sending: the target's clock starts later, so a
+        // teardown seen less than KATO after this came too early.
+        last_sent = Instant::now();
         c.keep_alive().unwrap();
     }
     assert_eq!(fx.controllers(), 1);
-    // Silence: torn down, queue pairs closed.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Silence: torn down, queue pairs closed. The deadline only bounds a
+    // hung test; what is checked is that teardown came, and not before
+    // KATO.
+    let deadline = last_sent + cfg_kato + Duration::from_secs(30);
     while fx.controllers() > 0 {
         assert!(Instant::now() < deadline, "controller survived KATO");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    let seen = last_sent.elapsed();
+    assert!(
+        seen >= cfg_kato,
+        "torn down {seen:?} after the last keep alive, before KATO {cfg_kato:?}"
+    );
+    // Both queue pairs close (each on its poll group's next pass).
+    let shared = fx.tgt.as_ref().unwrap().shared.clone();
+    while shared.conns.load(std::sync::atomic::Ordering::Acquire) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "queue pairs outlived their controller"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let r = q.execute(host::rw_sqe(false, 1, 0, 1), vec![0; 512], false, TIMEOUT);
     assert!(r.is_err(), "I/O queue still served after KATO expiry");
 }
@@ -692,10 +737,12 @@ fn async_event_request_is_held_until_an_event() {
     r.send(&Pdu::CapsuleCmd(log), &[]);
     let (pdu, data) = r.recv().unwrap();
     match pdu {
-        Pdu::C2HData { success, .. } => assert!(success),
+        // SQ flow control is on: the CapsuleResp carries SQHD.
+        Pdu::C2HData { success, .. } => assert!(!success),
         other => panic!("expected C2HData, got {other:?}"),
     }
     assert_eq!(&data[..8], &[1, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(r.response().cid(), 11);
     let mut aer = Sqe::new(0x0C, 12);
     aer.set_sgl(&Sgl::transport(0));
     r.send(&Pdu::CapsuleCmd(aer), &[]);
@@ -934,4 +981,387 @@ fn requests_wait_in_need_buffer_when_the_budget_is_spent() {
     }
     drop(queues);
     c.shutdown().unwrap();
+}
+
+/// HOSTNQN fields of the Connect data, as sent on the wire.
+fn hostnqn_field(fill: &[u8]) -> [u8; 256] {
+    let mut f = [0u8; 256];
+    f[..fill.len()].copy_from_slice(fill);
+    f
+}
+
+#[test]
+fn empty_hostnqn_connects_where_any_host_is_allowed() {
+    // SPDK's initiator without `hostnqn` sends an all-zero HOSTNQN.
+    let fx = Fixture::new(true);
+    let mut cfg = fx.host();
+    cfg.hostnqn = String::new();
+    let mut c = host::Controller::connect(cfg.clone()).expect("empty HOSTNQN refused");
+    let cntlid = c.cntlid();
+    {
+        let ctrl = fx.tgt.as_ref().unwrap().shared.controllers().get(cntlid);
+        assert_eq!(ctrl.unwrap().hostnqn, "");
+    }
+    c.set_num_queues(2).unwrap();
+    // The I/O queue's (empty) HOSTNQN matches the admin queue's.
+    let mut q = c.io_queue(1, 32).unwrap();
+    let data = vec![0x5a; 8192];
+    let w = q
+        .execute(host::rw_sqe(true, 1, 64, 16), data.clone(), true, TIMEOUT)
+        .unwrap();
+    assert_status(w.cqe.status(), Status::SUCCESS);
+    let rd = q
+        .execute(
+            host::rw_sqe(false, 1, 64, 16),
+            vec![0; 8192],
+            false,
+            TIMEOUT,
+        )
+        .unwrap();
+    assert!(rd.data == data);
+    // An I/O queue naming a host where the admin queue named none.
+    let mut r = Raw::ready(fx.addr, 0);
+    r.send(
+        &Pdu::CapsuleCmd(Raw::connect_sqe(2, 31)),
+        &Raw::connect_data(NQN, HOST, cntlid),
+    );
+    let cqe = r.response();
+    assert_status(cqe.status(), Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(
+        cqe.dw0(),
+        pollux_nvme::fabrics::connect_invalid_param_dw0(ConnectData::HOSTNQN_OFFSET, true)
+    );
+    // ... and the reverse: a named admin queue, an I/O queue naming none.
+    let mut named = host::Controller::connect(fx.host()).unwrap();
+    named.set_num_queues(1).unwrap();
+    let mut r = Raw::ready(fx.addr, 0);
+    r.send(
+        &Pdu::CapsuleCmd(Raw::connect_sqe(1, 31)),
+        &Raw::connect_data(NQN, "", named.cntlid()),
+    );
+    assert_status(r.response().status(), Status::CONNECT_INVALID_PARAMETERS);
+    drop(q);
+    c.shutdown().unwrap();
+    named.shutdown().unwrap();
+}
+
+#[test]
+fn empty_hostnqn_never_matches_a_host_list() {
+    let fx = Fixture::new(false);
+    let mut cfg = fx.host();
+    cfg.hostnqn = String::new();
+    match host::Controller::connect(cfg.clone()) {
+        Err(HostError::Status(s)) => assert_status(s, Status::CONNECT_INVALID_HOST),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("an empty HOSTNQN passed a host list"),
+    }
+    // Discovery answers it, listing only what any host may use: nothing.
+    cfg.subnqn = DISCOVERY_NQN.into();
+    let mut d = host::Controller::connect(cfg).unwrap();
+    let page = d
+        .admin_read(GetLogPageCmd::new(0x70, 0, 0, 1024).to_sqe(0), 1024)
+        .unwrap();
+    assert_eq!(DiscoveryLogHeader::parse(&page).unwrap().numrec, 0);
+    good_host_io(&fx);
+}
+
+#[test]
+fn empty_hostnqn_discovery_lists_open_subsystems() {
+    let fx = Fixture::new(true);
+    let mut cfg = fx.host();
+    cfg.hostnqn = String::new();
+    cfg.subnqn = DISCOVERY_NQN.into();
+    let mut d = host::Controller::connect(cfg).unwrap();
+    let page = d
+        .admin_read(GetLogPageCmd::new(0x70, 0, 0, 2048).to_sqe(0), 2048)
+        .unwrap();
+    assert_eq!(DiscoveryLogHeader::parse(&page).unwrap().numrec, 1);
+    let e = DiscoveryLogEntry::parse(&page[1024..]).unwrap();
+    assert!(e.subnqn.eq_str(NQN));
+}
+
+#[test]
+fn unterminated_and_oversized_hostnqn_are_invalid_parameters() {
+    let fx = Fixture::new(true);
+    let ipo = pollux_nvme::fabrics::connect_invalid_param_dw0(ConnectData::HOSTNQN_OFFSET, true);
+    let no_nul = [b'n'; 256];
+    // 224 bytes before the NUL: one past the 223-byte limit.
+    let oversized = hostnqn_field(&[b'n'; 224]);
+    for field in [no_nul, oversized] {
+        let mut r = Raw::ready(fx.addr, 0);
+        r.send(
+            &Pdu::CapsuleCmd(Raw::connect_sqe(0, 31)),
+            &Raw::connect_data_raw(NQN, field, 0xFFFF),
+        );
+        let cqe = r.response();
+        assert_status(cqe.status(), Status::CONNECT_INVALID_PARAMETERS);
+        assert_eq!(cqe.dw0(), ipo);
+    }
+    // At the limit it is a (long) name like any other.
+    let mut r = Raw::ready(fx.addr, 0);
+    r.send(
+        &Pdu::CapsuleCmd(Raw::connect_sqe(0, 31)),
+        &Raw::connect_data_raw(NQN, hostnqn_field(&[b'n'; 223]), 0xFFFF),
+    );
+    assert_status(r.response().status(), Status::SUCCESS);
+    assert_eq!(fx.controllers(), 1);
+}
+
+/// Sends Identify Controller on a raw admin queue and returns the C2HData
+/// SUCCESS flag and whether a CapsuleResp for it followed.
+fn raw_identify(r: &mut Raw, cid: u16) -> (bool, Option<Cqe>) {
+    let mut id = pollux_nvme::identify::IdentifyCmd {
+        cns: 1,
+        ..Default::default()
+    }
+    .to_sqe(cid);
+    id.set_sgl(&Sgl::transport(4096));
+    r.send(&Pdu::CapsuleCmd(id), &[]);
+    let success = match r.recv().unwrap().0 {
+        Pdu::C2HData { hdr, success, last } => {
+            assert_eq!(hdr.cccid, cid);
+            assert!(last);
+            success
+        }
+        other => panic!("expected C2HData, got {other:?}"),
+    };
+    // A Keep Alive behind it: its response comes next, unless the
+    // Identify's CapsuleResp does first.
+    let mut ka = Sqe::new(0x18, cid + 1);
+    ka.set_sgl(&Sgl::transport(0));
+    r.send(&Pdu::CapsuleCmd(ka), &[]);
+    let first = r.response();
+    if first.cid() == cid {
+        assert_eq!(r.response().cid(), cid + 1);
+        (success, Some(first))
+    } else {
+        assert_eq!(first.cid(), cid + 1);
+        (success, None)
+    }
+}
+
+#[test]
+fn c2h_success_only_without_sq_flow_control() {
+    let fx = Fixture::new(true);
+    // Flow control on (what Linux does by default): no SUCCESS, and the
+    // CapsuleResp with SQHD follows the data.
+    let (connected, mut r) = Raw::admin(fx.addr, 0);
+    assert_ne!(connected.sqhd(), 0xFFFF);
+    let (success, resp) = raw_identify(&mut r, 5);
+    assert!(!success, "SUCCESS while SQ flow control is on");
+    let resp = resp.expect("no CapsuleResp: the host never learns SQHD");
+    assert_status(resp.status(), Status::SUCCESS);
+    // Connect, Property Set and this Identify were consumed: SQHD moved.
+    assert_eq!(resp.sqhd(), 3);
+    // Flow control disabled (CATTR bit 2): SUCCESS, no CapsuleResp, and
+    // Connect's SQHD is FFFFh.
+    let (connected, mut r) = Raw::admin(fx.addr, ConnectCmd::CATTR_SQ_FLOW_DISABLE);
+    assert_eq!(connected.sqhd(), 0xFFFF);
+    let (success, resp) = raw_identify(&mut r, 5);
+    assert!(success);
+    assert!(resp.is_none(), "CapsuleResp after a SUCCESS C2HData");
+
+    // The host library on I/O queues, which errors on SUCCESS under flow
+    // control: reads complete both ways.
+    let read_back = |cfg: HostConfig| -> u64 {
+        let mut c = host::Controller::connect(cfg).unwrap();
+        c.set_num_queues(1).unwrap();
+        let mut q = c.io_queue(1, 32).unwrap();
+        let data: Vec<u8> = (0..65536u32).map(|i| (i % 253) as u8).collect();
+        q.execute(host::rw_sqe(true, 1, 0, 128), data.clone(), true, TIMEOUT)
+            .unwrap();
+        for _ in 0..4 {
+            let rd = q
+                .execute(
+                    host::rw_sqe(false, 1, 0, 128),
+                    vec![0; 65536],
+                    false,
+                    TIMEOUT,
+                )
+                .unwrap();
+            assert_status(rd.cqe.status(), Status::SUCCESS);
+            assert!(rd.data == data);
+        }
+        let n = q.c2h_success_count();
+        drop(q);
+        c.shutdown().unwrap();
+        n
+    };
+    assert_eq!(read_back(fx.host()), 0);
+    let mut cfg = fx.host();
+    cfg.disable_sqflow = true;
+    assert_eq!(read_back(cfg.clone()), 4);
+
+    // c2h_success off (`nvmf_create_transport -o`): never SUCCESS.
+    let tgt = fx.tgt.as_ref().unwrap();
+    tgt.create_transport(super::TransportOpts {
+        c2h_success: false,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(read_back(cfg), 0);
+    let (_, mut r) = Raw::admin(fx.addr, ConnectCmd::CATTR_SQ_FLOW_DISABLE);
+    let (success, resp) = raw_identify(&mut r, 5);
+    assert!(!success);
+    assert!(resp.is_some());
+}
+
+#[test]
+fn transport_options_apply_to_new_connections() {
+    let fx = Fixture::new(true);
+    let tgt = fx.tgt.as_ref().unwrap();
+    // A controller from before keeps the defaults.
+    let mut before = host::Controller::connect(fx.host()).unwrap();
+    let opts = super::TransportOpts {
+        max_queue_depth: 64,
+        max_aq_depth: 32,
+        max_io_qpairs_per_ctrlr: 3,
+        in_capsule_data_size: 4096,
+        max_io_size: 32768,
+        ..Default::default()
+    };
+    tgt.create_transport(opts.clone()).unwrap();
+    // Only once.
+    assert!(matches!(
+        tgt.create_transport(opts),
+        Err(super::NvmfError::TransportExists)
+    ));
+    assert_eq!(before.identify.mdts, super::MDTS);
+    assert_eq!(before.set_num_queues(1000).unwrap(), super::MAX_IO_QUEUES);
+    let _old_deep = before.io_queue(1, 256).unwrap();
+
+    let mut c = host::Controller::connect(fx.host()).unwrap();
+    let id = c.identify;
+    assert_eq!(id.mdts, 3, "32 KiB = 2^3 4 KiB pages");
+    assert_eq!(id.ioccsz * 16 - 64, 4096);
+    assert_eq!(id.maxcmd, 64);
+    assert_eq!(c.cap.mqes(), 63);
+    assert_eq!(c.set_num_queues(1000).unwrap(), 3);
+    // SQSIZE beyond max_queue_depth.
+    match c.io_queue(1, 65) {
+        Err(HostError::Status(s)) => assert_status(s, Status::CONNECT_INVALID_PARAMETERS),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let mut q = c.io_queue(1, 64).unwrap();
+    // Past max_io_size: Invalid Field; at it: fine.
+    let r = q
+        .execute(
+            host::rw_sqe(false, 1, 0, 128),
+            vec![0; 65536],
+            false,
+            TIMEOUT,
+        )
+        .unwrap();
+    assert_status(r.cqe.status(), Status::INVALID_FIELD);
+    let data = vec![0xc3; 32768];
+    let w = q
+        .execute(host::rw_sqe(true, 1, 0, 64), data.clone(), true, TIMEOUT)
+        .unwrap();
+    assert_status(w.cqe.status(), Status::SUCCESS);
+    let rd = q
+        .execute(
+            host::rw_sqe(false, 1, 0, 64),
+            vec![0; 32768],
+            false,
+            TIMEOUT,
+        )
+        .unwrap();
+    assert!(rd.data == data);
+    // In-capsule data beyond in_capsule_data_size on the I/O queue is a
+    // fatal PDU error (the host library stays within IOCCSZ, so go raw).
+    let mut r = Raw::ready(fx.addr, 0);
+    r.send(
+        &Pdu::CapsuleCmd(Raw::connect_sqe(2, 31)),
+        &Raw::connect_data(NQN, HOST, c.cntlid()),
+    );
+    assert_status(r.response().status(), Status::SUCCESS);
+    let mut w = host::rw_sqe(true, 1, 0, 16);
+    w.set_sgl(&Sgl::in_capsule(0, 8192));
+    r.send(&Pdu::CapsuleCmd(w), &[0u8; 8192]);
+    let (pdu, _) = r.recv().unwrap();
+    assert!(matches!(pdu, Pdu::C2HTermReq(_)), "{pdu:?}");
+    // ICResp's MAXH2CDATA is max_io_size, as SPDK.
+    let mut raw = Raw::open(fx.addr);
+    raw.send(
+        &Pdu::IcReq(IcReq {
+            pfv: 0,
+            hpda: 0,
+            dgst: 0,
+            maxr2t: 0,
+        }),
+        &[],
+    );
+    match raw.recv().unwrap().0 {
+        Pdu::IcResp(resp) => assert_eq!(resp.maxh2cdata, 32768),
+        other => panic!("{other:?}"),
+    }
+    // Admin queue deeper than max_aq_depth.
+    let mut r = Raw::ready(fx.addr, 0);
+    r.send(
+        &Pdu::CapsuleCmd(Raw::connect_sqe(0, 32)),
+        &Raw::connect_data(NQN, HOST, 0xFFFF),
+    );
+    let cqe = r.response();
+    assert_status(cqe.status(), Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(cqe.dw0() & 0xffff, u32::from(ConnectCmd::SQSIZE_OFFSET));
+    drop(q);
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn num_shared_buffers_bounds_the_data_in_flight() {
+    // 16 concurrent 128 KiB writes and reads over two queues, once with
+    // the default budget (512 units) and once with room for one command.
+    let run = |num_shared_buffers: Option<u32>| -> u64 {
+        let fx = Fixture::new(true);
+        let tgt = fx.tgt.as_ref().unwrap();
+        if let Some(n) = num_shared_buffers {
+            tgt.create_transport(super::TransportOpts {
+                num_shared_buffers: n,
+                io_unit_size: 8192,
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let mut c = host::Controller::connect(fx.host()).unwrap();
+        c.set_num_queues(2).unwrap();
+        let mut queues = [c.io_queue(1, 32).unwrap(), c.io_queue(2, 32).unwrap()];
+        let pattern = |i: u64| -> Vec<u8> { (0..131072u64).map(|b| (b * 7 + i) as u8).collect() };
+        for write in [true, false] {
+            for (qi, q) in queues.iter_mut().enumerate() {
+                for k in 0..8u64 {
+                    let i = qi as u64 * 8 + k;
+                    let buf = if write { pattern(i) } else { vec![0; 131072] };
+                    q.submit(host::rw_sqe(write, 1, i * 256, 256), buf, write)
+                        .unwrap();
+                }
+            }
+            for q in queues.iter_mut() {
+                let deadline = Instant::now() + TIMEOUT;
+                let mut got = Vec::new();
+                while got.len() < 8 {
+                    q.poll().unwrap();
+                    got.extend(q.take_completed());
+                    assert!(Instant::now() < deadline, "requests stuck for buffers");
+                }
+                for cpl in got {
+                    assert_status(cpl.cqe.status(), Status::SUCCESS);
+                    if !write {
+                        assert!(
+                            (0..16).any(|i| cpl.data == pattern(i)),
+                            "read data mismatch"
+                        );
+                    }
+                }
+            }
+        }
+        drop(queues);
+        c.shutdown().unwrap();
+        tgt.shared
+            .buffer_waits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(run(None), 0, "the default budget holds 16 commands");
+    // 16 units of 8 KiB: exactly one 128 KiB command at a time.
+    assert!(run(Some(16)) > 0, "num_shared_buffers was not enforced");
 }

@@ -10,9 +10,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::nvmf::{NvmfError, NvmfTarget, SubsystemInfo, SubsystemSpec};
+use crate::nvmf::{NvmfError, NvmfTarget, SubsystemInfo, SubsystemSpec, TransportOpts};
 use crate::rpc::jsonrpc::{params, RpcError};
 use crate::rpc::Dispatcher;
 
@@ -124,37 +124,192 @@ fn check_ascii(param: &str, value: &str, max: usize) -> Result<(), RpcError> {
 
 // ---------------------------------------------------------------- transports
 
+/// Every parameter SPDK's rpc.py sends for `nvmf_create_transport`, from
+/// 24.01 to 26.09 (`scripts/rpc.py` / `python/spdk/cli/nvmf.py`; rpc.py
+/// sends its store_true flags as `false` and `c2h_success`/`no_srq`
+/// always). Unknown fields are refused, naming them.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateTransport {
     trtype: String,
     tgt_name: Option<String>,
+    // Honoured, within `TransportOpts::validate`'s bounds.
+    max_queue_depth: Option<u64>,
+    max_io_qpairs_per_ctrlr: Option<u64>,
+    in_capsule_data_size: Option<u64>,
+    max_io_size: Option<u64>,
+    io_unit_size: Option<u64>,
+    max_aq_depth: Option<u64>,
+    num_shared_buffers: Option<u64>,
+    c2h_success: Option<bool>,
+    sock_priority: Option<u64>,
+    kas: Option<u64>,
+    min_kato: Option<u64>,
+    abort_timeout_sec: Option<u64>,
+    masked_oncs: Option<Vec<String>>,
+    masked_fuses: Option<Vec<String>>,
+    /// No namespace carries protection information, so there is never
+    /// anything to insert or strip (as SPDK with a bdev without DIF).
+    dif_insert_or_strip: Option<bool>,
+    /// SPDK falls back to copies where the bdev has no zero-copy path;
+    /// Pollux's nodes have none, so it always does (reported false).
+    #[allow(dead_code)] // accepted, as SPDK
+    zcopy: Option<bool>,
+    /// Pollux passes no command through, with or without the flag.
+    #[allow(dead_code)] // accepted, as SPDK
+    disable_command_passthru: Option<bool>,
+    // Reservations from SPDK's transport-wide shared pool for each poll
+    // group: Pollux's groups each own their whole budget, so there is
+    // nothing to reserve.
+    #[allow(dead_code)] // accepted, as SPDK
+    buf_cache_size: Option<Value>,
+    #[allow(dead_code)] // accepted, as SPDK
+    iobuf_small_cache_size: Option<Value>,
+    #[allow(dead_code)] // accepted, as SPDK
+    iobuf_large_cache_size: Option<Value>,
+    /// Preallocated buffers for Connect/admin in-capsule data; Pollux
+    /// takes those from the connection's buffer cache.
+    #[allow(dead_code)] // accepted, as SPDK
+    control_msg_num: Option<Value>,
+    /// Accept threads block in accept(2): nothing polls.
+    #[allow(dead_code)] // accepted, as SPDK
+    acceptor_poll_rate: Option<Value>,
+    // RDMA and vfio-user only: SPDK's TCP transport ignores them too.
+    #[allow(dead_code)] // accepted, as SPDK
+    num_cqe: Option<Value>,
+    #[allow(dead_code)] // accepted, as SPDK
+    max_srq_depth: Option<Value>,
+    #[allow(dead_code)] // accepted, as SPDK
+    no_srq: Option<Value>,
+    #[allow(dead_code)] // accepted, as SPDK
+    acceptor_backlog: Option<Value>,
+    #[allow(dead_code)] // accepted, as SPDK
+    no_wr_batching: Option<Value>,
+    #[allow(dead_code)] // accepted, as SPDK
+    ack_timeout: Option<Value>,
+    #[allow(dead_code)] // accepted, as SPDK
+    data_wr_pool_size: Option<Value>,
+    #[allow(dead_code)] // accepted, as SPDK
+    disable_mappable_bar0: Option<Value>,
+    #[allow(dead_code)] // accepted, as SPDK
+    disable_adaptive_irq: Option<Value>,
+    #[allow(dead_code)] // accepted, as SPDK
+    disable_shadow_doorbells: Option<Value>,
 }
 
-/// What `nvmf_get_transports` reports for TCP before any option is set:
-/// Pollux's actual limits, under SPDK's names.
-fn transport_defaults() -> Map<String, Value> {
-    let v = json!({
-        "trtype": TCP,
-        "max_queue_depth": crate::nvmf::MAX_QUEUE_DEPTH,
-        "max_io_qpairs_per_ctrlr": crate::nvmf::MAX_IO_QUEUES,
-        "in_capsule_data_size": crate::nvmf::IN_CAPSULE_DATA,
-        "max_io_size": crate::nvmf::MDTS_BYTES,
-        "io_unit_size": crate::nvmf::MAXH2CDATA,
-        "max_aq_depth": crate::nvmf::ADMIN_QUEUE_DEPTH,
-        "c2h_success": true,
-        "dif_insert_or_strip": false,
-        "zcopy": false,
-        "sock_priority": 0,
-        "abort_timeout_sec": 1,
-    });
+/// `masked_oncs` names (SPDK's rpc.py) and the ONCS bit of each; Pollux
+/// offers only Dataset Management and Write Zeroes, so masking the others
+/// changes nothing.
+const ONCS_NAMES: [(&str, u16); 5] = [
+    ("nvmcmps", 0),
+    ("nvmdsmsv", pollux_nvme::identify::oncs::DSM),
+    ("nvmwzsv", pollux_nvme::identify::oncs::WRITE_ZEROES),
+    ("reservs", 0),
+    ("nvmcpys", 0),
+];
+/// `masked_fuses` names: fused Compare and Write is not offered at all.
+const FUSES_NAMES: [&str; 1] = ["fcws"];
+
+fn opt_u32(param: &str, v: Option<u64>, default: u32) -> Result<u32, RpcError> {
     match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
+        None => Ok(default),
+        Some(n) => {
+            u32::try_from(n).map_err(|_| refuse(param, &format!("{n} is above {}", u32::MAX)))
+        }
     }
 }
 
+impl CreateTransport {
+    /// The options asked for, over Pollux's defaults.
+    fn opts(&self) -> Result<TransportOpts, RpcError> {
+        let d = TransportOpts::default();
+        let mut masked_oncs = 0;
+        for name in self.masked_oncs.iter().flatten() {
+            let Some((_, bit)) = ONCS_NAMES.iter().find(|(n, _)| n == name) else {
+                return Err(refuse("masked_oncs", &format!("unknown feature {name:?}")));
+            };
+            masked_oncs |= bit;
+        }
+        if let Some(bad) = self
+            .masked_fuses
+            .iter()
+            .flatten()
+            .find(|f| !FUSES_NAMES.contains(&f.as_str()))
+        {
+            return Err(refuse("masked_fuses", &format!("unknown feature {bad:?}")));
+        }
+        // Without io_unit_size the granule follows max_io_size (SPDK's
+        // default equals its default max_io_size).
+        let max_io_size = opt_u32("max_io_size", self.max_io_size, d.max_io_size)?;
+        let io_unit_default = d.io_unit_size.min(max_io_size.max(1));
+        let io_unit_size = opt_u32("io_unit_size", self.io_unit_size, io_unit_default)?;
+        // Without num_shared_buffers the budget stays the default bytes.
+        let bufs_default =
+            (d.buffer_budget() / u64::from(io_unit_size.max(1))).min(u64::from(u32::MAX)) as u32;
+        Ok(TransportOpts {
+            max_queue_depth: opt_u32("max_queue_depth", self.max_queue_depth, d.max_queue_depth)?,
+            max_aq_depth: opt_u32("max_aq_depth", self.max_aq_depth, d.max_aq_depth)?,
+            max_io_qpairs_per_ctrlr: opt_u32(
+                "max_io_qpairs_per_ctrlr",
+                self.max_io_qpairs_per_ctrlr,
+                d.max_io_qpairs_per_ctrlr,
+            )?,
+            in_capsule_data_size: opt_u32(
+                "in_capsule_data_size",
+                self.in_capsule_data_size,
+                d.in_capsule_data_size,
+            )?,
+            max_io_size,
+            io_unit_size,
+            num_shared_buffers: opt_u32(
+                "num_shared_buffers",
+                self.num_shared_buffers,
+                bufs_default,
+            )?,
+            c2h_success: self.c2h_success.unwrap_or(d.c2h_success),
+            sock_priority: opt_u32("sock_priority", self.sock_priority, d.sock_priority)?,
+            kas: opt_u32("kas", self.kas, d.kas)?,
+            min_kato: opt_u32("min_kato", self.min_kato, d.min_kato)?,
+            abort_timeout_sec: opt_u32(
+                "abort_timeout_sec",
+                self.abort_timeout_sec,
+                d.abort_timeout_sec,
+            )?,
+            masked_oncs,
+            dif_insert_or_strip: self.dif_insert_or_strip.unwrap_or(d.dif_insert_or_strip),
+        })
+    }
+}
+
+/// The options in force under SPDK's names (`nvmf_get_transports`, and
+/// `save_config`, whose replay gives the same options back).
+fn transport_json(o: &TransportOpts) -> Value {
+    let masked: Vec<&str> = ONCS_NAMES
+        .iter()
+        .filter(|(_, bit)| *bit != 0 && o.masked_oncs & bit == *bit)
+        .map(|(n, _)| *n)
+        .collect();
+    json!({
+        "trtype": TCP,
+        "max_queue_depth": o.max_queue_depth,
+        "max_io_qpairs_per_ctrlr": o.max_io_qpairs_per_ctrlr,
+        "in_capsule_data_size": o.in_capsule_data_size,
+        "max_io_size": o.max_io_size,
+        "io_unit_size": o.io_unit_size,
+        "max_aq_depth": o.max_aq_depth,
+        "num_shared_buffers": o.num_shared_buffers,
+        "c2h_success": o.c2h_success,
+        "dif_insert_or_strip": o.dif_insert_or_strip,
+        "zcopy": false,
+        "sock_priority": o.sock_priority,
+        "abort_timeout_sec": o.abort_timeout_sec,
+        "kas": o.kas,
+        "min_kato": o.min_kato,
+        "masked_oncs": masked,
+    })
+}
+
 fn nvmf_create_transport(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
-    let raw = p.clone().unwrap_or_else(|| json!({}));
     let c: CreateTransport = params(p)?;
     check_tgt(&c.tgt_name)?;
     if !c.trtype.eq_ignore_ascii_case(TCP) {
@@ -166,18 +321,12 @@ fn nvmf_create_transport(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
             ),
         ));
     }
-    let mut opts = match raw {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    };
-    opts.remove("tgt_name");
-    opts.insert("trtype".into(), json!(TCP));
-    let t = target(d)?;
-    let mut transports = t.transports();
-    if !transports.is_empty() {
-        return Err(refuse("trtype", "transport TCP already exists"));
-    }
-    transports.push(Value::Object(opts));
+    let opts = c.opts()?;
+    target(d)?.create_transport(opts).map_err(|e| match e {
+        NvmfError::Opts(o) => RpcError::invalid_params(o.to_string()),
+        NvmfError::TransportExists => refuse("trtype", &e.to_string()),
+        other => err("trtype", other),
+    })?;
     Ok(json!(true))
 }
 
@@ -192,19 +341,7 @@ fn nvmf_get_transports(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcErr
     let g: GetTransports = params(p)?;
     check_tgt(&g.tgt_name)?;
     let t = target(d)?;
-    let list: Vec<Value> = t
-        .transports()
-        .iter()
-        .map(|stored| {
-            let mut out = transport_defaults();
-            if let Value::Object(m) = stored {
-                for (k, v) in m {
-                    out.insert(k.clone(), v.clone());
-                }
-            }
-            Value::Object(out)
-        })
-        .collect();
+    let list: Vec<Value> = t.transport().iter().map(transport_json).collect();
     if let Some(tr) = &g.trtype {
         if !tr.eq_ignore_ascii_case(TCP) || list.is_empty() {
             return Err(refuse("trtype", &format!("no transport {tr:?}")));
@@ -686,11 +823,10 @@ fn config_writer(d: &Dispatcher) -> Vec<Value> {
     };
     let subs = t.subsystems();
     let mut out = Vec::new();
-    let transports = t.transports().clone();
-    if transports.is_empty() && !subs.is_empty() {
-        out.push(json!({"method": "nvmf_create_transport", "params": {"trtype": TCP}}));
-    }
-    for tr in transports {
+    // The options in force, so a replay creates the same transport; with
+    // only TOML subsystems, the defaults they run with.
+    if t.transport().is_some() || !subs.is_empty() {
+        let tr = transport_json(&t.transport_opts());
         out.push(json!({"method": "nvmf_create_transport", "params": tr}));
     }
     for s in &subs {
