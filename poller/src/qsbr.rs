@@ -233,14 +233,14 @@ mod tests {
     /// The grace period alone does not protect an I/O that outlives its
     /// iteration: skipping the in-flight wait must be caught.
     #[test]
-    #[should_panic]
+    #[should_panic(expected = "used a closed node")]
     fn loom_finds_close_without_inflight_wait() {
         inflight_model(false);
     }
 
     /// Without the grace period the model must catch the use-after-reclaim.
     #[test]
-    #[should_panic]
+    #[should_panic(expected = "reader saw a reclaimed object")]
     fn loom_finds_reclaim_without_grace_period() {
         loom::model(|| {
             let a = Box::into_raw(Box::new(Obj {

@@ -228,7 +228,9 @@ mod tests {
     /// The shape of QEMU's bug: the sleeper re-checks for work *before*
     /// announcing that it may block. The model must find the lost wakeup.
     #[test]
-    #[should_panic]
+    // What loom reports when every thread is blocked: the sleeper waits for
+    // a kick that was sent before it announced itself.
+    #[should_panic(expected = "deadlock; threads = ")]
     fn loom_finds_lost_wakeup_in_broken_protocol() {
         loom::model(|| {
             let w = Arc::new(Wakeup::new(ModelEvent::new()));
