@@ -17,7 +17,17 @@ pub mod code {
     pub const INVALID_PARAMS: i32 = -32602;
     /// The method failed.
     pub const INTERNAL_ERROR: i32 = -32603;
+    /// SPDK's `SPDK_JSONRPC_ERROR_INVALID_STATE`: the method exists but
+    /// not in the application's current state (a startup-only method
+    /// called once the target runs).
+    pub const INVALID_STATE: i32 = -1;
 }
+
+/// Most requests one batch may hold. The request bytes are bounded by the
+/// server, but one small request can have a large answer (`bdev_get_bdevs`)
+/// and a batch's answers are sent as one array, so their number is bounded
+/// too (SPDK bounds a request to 8192 JSON values).
+pub const MAX_BATCH: usize = 1024;
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,19 +92,30 @@ pub struct Request {
     pub params: Option<Value>,
 }
 
-/// Checks that `v` is a JSON-RPC 2.0 request object.
+/// Checks that `v` is a JSON-RPC 2.0 request object. As SPDK's server
+/// (`parse_single_request`), a missing `"jsonrpc"` member is tolerated,
+/// but one that is present must say "2.0", and an id must be a string, a
+/// number or null.
 pub fn parse_request(v: Value) -> Result<Request, (Option<Value>, RpcError)> {
     let Value::Object(mut m) = v else {
         return Err((None, invalid_request("a request must be an object")));
     };
     let id = m.remove("id");
-    if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+    if let Some(bad) = id
+        .as_ref()
+        .filter(|i| i.is_array() || i.is_object() || i.is_boolean())
+    {
+        let msg = format!("\"id\" must be a string, a number or null, not {bad}");
+        return Err((None, invalid_request(&msg)));
+    }
+    if m.get("jsonrpc").is_some_and(|v| v.as_str() != Some("2.0")) {
         return Err((id, invalid_request("\"jsonrpc\" must be \"2.0\"")));
     }
     let Some(Value::String(method)) = m.remove("method") else {
         return Err((id, invalid_request("\"method\" must be a string")));
     };
-    let params = m.remove("params");
+    // A null params member is as if there were none (SPDK does the same).
+    let params = m.remove("params").filter(|p| !p.is_null());
     if let Some(p) = &params {
         if !p.is_object() && !p.is_array() {
             return Err((id, invalid_request("\"params\" must be an object or array")));
@@ -103,7 +124,8 @@ pub fn parse_request(v: Value) -> Result<Request, (Option<Value>, RpcError)> {
     Ok(Request { id, method, params })
 }
 
-fn invalid_request(msg: &str) -> RpcError {
+/// -32600 with `msg`.
+pub fn invalid_request(msg: &str) -> RpcError {
     RpcError {
         code: code::INVALID_REQUEST,
         message: msg.into(),
@@ -189,5 +211,12 @@ mod tests {
         let r =
             parse_request(json!({"jsonrpc": "2.0", "id": 1, "method": "m", "params": {}})).unwrap();
         assert_eq!(r.method, "m");
+        // SPDK's server takes requests without "jsonrpc" and null params.
+        let r = parse_request(json!({"id": "a", "method": "m", "params": null})).unwrap();
+        assert_eq!((r.id, r.params), (Some(json!("a")), None));
+        let (_, e) = parse_request(json!({"id": [1], "method": "m"})).unwrap_err();
+        assert_eq!(e.code, code::INVALID_REQUEST);
+        let (_, e) = parse_request(json!({"id": 1, "method": "m", "params": 3})).unwrap_err();
+        assert_eq!(e.code, code::INVALID_REQUEST);
     }
 }

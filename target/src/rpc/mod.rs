@@ -164,8 +164,29 @@ impl Dispatcher {
         result
     }
 
-    /// Answers one request object; `None` for notifications.
+    /// Answers one request object, or a batch (an array of them, as
+    /// rpc.py's `--batch-mode` sends since SPDK 26.09) with an array of
+    /// answers; `None` for notifications and batches of only those.
     pub fn handle_value(&self, v: Value) -> Option<Value> {
+        let Value::Array(batch) = v else {
+            return self.handle_one(v);
+        };
+        if batch.is_empty() || batch.len() > jsonrpc::MAX_BATCH {
+            let msg = format!(
+                "a batch must hold 1 to {} requests, not {}",
+                jsonrpc::MAX_BATCH,
+                batch.len()
+            );
+            return Some(jsonrpc::response(None, Err(jsonrpc::invalid_request(&msg))));
+        }
+        let answers: Vec<Value> = batch
+            .into_iter()
+            .filter_map(|req| self.handle_one(req))
+            .collect();
+        (!answers.is_empty()).then_some(Value::Array(answers))
+    }
+
+    fn handle_one(&self, v: Value) -> Option<Value> {
         match jsonrpc::parse_request(v) {
             Err((id, e)) => Some(jsonrpc::response(id, Err(e))),
             Ok(req) => {

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::rpc::jsonrpc::{params, NoParams, RpcError};
+use crate::rpc::jsonrpc::{code, params, NoParams, RpcError};
 use crate::rpc::Dispatcher;
 
 pub(super) fn register(d: &mut Dispatcher) {
@@ -13,7 +13,7 @@ pub(super) fn register(d: &mut Dispatcher) {
     d.register("framework_wait_init", framework_wait_init);
     d.register("framework_get_reactors", framework_get_reactors);
     d.register("save_config", save_config);
-    d.register("framework_start_init", framework_wait_init);
+    d.register("framework_start_init", framework_start_init);
     d.register("framework_get_subsystems", framework_get_subsystems);
     d.register("framework_get_config", framework_get_config);
 }
@@ -33,20 +33,44 @@ fn spdk_get_version(_d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError
     }))
 }
 
+/// Methods SPDK registers for its startup state only (before
+/// `framework_start_init`). Pollux is initialised before its socket opens,
+/// so it is always in SPDK's runtime state: these are listed by
+/// `rpc_get_methods` but not with `current`, and answer as SPDK does at
+/// runtime. rpc.py's `load_config` and spdkcli rely on exactly that to
+/// tell an initialised target from one waiting for `framework_start_init`.
+const STARTUP_ONLY: &[&str] = &["framework_start_init"];
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GetMethods {
     #[serde(default)]
-    #[allow(dead_code)] // every method is available at runtime
     current: bool,
+    /// Pollux registers no deprecated aliases, so there are none to add.
     #[serde(default)]
-    #[allow(dead_code)] // there are no deprecated aliases
+    #[allow(dead_code)] // honoured: the list is the same either way
     include_aliases: bool,
 }
 
 fn rpc_get_methods(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
-    let _: GetMethods = params(p)?;
-    Ok(json!(d.method_names().collect::<Vec<_>>()))
+    let g: GetMethods = params(p)?;
+    let names: Vec<&str> = d
+        .method_names()
+        .filter(|m| !(g.current && STARTUP_ONLY.contains(m)))
+        .collect();
+    Ok(json!(names))
+}
+
+/// SPDK's answer to a startup-only method once the framework runs
+/// (`lib/rpc/rpc.c`, `jsonrpc_handler`).
+fn framework_start_init(_d: &Dispatcher, _p: Option<Value>) -> Result<Value, RpcError> {
+    Err(RpcError {
+        code: code::INVALID_STATE,
+        message: "Method may only be called before framework is initialized. \
+                  Use --wait-for-rpc command line parameter and then issue this RPC \
+                  before the framework_start_init RPC."
+            .into(),
+    })
 }
 
 fn framework_wait_init(_d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
