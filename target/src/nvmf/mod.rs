@@ -17,6 +17,7 @@ mod admin;
 mod conn;
 mod controller;
 mod group;
+mod introspect;
 mod io_cmd;
 mod listener;
 mod request;
@@ -149,6 +150,7 @@ pub enum NvmfError {
     Opts(#[from] OptsError),
 }
 
+pub use introspect::ControllerInfo;
 pub use subsystem::{Access, SubsystemSpec, DEFAULT_MAX_NSID};
 pub use transport::{OptsError, TransportOpts};
 

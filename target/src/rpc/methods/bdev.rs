@@ -17,13 +17,9 @@ pub(super) fn register(d: &mut Dispatcher) {
     });
     d.register("bdev_null_create", bdev_null_create);
     d.register("bdev_null_delete", |d, p| delete(d, p, "bdev_null_create"));
-    d.register("bdev_aio_create", |d, p| {
-        file_create(d, p, "bdev_aio_create")
-    });
+    d.register("bdev_aio_create", aio_create);
     d.register("bdev_aio_delete", |d, p| delete(d, p, "bdev_aio_create"));
-    d.register("bdev_uring_create", |d, p| {
-        file_create(d, p, "bdev_uring_create")
-    });
+    d.register("bdev_uring_create", uring_create);
     d.register("bdev_uring_delete", |d, p| {
         delete(d, p, "bdev_uring_create")
     });
@@ -140,31 +136,76 @@ fn build(d: &Dispatcher, cfg: &BdevConfig) -> Result<(), RpcError> {
     bdev::build(&d.ctx.graph, cfg).map_err(|e| RpcError::failed(format!("{e:#}")))
 }
 
-/// Optional SPDK params Pollux accepts and has no use for (metadata and
-/// protection information are not supported: non-zero values are refused).
+/// -32602 naming `param` when a documented SPDK param asks for something
+/// Pollux's nodes lack. Callers pass `asked = false` for the param's
+/// default (absent, 0, false, -1 for NUMA ids): rpc.py sends several of
+/// those unasked, and they must never fail a call.
+fn lacks(param: &str, asked: bool, what: &str) -> Result<(), RpcError> {
+    if asked {
+        Err(RpcError::invalid_params(format!("{param}: {what}")))
+    } else {
+        Ok(())
+    }
+}
+
+/// A `uuid` param: SPDK decodes it with `spdk_json_decode_uuid` and answers
+/// "Invalid parameters" for anything but a UUID. Returned in lower case.
+fn check_uuid(uuid: Option<String>) -> Result<Option<String>, RpcError> {
+    let Some(u) = uuid else { return Ok(None) };
+    let groups: Vec<&str> = u.split('-').collect();
+    let shape = groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
+    if !shape
+        || !groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(RpcError::invalid_params(format!(
+            "uuid: {u:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
+        )));
+    }
+    Ok(Some(u.to_ascii_lowercase()))
+}
+
+/// `physical_block_size`: a node has one block size, so only that one
+/// (or SPDK's "same as block_size", 0) can be honoured.
+fn check_physical_block_size(pbs: Option<u32>, bs: u32) -> Result<(), RpcError> {
+    let p = pbs.unwrap_or(0);
+    lacks(
+        "physical_block_size",
+        p != 0 && p != bs,
+        &format!("{p} differs from block_size {bs}; Pollux nodes have one block size"),
+    )
+}
+
+/// Metadata and protection information (`bdev_malloc_create`,
+/// `bdev_null_create`): Pollux's nodes have neither, so `md_size` and
+/// `dif_type` must be 0. The layout params only describe metadata, which
+/// then does not exist, so any value of theirs asks for nothing.
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Unsupported {
+struct Metadata {
     md_size: Option<u32>,
+    #[allow(dead_code)] // describes metadata, which md_size = 0 rules out
     md_interleave: Option<bool>,
-    dif_type: Option<u32>,
+    dif_type: Option<i32>,
+    #[allow(dead_code)] // likewise
     dif_is_head_of_md: Option<bool>,
+    #[allow(dead_code)] // likewise
     dif_pi_format: Option<u32>,
 }
 
-impl Unsupported {
+impl Metadata {
     fn check(&self) -> Result<(), RpcError> {
-        if self.md_size.unwrap_or(0) != 0 || self.dif_type.unwrap_or(0) != 0 {
-            return Err(RpcError::invalid_params(
-                "md_size/dif_type: metadata and protection information are not supported",
-            ));
-        }
-        let _ = (
-            self.md_interleave,
-            self.dif_is_head_of_md,
-            self.dif_pi_format,
-        );
-        Ok(())
+        lacks(
+            "md_size",
+            self.md_size.unwrap_or(0) != 0,
+            "per-block metadata is not supported",
+        )?;
+        lacks(
+            "dif_type",
+            self.dif_type.unwrap_or(0) != 0,
+            "protection information is not supported",
+        )
     }
 }
 
@@ -175,18 +216,31 @@ struct MallocCreate {
     num_blocks: u64,
     block_size: u32,
     uuid: Option<String>,
-    #[allow(dead_code)] // accepted for compatibility; the node has one block size
     physical_block_size: Option<u32>,
-    #[allow(dead_code)] // accepted for compatibility; Pollux does not split I/O
+    /// SPDK splits I/O there and reports it to NVMe-oF hosts as NOIOB.
     optimal_io_boundary: Option<u32>,
+    numa_id: Option<i32>,
     #[serde(flatten)]
-    unsupported: Unsupported,
+    metadata: Metadata,
 }
 
 fn bdev_malloc_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: MallocCreate = params(p)?;
-    p.unsupported.check()?;
+    p.metadata.check()?;
     let bs = check_block_size(p.block_size)?;
+    check_physical_block_size(p.physical_block_size, bs)?;
+    lacks(
+        "optimal_io_boundary",
+        p.optimal_io_boundary.unwrap_or(0) != 0,
+        "Pollux neither splits I/O at a boundary nor reports one",
+    )?;
+    // -1 is SPDK's "any NUMA node".
+    lacks(
+        "numa_id",
+        p.numa_id.unwrap_or(-1) != -1,
+        "RAM disks cannot be placed on a chosen NUMA node",
+    )?;
+    let uuid = check_uuid(p.uuid)?;
     let name = match p.name {
         Some(n) => n,
         // SPDK names unnamed malloc bdevs Malloc0, Malloc1, ...
@@ -207,7 +261,7 @@ fn bdev_malloc_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcErro
         },
     )?;
     let params = json!({"name": name, "num_blocks": p.num_blocks, "block_size": bs});
-    record(&d.ctx, &name, "bdev_malloc_create", params, p.uuid);
+    record(&d.ctx, &name, "bdev_malloc_create", params, uuid);
     Ok(json!(name))
 }
 
@@ -227,16 +281,37 @@ struct NullCreate {
     num_blocks: u64,
     block_size: u32,
     uuid: Option<String>,
-    #[allow(dead_code)] // accepted for compatibility
     physical_block_size: Option<u32>,
+    /// The write and unmap hints SPDK 25.09 added; NVMe-oF reports them to
+    /// hosts (NPWG, NPWA, NOWS, NPDG, NPDA), Pollux reports none.
+    preferred_write_alignment: Option<u32>,
+    preferred_write_granularity: Option<u32>,
+    optimal_write_size: Option<u32>,
+    preferred_unmap_alignment: Option<u32>,
+    preferred_unmap_granularity: Option<u32>,
     #[serde(flatten)]
-    unsupported: Unsupported,
+    metadata: Metadata,
 }
 
 fn bdev_null_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: NullCreate = params(p)?;
-    p.unsupported.check()?;
+    p.metadata.check()?;
     let bs = check_block_size(p.block_size)?;
+    check_physical_block_size(p.physical_block_size, bs)?;
+    for (param, v) in [
+        ("preferred_write_alignment", p.preferred_write_alignment),
+        ("preferred_write_granularity", p.preferred_write_granularity),
+        ("optimal_write_size", p.optimal_write_size),
+        ("preferred_unmap_alignment", p.preferred_unmap_alignment),
+        ("preferred_unmap_granularity", p.preferred_unmap_granularity),
+    ] {
+        lacks(
+            param,
+            v.unwrap_or(0) != 0,
+            "Pollux reports no write or unmap granularity hints",
+        )?;
+    }
+    let uuid = check_uuid(p.uuid)?;
     let size = size_of(p.num_blocks, bs)?;
     build(
         d,
@@ -249,31 +324,68 @@ fn bdev_null_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError>
         },
     )?;
     let params = json!({"name": p.name, "num_blocks": p.num_blocks, "block_size": bs});
-    record(&d.ctx, &p.name, "bdev_null_create", params, p.uuid);
+    record(&d.ctx, &p.name, "bdev_null_create", params, uuid);
     Ok(json!(p.name))
 }
 
+/// `bdev_aio_create`'s params (SPDK 24.01 to 26.09).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileCreate {
+struct AioCreate {
     name: String,
     filename: std::path::PathBuf,
     block_size: Option<u32>,
     uuid: Option<String>,
-    #[allow(dead_code)] // bdev_aio_create: Pollux opens files read-write
     readonly: Option<bool>,
-    #[allow(dead_code)] // bdev_aio_create: no fallocate-on-write mode
+    /// true asks for UNMAP and WRITE ZEROES through fallocate(2), which
+    /// the file node always does; false is SPDK's default, accepted.
+    #[allow(dead_code)] // honoured either way, see above
     fallocate: Option<bool>,
+    /// RWF_NOWAIT on block devices (SPDK 26.01).
+    nowait: Option<bool>,
 }
 
-fn file_create(d: &Dispatcher, p: Option<Value>, method: &'static str) -> Result<Value, RpcError> {
-    let p: FileCreate = params(p)?;
+/// `bdev_uring_create`'s params (SPDK 24.01 to 26.09).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UringCreate {
+    name: String,
+    filename: std::path::PathBuf,
+    block_size: Option<u32>,
+    uuid: Option<String>,
+}
+
+fn aio_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let p: AioCreate = params(p)?;
+    lacks(
+        "readonly",
+        p.readonly == Some(true),
+        "read-only file bdevs are not supported",
+    )?;
+    lacks(
+        "nowait",
+        p.nowait == Some(true),
+        "RWF_NOWAIT submission is not supported",
+    )?;
+    file_create(
+        d,
+        UringCreate {
+            name: p.name,
+            filename: p.filename,
+            block_size: p.block_size,
+            uuid: p.uuid,
+        },
+        "bdev_aio_create",
+    )
+}
+
+fn uring_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    file_create(d, params(p)?, "bdev_uring_create")
+}
+
+fn file_create(d: &Dispatcher, p: UringCreate, method: &'static str) -> Result<Value, RpcError> {
     let bs = check_block_size(p.block_size.unwrap_or(512))?;
-    if p.readonly == Some(true) {
-        return Err(RpcError::invalid_params(
-            "readonly: read-only file bdevs are not supported",
-        ));
-    }
+    let uuid = check_uuid(p.uuid)?;
     build(
         d,
         &BdevConfig {
@@ -286,7 +398,7 @@ fn file_create(d: &Dispatcher, p: Option<Value>, method: &'static str) -> Result
         },
     )?;
     let params = json!({"name": p.name, "filename": p.filename, "block_size": bs});
-    record(&d.ctx, &p.name, method, params, p.uuid);
+    record(&d.ctx, &p.name, method, params, uuid);
     Ok(json!(p.name))
 }
 
@@ -300,6 +412,7 @@ struct PassthruCreate {
 
 fn bdev_passthru_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: PassthruCreate = params(p)?;
+    let uuid = check_uuid(p.uuid)?;
     if d.ctx.graph.node_geometry(&p.base_bdev_name).is_none() {
         return Err(RpcError::failed(format!(
             "no bdev named {:?}",
@@ -316,7 +429,7 @@ fn bdev_passthru_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcEr
         },
     )?;
     let params = json!({"name": p.name, "base_bdev_name": p.base_bdev_name});
-    record(&d.ctx, &p.name, "bdev_passthru_create", params, p.uuid);
+    record(&d.ctx, &p.name, "bdev_passthru_create", params, uuid);
     Ok(json!(p.name))
 }
 
@@ -430,18 +543,67 @@ fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
 #[serde(deny_unknown_fields)]
 struct GetIostat {
     name: Option<String>,
-    #[allow(dead_code)] // Pollux sums channels; per-channel stats are not kept apart
+    /// SPDK 26.01's list form of `name` (at most 1024 names, its schema's
+    /// bound).
+    names: Option<Vec<String>>,
     per_channel: Option<bool>,
+    /// SPDK 25.01: reset the counters after reading them.
+    reset_mode: Option<String>,
 }
+
+/// Most names `bdev_get_iostat` takes (SPDK's `bdev_iostat_names`).
+const IOSTAT_NAMES_MAX: usize = 1024;
 
 fn bdev_get_iostat(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: GetIostat = params(p)?;
+    // Pollux sums each node's per-core counters when read; the per-channel
+    // breakdown SPDK answers with is not kept apart.
+    lacks(
+        "per_channel",
+        p.per_channel == Some(true),
+        "per-channel statistics are not kept",
+    )?;
+    match p.reset_mode.as_deref() {
+        None | Some("none") => {}
+        Some(m @ ("all" | "maxmin" | "error")) => {
+            return Err(RpcError::invalid_params(format!(
+                "reset_mode: {m:?}: Pollux's counters cannot be reset (they are monotonic, as Prometheus reads them)"
+            )))
+        }
+        Some(m) => {
+            return Err(RpcError::invalid_params(format!(
+                "reset_mode: {m:?} is not one of all, maxmin, error, none"
+            )))
+        }
+    }
+    let wanted: Option<Vec<String>> = match (p.name, p.names) {
+        (Some(_), Some(_)) => {
+            return Err(RpcError::invalid_params(
+                "names: give either name or names, not both",
+            ))
+        }
+        (Some(n), None) => Some(vec![n]),
+        (None, Some(ns)) if ns.len() > IOSTAT_NAMES_MAX => {
+            return Err(RpcError::invalid_params(format!(
+                "names: {} names, at most {IOSTAT_NAMES_MAX}",
+                ns.len()
+            )))
+        }
+        (None, names) => names,
+    };
     let info = d.ctx.graph.describe();
+    if let Some(missing) = wanted
+        .iter()
+        .flatten()
+        .find(|w| !info.nodes.iter().any(|n| &n.name == *w))
+    {
+        return Err(RpcError::failed(format!("No such device: {missing:?}")));
+    }
     let mut bdevs = Vec::new();
     for n in info
         .nodes
         .iter()
-        .filter(|n| p.name.as_deref().is_none_or(|want| want == n.name))
+        .filter(|n| wanted.as_ref().is_none_or(|w| w.contains(&n.name)))
     {
         let Some(s) = d.ctx.graph.node_stats(&n.name) else {
             continue;
@@ -463,11 +625,6 @@ fn bdev_get_iostat(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> 
             "read_latency_ticks": 0, "write_latency_ticks": 0, "unmap_latency_ticks": 0,
             "io_error": s.errors.iter().sum::<u64>(),
         }));
-    }
-    if let Some(want) = &p.name {
-        if bdevs.is_empty() {
-            return Err(RpcError::failed(format!("No such device: {want:?}")));
-        }
     }
     Ok(json!({
         "tick_rate": 1_000_000_000u64,

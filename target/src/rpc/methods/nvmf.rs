@@ -12,7 +12,9 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::nvmf::{NvmfError, NvmfTarget, SubsystemInfo, SubsystemSpec, TransportOpts};
+use crate::nvmf::{
+    ControllerInfo, NvmfError, NvmfTarget, SubsystemInfo, SubsystemSpec, TransportOpts,
+};
 use crate::rpc::jsonrpc::{params, RpcError};
 use crate::rpc::Dispatcher;
 
@@ -56,6 +58,10 @@ pub(super) fn register(d: &mut Dispatcher) {
     d.register(
         "nvmf_subsystem_allow_any_host",
         nvmf_subsystem_allow_any_host,
+    );
+    d.register(
+        "nvmf_subsystem_get_controllers",
+        nvmf_subsystem_get_controllers,
     );
     d.register_subsystem(crate::rpc::Subsystem {
         name: "nvmf",
@@ -367,13 +373,13 @@ struct CreateSubsystem {
     ana_reporting: bool,
     min_cntlid: Option<u16>,
     max_cntlid: Option<u16>,
-    /// Range size limit hint for Dataset Management; Pollux's nodes take
-    /// any range, so there is no limit to report.
-    #[allow(dead_code)] // accepted, as SPDK
+    /// Limits SPDK reports to hosts in Identify Controller (DMRSL, WZSL):
+    /// `dmrsl`/`wzsl` since 26.05, in KiB before. 0 (SPDK's default) is
+    /// "no limit", which is what Pollux's nodes have and report.
+    max_discard_size_kib: Option<u64>,
+    max_write_zeroes_size_kib: Option<u64>,
     dmrsl: Option<u32>,
-    /// Write Zeroes size limit hint; likewise not needed.
-    #[allow(dead_code)] // accepted, as SPDK
-    wzsl: Option<u32>,
+    wzsl: Option<u8>,
     #[serde(default)]
     passthrough: bool,
     #[serde(default)]
@@ -398,13 +404,29 @@ fn nvmf_create_subsystem(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
             "NVMe passthrough needs an NVMe bdev, which Pollux does not have",
         ));
     }
-    if c.min_cntlid.is_some_and(|v| v != CNTLID_MIN)
-        || c.max_cntlid.is_some_and(|v| v != CNTLID_MAX)
-    {
-        return Err(refuse(
-            "min_cntlid",
-            &format!("Pollux allocates controller IDs {CNTLID_MIN}..={CNTLID_MAX} (0x{CNTLID_MAX:X}) only"),
-        ));
+    for (param, v, default) in [
+        ("min_cntlid", c.min_cntlid, CNTLID_MIN),
+        ("max_cntlid", c.max_cntlid, CNTLID_MAX),
+    ] {
+        if v.is_some_and(|v| v != default) {
+            return Err(refuse(
+                param,
+                &format!("Pollux allocates controller IDs {CNTLID_MIN}..={CNTLID_MAX} (0x{CNTLID_MAX:X}) only"),
+            ));
+        }
+    }
+    for (param, v) in [
+        ("max_discard_size_kib", c.max_discard_size_kib),
+        ("max_write_zeroes_size_kib", c.max_write_zeroes_size_kib),
+        ("dmrsl", c.dmrsl.map(u64::from)),
+        ("wzsl", c.wzsl.map(u64::from)),
+    ] {
+        if v.is_some_and(|v| v != 0) {
+            return Err(refuse(
+                param,
+                "reporting a size limit is not supported (Pollux's namespaces take any size; 0 = no limit)",
+            ));
+        }
     }
     if c.admin_label.is_some() {
         return Err(refuse(
@@ -412,8 +434,12 @@ fn nvmf_create_subsystem(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
             "extended discovery log entries are not supported",
         ));
     }
-    // NSSR means nothing to a software target; accepting it is harmless.
-    let _ = c.enable_nssr;
+    if c.enable_nssr {
+        return Err(refuse(
+            "enable_nssr",
+            "NVM subsystem reset is not offered (CAP.NSSRS is 0)",
+        ));
+    }
     target(d)?
         .create_subsystem(SubsystemSpec {
             nqn: c.nqn,
@@ -541,6 +567,12 @@ struct NsParams {
     anagrpid: Option<u32>,
     #[serde(default)]
     no_auto_visible: bool,
+    /// SPDK 25.01 to 26.05 (rpc.py sends `false` unasked): expose the bdev
+    /// without its per-block metadata. Pollux's bdevs have none (md_size
+    /// is refused at creation), so the namespace is metadata-free either
+    /// way and both values are honoured.
+    #[allow(dead_code)] // honoured either way, see above
+    hide_metadata: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -582,11 +614,25 @@ fn nvmf_subsystem_add_ns(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
             "reservations are not supported",
         ));
     }
-    if ns.anagrpid.is_some_and(|g| g != 1) {
-        return Err(refuse(
-            "namespace.anagrpid",
-            "ANA is not supported (only group 1)",
-        ));
+    // The ANA group only reaches hosts with ANA reporting, which Pollux
+    // refuses to turn on; SPDK without it likewise records the group and
+    // shows it to nobody. Its bound is SPDK's: 0 (= the NSID) up to the
+    // subsystem's namespace limit.
+    if let Some(g) = ns.anagrpid {
+        let max = target(d)?
+            .subsystems()
+            .iter()
+            .find(|s| s.nqn == a.nqn)
+            .map(|s| match s.max_namespaces {
+                0 => crate::nvmf::DEFAULT_MAX_NSID,
+                m => m,
+            });
+        if let Some(max) = max.filter(|&m| g > m) {
+            return Err(refuse(
+                "namespace.anagrpid",
+                &format!("ANA group {g} is above the subsystem's namespace limit {max}"),
+            ));
+        }
     }
     if ns.no_auto_visible {
         return Err(refuse(
@@ -644,7 +690,10 @@ enum Svc {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListenAddress {
-    trtype: String,
+    trtype: Option<String>,
+    /// SPDK 24.01 and 24.05 also took the transport under this name (a
+    /// deprecated alias of `trtype`, used when `trtype` is absent).
+    transport: Option<String>,
     adrfam: Option<String>,
     traddr: String,
     trsvcid: Option<Svc>,
@@ -664,10 +713,13 @@ struct ListenerParams {
 }
 
 fn parse_listen(a: &ListenAddress) -> Result<SocketAddr, RpcError> {
-    if !a.trtype.eq_ignore_ascii_case(TCP) {
+    let Some(trtype) = a.trtype.as_ref().or(a.transport.as_ref()) else {
+        return Err(refuse("listen_address.trtype", "missing"));
+    };
+    if !trtype.eq_ignore_ascii_case(TCP) {
         return Err(refuse(
             "listen_address.trtype",
-            &format!("{:?} is not available (Pollux serves TCP only)", a.trtype),
+            &format!("{trtype:?} is not available (Pollux serves TCP only)"),
         ));
     }
     let text = a.traddr.trim_start_matches('[').trim_end_matches(']');
@@ -728,7 +780,8 @@ fn listener(d: &Dispatcher, p: Option<Value>, add: bool) -> Result<Value, RpcErr
     }
     // NUMA placement only matters to vfio-user, as in SPDK.
     let _ = l.numa_id;
-    if l.nqn == DISCOVERY_NQN {
+    // "discovery" is rpc.py's shortcut for the discovery NQN.
+    if l.nqn == DISCOVERY_NQN || l.nqn == "discovery" {
         return Err(refuse(
             "nqn",
             "discovery is answered on every subsystem listener; a discovery-only listener is not supported",
@@ -810,6 +863,42 @@ fn nvmf_subsystem_allow_any_host(d: &Dispatcher, p: Option<Value>) -> Result<Val
         .set_allow_any_host(&a.nqn, a.allow_any_host)
         .map_err(|e| err("nqn", e))?;
     Ok(json!(true))
+}
+
+// ---------------------------------------------------------------- controllers
+
+/// `nvmf_subsystem_get_controllers`: the connected controllers of one
+/// subsystem, in the shape of SPDK's `dump_nvmf_ctrlr`.
+fn nvmf_subsystem_get_controllers(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let n: Nqn = params(p)?;
+    check_tgt(&n.tgt_name)?;
+    if n.nqn == DISCOVERY_NQN {
+        // Discovery controllers live only as long as one log page read;
+        // SPDK lists none under the discovery subsystem either.
+        return Ok(json!([]));
+    }
+    let list = target(d)?
+        .subsystem_controllers(&n.nqn)
+        .map_err(|e| err("nqn", e))?;
+    Ok(json!(list
+        .iter()
+        .map(describe_controller)
+        .collect::<Vec<_>>()))
+}
+
+fn describe_controller(c: &ControllerInfo) -> Value {
+    json!({
+        "cntlid": c.cntlid,
+        // SPDK 26.05 added the controller type; an NVMe subsystem's
+        // controllers are I/O controllers.
+        "cntrltype": "io",
+        "hostnqn": c.hostnqn,
+        "hostid": uuid_string(&c.hostid),
+        // SPDK counts the bits of the controller's qpair_mask, where the
+        // admin queue (QID 0) has its bit too; the same count here, so an
+        // orchestrator reads the same number from either target.
+        "num_io_qpairs": c.queues,
+    })
 }
 
 // ---------------------------------------------------------------- save_config
