@@ -7,11 +7,26 @@ cd "$(dirname "$0")/.."
 
 # SPDK's JSON-RPC client (rpc.py, packaged on PyPI as `spdk`), used by the
 # JSON-RPC acceptance tests exactly as SPDK users run it.
-if [ ! -x /opt/spdk-rpc/bin/spdk-rpc ]; then
-    echo "test-deps: installing SPDK's rpc client into /opt/spdk-rpc"
-    python3 -m venv /opt/spdk-rpc
-    /opt/spdk-rpc/bin/pip install --quiet spdk==26.9
-fi
+# /opt/spdk-rpc (the newest release) is the client most tests use.
+#
+# Orchestrators pin whichever SPDK release they were built with, so the RPC
+# acceptance test (target/tests/rpc_releases.rs) runs rpc.py from every
+# release on PyPI, each from its own venv /opt/spdk-rpc-VERSION. The list
+# is the test harness's SPDK_RELEASES (target/tests/support/mod.rs).
+spdk_venv() { # DIR VERSION: a venv at DIR holding exactly spdk==VERSION
+    local dir=$1 version=$2
+    if [ -x "$dir/bin/spdk-rpc" ] && [ "$("$dir/bin/python3" -c \
+        "import importlib.metadata as m; print(m.version('spdk'))" 2>/dev/null)" = "$version" ]; then
+        return
+    fi
+    echo "test-deps: installing SPDK's rpc client $version into $dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet "spdk==$version"
+}
+spdk_venv /opt/spdk-rpc 26.9
+for version in 25.5 25.5.1 25.9 26.1 26.5 26.9; do
+    spdk_venv "/opt/spdk-rpc-$version" "$version"
+done
 
 # Prometheus' promtool and server, from Debian's `prometheus` package: the
 # /metrics tests check the exposition with promtool and scrape Pollux with

@@ -433,15 +433,63 @@ pub fn series(text: &str, name: &str) -> f64 {
     try_series(text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"))
 }
 
+/// Every release of the `spdk` package (SPDK's rpc.py) on PyPI, oldest
+/// first. scripts/test-deps.sh installs each into its own venv,
+/// [`spdk_release_venv`]; the RPC acceptance test (tests/rpc_releases.rs)
+/// drives Pollux with each one.
+pub const SPDK_RELEASES: &[&str] = &["25.5", "25.5.1", "25.9", "26.1", "26.5", "26.9"];
+
+/// Where scripts/test-deps.sh installs `spdk==version`:
+/// `/opt/spdk-rpc-VERSION`, or `$SPDK_RPC_VENVS/spdk-rpc-VERSION`.
+pub fn spdk_release_venv(version: &str) -> PathBuf {
+    let base = std::env::var_os("SPDK_RPC_VENVS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt"));
+    base.join(format!("spdk-rpc-{version}"))
+}
+
 /// SPDK's JSON-RPC client (`spdk-rpc`, rpc.py from the `spdk` Python
 /// package, and its `JSONRPCClient`) bound to one socket. `SPDK_RPC`
-/// overrides the `spdk-rpc` path.
+/// overrides the `spdk-rpc` path of [`SpdkRpc::new`].
 pub struct SpdkRpc {
     bin: PathBuf,
     sock: PathBuf,
 }
 
 impl SpdkRpc {
+    /// The client of one `spdk` release ([`SPDK_RELEASES`]) from its venv.
+    /// Panics, saying how to install it, when that venv is missing or holds
+    /// another release: the release tests never skip.
+    pub fn release(sock: &Path, version: &str) -> SpdkRpc {
+        let venv = spdk_release_venv(version);
+        let bin = venv.join("bin/spdk-rpc");
+        assert!(
+            bin.exists(),
+            "SPDK's rpc client {version} is missing at {}: run scripts/test-deps.sh, or \
+             `python3 -m venv {v} && {v}/bin/pip install spdk=={version}`",
+            bin.display(),
+            v = venv.display()
+        );
+        let installed = Command::new(venv.join("bin/python3"))
+            .args([
+                "-c",
+                "import importlib.metadata as m; print(m.version('spdk'))",
+            ])
+            .output()
+            .unwrap();
+        let installed = String::from_utf8_lossy(&installed.stdout).trim().to_owned();
+        assert_eq!(
+            installed,
+            version,
+            "{} holds spdk {installed}, not {version}: run scripts/test-deps.sh",
+            venv.display()
+        );
+        SpdkRpc {
+            bin,
+            sock: sock.to_owned(),
+        }
+    }
+
     /// Panics, saying how to install it, when the client is missing.
     pub fn new(sock: &Path) -> SpdkRpc {
         let bin = std::env::var_os("SPDK_RPC")
@@ -474,6 +522,34 @@ impl SpdkRpc {
             return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
         }
         Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// `spdk-rpc -s SOCK args...` with `input` on its stdin (rpc.py runs
+    /// one command per line from stdin, and sends them as one JSON-RPC
+    /// batch with `-b`): its stdout and whether it succeeded.
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> (bool, String) {
+        let mut child = Command::new(&self.bin)
+            .arg("-s")
+            .arg(&self.sock)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
     /// [`Self::try_run`], which must succeed.
