@@ -20,6 +20,10 @@ use support::{free_port, pollux, scrape, try_series, Daemon, SpdkRpc, VmClient};
 const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
 const SERIAL: &str = "SPDK00000000000001";
 const DISCOVERY: &str = "nqn.2014-08.org.nvmexpress.discovery";
+/// The Linux guest's host NQN and host ID (given to `nvme connect`, so
+/// `nvmf_subsystem_get_controllers` can be checked against them).
+const GUEST_HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:8d1f0c3a-27b4-4d8e-9c51-0a6e2f3b7d19";
+const GUEST_HOSTID: &str = "8d1f0c3a-27b4-4d8e-9c51-0a6e2f3b7d19";
 
 /// A daemon with its SPDK client and metrics address.
 struct Target {
@@ -340,7 +344,7 @@ fn linux_host_sees_namespaces_added_and_removed_over_rpc() {
     // the new namespace). Timeouts are generous: TCG is slow.
     let script = format!(
         "set -e\n\
-         nvme connect -t tcp -a 10.0.2.2 -s {port} -n {NQN}\n\
+         nvme connect -t tcp -a 10.0.2.2 -s {port} -n {NQN} --hostnqn={GUEST_HOSTNQN} --hostid={GUEST_HOSTID}\n\
          i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); [ $i -gt 200 ] && {{ echo NO_NS1; nvme list; exit 1; }}; sleep 0.1; done\n\
          fio --name=v --filename=/dev/nvme0n1 --rw=randwrite --bs=4k --size=8m --iodepth=16 \
              --ioengine=libaio --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 \
@@ -367,6 +371,20 @@ fn linux_host_sees_namespaces_added_and_removed_over_rpc() {
     // the namespace below can only show up through the AEN and rescan.
     d.wait(600, "the guest connects", || d.connections(NQN) > 0.0);
     d.wait(600, "fio verifies on nsid 1", || reads("Malloc0") >= 2048);
+    // Who is connected, as orchestrators ask it: the guest's one
+    // controller, with the host NQN and ID it connected with and its
+    // queues (admin + one I/O queue per guest CPU), as many as the
+    // connections gauge counts.
+    let ctrls = d.rpc.run(&["nvmf_subsystem_get_controllers", NQN]);
+    assert_eq!(ctrls.as_array().unwrap().len(), 1, "{ctrls}");
+    let c = &ctrls[0];
+    assert_eq!(c["hostnqn"], json!(GUEST_HOSTNQN), "{c}");
+    assert_eq!(c["hostid"], json!(GUEST_HOSTID), "{c}");
+    assert_eq!(c["cntrltype"], json!("io"), "{c}");
+    assert!(c["cntlid"].as_u64().unwrap() >= 1, "{c}");
+    let queues = c["num_io_qpairs"].as_u64().unwrap();
+    assert!(queues >= 2, "admin and at least one I/O queue: {c}");
+    assert_eq!(queues as f64, d.connections(NQN), "{c}");
     d.rpc
         .run(&["bdev_malloc_create", "-b", "Malloc1", "32", "512"]);
     d.rpc
@@ -390,6 +408,9 @@ fn linux_host_sees_namespaces_added_and_removed_over_rpc() {
     }
     d.wait(20, "the guest's queue pairs close", || {
         d.connections(NQN) == 0.0
+    });
+    d.wait(20, "the guest's controller goes", || {
+        d.rpc.run(&["nvmf_subsystem_get_controllers", NQN]) == json!([])
     });
     d.tear_down(port);
     d.wait(10, "fds back to baseline", || {
