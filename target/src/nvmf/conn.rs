@@ -171,6 +171,8 @@ pub struct ConnStats {
     pub in_capsule: u64,
     /// C2HData PDUs sent.
     pub c2h: u64,
+    /// Commands completed by C2HData SUCCESS (no CapsuleResp).
+    pub c2h_success: u64,
     /// Data digest errors.
     pub data_digest_errors: u64,
 }
@@ -527,11 +529,13 @@ impl Conn {
         let s = self.stats;
         if level_info {
             tracing::info!(peer = %self.peer, qid = ?self.qid, commands = s.commands, r2ts = s.r2ts,
-                in_capsule_writes = s.in_capsule, c2h_pdus = s.c2h, data_digest_errors = s.data_digest_errors,
+                in_capsule_writes = s.in_capsule, c2h_pdus = s.c2h, c2h_success = s.c2h_success,
+                sqflow_disabled = self.sqflow_disabled, data_digest_errors = s.data_digest_errors,
                 reason = %reason, "nvmf: queue pair closed");
         } else {
             tracing::warn!(peer = %self.peer, qid = ?self.qid, commands = s.commands, r2ts = s.r2ts,
-                in_capsule_writes = s.in_capsule, c2h_pdus = s.c2h, data_digest_errors = s.data_digest_errors,
+                in_capsule_writes = s.in_capsule, c2h_pdus = s.c2h, c2h_success = s.c2h_success,
+                sqflow_disabled = self.sqflow_disabled, data_digest_errors = s.data_digest_errors,
                 reason = %reason, "nvmf: queue pair closed");
         }
     }
@@ -1130,6 +1134,7 @@ impl Conn {
                 success,
             };
             self.stats.c2h += 1;
+            self.stats.c2h_success += u64::from(success);
             self.send_pdu(&pdu, data);
             if !success {
                 self.send_pdu(&Pdu::CapsuleResp(cqe), &[]);

@@ -5,6 +5,7 @@
 
 use pollux_graph::{Io, IoBuf, IoOp};
 use pollux_nvme::fabrics::{FabricsCmd, FABRICS_OPCODE};
+use pollux_nvme::identify::oncs;
 use pollux_nvme::io::{DsmCmd, DsmRange, LbaRangeCmd, DSM_ATTR_DEALLOCATE};
 use pollux_nvme::opcode::IoOpcode;
 use pollux_nvme::Status;
@@ -35,6 +36,16 @@ impl Conn {
             self.fail(slot, Status::INVALID_OPCODE.with_dnr());
             return false;
         };
+        // Commands `masked_oncs` hid from Identify are not offered at all.
+        let oncs_bit = match op {
+            IoOpcode::DatasetManagement => oncs::DSM,
+            IoOpcode::WriteZeroes => oncs::WRITE_ZEROES,
+            _ => 0,
+        };
+        if self.opts.masked_oncs & oncs_bit != 0 {
+            self.fail(slot, Status::INVALID_OPCODE.with_dnr());
+            return false;
+        }
         let i = slot as usize;
         let Some(subsys) = self.ctrl.as_ref().and_then(|c| c.subsystem()) else {
             self.fail(slot, Status::INVALID_OPCODE.with_dnr());

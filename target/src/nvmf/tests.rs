@@ -1365,3 +1365,38 @@ fn num_shared_buffers_bounds_the_data_in_flight() {
     // 16 units of 8 KiB: exactly one 128 KiB command at a time.
     assert!(run(Some(16)) > 0, "num_shared_buffers was not enforced");
 }
+
+#[test]
+fn masked_oncs_hides_and_refuses_the_command() {
+    let fx = Fixture::new(true);
+    fx.tgt
+        .as_ref()
+        .unwrap()
+        .create_transport(super::TransportOpts {
+            masked_oncs: pollux_nvme::identify::oncs::DSM,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut c = host::Controller::connect(fx.host()).unwrap();
+    assert_eq!(c.identify.oncs & pollux_nvme::identify::oncs::DSM, 0);
+    assert_ne!(
+        c.identify.oncs & pollux_nvme::identify::oncs::WRITE_ZEROES,
+        0
+    );
+    c.set_num_queues(1).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let mut dsm = Sqe::new(0x09, 0);
+    dsm.set_nsid(1);
+    dsm.set_cdw11(DSM_ATTR_DEALLOCATE);
+    let mut ranges = vec![0u8; 16];
+    DsmRange {
+        cattr: 0,
+        nlb: 8,
+        slba: 0,
+    }
+    .write(&mut ranges)
+    .unwrap();
+    let r = q.execute(dsm, ranges, true, TIMEOUT).unwrap();
+    assert_status(r.cqe.status(), Status::INVALID_OPCODE);
+    good_host_io(&fx);
+}
