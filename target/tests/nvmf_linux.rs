@@ -176,3 +176,155 @@ listen = ["127.0.0.1:{port}"]
     // After an orderly stop (graph flush) the data is still there.
     assert_eq!(plain, Some(host_md5(&disk, 0, 32).as_str()));
 }
+
+/// One daemon built over rpc.py with non-default transport options
+/// (`c2h_success` as given), exporting a 64 MiB malloc bdev on `port`.
+fn rpc_built_daemon(port: u16, c2h_success: bool) -> Daemon {
+    let d = Daemon::builder()
+        .config("[reactors]\ncores = [0]\n[metrics]\nlisten = \"127.0.0.1:0\"\n")
+        .start();
+    let rpc = d.spdk();
+    // In-capsule 4 KiB (so 16 KiB writes take R2T), 64 KiB commands (MDTS
+    // 4: Linux splits larger ones), 64-entry queues (Linux clamps its 128
+    // to CAP.MQES), two I/O queues, and a 512 KiB buffer budget (64 units
+    // of 8 KiB), which fio at QD 16 x 64 KiB overruns, so requests wait
+    // for buffers. io_unit_size and num_shared_buffers as rpc.py up to
+    // 26.05 sends them.
+    let mut params = serde_json::json!({
+        "trtype": "TCP", "max_queue_depth": 64, "max_io_qpairs_per_ctrlr": 2,
+        "in_capsule_data_size": 4096, "max_io_size": 65536, "io_unit_size": 8192,
+        "num_shared_buffers": 64, "max_aq_depth": 32, "c2h_success": c2h_success,
+    });
+    if !c2h_success {
+        // What `rpc.py nvmf_create_transport -o` sends.
+        params["no_srq"] = serde_json::json!(false);
+    }
+    rpc.call("nvmf_create_transport", params);
+    rpc.run(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"]);
+    rpc.run(&["nvmf_create_subsystem", NQN, "-a"]);
+    rpc.run(&["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
+    rpc.run(&[
+        "nvmf_subsystem_add_listener",
+        NQN,
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        &port.to_string(),
+    ]);
+    d
+}
+
+/// (sqflow_disabled, c2h_success) of every I/O queue pair the log says
+/// closed.
+fn io_queue_stats(log: &str) -> Vec<(bool, u64)> {
+    log.lines()
+        .filter(|l| l.contains("queue pair closed") && !l.contains("qid=Some(0)"))
+        .filter(|l| l.contains("qid=Some("))
+        .map(|l| {
+            let field = |k: &str| {
+                l.split(&format!("{k}="))
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (
+                field("sqflow_disabled") == "true",
+                field("c2h_success").parse().unwrap_or(u64::MAX),
+            )
+        })
+        .collect()
+}
+
+/// Issue 8 §5 and §6 with the Linux initiator: reads complete by C2HData
+/// SUCCESS only on queues whose host disabled SQ flow control
+/// (`nvme connect --disable-sqflow`) and only while `c2h_success` is on;
+/// everywhere else the CapsuleResp carries SQHD. Linux connects with flow
+/// control on unless told otherwise. Both daemons run non-default
+/// transport options, and fio verify passes on each queue kind.
+#[test]
+fn linux_initiator_c2h_success_rule_and_transport_options() {
+    let vm = VmClient::find();
+    let (port_on, port_off) = (free_port(), free_port());
+    let on = rpc_built_daemon(port_on, true);
+    let off = rpc_built_daemon(port_off, false);
+    let fio = |name: &str, bs: &str, offset_mb: u64| {
+        format!(
+            "fio --name={name} --filename=/dev/nvme0n1 --rw=randwrite --bs={bs} \
+             --offset={offset_mb}m --size=8m --iodepth=16 --ioengine=libaio --direct=1 \
+             --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=0 --output-format=terse \
+             >/tmp/{name}.out 2>&1 || {{ cat /tmp/{name}.out; echo FIO_FAILED {name}; exit 1; }}\n\
+             echo FIO_OK {name}\n"
+        )
+    };
+    let wait_dev = "i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); \
+                    [ $i -gt 100 ] && { echo NO_DEVICE; nvme list; exit 1; }; sleep 0.1; done\n";
+    let mut script = String::from("set -e\n");
+    for (tag, port) in [("on", port_on), ("off", port_off)] {
+        for (mode, flag) in [("nosqflow", " --disable-sqflow"), ("sqflow", "")] {
+            let n = format!("{tag}_{mode}");
+            write!(
+                script,
+                "nvme connect -t tcp -a 10.0.2.2 -s {port} -n {NQN}{flag}\n{wait_dev}\
+                 echo MAX_SECTORS_{n} $(cat /sys/block/nvme0n1/queue/max_hw_sectors_kb)\n\
+                 {}{}{}\
+                 nvme disconnect -n {NQN}\n\
+                 i=0; while [ -b /dev/nvme0n1 ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done\n",
+                fio(&format!("{n}_4k"), "4k", 0),
+                fio(&format!("{n}_16k"), "16k", 8),
+                fio(&format!("{n}_256k"), "256k", 16),
+            )
+            .unwrap();
+        }
+    }
+    script.push_str("echo ALL_OK\n");
+    let out = vm.run(&[], 900, &script);
+    let logs = || format!("{}\n--- c2h_success off ---\n{}", on.log(), off.log());
+    let report = || out.report(&logs());
+    assert!(out.status.success(), "guest script failed:\n{}", report());
+    assert!(out.stdout.contains("ALL_OK"), "{}", report());
+    // MDTS (64 KiB) reached the block layer.
+    for n in ["on_nosqflow", "on_sqflow", "off_nosqflow", "off_sqflow"] {
+        assert_eq!(
+            out.marker(&format!("MAX_SECTORS_{n}")),
+            Some("64"),
+            "{}",
+            report()
+        );
+    }
+
+    let on_stats = io_queue_stats(&on.log());
+    let off_stats = io_queue_stats(&off.log());
+    assert!(!on_stats.is_empty() && !off_stats.is_empty(), "{}", logs());
+    // Linux's default keeps SQ flow control on, and such queues never get
+    // SUCCESS; with --disable-sqflow they do (reads complete without a
+    // CapsuleResp) where c2h_success is on.
+    assert!(on_stats.iter().any(|&(d, _)| !d), "{}", logs());
+    assert!(
+        on_stats.iter().filter(|s| !s.0).all(|s| s.1 == 0),
+        "SUCCESS under SQ flow control:\n{}",
+        logs()
+    );
+    let with_success: u64 = on_stats.iter().filter(|s| s.0).map(|s| s.1).sum();
+    assert!(
+        with_success > 0,
+        "no SUCCESS with flow control off:\n{}",
+        logs()
+    );
+    // c2h_success off: never, even where the host allowed it.
+    assert!(off_stats.iter().any(|&(d, _)| d), "{}", logs());
+    assert!(
+        off_stats.iter().all(|s| s.1 == 0),
+        "SUCCESS with c2h_success off:\n{}",
+        logs()
+    );
+    // No transport error on either, with the small buffer budget.
+    for log in [on.log(), off.log()] {
+        assert!(
+            !log.contains("C2HTermReq") && !log.contains("data_digest_errors=1"),
+            "{log}"
+        );
+    }
+}
