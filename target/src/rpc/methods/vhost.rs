@@ -386,6 +386,27 @@ mod tests {
         }
     }
 
+    /// Every param rpc.py 25.5 to 26.9 sends (and SPDK 24.01's
+    /// `packed_ring_recovery`) is a known field.
+    #[test]
+    fn every_documented_param_decodes() {
+        let p: CreateBlk = params(Some(serde_json::json!({
+            "ctrlr": "c", "dev_name": "d", "cpumask": "0x1", "readonly": false,
+            "packed_ring": false, "packed_ring_recovery": false,
+            "transport": TRANSPORT
+        })))
+        .unwrap();
+        assert_eq!((p.ctrlr.as_str(), p.dev_name.as_str()), ("c", "d"));
+        params::<GetCtrlrs>(Some(serde_json::json!({"name": "c"}))).unwrap();
+        params::<DeleteCtrlr>(Some(serde_json::json!({"ctrlr": "c"}))).unwrap();
+        let e = params::<CreateBlk>(Some(serde_json::json!({
+            "ctrlr": "c", "dev_name": "d", "read_only": true
+        })))
+        .err()
+        .expect("a misspelt param is refused");
+        assert!(e.message.contains("read_only"), "{}", e.message);
+    }
+
     #[test]
     fn queues_spread_round_robin() {
         assert_eq!(round_robin(&[0, 1], 5), vec![0, 1, 0, 1, 0]);
