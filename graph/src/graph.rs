@@ -244,7 +244,8 @@ impl Graph {
     ) -> Result<T, GraphError> {
         let _w = self.lock();
         let old_ptr = self.current.load(Ordering::Acquire);
-        // SAFETY: writers are serialized by `_w`; only writers free snapshots.
+        // SAFETY: writers are serialized by `_w`; only writers and `drop`
+        // (ruled out by `&self`) free snapshots.
         let old = unsafe { &*old_ptr };
         let mut next = old.fork();
         let out = change(&mut next)?;
