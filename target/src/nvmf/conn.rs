@@ -1276,4 +1276,27 @@ mod tests {
         assert!(!c2h_success_allowed(&o, true), "c2h_success off");
         assert!(!c2h_success_allowed(&o, false));
     }
+
+    #[test]
+    fn sock_priority_reaches_the_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        set_sock_priority(&s, 3);
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `s` is open; `v` and `len` are live and sized for the
+        // call.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PRIORITY,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert_eq!(v, 3);
+    }
 }
