@@ -1230,10 +1230,10 @@ impl Conn {
 
 /// Whether the last C2HData of a read may carry SUCCESS, completing the
 /// command without a CapsuleResp. That CapsuleResp is where the host
-/// learns SQHD, so (NVMe/TCP 1.0, 3.6.2.8 and the Linux target's
-/// `sqhd_disabled`) only a queue whose host disabled SQ flow control may
-/// go without it; and SPDK's `c2h_success` option can forbid it
-/// altogether.
+/// learns SQHD, so (the NVMe/TCP transport's C2HData SUCCESS rule, the
+/// Linux target's `sqhd_disabled`, SPDK's `sq_flow_control_disabled`) only
+/// a queue whose host disabled SQ flow control may go without it; and
+/// SPDK's `c2h_success` option can forbid it altogether.
 pub(super) fn c2h_success_allowed(opts: &TransportOpts, sqflow_disabled: bool) -> bool {
     opts.c2h_success && sqflow_disabled
 }
