@@ -375,6 +375,25 @@ fn drive(version: &str) {
         names(&rpc.run(&["nvmf_get_subsystems"]), "nqn"),
         [DISCOVERY]
     );
+
+    // rpc.py's load_config replays the saved config into a fresh target
+    // (rpc_get_methods, then each method while it is among the current
+    // ones). The first daemon stays, for the disk image in its directory.
+    let d2 = start();
+    let rpc2 = SpdkRpc::release(d2.rpc_socket(), version);
+    let (ok, out) = rpc2.run_stdin(&["load_config"], &saved.to_string());
+    assert!(ok, "load_config failed: {out}\n{}", d2.log());
+    assert_eq!(
+        names(&rpc2.run(&["bdev_get_bdevs"]), "name"),
+        ["Malloc0", "Malloc1", "Null0", "PT0", "Uring0"]
+    );
+    let s = &rpc2.run(&["nvmf_get_subsystems", NQN])[0];
+    assert_eq!(s["serial_number"], json!(SERIAL));
+    assert_eq!(s["namespaces"].as_array().unwrap().len(), 2, "{s}");
+    assert_eq!(
+        rpc2.run(&["vhost_get_controllers"])[0]["ctrlr"],
+        json!("vhost.0")
+    );
     eprintln!("rpc.py {version}: {:.1?}", t0.elapsed());
 }
 
