@@ -469,3 +469,67 @@ fn requests_are_framed_as_spdk_frames_them() {
     // An empty batch is an invalid request.
     assert_eq!(answers[2]["error"]["code"], json!(-32600));
 }
+
+/// `nvmf_subsystem_get_controllers` reports each controller with the host
+/// NQN and host ID its Connect carried, an admin-only controller as one
+/// queue, and the discovery subsystem's controllers as "discovery"; each
+/// goes when its host disconnects.
+#[test]
+fn get_controllers_reports_what_each_host_connected_with() {
+    use pollux_nvme::host::{Controller, HostConfig};
+    let d = start();
+    let rpc = d.spdk();
+    rpc.run(&["bdev_null_create", "Null0", "8", "512"]);
+    rpc.run(&["nvmf_create_transport", "-t", "TCP"]);
+    rpc.run(&["nvmf_create_subsystem", NQN, "-a"]);
+    rpc.run(&["nvmf_subsystem_add_ns", NQN, "Null0"]);
+    let port = free_port();
+    rpc.run(&[
+        "nvmf_subsystem_add_listener",
+        NQN,
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        &port.to_string(),
+    ]);
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let hostid: [u8; 16] = [
+        0x5f, 0x7c, 0x2a, 0x7e, 0x7d, 0x3a, 0x4e, 0x1b, 0x9a, 0x53, 0x6f, 0x0c, 0x1d, 0x2e, 0x3f,
+        0x40,
+    ];
+    let mut io = HostConfig::new(addr, NQN);
+    io.hostnqn = HOST.into();
+    io.hostid = hostid;
+    let io = Controller::connect(io).unwrap();
+    let mut disc = HostConfig::new(addr, DISCOVERY);
+    disc.hostnqn = "nqn.2014-08.org.nvmexpress:uuid:discovery-host".into();
+    let disc = Controller::connect(disc).unwrap();
+
+    let c = rpc.run(&["nvmf_subsystem_get_controllers", NQN]);
+    assert_eq!(c.as_array().unwrap().len(), 1, "{c}");
+    assert_eq!(c[0]["hostnqn"], json!(HOST));
+    assert_eq!(
+        c[0]["hostid"],
+        json!("5f7c2a7e-7d3a-4e1b-9a53-6f0c1d2e3f40")
+    );
+    assert_eq!(c[0]["cntrltype"], json!("io"));
+    assert_eq!(c[0]["num_io_qpairs"], json!(1), "the admin queue only: {c}");
+    let dc = rpc.run(&["nvmf_subsystem_get_controllers", DISCOVERY]);
+    assert_eq!(dc.as_array().unwrap().len(), 1, "{dc}");
+    assert_eq!(dc[0]["cntrltype"], json!("discovery"));
+    assert_eq!(
+        dc[0]["hostnqn"],
+        json!("nqn.2014-08.org.nvmexpress:uuid:discovery-host")
+    );
+    assert_ne!(dc[0]["cntlid"], c[0]["cntlid"]);
+
+    io.shutdown().unwrap();
+    disc.shutdown().unwrap();
+    for nqn in [NQN, DISCOVERY] {
+        wait_for(&d, 20, "the controllers go with their hosts", || {
+            (rpc.run(&["nvmf_subsystem_get_controllers", nqn]) == json!([])).then_some(())
+        });
+    }
+}

@@ -261,6 +261,16 @@ impl ControllerTable {
             .collect()
     }
 
+    /// The live discovery controllers (for `nvmf_subsystem_get_controllers`
+    /// on the discovery NQN).
+    pub(crate) fn discovery(&self) -> Vec<Arc<Controller>> {
+        self.by_id
+            .values()
+            .filter(|c| matches!(c.kind, CtrlKind::Discovery))
+            .cloned()
+            .collect()
+    }
+
     /// Kills every controller (target stop).
     pub fn kill_all(&mut self) {
         for (_, c) in self.by_id.drain() {

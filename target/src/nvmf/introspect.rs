@@ -8,6 +8,8 @@ use super::{NvmfError, NvmfTarget};
 pub struct ControllerInfo {
     /// Controller ID Connect returned.
     pub cntlid: u16,
+    /// A discovery controller (else an I/O controller).
+    pub discovery: bool,
     /// Host NQN from the admin Connect (empty when the host sent none).
     pub hostnqn: String,
     /// Host identifier from the admin Connect.
@@ -17,23 +19,32 @@ pub struct ControllerInfo {
 }
 
 impl NvmfTarget {
-    /// The live I/O controllers of subsystem `nqn`, by cntlid.
+    /// The live controllers of subsystem `nqn` (of the discovery
+    /// subsystem: the discovery controllers), by cntlid.
     pub fn subsystem_controllers(&self, nqn: &str) -> Result<Vec<ControllerInfo>, NvmfError> {
-        self.get(nqn)?;
+        let discovery = nqn == pollux_nvme::fabrics::DISCOVERY_NQN;
+        if !discovery {
+            self.get(nqn)?;
+        }
         // Lock order as in `connections`: the table, then each controller.
-        let mut list: Vec<ControllerInfo> = self
-            .shared
-            .controllers()
-            .of_subsystem(nqn)
+        let table = self.shared.controllers();
+        let ctrls = if discovery {
+            table.discovery()
+        } else {
+            table.of_subsystem(nqn)
+        };
+        let mut list: Vec<ControllerInfo> = ctrls
             .iter()
             .filter(|c| !c.is_dead())
             .map(|c| ControllerInfo {
                 cntlid: c.cntlid,
+                discovery,
                 hostnqn: c.hostnqn.clone(),
                 hostid: c.hostid,
                 queues: 1 + c.state().io_qids.len(),
             })
             .collect();
+        drop(table);
         list.sort_by_key(|c| c.cntlid);
         Ok(list)
     }

@@ -872,11 +872,6 @@ fn nvmf_subsystem_allow_any_host(d: &Dispatcher, p: Option<Value>) -> Result<Val
 fn nvmf_subsystem_get_controllers(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let n: Nqn = params(p)?;
     check_tgt(&n.tgt_name)?;
-    if n.nqn == DISCOVERY_NQN {
-        // Discovery controllers live only as long as one log page read;
-        // SPDK lists none under the discovery subsystem either.
-        return Ok(json!([]));
-    }
     let list = target(d)?
         .subsystem_controllers(&n.nqn)
         .map_err(|e| err("nqn", e))?;
@@ -889,9 +884,8 @@ fn nvmf_subsystem_get_controllers(d: &Dispatcher, p: Option<Value>) -> Result<Va
 fn describe_controller(c: &ControllerInfo) -> Value {
     json!({
         "cntlid": c.cntlid,
-        // SPDK 26.05 added the controller type; an NVMe subsystem's
-        // controllers are I/O controllers.
-        "cntrltype": "io",
+        // SPDK 26.05 added the controller type (CNTRLTYPE's name).
+        "cntrltype": if c.discovery { "discovery" } else { "io" },
         "hostnqn": c.hostnqn,
         "hostid": uuid_string(&c.hostid),
         // SPDK counts the bits of the controller's qpair_mask, where the
@@ -1025,6 +1019,7 @@ mod tests {
     fn controllers_are_described_as_spdk_dumps_them() {
         let c = ControllerInfo {
             cntlid: 3,
+            discovery: false,
             hostnqn: "nqn.2014-08.org.nvmexpress:uuid:x".into(),
             hostid: parse_16("hostid", UUID).unwrap(),
             queues: 5,
