@@ -4,23 +4,14 @@
 //! core 0 and a 1 GiB ram bdev `ram0`); `--config FILE` reads a TOML config;
 //! `--check-config FILE` validates one and exits; `perf local` runs a load.
 
-mod bdev;
-mod config;
-mod daemon;
-mod exporter;
-mod nvmf;
-mod perf;
-mod perf_nvmf;
-mod rpc;
-mod vhost;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Config;
+use pollux_target::config::Config;
+use pollux_target::{daemon, perf, perf_nvmf, rpc};
 
 /// Exit status for configuration errors (a contract with scripts).
 const EXIT_CONFIG: u8 = 2;

@@ -1,5 +1,5 @@
 //! Fuzzes the vhost-user-blk descriptor chain → request parsing
-//! (`target/src/vhost/request.rs`, included verbatim) over a fake guest
+//! (`pollux_target::vhost::request`, the daemon's own code) over a fake guest
 //! memory built from the input: it must never panic, and whatever it
 //! accepts must lie inside guest memory.
 //!
@@ -9,11 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/vhost/request.rs"]
-#[allow(dead_code)]
-mod request;
-
-use request::{GuestMem, Limits, Ring};
+use pollux_target::vhost::request::{self, GuestMem, Limits, Ring};
 
 /// Guest address of the fake memory: not 0, so address arithmetic that
 /// forgets the base is caught.

@@ -1,0 +1,25 @@
+//! The Pollux storage target as a library: the `pollux` binary
+//! (`src/main.rs`) parses the command line and calls into it, and the fuzz
+//! targets and tests use it directly.
+//!
+//! Rooms, by what they hold:
+//! - `config`: the TOML format, checked key by key;
+//! - `bdev`: building the configured bdevs into the block graph;
+//! - `daemon`: the long-running process (reactors, graph, front-ends,
+//!   signals, drain on exit);
+//! - `nvmf`: the NVMe/TCP target front-end;
+//! - `vhost`: the vhost-user-blk front-end;
+//! - `rpc`: SPDK-compatible JSON-RPC (server, method table, error mapping);
+//! - `exporter`: the Prometheus endpoint fed by reactors, graph and
+//!   front-ends;
+//! - `perf`, `perf_nvmf`: the `pollux perf` load generators.
+
+pub mod bdev;
+pub mod config;
+pub mod daemon;
+pub mod exporter;
+pub mod nvmf;
+pub mod perf;
+pub mod perf_nvmf;
+pub mod rpc;
+pub mod vhost;
