@@ -217,3 +217,29 @@ fn rpc_socket_comes_from_the_config_file() {
     assert!(status.success());
     assert!(!sock.exists(), "socket left behind");
 }
+
+/// `bdev_get_bdevs -b NAME -t MS` waits for a bdev another client is
+/// creating, as SPDK's does, and answers "No such device" once the time
+/// is up.
+#[test]
+fn bdev_get_bdevs_waits_for_the_bdev_up_to_its_timeout() {
+    let d = start(&[]);
+    let sock = d.rpc_socket().to_owned();
+    let waiter = std::thread::spawn(move || {
+        support::SpdkRpc::new(&sock).run(&["bdev_get_bdevs", "-b", "Late0", "-t", "20000"])
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    d.spdk().run(&["bdev_null_create", "Late0", "8", "512"]);
+    let got = waiter.join().unwrap();
+    assert_eq!(got[0]["name"], json!("Late0"), "{got}");
+    let t = Instant::now();
+    let e = d
+        .spdk()
+        .fails(&["bdev_get_bdevs", "-b", "Never0", "-t", "300"]);
+    assert!(e.contains("No such device"), "{e}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+}

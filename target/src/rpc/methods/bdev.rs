@@ -481,12 +481,28 @@ fn creation_order(d: &Dispatcher) -> Vec<(&'static str, Value)> {
 #[serde(deny_unknown_fields)]
 struct GetBdevs {
     name: Option<String>,
-    #[allow(dead_code)] // bdevs appear synchronously; nothing to wait for
+    /// Milliseconds to wait for `name` to appear (another client may be
+    /// creating it), as SPDK's `bdev_get_bdevs -t`.
     timeout: Option<u64>,
 }
 
+/// How often `bdev_get_bdevs` with a timeout looks for the bdev again.
+const BDEV_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest `bdev_get_bdevs` wait: a waiting request holds one of the
+/// server's bounded client threads, and rpc.py gives up on an answer
+/// after 60 s by default anyway.
+const BDEV_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(600);
+
 fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: GetBdevs = params(p)?;
+    if let (Some(name), Some(ms)) = (&p.name, p.timeout) {
+        // Runs on this client's own control thread: only it waits.
+        let wait = std::time::Duration::from_millis(ms).min(BDEV_WAIT_MAX);
+        let deadline = std::time::Instant::now() + wait;
+        while d.ctx.graph.node_geometry(name).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(BDEV_WAIT_POLL);
+        }
+    }
     let info = d.ctx.graph.describe();
     let records = d.ctx.bdevs().clone();
     let claimed = |name: &str| {
