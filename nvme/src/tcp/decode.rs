@@ -93,16 +93,36 @@ impl Limits {
     }
 }
 
-/// Byte offsets of common header fields, reported as FEI.
-mod fei {
+/// Byte offsets of PDU header fields, reported as the FEI of a TermReq
+/// with [`super::Fes::INVALID_HEADER_FIELD`] or
+/// [`super::Fes::UNSUPPORTED_PARAMETER`]
+/// (the FEI of those two statuses is the offset of the offending field
+/// from the PDU's first byte). Both ends' receive paths name fields by
+/// these, so no TermReq carries a bare number.
+pub mod fei {
+    /// Common header: PDU-Type.
     pub const TYPE: u32 = 0;
+    /// Common header: FLAGS.
     pub const FLAGS: u32 = 1;
+    /// Common header: HLEN.
     pub const HLEN: u32 = 2;
+    /// Common header: PDO.
     pub const PDO: u32 = 3;
+    /// Common header: PLEN.
     pub const PLEN: u32 = 4;
+    /// ICReq / ICResp: PFV.
     pub const PFV: u32 = 8;
+    /// ICReq: HPDA; ICResp: CPDA.
     pub const PDA: u32 = 10;
+    /// ICResp: MAXH2CDATA.
     pub const MAXH2CDATA: u32 = 12;
+    /// H2CData / C2HData / R2T: CCCID, the command the PDU belongs to.
+    pub const CCCID: u32 = 8;
+    /// H2CData / R2T: TTAG, the transfer tag the controller handed out.
+    pub const TTAG: u32 = 10;
+    /// H2CData / C2HData: DATAO.
+    pub const DATAO: u32 = 12;
+    /// H2CData / C2HData: DATAL.
     pub const DATAL: u32 = 16;
 }
 

@@ -25,7 +25,7 @@ mod decode;
 mod digest;
 mod pdu;
 
-pub use decode::{decode_common_header, decode_header, Limits, PduError, Role};
+pub use decode::{decode_common_header, decode_header, fei, Limits, PduError, Role};
 pub use digest::{crc32c, crc32c_iov, data_digest, header_digest, DataDigest, DIGEST_LEN};
 pub use pdu::{
     flags, term_req_data, CommonHeader, DataHdr, EncodeError, Fes, IcReq, IcResp, Pdu, PduFrame,

@@ -19,8 +19,8 @@ use std::time::Instant;
 use pollux_graph::{AlignedBuf, Io, IoResult, IoSink};
 use pollux_nvme::fabrics::{fctype, FabricsType, FABRICS_OPCODE};
 use pollux_nvme::tcp::{
-    data_digest, decode_common_header, decode_header, term_req_data, DataDigest, Fes, IcResp,
-    Limits, Pdu, PduError, PduFrame, R2t, Role, TermReq, TxParams, COMMON_HEADER_LEN, DGST_DATA,
+    data_digest, decode_common_header, decode_header, term_req_data, DataDigest, IcResp, Limits,
+    Pdu, PduError, PduFrame, R2t, Role, TermReq, TxParams, COMMON_HEADER_LEN, DGST_DATA,
     DGST_HEADER, DIGEST_LEN, PFV_1_0,
 };
 use pollux_nvme::{Cqe, Sgl, Sqe, Status};
@@ -29,7 +29,7 @@ use pollux_poller::{Reactor, TimerId};
 use super::controller::Controller;
 use super::listener::ConnPermit;
 use super::request::{ReqState, Request, Xfer};
-use super::status;
+use super::status::{self, FatalPdu, PduFault};
 use super::transport::TransportOpts;
 use super::{Shared, ADMIN_IN_CAPSULE_DATA};
 
@@ -185,23 +185,24 @@ struct Fatal {
 }
 
 impl Fatal {
-    fn from_pdu(e: &PduError, header: &[u8]) -> Fatal {
+    /// A fatal error in the PDU whose header is `header`; the TermReq comes
+    /// from `status::c2h_term_req`, the one place that builds them.
+    fn new(e: FatalPdu<'_>, header: &[u8], why: String) -> Fatal {
         Fatal {
-            term: status::term_req_for(e).unwrap_or(TermReq {
-                fes: Fes::INVALID_HEADER_FIELD,
-                fei: 0,
-            }),
+            term: status::c2h_term_req(e),
             header: term_req_data(header).to_vec(),
-            why: e.to_string(),
+            why,
         }
     }
 
-    fn new(fes: Fes, fei: u32, header: &[u8], why: impl Into<String>) -> Fatal {
-        Fatal {
-            term: TermReq { fes, fei },
-            header: term_req_data(header).to_vec(),
-            why: why.into(),
-        }
+    /// The decoder refused the PDU.
+    fn decode(e: &PduError, header: &[u8]) -> Fatal {
+        Fatal::new(FatalPdu::Decode(e), header, e.to_string())
+    }
+
+    /// The PDU breaks the queue pair's state.
+    fn fault(f: PduFault, header: &[u8], why: impl Into<String>) -> Fatal {
+        Fatal::new(FatalPdu::Fault(f), header, why.into())
     }
 }
 
@@ -606,13 +607,13 @@ impl Conn {
             return Ok(false);
         }
         let frame = decode_common_header(avail, &self.limits)
-            .map_err(|e| Fatal::from_pdu(&e, &avail[..COMMON_HEADER_LEN]))?;
+            .map_err(|e| Fatal::decode(&e, &avail[..COMMON_HEADER_LEN]))?;
         let hl = frame.header_len();
         if avail.len() < hl {
             return Ok(false);
         }
         let (frame, pdu) = decode_header(&avail[..hl], &self.limits)
-            .map_err(|e| Fatal::from_pdu(&e, &avail[..hl]))?;
+            .map_err(|e| Fatal::decode(&e, &avail[..hl]))?;
         let mut hdr = [0u8; 132];
         hdr[..hl].copy_from_slice(&avail[..hl]);
         self.rx_start += hl;
@@ -665,9 +666,8 @@ impl Conn {
                     (self.sqhd + 1) % (self.sqsize + 1)
                 };
                 let Some(slot) = self.free.pop() else {
-                    return Err(Fatal::new(
-                        Fes::PDU_SEQUENCE_ERROR,
-                        0,
+                    return Err(Fatal::fault(
+                        PduFault::QueueOverflow,
                         hdr,
                         "command beyond the negotiated queue depth",
                     ));
@@ -688,34 +688,30 @@ impl Conn {
             Pdu::H2CData { hdr: d, .. } => {
                 let slot = d.ttag;
                 let Some(req) = self.reqs.get(slot as usize) else {
-                    return Err(Fatal::new(
-                        Fes::INVALID_HEADER_FIELD,
-                        10,
+                    return Err(Fatal::fault(
+                        PduFault::UnknownTransferTag,
                         hdr,
                         "H2CData with an unknown transfer tag",
                     ));
                 };
                 if req.state != ReqState::TransferringHostToController {
-                    return Err(Fatal::new(
-                        Fes::PDU_SEQUENCE_ERROR,
-                        0,
+                    return Err(Fatal::fault(
+                        PduFault::NoR2tOutstanding,
                         hdr,
                         "H2CData without an outstanding R2T",
                     ));
                 }
                 if req.cid() != d.cccid {
-                    return Err(Fatal::new(
-                        Fes::INVALID_HEADER_FIELD,
-                        8,
+                    return Err(Fatal::fault(
+                        PduFault::CccidMismatch,
                         hdr,
                         "H2CData CCCID does not match the R2T",
                     ));
                 }
                 let end = u64::from(d.datao) + u64::from(d.datal);
                 if d.datao != req.received || end > u64::from(req.xfer_len) || d.datal == 0 {
-                    return Err(Fatal::new(
-                        Fes::DATA_OUT_OF_RANGE,
-                        0,
+                    return Err(Fatal::fault(
+                        PduFault::DataOutOfRange,
                         hdr,
                         format!(
                             "H2CData {}+{} outside the expected {}..{}",
@@ -727,9 +723,8 @@ impl Conn {
                 Ok(())
             }
             // The decoder only passes types a host sends.
-            other => Err(Fatal::new(
-                Fes::INVALID_HEADER_FIELD,
-                0,
+            other => Err(Fatal::fault(
+                PduFault::UnexpectedType,
                 hdr,
                 format!("unexpected {:?}", other.pdu_type()),
             )),
