@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring};
-use pollux_poller::{PollStatus, Reactor};
+use pollux_poller::{Events, PollStatus, Reactor};
 
 use crate::buf::{AlignedBuf, IoBuf, BUF_ALIGN};
 use crate::io::{Io, IoError, IoOp, IoResult};
@@ -259,7 +259,7 @@ fn poll(cell: &RefCell<Inner>, r: &Reactor) -> PollStatus {
 impl Inner {
     fn new(r: &Reactor) -> io::Result<Inner> {
         let uring = IoUring::new(RING_DEPTH)?;
-        r.register_wake_fd(uring.as_raw_fd(), libc::EPOLLIN as u32)?;
+        r.register_wake_fd(uring.as_raw_fd(), Events::READABLE)?;
         Ok(Inner {
             uring,
             slots: Vec::new(),

@@ -11,6 +11,8 @@
 mod sync;
 
 pub mod cpu;
+#[cfg(not(loom))]
+mod epoll;
 pub(crate) mod qsbr;
 pub(crate) mod wakeup;
 
@@ -25,6 +27,8 @@ mod stats;
 #[cfg(not(loom))]
 mod timer;
 
+#[cfg(not(loom))]
+pub use epoll::{Epoll, Event, EventBuf, Events};
 #[cfg(not(loom))]
 pub use per_reactor::PerReactor;
 #[cfg(not(loom))]

@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use std::time::Duration;
 // reactor with little work (about 20 ns against a few for rdtsc).
 use quanta::Instant;
 
+use crate::epoll::{Epoll, EventBuf, Events};
 use crate::runtime::{Handle, IdlePolicy, Message, Shared};
 use crate::timer::{TimerFn, TimerId, Timers};
 
@@ -69,23 +70,24 @@ pub struct Reactor {
     /// (in order per target) instead of being dropped or blocking.
     overflow: RefCell<VecDeque<(usize, Message)>>,
     locals: RefCell<Vec<(TypeId, Rc<dyn Any>)>>,
-    epoll: OwnedFd,
+    /// The idle sleep's wakeup sources: the doorbell and registered fds.
+    epoll: Epoll,
+    /// Reused by every sleep. The events themselves are not looked at (the
+    /// loop polls everything after a wakeup), so a few suffice.
+    sleep_events: RefCell<EventBuf>,
     _not_send: PhantomData<*const ()>,
 }
 
 /// epoll token of the reactor's own eventfd.
 const DOORBELL_TOKEN: u64 = u64::MAX;
 
+/// Events taken per sleep; any one ends it, so one would do, but a few
+/// let a burst of wakeups be consumed by one epoll_wait.
+const SLEEP_EVENTS: usize = 8;
+
 impl Reactor {
     pub(crate) fn new(shared: Arc<Shared>, index: usize) -> io::Result<Self> {
-        // SAFETY: epoll_create1 has no memory-safety preconditions; the result
-        // is checked before use.
-        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epfd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `epfd` is a fresh descriptor owned by nobody else.
-        let epoll = unsafe { OwnedFd::from_raw_fd(epfd) };
+        let epoll = Epoll::new()?;
         let r = Reactor {
             shared,
             index,
@@ -96,15 +98,11 @@ impl Reactor {
             overflow: RefCell::default(),
             locals: RefCell::default(),
             epoll,
+            sleep_events: RefCell::new(EventBuf::new(SLEEP_EVENTS)),
             _not_send: PhantomData,
         };
         let doorbell = r.me().wakeup.kicker().as_raw_fd();
-        r.epoll_ctl(
-            libc::EPOLL_CTL_ADD,
-            doorbell,
-            libc::EPOLLIN as u32,
-            DOORBELL_TOKEN,
-        )?;
+        r.epoll.add(doorbell, Events::READABLE, DOORBELL_TOKEN)?;
         Ok(r)
     }
 
@@ -178,26 +176,15 @@ impl Reactor {
     }
 
     /// Makes `fd` a wakeup source for this reactor's adaptive sleep: readiness
-    /// for `events` (libc::EPOLLIN, ...) ends the sleep. The fd's poller still
-    /// does the I/O; epoll is only consulted when the reactor is idle.
-    pub fn register_wake_fd(&self, fd: RawFd, events: u32) -> io::Result<()> {
-        self.epoll_ctl(libc::EPOLL_CTL_ADD, fd, events, fd as u64)
+    /// for `events` (`Events::READABLE`, ...) ends the sleep. The fd's poller
+    /// still does the I/O; epoll is only consulted when the reactor is idle.
+    pub fn register_wake_fd(&self, fd: RawFd, events: Events) -> io::Result<()> {
+        self.epoll.add(fd, events, fd as u64)
     }
 
     /// Stops `fd` from waking this reactor. Call before closing it.
     pub fn unregister_wake_fd(&self, fd: RawFd) -> io::Result<()> {
-        self.epoll_ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
-    }
-
-    fn epoll_ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events, u64: token };
-        // SAFETY: `ev` is a valid epoll_event for the duration of the call and
-        // `self.epoll` is an epoll descriptor we own.
-        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        self.epoll.delete(fd)
     }
 
     /// Reactor-local singleton of type `T`, created by `init` on first use.
@@ -336,19 +323,13 @@ impl Reactor {
                 Some(at) => at.saturating_duration_since(start).min(MAX_SLEEP),
                 None => MAX_SLEEP,
             };
-            // Round up so a timer due in 0.3 ms does not become a busy spin
-            // of zero-timeout waits.
-            let ms = timeout.as_micros().div_ceil(1000) as libc::c_int;
-            let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 8];
-            // SAFETY: `evs` is a valid, writable array of 8 epoll_events and we
-            // pass its exact length; the epoll fd is ours.
-            unsafe {
-                libc::epoll_wait(
-                    self.epoll.as_raw_fd(),
-                    evs.as_mut_ptr(),
-                    evs.len() as i32,
-                    ms,
-                );
+            // The wait rounds up to whole milliseconds, so a timer due in
+            // 0.3 ms does not become a busy spin of zero-timeout waits. An
+            // error (none is expected of a valid epoll fd) ends the sleep
+            // like a wakeup would: the loop re-checks everything.
+            let mut evs = self.sleep_events.borrow_mut();
+            if let Err(e) = self.epoll.wait(&mut evs, Some(timeout)) {
+                tracing::warn!(error = %e, "reactor: epoll_wait failed");
             }
         }
         me.wakeup.finish_sleep();

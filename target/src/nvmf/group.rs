@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pollux_poller::{PollStatus, PollerId, Reactor, TimerId};
+use pollux_poller::{Events, PollStatus, PollerId, Reactor, TimerId};
 
 use super::conn::{Budget, CloseReason, Conn};
 use super::listener::ConnPermit;
@@ -57,7 +57,7 @@ fn group_for(r: &Reactor, shared: &Arc<Shared>) -> std::io::Result<Rc<PollGroup>
     }
     // SAFETY: `fd` is a fresh descriptor owned by nobody else.
     let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-    r.register_wake_fd(epoll.as_raw_fd(), libc::EPOLLIN as u32)?;
+    r.register_wake_fd(epoll.as_raw_fd(), Events::READABLE)?;
     let g = Rc::new(PollGroup {
         target_id: shared.id,
         budget: Rc::new(std::cell::Cell::new(0)),

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use pollux_graph::{Graph, Io, IoBuf, IoOp, IoResult, IoSink, RawSegment, RootId};
-use pollux_poller::{PollStatus, PollerId, Reactor};
+use pollux_poller::{Events, PollStatus, PollerId, Reactor};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -229,7 +229,7 @@ pub fn start(r: &Reactor, s: QueueSetup) -> Result<(), QueueError> {
         let fd = kick.as_raw_fd();
         // Edge-triggered: every kick (eventfd write) wakes a sleeping
         // reactor, and the kick counter never has to be read back.
-        r.register_wake_fd(fd, (libc::EPOLLIN | libc::EPOLLET) as u32)
+        r.register_wake_fd(fd, Events::READABLE | Events::EDGE_TRIGGERED)
             .map_err(|source| QueueError::Kick { index, source })?;
         Some(fd)
     } else {
