@@ -2,9 +2,9 @@
 
 use pollux_poller::{PerReactor, Reactor};
 
-use crate::dispatch::NodeCore;
 use crate::io::Io;
 use crate::node::{BlockNode, Geometry};
+use crate::pin::NodeCore;
 
 /// The object-safe face of a node that the snapshot stores.
 pub(crate) trait DynNode: Send + Sync {

@@ -129,10 +129,10 @@ pub struct Io {
     /// The submitter's request identifier.
     pub tag: u64,
     sink: Rc<dyn IoSink>,
-    pub(crate) path: crate::dispatch::Path,
-    /// Raw clock reading at `Snapshot::submit`, for the latency histograms.
+    pub(crate) path: crate::pin::Path,
+    /// Raw clock reading at `SnapshotGuard::submit`, for the latency histograms.
     pub(crate) submitted: u64,
-    /// Set at completion: nanoseconds from `Snapshot::submit`.
+    /// Set at completion: nanoseconds from `SnapshotGuard::submit`.
     latency_ns: u64,
 }
 
@@ -146,7 +146,7 @@ impl Io {
             buf,
             tag,
             sink,
-            path: crate::dispatch::Path::default(),
+            path: crate::pin::Path::default(),
             submitted: 0,
             latency_ns: 0,
         }
@@ -187,6 +187,6 @@ impl Io {
 
     /// Finishes the request on this reactor's next iteration.
     pub fn complete_later(self, r: &Reactor, result: IoResult) {
-        crate::dispatch::defer_completion(r, self, result);
+        crate::completion::defer_completion(r, self, result);
     }
 }

@@ -4,19 +4,21 @@
 //!
 //! Rooms: `node` (the trait), `io` and `buf` (requests and their data),
 //! `snapshot` (one published version, and routing through it), `graph`
-//! (publication and the control-plane operations), `dispatch` (pinning and
-//! completion on the reactor), `cell` (type erasure), `nodes` (the kinds),
-//! `uring` (the per-reactor io_uring the file node uses), `latency` (the
-//! latency histograms and their clock).
+//! (publication and the control-plane operations), `pin` (the per-node
+//! in-flight pins an I/O holds until it completes), `completion`
+//! (completions deferred to the next loop iteration), `cell` (type
+//! erasure), `nodes` (the kinds), `uring` (the per-reactor io_uring the file
+//! node uses), `latency` (the latency histograms and their clock).
 
 pub mod buf;
 mod cell;
-mod dispatch;
+mod completion;
 mod graph;
 pub mod io;
 pub mod latency;
 pub mod node;
 pub mod nodes;
+mod pin;
 mod snapshot;
 pub mod uring;
 

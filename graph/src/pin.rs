@@ -1,5 +1,5 @@
-//! The reactor side of the graph: routing an I/O down the published
-//! snapshot, pinning every node it passes, and completing it.
+//! In-flight pins: the nodes an I/O went through, each counted in flight
+//! on its reactor until the I/O completes.
 //!
 //! Pinning is what lets the control plane free a removed node without a
 //! global drain: each node counts its in-flight I/O per reactor, in a counter
@@ -7,15 +7,13 @@
 //! period (no reactor can reach it any more), then waits until every
 //! reactor's counter for that node reads zero.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
-use pollux_poller::{PollStatus, Reactor};
+use pollux_poller::Reactor;
 
-use crate::io::{Io, IoError, IoOp, IoResult, MAX_DEPTH};
+use crate::io::{IoError, IoOp, MAX_DEPTH};
 use crate::latency::{self, LatencyShard};
 
 /// Owner-only increment: each counter has a single writer (its reactor).
@@ -140,41 +138,5 @@ impl Drop for Path {
         // An Io dropped without completing would leave its nodes pinned
         // forever and their removal would hang; make that loud in tests.
         debug_assert!(self.len == 0, "I/O dropped without completion");
-    }
-}
-
-/// Completions of synchronous backends, run on the next loop iteration so
-/// that a sink which resubmits from `io_done` does not recurse.
-struct Deferred {
-    queue: RefCell<VecDeque<(Io, IoResult)>>,
-}
-
-pub(crate) fn defer_completion(r: &Reactor, io: Io, result: IoResult) {
-    let d = r.local(|r| {
-        r.register_poller(drain_deferred);
-        Deferred {
-            queue: RefCell::new(VecDeque::with_capacity(256)),
-        }
-    });
-    d.queue.borrow_mut().push_back((io, result));
-}
-
-fn drain_deferred(r: &Reactor) -> PollStatus {
-    let d = r.local(|_| Deferred {
-        queue: RefCell::default(),
-    });
-    // Only what was queued before this call: completions queued by the sinks
-    // we call now wait for the next iteration, bounding the work per poll.
-    let n = d.queue.borrow().len();
-    for _ in 0..n {
-        let Some((io, result)) = d.queue.borrow_mut().pop_front() else {
-            break;
-        };
-        io.complete(r, result);
-    }
-    if n > 0 {
-        PollStatus::Busy
-    } else {
-        PollStatus::Idle
     }
 }

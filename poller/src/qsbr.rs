@@ -54,8 +54,9 @@ impl QsCounter {
 
 /// Writer side: a grace period in progress over a set of counters.
 ///
-/// Create it *after* the new value is published; `is_complete` becomes true
-/// once each online reactor has passed a quiescent point since then.
+/// Begin it *after* the new value is published; `pending` yields nothing
+/// once each online reactor has passed a quiescent point since then (or gone
+/// offline).
 pub(crate) struct GracePeriod {
     start: Vec<u64>,
 }

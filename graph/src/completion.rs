@@ -1,0 +1,48 @@
+//! Deferred completions: I/O that a synchronous backend finished inside
+//! `execute` is completed on the reactor's next loop iteration instead.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+use pollux_poller::{PollStatus, Reactor};
+
+use crate::io::{Io, IoResult};
+
+/// Completions of synchronous backends, run on the next loop iteration so
+/// that a sink which resubmits from `io_done` does not recurse.
+struct Deferred {
+    queue: RefCell<VecDeque<(Io, IoResult)>>,
+}
+
+pub(crate) fn defer_completion(r: &Reactor, io: Io, result: IoResult) {
+    let d = r.local(|r| {
+        r.register_poller(drain_deferred);
+        Deferred {
+            // About one loaded queue pair's depth of synchronous completions
+            // per iteration, so the queue rarely grows on the data path; it
+            // still grows when needed.
+            queue: RefCell::new(VecDeque::with_capacity(256)),
+        }
+    });
+    d.queue.borrow_mut().push_back((io, result));
+}
+
+fn drain_deferred(r: &Reactor) -> PollStatus {
+    let d = r.local(|_| Deferred {
+        queue: RefCell::default(),
+    });
+    // Only what was queued before this call: completions queued by the sinks
+    // we call now wait for the next iteration, bounding the work per poll.
+    let n = d.queue.borrow().len();
+    for _ in 0..n {
+        let Some((io, result)) = d.queue.borrow_mut().pop_front() else {
+            break;
+        };
+        io.complete(r, result);
+    }
+    if n > 0 {
+        PollStatus::Busy
+    } else {
+        PollStatus::Idle
+    }
+}
