@@ -7,8 +7,9 @@
 //! leading-zero count, so recording costs a few instructions, and the
 //! bounds are fixed so per-reactor shards can be summed bucket by bucket.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+
+use pollux_poller::sync::{single_writer_add, AtomicU64, Ordering};
 
 /// log2 of the first bucket's upper bound in ns: 256 ns is below the
 /// fastest I/O any node completes (a null read takes a loop iteration).
@@ -79,7 +80,7 @@ impl LatencyHistogram {
 }
 
 /// One reactor's histogram shard: written only by that reactor, with
-/// relaxed load+store (one writer, so no read-modify-write), read by the
+/// `single_writer_add` (one writer, so no read-modify-write), read by the
 /// control thread at scrape time.
 pub(crate) struct LatencyShard {
     buckets: [AtomicU64; BUCKETS],
@@ -95,21 +96,12 @@ impl Default for LatencyShard {
     }
 }
 
-/// Owner-only increment (see `LatencyShard`).
-#[inline]
-fn add(c: &AtomicU64, by: u64) {
-    c.store(
-        c.load(Ordering::Relaxed).wrapping_add(by),
-        Ordering::Relaxed,
-    );
-}
-
 impl LatencyShard {
     /// Records one duration. Only the owning reactor may call this.
     #[inline]
     pub(crate) fn record(&self, ns: u64) {
-        add(&self.buckets[bucket_of(ns)], 1);
-        add(&self.sum_ns, ns);
+        single_writer_add(&self.buckets[bucket_of(ns)], 1);
+        single_writer_add(&self.sum_ns, ns);
     }
 
     /// Adds this shard's counts to `into`.

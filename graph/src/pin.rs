@@ -8,22 +8,13 @@
 //! reactor's counter for that node reads zero.
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
+use pollux_poller::sync::{single_writer_add, AtomicU64, Ordering};
 use pollux_poller::Reactor;
 
 use crate::io::{IoError, IoOp, MAX_DEPTH};
 use crate::latency::{self, LatencyShard};
-
-/// Owner-only increment: each counter has a single writer (its reactor).
-#[inline]
-fn add(c: &AtomicU64, by: u64) {
-    c.store(
-        c.load(Ordering::Relaxed).wrapping_add(by),
-        Ordering::Relaxed,
-    );
-}
 
 /// One reactor's counters for one node. Written only by that reactor.
 #[derive(Default)]
@@ -75,7 +66,7 @@ impl Path {
             // The graph refuses deeper paths; this is a second line of defence.
             return Err(IoError::NoDevice);
         }
-        add(&core.counters[r.index()].inflight, 1);
+        single_writer_add(&core.counters[r.index()].inflight, 1);
         self.nodes[self.len] = Some(NonNull::from(core));
         self.len += 1;
         Ok(())
@@ -117,14 +108,15 @@ impl Path {
             let core = unsafe { p.as_ref() };
             let c = &core.counters[r.index()];
             if ok {
-                add(&c.ops[i], 1);
-                add(&c.bytes[i], len);
+                single_writer_add(&c.ops[i], 1);
+                single_writer_add(&c.bytes[i], len);
                 c.latency[i].record(ns);
             } else {
-                add(&c.errors[i], 1);
+                single_writer_add(&c.errors[i], 1);
             }
             // Release: the node's reclaimer reads zero only after everything
-            // this I/O did with the node.
+            // this I/O did with the node (hence not `single_writer_add`,
+            // whose store is Relaxed).
             let n = c.inflight.load(Ordering::Relaxed);
             c.inflight.store(n - 1, Ordering::Release);
         }

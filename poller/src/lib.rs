@@ -5,10 +5,12 @@
 //!
 //! Layout: `runtime` starts reactors and hands out a `Handle`; `reactor` is
 //! the loop and the context callbacks receive; `wakeup` and `qsbr` are the
-//! two lock-free protocols (model-checked with loom); `timer`, `stats` and
-//! `per_reactor` hold what their names say; `cpu` validates core lists.
+//! two lock-free protocols (model-checked with loom); `sync` is what they
+//! are built on (std or loom atomics) and holds the owner-only counter
+//! helper; `timer`, `stats` and `per_reactor` hold what their names say;
+//! `cpu` validates core lists.
 
-mod sync;
+pub mod sync;
 
 pub mod cpu;
 #[cfg(not(loom))]

@@ -1,10 +1,11 @@
 //! Per-reactor statistics, written only by the owning reactor.
 //!
-//! Each reactor updates its counters with relaxed load+store pairs (no
-//! read-modify-write: there is one writer) on a cache line nobody else writes,
-//! so other threads can read them at any time without stopping the reactor.
+//! Each reactor updates its counters with `sync::single_writer_add` (a
+//! relaxed load and store, no read-modify-write: there is one writer) on a
+//! cache line nobody else writes, so other threads can read them at any time
+//! without stopping the reactor.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{single_writer_add, AtomicU64, Ordering};
 
 /// Live counters of one reactor.
 #[derive(Default)]
@@ -15,30 +16,21 @@ pub(crate) struct ReactorStats {
     messages: AtomicU64,
 }
 
-/// Owner-only increment: one writer, so a plain load and store suffice.
-#[inline]
-pub(crate) fn bump(c: &AtomicU64, by: u64) {
-    c.store(
-        c.load(Ordering::Relaxed).wrapping_add(by),
-        Ordering::Relaxed,
-    );
-}
-
 impl ReactorStats {
     #[inline]
     pub(crate) fn record_iteration(&self, busy: bool, ns: u64) {
-        bump(&self.polls, 1);
-        bump(if busy { &self.busy_ns } else { &self.idle_ns }, ns);
+        single_writer_add(&self.polls, 1);
+        single_writer_add(if busy { &self.busy_ns } else { &self.idle_ns }, ns);
     }
 
     #[inline]
     pub(crate) fn record_idle(&self, ns: u64) {
-        bump(&self.idle_ns, ns);
+        single_writer_add(&self.idle_ns, ns);
     }
 
     #[inline]
     pub(crate) fn record_messages(&self, n: u64) {
-        bump(&self.messages, n);
+        single_writer_add(&self.messages, n);
     }
 
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
