@@ -14,11 +14,11 @@
 
 mod support;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use pollux_nvme::host::{rw_sqe, Controller, HostConfig, QueuePair};
 use serde_json::{json, Value};
-use support::{free_port, pollux, Daemon, Ready, SpdkRpc};
+use support::{free_port, Daemon, Ready, SpdkRpc, SpdkRpcServer};
 
 const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
 /// A subsystem with a closed host list.
@@ -30,6 +30,11 @@ const DISCOVERY: &str = "nqn.2014-08.org.nvmexpress.discovery";
 /// I/O queues the initiator opens: `num_io_qpairs` is this plus the admin
 /// queue, as SPDK counts it.
 const PERF_QUEUES: u64 = 2;
+/// The host ID our initiator connects with, and as a UUID.
+const HOSTID_BYTES: [u8; 16] = [
+    0x5f, 0x7c, 0x2a, 0x7e, 0x7d, 0x3a, 0x4e, 0x1b, 0x9a, 0x53, 0x6f, 0x0c, 0x1d, 0x2e, 0x3f, 0x40,
+];
+const HOSTID: &str = "5f7c2a7e-7d3a-4e1b-9a53-6f0c1d2e3f40";
 
 /// Pollux with no bdevs: one reactor, metrics on a free port, vhost
 /// controller sockets in its private directory.
@@ -63,21 +68,48 @@ fn names(list: &Value, key: &str) -> Vec<String> {
     v
 }
 
-/// `pollux perf nvmf` against the subsystem for `secs`, `PERF_QUEUES`
-/// I/O queues.
-fn perf(port: u16, secs: u32) -> Child {
-    pollux()
-        .args(["perf", "nvmf", "--addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args([
-            "--nqn", NQN, "--nsid", "1", "--rw", "randread", "--bs", "4096",
-        ])
-        .args(["--qd", "4", "--time", &secs.to_string()])
-        .args(["--connections", &PERF_QUEUES.to_string(), "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// A host connected with Pollux's own initiator (the `nvme` crate's
+/// `host` module, what `pollux perf nvmf` uses): one controller of
+/// subsystem `NQN` with `PERF_QUEUES` I/O queues, each of which has read
+/// a block. It stays connected until `shutdown`.
+struct Host {
+    ctrl: Controller,
+    queues: Vec<QueuePair>,
+}
+
+fn connect_host(port: u16) -> Host {
+    let mut cfg = HostConfig::new(format!("127.0.0.1:{port}").parse().unwrap(), NQN);
+    cfg.hostnqn = HOST.into();
+    cfg.hostid = HOSTID_BYTES;
+    let mut ctrl = Controller::connect(cfg).unwrap();
+    assert_eq!(
+        ctrl.set_num_queues(PERF_QUEUES as u16).unwrap(),
+        PERF_QUEUES as u16
+    );
+    let queues: Vec<QueuePair> = (1..=PERF_QUEUES as u16)
+        .map(|qid| {
+            let mut q = ctrl.io_queue(qid, 8).unwrap();
+            q.submit(rw_sqe(false, 1, 0, 1), vec![0; 512], false)
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while q.poll().unwrap() == 0 {
+                assert!(Instant::now() < deadline, "no completion on queue {qid}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            for c in q.take_completed() {
+                c.status().unwrap();
+            }
+            q
+        })
+        .collect();
+    Host { ctrl, queues }
+}
+
+impl Host {
+    fn shutdown(self) {
+        drop(self.queues);
+        self.ctrl.shutdown().unwrap();
+    }
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, for at most `secs`.
@@ -94,8 +126,8 @@ fn wait_for<T>(d: &Daemon, secs: u64, what: &str, mut f: impl FnMut() -> Option<
 
 /// A documented SPDK param at a value Pollux cannot honour: -32602 naming
 /// it, and the daemon keeps serving.
-fn refused(rpc: &SpdkRpc, args: &[&str], param: &str) {
-    let e = rpc.fails(args);
+fn refused(cli: &mut SpdkRpcServer, args: &[&str], param: &str) {
+    let e = cli.fails(args);
     assert!(e.contains("-32602"), "{args:?}: {e}");
     assert!(e.contains(param), "{args:?}: {e} does not name {param}");
 }
@@ -104,6 +136,9 @@ fn drive(version: &str) {
     let t0 = Instant::now();
     let d = start();
     let rpc = SpdkRpc::release(d.rpc_socket(), version);
+    // Most commands go through one rpc.py in --server mode: the same CLI
+    // parsing and client per command, without a Python start each.
+    let mut cli = rpc.server();
 
     // What clients ask first: the version, init, the method list (rpc.py's
     // load_config and spdkcli tell an initialised target by
@@ -134,38 +169,38 @@ fn drive(version: &str) {
 
     // Bdevs, as rpc.py's CLI creates them (malloc and null sizes in MiB).
     assert_eq!(
-        rpc.run(&["bdev_malloc_create", "-b", "Malloc0", "16", "512"]),
+        cli.run(&["bdev_malloc_create", "-b", "Malloc0", "16", "512"]),
         json!("Malloc0")
     );
     assert_eq!(
-        rpc.run(&["bdev_malloc_create", "-b", "Malloc1", "8", "4096"]),
+        cli.run(&["bdev_malloc_create", "-b", "Malloc1", "8", "4096"]),
         json!("Malloc1")
     );
     assert_eq!(
-        rpc.run(&["bdev_null_create", "Null0", "8", "512"]),
+        cli.run(&["bdev_null_create", "Null0", "8", "512"]),
         json!("Null0")
     );
     let img = d.dir().join("disk.img");
     support::sparse_file(&img, 4 << 20);
     let img = img.to_str().unwrap();
     assert_eq!(
-        rpc.run(&["bdev_aio_create", img, "Aio0", "512"]),
+        cli.run(&["bdev_aio_create", img, "Aio0", "512"]),
         json!("Aio0")
     );
-    rpc.run(&["bdev_aio_delete", "Aio0"]);
+    cli.run(&["bdev_aio_delete", "Aio0"]);
     assert_eq!(
-        rpc.run(&["bdev_uring_create", img, "Uring0", "512"]),
+        cli.run(&["bdev_uring_create", img, "Uring0", "512"]),
         json!("Uring0")
     );
     assert_eq!(
-        rpc.run(&["bdev_passthru_create", "-b", "Null0", "-p", "PT0"]),
+        cli.run(&["bdev_passthru_create", "-b", "Null0", "-p", "PT0"]),
         json!("PT0")
     );
     assert_eq!(
-        names(&rpc.run(&["bdev_get_bdevs"]), "name"),
+        names(&cli.run(&["bdev_get_bdevs"]), "name"),
         ["Malloc0", "Malloc1", "Null0", "PT0", "Uring0"]
     );
-    let m0 = rpc.run(&["bdev_get_bdevs", "-b", "Malloc0"]);
+    let m0 = cli.run(&["bdev_get_bdevs", "-b", "Malloc0"]);
     assert_eq!(m0[0]["num_blocks"], json!(16 * 2048));
     // 26.01 added --names (a list) beside -b; 26.05 dropped -b.
     let iostat_of = if at_least(version, 26, 1) {
@@ -173,15 +208,15 @@ fn drive(version: &str) {
     } else {
         "-b"
     };
-    let st = rpc.run(&["bdev_get_iostat", iostat_of, "Null0"]);
+    let st = cli.run(&["bdev_get_iostat", iostat_of, "Null0"]);
     assert_eq!(names(&st["bdevs"], "name"), ["Null0"]);
     refused(
-        &rpc,
+        &mut cli,
         &["bdev_malloc_create", "-b", "MD", "8", "512", "-m", "8"],
         "md_size",
     );
     refused(
-        &rpc,
+        &mut cli,
         &["bdev_get_iostat", iostat_of, "Null0", "-c"],
         "per_channel",
     );
@@ -189,9 +224,9 @@ fn drive(version: &str) {
     // NVMe-oF: a transport, an open subsystem with two namespaces (each
     // add_ns carries what this release sends unasked) and a listener, and
     // a closed subsystem with one allowed host.
-    rpc.run(&["nvmf_create_transport", "-t", "TCP"]);
-    assert_eq!(rpc.run(&["nvmf_get_transports"])[0]["trtype"], json!("TCP"));
-    rpc.run(&[
+    cli.run(&["nvmf_create_transport", "-t", "TCP"]);
+    assert_eq!(cli.run(&["nvmf_get_transports"])[0]["trtype"], json!("TCP"));
+    cli.run(&[
         "nvmf_create_subsystem",
         NQN,
         "-a",
@@ -200,31 +235,31 @@ fn drive(version: &str) {
         "-d",
         "Pollux test",
     ]);
-    rpc.run(&["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
-    rpc.run(&["nvmf_subsystem_add_ns", NQN, "PT0", "-n", "5", "-g", NGUID]);
+    cli.run(&["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
+    cli.run(&["nvmf_subsystem_add_ns", NQN, "PT0", "-n", "5", "-g", NGUID]);
     let port = free_port();
     let port_s = port.to_string();
     let listen = ["-t", "tcp", "-a", "127.0.0.1", "-s", &port_s, "-f", "ipv4"];
     let mut add_listener = vec!["nvmf_subsystem_add_listener", NQN];
     add_listener.extend(listen);
-    rpc.run(&add_listener);
-    rpc.run(&["nvmf_create_subsystem", NQN2, "-s", "SPDK2"]);
-    rpc.run(&["nvmf_subsystem_add_host", NQN2, HOST]);
+    cli.run(&add_listener);
+    cli.run(&["nvmf_create_subsystem", NQN2, "-s", "SPDK2"]);
+    cli.run(&["nvmf_subsystem_add_host", NQN2, HOST]);
     // 26.01 renamed -e/-d to --allow-any-host/--no-allow-any-host.
     let (allow, deny) = if at_least(version, 26, 1) {
         ("--allow-any-host", "--no-allow-any-host")
     } else {
         ("-e", "-d")
     };
-    rpc.run(&["nvmf_subsystem_allow_any_host", NQN2, allow]);
+    cli.run(&["nvmf_subsystem_allow_any_host", NQN2, allow]);
     assert_eq!(
-        rpc.run(&["nvmf_get_subsystems", NQN2])[0]["allow_any_host"],
+        cli.run(&["nvmf_get_subsystems", NQN2])[0]["allow_any_host"],
         json!(true)
     );
-    rpc.run(&["nvmf_subsystem_allow_any_host", NQN2, deny]);
-    let subs = rpc.run(&["nvmf_get_subsystems"]);
+    cli.run(&["nvmf_subsystem_allow_any_host", NQN2, deny]);
+    let subs = cli.run(&["nvmf_get_subsystems"]);
     assert_eq!(names(&subs, "nqn"), [DISCOVERY, NQN, NQN2]);
-    let s = &rpc.run(&["nvmf_get_subsystems", NQN])[0];
+    let s = &cli.run(&["nvmf_get_subsystems", NQN])[0];
     assert_eq!(s["serial_number"], json!(SERIAL));
     assert_eq!(s["model_number"], json!("Pollux test"));
     assert_eq!(s["listen_addresses"][0]["trsvcid"], json!(port_s));
@@ -243,11 +278,11 @@ fn drive(version: &str) {
     assert_eq!(ns[0].0, 1);
     assert_eq!(ns[0].1, "Malloc0");
     assert_eq!(ns[1], (5, "PT0", NGUID));
-    let s2 = &rpc.run(&["nvmf_get_subsystems", NQN2])[0];
+    let s2 = &cli.run(&["nvmf_get_subsystems", NQN2])[0];
     assert_eq!(s2["allow_any_host"], json!(false));
     assert_eq!(s2["hosts"], json!([{ "nqn": HOST }]));
     refused(
-        &rpc,
+        &mut cli,
         &[
             "nvmf_subsystem_add_ns",
             NQN,
@@ -258,66 +293,59 @@ fn drive(version: &str) {
         "ptpl_file",
     );
     refused(
-        &rpc,
+        &mut cli,
         &["nvmf_create_subsystem", "nqn.2016-06.io.spdk:ana", "-r"],
         "ana_reporting",
     );
 
     // Who is connected: nobody, then our initiator's one controller with
     // its admin and I/O queues, then nobody again.
-    assert_eq!(rpc.run(&["nvmf_subsystem_get_controllers", NQN]), json!([]));
-    let host = perf(port, 2);
-    let ctrls = wait_for(&d, 20, "the initiator's queues connect", || {
-        let c = rpc.run(&["nvmf_subsystem_get_controllers", NQN]);
-        (c.as_array().unwrap().len() == 1 && c[0]["num_io_qpairs"] == json!(1 + PERF_QUEUES))
-            .then_some(c)
-    });
-    let c = &ctrls[0];
-    let keys: Vec<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(cli.run(&["nvmf_subsystem_get_controllers", NQN]), json!([]));
+    let host = connect_host(port);
+    let c = cli.run(&["nvmf_subsystem_get_controllers", NQN]);
+    assert_eq!(c.as_array().unwrap().len(), 1, "{c}");
+    let keys: Vec<&str> = c[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(
         keys,
         ["cntlid", "cntrltype", "hostid", "hostnqn", "num_io_qpairs"],
         "{c}"
     );
-    assert!(c["cntlid"].as_u64().unwrap() >= 1, "{c}");
-    assert_eq!(c["cntrltype"], json!("io"));
-    assert!(c["hostnqn"].as_str().unwrap().starts_with("nqn."), "{c}");
-    let hostid = c["hostid"].as_str().unwrap();
-    assert_eq!(hostid.len(), 36, "{c}");
-    assert_eq!(hostid.matches('-').count(), 4, "{c}");
+    assert_eq!(c[0]["cntlid"], json!(host.ctrl.cntlid()), "{c}");
+    assert_eq!(c[0]["cntrltype"], json!("io"));
+    assert_eq!(c[0]["hostnqn"], json!(HOST));
+    assert_eq!(c[0]["hostid"], json!(HOSTID));
+    assert_eq!(c[0]["num_io_qpairs"], json!(1 + PERF_QUEUES), "{c}");
     assert_eq!(
-        rpc.run(&["nvmf_subsystem_get_controllers", NQN2]),
+        cli.run(&["nvmf_subsystem_get_controllers", NQN2]),
         json!([])
     );
-    let out = host.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "perf nvmf failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["errors"], json!(0), "{report}");
+    host.shutdown();
     wait_for(&d, 20, "the controller goes with its host", || {
-        (rpc.run(&["nvmf_subsystem_get_controllers", NQN]) == json!([])).then_some(())
+        (cli.run(&["nvmf_subsystem_get_controllers", NQN]) == json!([])).then_some(())
     });
-    let e = rpc.fails(&["nvmf_subsystem_get_controllers", "nqn.2016-06.io.spdk:none"]);
+    let e = cli.fails(&["nvmf_subsystem_get_controllers", "nqn.2016-06.io.spdk:none"]);
     assert!(e.contains("-32602") && e.contains("nqn"), "{e}");
 
     // vhost-user-blk controllers.
-    rpc.run(&["vhost_create_blk_controller", "vhost.0", "Malloc1"]);
+    cli.run(&["vhost_create_blk_controller", "vhost.0", "Malloc1"]);
     assert!(d.dir().join("vhost.0").exists());
-    let v = rpc.run(&["vhost_get_controllers", "-n", "vhost.0"]);
+    let v = cli.run(&["vhost_get_controllers", "-n", "vhost.0"]);
     assert_eq!(v[0]["ctrlr"], json!("vhost.0"));
     assert_eq!(v[0]["backend_specific"]["block"]["bdev"], json!("Malloc1"));
     refused(
-        &rpc,
+        &mut cli,
         &["vhost_create_blk_controller", "vhost.1", "Malloc1", "-p"],
         "packed_ring",
     );
 
     // save_config: rpc.py asks framework_get_subsystems, then each
     // subsystem's framework_get_config.
-    let saved = rpc.run(&["save_config"]);
+    let saved = cli.run(&["save_config"]);
     let methods: Vec<&str> = saved["subsystems"]
         .as_array()
         .unwrap()
@@ -347,32 +375,32 @@ fn drive(version: &str) {
         );
         assert!(ok, "batch mode failed: {out}");
         assert!(out.contains("Batch0"), "{out}");
-        rpc.run(&["bdev_null_delete", "Batch0"]);
+        cli.run(&["bdev_null_delete", "Batch0"]);
     }
 
     // Tear down with the same client.
-    rpc.run(&["vhost_delete_controller", "vhost.0"]);
-    assert_eq!(rpc.run(&["vhost_get_controllers"]), json!([]));
+    cli.run(&["vhost_delete_controller", "vhost.0"]);
+    assert_eq!(cli.run(&["vhost_get_controllers"]), json!([]));
     let mut remove_listener = vec!["nvmf_subsystem_remove_listener", NQN];
     remove_listener.extend(listen);
-    rpc.run(&remove_listener);
-    rpc.run(&["nvmf_subsystem_remove_ns", NQN, "5"]);
-    rpc.run(&["nvmf_subsystem_remove_ns", NQN, "1"]);
-    rpc.run(&["nvmf_subsystem_remove_host", NQN2, HOST]);
-    rpc.run(&["nvmf_delete_subsystem", NQN2]);
-    rpc.run(&["nvmf_delete_subsystem", NQN]);
-    rpc.run(&["bdev_passthru_delete", "PT0"]);
+    cli.run(&remove_listener);
+    cli.run(&["nvmf_subsystem_remove_ns", NQN, "5"]);
+    cli.run(&["nvmf_subsystem_remove_ns", NQN, "1"]);
+    cli.run(&["nvmf_subsystem_remove_host", NQN2, HOST]);
+    cli.run(&["nvmf_delete_subsystem", NQN2]);
+    cli.run(&["nvmf_delete_subsystem", NQN]);
+    cli.run(&["bdev_passthru_delete", "PT0"]);
     for (del, name) in [
         ("bdev_malloc_delete", "Malloc0"),
         ("bdev_malloc_delete", "Malloc1"),
         ("bdev_null_delete", "Null0"),
         ("bdev_uring_delete", "Uring0"),
     ] {
-        rpc.run(&[del, name]);
+        cli.run(&[del, name]);
     }
-    assert_eq!(rpc.run(&["bdev_get_bdevs"]), json!([]));
+    assert_eq!(cli.run(&["bdev_get_bdevs"]), json!([]));
     assert_eq!(
-        names(&rpc.run(&["nvmf_get_subsystems"]), "nqn"),
+        names(&cli.run(&["nvmf_get_subsystems"]), "nqn"),
         [DISCOVERY]
     );
 
@@ -476,7 +504,6 @@ fn requests_are_framed_as_spdk_frames_them() {
 /// goes when its host disconnects.
 #[test]
 fn get_controllers_reports_what_each_host_connected_with() {
-    use pollux_nvme::host::{Controller, HostConfig};
     let d = start();
     let rpc = d.spdk();
     rpc.run(&["bdev_null_create", "Null0", "8", "512"]);
@@ -495,13 +522,9 @@ fn get_controllers_reports_what_each_host_connected_with() {
         &port.to_string(),
     ]);
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let hostid: [u8; 16] = [
-        0x5f, 0x7c, 0x2a, 0x7e, 0x7d, 0x3a, 0x4e, 0x1b, 0x9a, 0x53, 0x6f, 0x0c, 0x1d, 0x2e, 0x3f,
-        0x40,
-    ];
     let mut io = HostConfig::new(addr, NQN);
     io.hostnqn = HOST.into();
-    io.hostid = hostid;
+    io.hostid = HOSTID_BYTES;
     let io = Controller::connect(io).unwrap();
     let mut disc = HostConfig::new(addr, DISCOVERY);
     disc.hostnqn = "nqn.2014-08.org.nvmexpress:uuid:discovery-host".into();

@@ -552,6 +552,38 @@ impl SpdkRpc {
         (out.status.success(), text)
     }
 
+    /// This client in `--server` mode ([`SpdkRpcServer`]).
+    pub fn server(&self) -> SpdkRpcServer {
+        let mut child = Command::new(&self.bin)
+            .arg("--server")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        SpdkRpcServer {
+            stdin: child.stdin.take(),
+            stdout: BufReader::new(child.stdout.take().unwrap()),
+            stderr,
+            child,
+            sock: self.sock.clone(),
+        }
+    }
+
     /// [`Self::try_run`], which must succeed.
     pub fn run(&self, args: &[&str]) -> Value {
         self.try_run(args)
@@ -600,6 +632,87 @@ impl SpdkRpc {
     pub fn call(&self, method: &str, params: Value) -> Value {
         self.try_call(method, params)
             .unwrap_or_else(|e| panic!("{method} failed: {e}"))
+    }
+}
+
+/// rpc.py's `--server` mode (every release since 25.05 has it): one
+/// `spdk-rpc` process reads command lines on stdin and ends each answer
+/// with a `**STATUS=0|1` line. Each line goes through the same argument
+/// parser and client as a plain `spdk-rpc` invocation (a fresh connection
+/// per command), without starting Python for every command.
+pub struct SpdkRpcServer {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+    stderr: Arc<Mutex<String>>,
+    sock: PathBuf,
+}
+
+/// `arg` quoted for Python's `shlex.split`.
+fn sh_quote(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', "'\\''"))
+}
+
+impl SpdkRpcServer {
+    /// Runs one command: its output as JSON (or as a JSON string for a
+    /// bare word), or its output and stderr on failure.
+    pub fn try_run(&mut self, args: &[&str]) -> Result<Value, String> {
+        let mut line = format!("-s {}", sh_quote(&self.sock.to_string_lossy()));
+        for a in args {
+            line.push(' ');
+            line.push_str(&sh_quote(a));
+        }
+        line.push('\n');
+        let stdin = self.stdin.as_mut().expect("the server is running");
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let mut out = String::new();
+        loop {
+            let mut l = String::new();
+            if self.stdout.read_line(&mut l).unwrap() == 0 {
+                let status = self.child.wait().unwrap();
+                panic!(
+                    "spdk-rpc --server exited ({status}) during {args:?}:\n{out}{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            match l.trim_end() {
+                "**STATUS=0" => {
+                    let text = out.trim();
+                    return Ok(serde_json::from_str(text)
+                        .unwrap_or_else(|_| Value::String(text.to_owned())));
+                }
+                "**STATUS=1" => {
+                    // argparse reports on stderr; give it a moment to land.
+                    std::thread::sleep(Duration::from_millis(20));
+                    let err = std::mem::take(&mut *self.stderr.lock().unwrap());
+                    return Err(format!("{out}{err}"));
+                }
+                _ => out.push_str(&l),
+            }
+        }
+    }
+
+    /// [`Self::try_run`], which must succeed.
+    pub fn run(&mut self, args: &[&str]) -> Value {
+        self.try_run(args)
+            .unwrap_or_else(|e| panic!("spdk-rpc {args:?} failed: {e}"))
+    }
+
+    /// [`Self::try_run`], which must fail: the error text.
+    pub fn fails(&mut self, args: &[&str]) -> String {
+        match self.try_run(args) {
+            Ok(v) => panic!("spdk-rpc {args:?} should fail, returned {v}"),
+            Err(e) => e,
+        }
+    }
+}
+
+impl Drop for SpdkRpcServer {
+    fn drop(&mut self) {
+        // End of input ends the server.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
     }
 }
 
