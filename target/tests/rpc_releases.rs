@@ -8,9 +8,10 @@
 //! Orchestrators pin the SPDK release they were built with, and releases
 //! differ in what they send unasked (25.05 to 26.05 add
 //! `"hide_metadata": false` to every namespace, 25.09 on send
-//! `ana_reporting`, `passthrough` and `enable_nssr` as false, 26.05 on send
-//! `numa_id`, 26.01 renamed flags): each release gets its own test, which
-//! fails, never skips, when its venv is missing.
+//! `ana_reporting`, `passthrough` and `enable_nssr` as false, 26.01 on send
+//! `nowait` with every aio bdev, 26.05 replaced `bdev_get_iostat -b` by
+//! `--names`): each release gets its own test, which fails, never skips,
+//! when its venv is missing.
 
 mod support;
 
