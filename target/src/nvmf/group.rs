@@ -3,15 +3,24 @@
 //! sockets so an iteration only touches connections with work, one
 //! poller, and one timer for timeouts and teardown. Lives on its reactor
 //! only; nothing is shared with other reactors.
+//!
+//! A pass visits two kinds of connection and no other: those epoll reports
+//! ready (level-triggered, so a connection that stopped reading at
+//! READS_PER_POLL or under TX back-pressure is reported again while data
+//! waits in the socket), and those on the pending list, which have work no
+//! socket event announces: a completion queued a response, requests wait
+//! for buffer budget, parsing paused with bytes in the receive buffer. A
+//! connection goes on the pending list when a pass, a tick or a completion
+//! leaves it with `needs_poll()` true.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pollux_poller::{Events, PollStatus, PollerId, Reactor, TimerId};
+use pollux_poller::{Epoll, EventBuf, Events, PollStatus, PollerId, Reactor, TimerId};
 
 use super::conn::{Budget, CloseReason, Conn};
 use super::listener::ConnPermit;
@@ -24,6 +33,60 @@ const EVENTS: usize = 64;
 
 type ConnRef = Rc<RefCell<Conn>>;
 
+/// One connection's place in its group.
+struct Slot {
+    conn: ConnRef,
+    /// Passes that polled it (what the tests look at to see that idle
+    /// connections are left alone).
+    visits: Cell<u64>,
+    /// The pass that last polled it, so a connection both ready and
+    /// pending is polled once per pass.
+    seen: Cell<u64>,
+}
+
+/// Slots with work that no epoll event reports, each queued once.
+#[derive(Default)]
+struct Pending {
+    slots: Vec<usize>,
+    /// Indexed by slot: whether it is in `slots`.
+    queued: Vec<bool>,
+}
+
+/// The shared end of the pending list: what a connection holds to queue
+/// itself from a completion.
+type PendingRef = Rc<RefCell<Pending>>;
+
+fn push_pending(pending: &PendingRef, slot: usize) {
+    let mut p = pending.borrow_mut();
+    if p.queued.len() <= slot {
+        p.queued.resize(slot + 1, false);
+    }
+    if !p.queued[slot] {
+        p.queued[slot] = true;
+        p.slots.push(slot);
+    }
+}
+
+/// A connection's registration in its poll group: its epoll interest and
+/// its way onto the pending list.
+pub struct Registration {
+    epoll: Rc<Epoll>,
+    slot: usize,
+    pending: PendingRef,
+}
+
+impl Registration {
+    /// Replaces the connection's epoll interest.
+    pub fn modify(&self, fd: RawFd, events: Events) -> std::io::Result<()> {
+        self.epoll.modify(fd, events, self.slot as u64)
+    }
+
+    /// Has the next pass poll the connection (it has internal work).
+    pub fn mark_pending(&self) {
+        push_pending(&self.pending, self.slot);
+    }
+}
+
 /// The poll group of one target on one reactor.
 pub struct PollGroup {
     /// The target this group serves.
@@ -31,8 +94,16 @@ pub struct PollGroup {
     budget: Budget,
     /// The budget's size: `budget` plus what is charged now.
     budget_total: std::cell::Cell<i64>,
-    epoll: OwnedFd,
-    conns: RefCell<Vec<Option<ConnRef>>>,
+    epoll: Rc<Epoll>,
+    /// Reused by every pass's epoll_wait.
+    events: RefCell<EventBuf>,
+    pending: PendingRef,
+    /// This pass's work list (ready and pending slots), kept for its
+    /// capacity so a pass does not allocate.
+    work: RefCell<Vec<(usize, bool)>>,
+    /// Passes so far; stamps `Slot::seen`.
+    pass: Cell<u64>,
+    conns: RefCell<Vec<Option<Slot>>>,
     poller: RefCell<Option<PollerId>>,
     timer: RefCell<Option<TimerId>>,
 }
@@ -49,20 +120,17 @@ fn group_for(r: &Reactor, shared: &Arc<Shared>) -> std::io::Result<Rc<PollGroup>
     if let Some((_, g)) = reg.groups.borrow().iter().find(|(id, _)| *id == shared.id) {
         return Ok(g.clone());
     }
-    // SAFETY: epoll_create1 has no memory-safety preconditions; the result
-    // is checked before use.
-    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+    let epoll = Rc::new(Epoll::new()?);
     r.register_wake_fd(epoll.as_raw_fd(), Events::READABLE)?;
     let g = Rc::new(PollGroup {
         target_id: shared.id,
         budget: Rc::new(std::cell::Cell::new(0)),
         budget_total: std::cell::Cell::new(0),
         epoll,
+        events: RefCell::new(EventBuf::new(EVENTS)),
+        pending: PendingRef::default(),
+        work: RefCell::new(Vec::with_capacity(EVENTS)),
+        pass: Cell::new(0),
         conns: RefCell::new(Vec::new()),
         poller: RefCell::new(None),
         timer: RefCell::new(None),
@@ -121,9 +189,9 @@ pub fn detach(r: &Reactor, target_id: u64) {
         };
         groups.remove(i).1
     };
-    let conns: Vec<ConnRef> = g.conns.borrow_mut().drain(..).flatten().collect();
-    for c in conns {
-        c.borrow_mut().teardown(r, &CloseReason::Stopping);
+    let conns: Vec<Slot> = g.conns.borrow_mut().drain(..).flatten().collect();
+    for s in conns {
+        s.conn.borrow_mut().teardown(r, &CloseReason::Stopping);
     }
     if let Some(p) = g.poller.borrow_mut().take() {
         r.unregister_poller(p);
@@ -173,31 +241,32 @@ impl PollGroup {
         // Level-triggered; the connection adjusts its interest itself
         // (write interest only while output is blocked).
         let events = conn.borrow().wanted_events();
-        let mut ev = libc::epoll_event {
-            events,
-            u64: slot as u64,
-        };
-        // SAFETY: `ev` is a valid epoll_event for the call; both fds are
-        // open (the socket is owned by `conn`, the epoll fd by `self`).
-        let rc =
-            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if rc < 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "nvmf: epoll_ctl failed");
+        if let Err(e) = self.epoll.add(fd, events, slot as u64) {
+            tracing::warn!(error = %e, "nvmf: epoll_ctl failed");
             return;
         }
-        conn.borrow_mut()
-            .registered(self.epoll.as_raw_fd(), slot as u64, events);
-        conns[slot] = Some(conn);
+        let reg = Registration {
+            epoll: self.epoll.clone(),
+            slot,
+            pending: self.pending.clone(),
+        };
+        conn.borrow_mut().registered(reg, events);
+        conns[slot] = Some(Slot {
+            conn,
+            visits: Cell::new(0),
+            seen: Cell::new(0),
+        });
     }
 
     fn close(&self, r: &Reactor, slot: usize, reason: CloseReason) {
-        let Some(conn) = self.conns.borrow_mut().get_mut(slot).and_then(Option::take) else {
+        let Some(Slot { conn, .. }) = self.conns.borrow_mut().get_mut(slot).and_then(Option::take)
+        else {
             return;
         };
         let mut c = conn.borrow_mut();
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: as in `add`; removing an fd that is still open.
-        unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, c.fd(), &mut ev) };
+        // Removed while the socket is still open (the Conn owns it); a
+        // failure would only mean it was never added.
+        let _ = self.epoll.delete(c.fd());
         c.teardown(r, &reason);
         drop(c);
         drop(conn);
@@ -211,40 +280,74 @@ impl PollGroup {
         }
     }
 
-    fn poll(&self, r: &Reactor) -> PollStatus {
-        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
-        // SAFETY: `evs` is writable for EVENTS entries, the count we pass;
-        // timeout 0 never blocks.
-        let n =
-            unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), evs.as_mut_ptr(), EVENTS as i32, 0) };
-        let mut busy = false;
-        let mut ready: [usize; EVENTS] = [usize::MAX; EVENTS];
-        for (i, ev) in evs.iter().take(n.max(0) as usize).enumerate() {
-            ready[i] = ev.u64 as usize;
+    fn conn_at(&self, slot: usize) -> Option<ConnRef> {
+        match self.conns.borrow().get(slot) {
+            Some(Some(s)) => Some(s.conn.clone()),
+            _ => None,
         }
-        let ready = &ready[..n.max(0) as usize];
-        let len = self.conns.borrow().len();
-        for slot in 0..len {
-            let conn = match self.conns.borrow().get(slot) {
-                Some(Some(c)) => c.clone(),
-                _ => continue,
-            };
-            let readable = ready.contains(&slot);
-            let result = {
-                let mut c = conn.borrow_mut();
-                if !readable && !c.needs_poll() {
+    }
+
+    fn poll(&self, r: &Reactor) -> PollStatus {
+        let pass = self.pass.get() + 1;
+        self.pass.set(pass);
+        // Taken out of its cell for the pass: polling a connection may
+        // reach back into the group (a completion marking another one
+        // pending), which must find no cell borrowed.
+        let mut work = self.work.take();
+        work.clear();
+        {
+            let mut evs = self.events.borrow_mut();
+            match self.epoll.wait(&mut evs, Some(Duration::ZERO)) {
+                Ok(ready) => work.extend(
+                    ready
+                        .iter()
+                        .map(|e| (e.token() as usize, e.events().is_readable())),
+                ),
+                // Not expected of a valid epoll fd; the pending list and
+                // the next pass still make progress.
+                Err(e) => tracing::warn!(error = %e, "nvmf: epoll_wait failed"),
+            }
+        }
+        {
+            let mut p = self.pending.borrow_mut();
+            let Pending { slots, queued } = &mut *p;
+            for slot in slots.drain(..) {
+                queued[slot] = false;
+                work.push((slot, false));
+            }
+        }
+        let mut busy = false;
+        for &(slot, readable) in &work {
+            let conn = {
+                let conns = self.conns.borrow();
+                let Some(Some(s)) = conns.get(slot) else {
+                    continue;
+                };
+                if s.seen.get() == pass {
                     continue;
                 }
-                c.poll(r, readable)
+                s.seen.set(pass);
+                s.visits.set(s.visits.get() + 1);
+                s.conn.clone()
+            };
+            let result = {
+                let mut c = conn.borrow_mut();
+                c.poll(r, readable).map(|work| (work, c.needs_poll()))
             };
             match result {
-                Ok(work) => busy |= work,
+                Ok((work, again)) => {
+                    busy |= work;
+                    if again {
+                        push_pending(&self.pending, slot);
+                    }
+                }
                 Err(reason) => {
                     self.close(r, slot, reason);
                     busy = true;
                 }
             }
         }
+        *self.work.borrow_mut() = work;
         if busy {
             PollStatus::Busy
         } else {
@@ -256,13 +359,19 @@ impl PollGroup {
         let now = Instant::now();
         let len = self.conns.borrow().len();
         for slot in 0..len {
-            let conn = match self.conns.borrow().get(slot) {
-                Some(Some(c)) => c.clone(),
-                _ => continue,
+            let Some(conn) = self.conn_at(slot) else {
+                continue;
             };
-            let result = conn.borrow_mut().tick(r, now);
-            if let Err(reason) = result {
-                self.close(r, slot, reason);
+            let result = {
+                let mut c = conn.borrow_mut();
+                c.tick(r, now).map(|()| c.needs_poll())
+            };
+            match result {
+                // An AER completed, or the target is stopping: let the
+                // next pass finish the work.
+                Ok(true) => push_pending(&self.pending, slot),
+                Ok(false) => {}
+                Err(reason) => self.close(r, slot, reason),
             }
         }
     }
@@ -270,5 +379,115 @@ impl PollGroup {
     /// Live connections in this group.
     pub fn len(&self) -> usize {
         self.conns.borrow().iter().flatten().count()
+    }
+}
+
+/// Each live connection of target `target_id` on this reactor, by peer
+/// address, with the number of passes that polled it.
+#[cfg(test)]
+pub(super) fn visits(r: &Reactor, target_id: u64) -> Vec<(SocketAddr, u64)> {
+    let reg = r.local(|_| Registry::default());
+    let groups = reg.groups.borrow();
+    let Some((_, g)) = groups.iter().find(|(id, _)| *id == target_id) else {
+        return Vec::new();
+    };
+    let conns = g.conns.borrow();
+    conns
+        .iter()
+        .flatten()
+        .map(|s| (s.conn.borrow().peer, s.visits.get()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    use pollux_graph::nodes::ram::RamNode;
+    use pollux_graph::Graph;
+    use pollux_nvme::host::{self, HostConfig};
+    use pollux_nvme::Status;
+    use pollux_poller::{IdlePolicy, Runtime, RuntimeConfig};
+
+    use super::super::NvmfTarget;
+    use crate::config::{NvmfConfig, NvmfSubsystemConfig};
+
+    const NQN: &str = "nqn.2024-11.dev.pollux:group";
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    /// I/Os the busy queue does; each needs at least one pass over it.
+    const IOS: u64 = 200;
+
+    #[test]
+    fn a_pass_polls_busy_connections_and_leaves_idle_ones_alone() {
+        // A spinning reactor: hundreds of thousands of passes a second,
+        // each of which used to visit every connection.
+        let rt = Runtime::start(RuntimeConfig::new(vec![0], IdlePolicy::Poll)).unwrap();
+        let graph = Graph::new(rt.handle());
+        graph
+            .add_node("ram0", RamNode::new(1 << 20, 512).unwrap(), &[])
+            .unwrap();
+        let cfg = NvmfConfig {
+            subsystems: vec![NvmfSubsystemConfig {
+                nqn: NQN.into(),
+                serial: "SN0001".into(),
+                model: "Pollux".into(),
+                namespaces: vec!["ram0".into()],
+                allow_any_host: true,
+                hosts: vec![],
+                listen: vec!["127.0.0.1:0".parse().unwrap()],
+            }],
+        };
+        let tgt = NvmfTarget::start(&cfg, &graph).unwrap();
+        let addr = tgt.local_addrs()[0];
+        let id = tgt.shared.id;
+        let visits = move |rt: &Runtime| rt.handle().call(0, move |r| super::visits(r, id));
+
+        // Connected, never sends a byte (its ICReq timeout is 10 s away).
+        let idle = TcpStream::connect(addr).unwrap();
+        let idle_peer = idle.local_addr().unwrap();
+        let mut c = host::Controller::connect(HostConfig::new(addr, NQN)).unwrap();
+        c.set_num_queues(1).unwrap();
+        let mut q = c.io_queue(1, 32).unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        let before = loop {
+            let v = visits(&rt);
+            if v.len() == 3 {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "connections not attached: {v:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let idle_before = before.iter().find(|(p, _)| *p == idle_peer).unwrap().1;
+
+        let data = vec![0x5au8; 4096];
+        for i in 0..IOS {
+            let w = q
+                .execute(
+                    host::rw_sqe(i % 2 == 0, 1, i % 64, 8),
+                    data.clone(),
+                    i % 2 == 0,
+                    TIMEOUT,
+                )
+                .unwrap();
+            assert!(w.cqe.status().same_code(&Status::SUCCESS));
+        }
+        let after = visits(&rt);
+        let idle_after = after.iter().find(|(p, _)| *p == idle_peer).unwrap().1;
+        assert_eq!(
+            idle_after, idle_before,
+            "the idle connection was polled: {before:?} -> {after:?}"
+        );
+        let busiest = |v: &[(std::net::SocketAddr, u64)]| v.iter().map(|e| e.1).max().unwrap();
+        assert!(
+            busiest(&after) >= busiest(&before) + IOS,
+            "the busy queue was not polled once per command: {before:?} -> {after:?}"
+        );
+        drop(q);
+        c.shutdown().unwrap();
+        drop(idle);
+        tgt.stop();
+        graph.shutdown();
+        rt.shutdown();
     }
 }
