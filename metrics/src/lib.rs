@@ -56,6 +56,16 @@ pub const NVMF_CONNECTIONS: GaugeSpec = GaugeSpec {
     label: "subsystem",
 };
 
+/// NVMe/TCP requests per state of the request state machine (the
+/// NVMe/TCP front-end), summed over its queue pairs; states are SPDK's
+/// `TCP_REQUEST_STATE_*` names in lower case (`need_buffer`, `executing`,
+/// ...).
+pub const NVMF_REQUESTS: GaugeSpec = GaugeSpec {
+    name: "pollux_nvmf_requests",
+    help: "NVMe/TCP requests per request state, over all queue pairs.",
+    label: "state",
+};
+
 /// Active virtqueues per vhost-user-blk controller (the vhost front-end).
 pub const VHOST_QUEUES: GaugeSpec = GaugeSpec {
     name: "pollux_vhost_queues",

@@ -97,6 +97,17 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
                     .collect()
             })?
     };
+    let nvmf_requests_gauge = {
+        let nvmf = nvmf.clone();
+        exporter
+            .metrics
+            .register_gauges(&pollux_metrics::NVMF_REQUESTS, move || {
+                nvmf.request_states()
+                    .into_iter()
+                    .map(|(state, n)| (state.to_owned(), n as f64))
+                    .collect()
+            })?
+    };
     let rpc_ctx = Arc::new(
         crate::rpc::RpcContext::new(target.graph.clone(), target.runtime.handle().clone())
             .with_vhost(vhost.clone())
@@ -128,6 +139,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     // shutdown below flushes data that is no longer changing.
     nvmf.stop();
     drop(nvmf_gauge);
+    drop(nvmf_requests_gauge);
     drop(vhost_gauge);
     vhost.stop();
     exporter.shutdown();

@@ -25,6 +25,20 @@ const DISCOVERY: &str = "nqn.2014-08.org.nvmexpress.discovery";
 const GUEST_HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:8d1f0c3a-27b4-4d8e-9c51-0a6e2f3b7d19";
 const GUEST_HOSTID: &str = "8d1f0c3a-27b4-4d8e-9c51-0a6e2f3b7d19";
 
+/// The request states `pollux_nvmf_requests` reports: SPDK's
+/// `TCP_REQUEST_STATE_*` names in lower case, `free` left out.
+const REQUEST_STATES: [&str; 9] = [
+    "new",
+    "need_buffer",
+    "transferring_host_to_controller",
+    "ready_to_execute",
+    "executing",
+    "executed",
+    "ready_to_complete",
+    "transferring_controller_to_host",
+    "completed",
+];
+
 /// A daemon with its SPDK client and metrics address.
 struct Target {
     daemon: Daemon,
@@ -54,6 +68,21 @@ impl Target {
     fn connections(&self, nqn: &str) -> f64 {
         let series = format!("pollux_nvmf_connections{{subsystem=\"{nqn}\"}}");
         try_series(&scrape(self.metrics), &series).unwrap_or(0.0)
+    }
+
+    /// `pollux_nvmf_requests{state}` for every state it reports (all but
+    /// `free`), in one scrape.
+    fn request_states(&self) -> Vec<(&'static str, f64)> {
+        let text = scrape(self.metrics);
+        REQUEST_STATES
+            .iter()
+            .map(|&st| {
+                let series = format!("pollux_nvmf_requests{{state=\"{st}\"}}");
+                let v = try_series(&text, &series)
+                    .unwrap_or_else(|| panic!("{series} missing:\n{text}"));
+                (st, v)
+            })
+            .collect()
     }
 
     /// Waits for `cond`, panicking with `what` and the log after `secs`.
@@ -177,6 +206,10 @@ fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
     d.wait(20, "perf connected", || d.connections(NQN) > 0.0);
     // Admin + I/O queue per connection.
     assert!(d.connections(NQN) >= 2.0);
+    // Under QD 32 requests are seen in flight, in the states they pass.
+    d.wait(20, "requests in flight on the gauge", || {
+        d.request_states().iter().any(|&(_, n)| n > 0.0)
+    });
     d.rpc
         .run(&["bdev_malloc_create", "-b", "Malloc1", "32", "4096"]);
     // The method answers the NSID (rpc.py does not print it).
@@ -193,6 +226,10 @@ fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
     d.rpc.run(&["nvmf_subsystem_remove_ns", NQN, "2"]);
     d.rpc.run(&["bdev_malloc_delete", "Malloc1"]);
     perf_ok(bg.wait_with_output().unwrap());
+    // Every request the hosts sent has left the state machine.
+    d.wait(20, "no request left in any state", || {
+        d.request_states().iter().all(|&(_, n)| n == 0.0)
+    });
     // The removed NSID is gone for new hosts too.
     let gone = perf(port, 2, 1).output().unwrap();
     let v: Option<Value> = serde_json::from_slice(&gone.stdout).ok();

@@ -232,11 +232,11 @@ impl Conn {
             let Some(ev) = ctrl.take_event() else { break };
             let slot = self.aers.remove(0);
             let req = &mut self.reqs[slot as usize];
-            if req.state != ReqState::Executing {
+            if req.state() != ReqState::Executing {
                 continue;
             }
             req.dw0 = ev.to_dw0();
-            req.state = ReqState::Executed;
+            req.set_state(&self.states, ReqState::Executed);
             self.process(r, slot);
         }
     }
@@ -275,9 +275,9 @@ impl Conn {
                 self.aers.push(slot);
                 if ctrl.has_event() {
                     // Mark it held first so completion finds it executing.
-                    self.reqs[slot as usize].state = ReqState::Executing;
+                    self.reqs[slot as usize].set_state(&self.states, ReqState::Executing);
                     self.complete_aers(r, &ctrl);
-                    return self.reqs[slot as usize].state == ReqState::Executing;
+                    return self.reqs[slot as usize].state() == ReqState::Executing;
                 }
                 return true;
             }

@@ -24,12 +24,11 @@ use pollux_nvme::tcp::{
     DGST_HEADER, DIGEST_LEN, PFV_1_0,
 };
 use pollux_nvme::{Cqe, Sgl, Sqe, Status};
-use pollux_poller::{Events, Reactor, TimerId};
+use pollux_poller::{Reactor, TimerId};
 
 use super::controller::Controller;
-use super::group::Registration;
 use super::listener::ConnPermit;
-use super::request::{ReqState, Request, Xfer};
+use super::request::{ReqState, Request, StateCounts, Xfer};
 use super::status::{self, FatalPdu, PduFault};
 use super::transport::TransportOpts;
 use super::{Shared, ADMIN_IN_CAPSULE_DATA};
@@ -222,7 +221,6 @@ impl IoSink for ConnSink {
         };
         if let Ok(mut c) = conn.try_borrow_mut() {
             c.io_done(r, io, result);
-            c.wake_group();
             return;
         }
         // Only reachable if a node completed synchronously inside our own
@@ -230,9 +228,7 @@ impl IoSink for ConnSink {
         let weak = Rc::downgrade(&conn);
         r.add_timer(std::time::Duration::ZERO, move |r| {
             if let Some(c) = weak.upgrade() {
-                let mut c = c.borrow_mut();
-                c.io_done(r, io, result);
-                c.wake_group();
+                c.borrow_mut().io_done(r, io, result);
             }
         });
     }
@@ -262,6 +258,9 @@ pub struct Conn {
     tx: Vec<u8>,
     tx_off: usize,
     pub(super) reqs: Vec<Request>,
+    /// Requests per state (the `pollux_nvmf_requests` gauge's share of
+    /// this queue pair); `Request::set_state` keeps it.
+    pub(super) states: Arc<StateCounts>,
     free: Vec<u16>,
     /// Queue ID once connected (0 = admin queue).
     pub(super) qid: Option<u16>,
@@ -285,17 +284,18 @@ pub struct Conn {
     budget: Budget,
     /// Requests waiting in NEED_BUFFER for budget, oldest first.
     buf_wait: std::collections::VecDeque<u16>,
-    /// Our place in the poll group (None until added).
-    reg: Option<Registration>,
+    /// The poll group's epoll fd and our token in it (-1 until added).
+    epfd: RawFd,
+    token: u64,
     /// Events currently registered.
-    interest: Events,
+    interest: u32,
     _permit: ConnPermit,
 }
 
 /// Read interest (level-triggered: back-pressured connections drop it).
-const EV_IN: Events = Events::READABLE.union(Events::READ_HANGUP);
+const EV_IN: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
 /// Write interest, only while responses wait for the socket.
-const EV_OUT: Events = Events::WRITABLE;
+const EV_OUT: u32 = libc::EPOLLOUT as u32;
 
 impl Conn {
     /// Wraps an accepted, non-blocking socket.
@@ -310,6 +310,7 @@ impl Conn {
         sock.set_nodelay(true)?;
         let peer = sock.peer_addr()?;
         let opts = shared.opts();
+        let states = shared.register_request_states();
         if opts.sock_priority != 0 {
             set_sock_priority(&sock, opts.sock_priority);
         }
@@ -332,6 +333,7 @@ impl Conn {
                 tx: Vec::new(),
                 tx_off: 0,
                 reqs: (0..PRE_CONNECT_SLOTS).map(|_| Request::free()).collect(),
+                states,
                 free: (0..PRE_CONNECT_SLOTS as u16).rev().collect(),
                 qid: None,
                 sqsize: 0,
@@ -347,8 +349,9 @@ impl Conn {
                 bufs: BufCache::default(),
                 budget,
                 buf_wait: std::collections::VecDeque::new(),
-                reg: None,
-                interest: Events::EMPTY,
+                epfd: -1,
+                token: 0,
+                interest: 0,
                 _permit: permit,
             })
         }))
@@ -366,37 +369,27 @@ impl Conn {
             || !self.buf_wait.is_empty()
             // Responses queued by completions since the last pass: one
             // write per pass for all of them.
-            || (self.tx_off < self.tx.len() && !self.interest.contains(EV_OUT))
+            || (self.tx_off < self.tx.len() && self.interest & EV_OUT == 0)
     }
 
-    /// Puts the connection on its poll group's pending list if it has
-    /// work no socket event will announce (a completion queued a
-    /// response): without this the group would not poll it again.
-    fn wake_group(&self) {
-        if let Some(reg) = &self.reg {
-            if self.needs_poll() {
-                reg.mark_pending();
-            }
-        }
-    }
-
-    /// The connection was added to its poll group for `events`.
-    pub fn registered(&mut self, reg: Registration, events: Events) {
-        self.reg = Some(reg);
+    /// The events the connection is registered for in `epfd` under `token`.
+    pub fn registered(&mut self, epfd: RawFd, token: u64, events: u32) {
+        self.epfd = epfd;
+        self.token = token;
         self.interest = events;
     }
 
     /// The read/write interest this connection needs now.
-    pub fn wanted_events(&self) -> Events {
+    pub fn wanted_events(&self) -> u32 {
         let read = if self.backpressured() || self.stopping() {
-            Events::READ_HANGUP
+            libc::EPOLLRDHUP as u32
         } else {
             EV_IN
         };
         let write = if self.tx_off < self.tx.len() {
             EV_OUT
         } else {
-            Events::EMPTY
+            0
         };
         read | write
     }
@@ -406,11 +399,18 @@ impl Conn {
     /// (either would make level-triggered epoll spin).
     fn update_interest(&mut self) {
         let want = self.wanted_events();
-        if want == self.interest {
+        if want == self.interest || self.epfd < 0 {
             return;
         }
-        let Some(reg) = &self.reg else { return };
-        if reg.modify(self.fd(), want).is_ok() {
+        let mut ev = libc::epoll_event {
+            events: want,
+            u64: self.token,
+        };
+        // SAFETY: `ev` is a valid epoll_event for the call; `epfd` is the
+        // poll group's epoll fd, which outlives its connections, and the
+        // socket is open (we own it).
+        let rc = unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, self.fd(), &mut ev) };
+        if rc == 0 {
             self.interest = want;
         }
     }
@@ -423,7 +423,7 @@ impl Conn {
     fn busy_requests(&self) -> usize {
         self.reqs
             .iter()
-            .filter(|q| q.state == ReqState::Executing)
+            .filter(|q| q.state() == ReqState::Executing)
             .count()
             .saturating_sub(self.aers.len())
     }
@@ -452,7 +452,7 @@ impl Conn {
         let mut work = false;
         while let Some(&slot) = self.buf_wait.front() {
             let req = &self.reqs[slot as usize];
-            if req.state != ReqState::NeedBuffer {
+            if req.state() != ReqState::NeedBuffer {
                 self.buf_wait.pop_front();
                 continue;
             }
@@ -679,13 +679,13 @@ impl Conn {
                 };
                 let n = frame.data_len as usize;
                 if n == 0 {
-                    self.reqs[slot as usize].start(sqe, None);
+                    self.reqs[slot as usize].start(&self.states, sqe, None);
                     self.process(r, slot);
                 } else {
                     // `n` is bounded by the in-capsule limit we advertised
                     // (checked by the decoder before we got here).
                     let buf = self.bufs.take(n);
-                    self.reqs[slot as usize].start(sqe, Some(buf));
+                    self.reqs[slot as usize].start(&self.states, sqe, Some(buf));
                     self.rx_state = Self::body(Dest::Capsule { slot }, &frame, 0);
                 }
                 Ok(())
@@ -699,7 +699,7 @@ impl Conn {
                         "H2CData with an unknown transfer tag",
                     ));
                 };
-                if req.state != ReqState::TransferringHostToController {
+                if req.state() != ReqState::TransferringHostToController {
                     return Err(Fatal::fault(
                         PduFault::NoR2tOutstanding,
                         hdr,
@@ -828,6 +828,7 @@ impl Conn {
                 req.received = req.buf.as_ref().map_or(0, |b| b.len() as u32);
                 if !digest_ok {
                     req.fail(status::data_digest_status(&bad_digest));
+                    req.set_state(&self.states, ReqState::ReadyToComplete);
                 }
                 self.process(r, slot);
             }
@@ -838,11 +839,12 @@ impl Conn {
                     req.status = status::data_digest_status(&bad_digest);
                 }
                 if req.received == req.xfer_len {
-                    if req.status.is_success() {
-                        req.state = ReqState::ReadyToExecute;
+                    let next = if req.status.is_success() {
+                        ReqState::ReadyToExecute
                     } else {
-                        req.state = ReqState::ReadyToComplete;
-                    }
+                        ReqState::ReadyToComplete
+                    };
+                    req.set_state(&self.states, next);
                     self.process(r, slot);
                 }
             }
@@ -921,10 +923,19 @@ impl Conn {
     pub(super) fn process(&mut self, r: &Reactor, slot: u16) {
         let i = slot as usize;
         loop {
-            let state = self.reqs[i].state;
+            let state = self.reqs[i].state();
             match state {
                 ReqState::Free => return,
-                ReqState::New => self.req_parse(i),
+                ReqState::New => {
+                    let next = match self.req_parse(i) {
+                        Ok(()) => ReqState::NeedBuffer,
+                        Err(status) => {
+                            self.reqs[i].fail(status);
+                            ReqState::ReadyToComplete
+                        }
+                    };
+                    self.reqs[i].set_state(&self.states, next);
+                }
                 ReqState::NeedBuffer => {
                     let req = &mut self.reqs[i];
                     let needs_buf =
@@ -953,7 +964,7 @@ impl Conn {
                     match req.xfer {
                         Xfer::H2C if !req.in_capsule => {
                             req.buf = Some(self.bufs.take(req.xfer_len as usize));
-                            req.state = ReqState::TransferringHostToController;
+                            req.set_state(&self.states, ReqState::TransferringHostToController);
                             let r2t = Pdu::R2T(R2t {
                                 cccid: req.cid(),
                                 ttag: slot,
@@ -965,7 +976,7 @@ impl Conn {
                         }
                         Xfer::H2C => {
                             self.stats.in_capsule += 1;
-                            req.state = ReqState::ReadyToExecute;
+                            req.set_state(&self.states, ReqState::ReadyToExecute);
                         }
                         Xfer::C2H => {
                             let mut buf = self.bufs.take(req.xfer_len as usize);
@@ -975,31 +986,37 @@ impl Conn {
                             }
                             req.buf = Some(buf);
                             req.c2h_len = req.xfer_len;
-                            req.state = ReqState::ReadyToExecute;
+                            req.set_state(&self.states, ReqState::ReadyToExecute);
                         }
-                        Xfer::None => req.state = ReqState::ReadyToExecute,
+                        Xfer::None => req.set_state(&self.states, ReqState::ReadyToExecute),
                     }
                 }
                 ReqState::TransferringHostToController | ReqState::Executing => return,
                 ReqState::ReadyToExecute => {
                     let held = self.execute(r, slot);
                     let req = &mut self.reqs[i];
-                    // A handler may already have failed the request.
-                    if req.state == ReqState::ReadyToExecute {
-                        req.state = if held {
+                    // An AER answered at once from a pending event has
+                    // moved on already. A failed command is Executed too:
+                    // its status says how.
+                    if req.state() == ReqState::ReadyToExecute {
+                        let next = if held {
                             ReqState::Executing
                         } else {
                             ReqState::Executed
                         };
+                        req.set_state(&self.states, next);
                     }
                 }
-                ReqState::Executed => self.reqs[i].state = ReqState::ReadyToComplete,
+                ReqState::Executed => {
+                    self.reqs[i].set_state(&self.states, ReqState::ReadyToComplete)
+                }
                 ReqState::ReadyToComplete => self.respond(i),
                 ReqState::TransferringControllerToHost => {
                     // The C2HData is already in the transmit queue.
-                    self.reqs[i].state = ReqState::Completed;
+                    self.reqs[i].set_state(&self.states, ReqState::Completed);
                 }
                 ReqState::Completed => {
+                    self.reqs[i].set_state(&self.states, ReqState::Free);
                     let done = std::mem::replace(&mut self.reqs[i], Request::free());
                     if let Some(b) = done.buf {
                         self.bufs.give(b);
@@ -1012,9 +1029,9 @@ impl Conn {
         }
     }
 
-    /// NEW → NEED_BUFFER: data direction and length from the opcode and
-    /// the SGL; anything inconsistent fails the command.
-    fn req_parse(&mut self, i: usize) {
+    /// NEW: data direction and length from the opcode and the SGL; `Err`
+    /// is the status of a command whose SGL is inconsistent with them.
+    fn req_parse(&mut self, i: usize) -> Result<(), Status> {
         let req = &mut self.reqs[i];
         let sqe = req.sqe;
         let dir = if sqe.opcode() == FABRICS_OPCODE {
@@ -1026,51 +1043,49 @@ impl Conn {
             0 => Xfer::None,
             1 => Xfer::H2C,
             2 => Xfer::C2H,
-            _ => return req.fail(Status::INVALID_FIELD.with_dnr()),
+            _ => return Err(Status::INVALID_FIELD.with_dnr()),
         };
         if req.xfer == Xfer::None {
             if req.in_capsule {
-                return req.fail(Status::INVALID_FIELD.with_dnr());
+                return Err(Status::INVALID_FIELD.with_dnr());
             }
-            req.state = ReqState::NeedBuffer;
-            return;
+            return Ok(());
         }
         let sgl = sqe.sgl();
         if sgl.length() == 0 && !req.in_capsule {
             // A data-direction opcode without data (Set Features, Write
             // Zeroes-style commands): any zero-length descriptor will do.
             req.xfer = Xfer::None;
-            req.state = ReqState::NeedBuffer;
-            return;
+            return Ok(());
         }
         match sgl {
             Sgl::InCapsule { offset, length } => {
                 if req.xfer != Xfer::H2C || !req.in_capsule {
-                    return req.fail(Status::INVALID_FIELD.with_dnr());
+                    return Err(Status::INVALID_FIELD.with_dnr());
                 }
                 if offset != 0 {
-                    return req.fail(Status::SGL_OFFSET_INVALID.with_dnr());
+                    return Err(Status::SGL_OFFSET_INVALID.with_dnr());
                 }
                 if length != req.received {
-                    return req.fail(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
+                    return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
                 }
                 req.xfer_len = length;
             }
             Sgl::Transport { length, .. } => {
                 if req.in_capsule {
-                    return req.fail(Status::INVALID_FIELD.with_dnr());
+                    return Err(Status::INVALID_FIELD.with_dnr());
                 }
                 if length > self.opts.max_io_size {
-                    return req.fail(Status::INVALID_FIELD.with_dnr());
+                    return Err(Status::INVALID_FIELD.with_dnr());
                 }
                 req.xfer_len = length;
             }
-            _ => return req.fail(Status::SGL_DESCRIPTOR_TYPE_INVALID.with_dnr()),
+            _ => return Err(Status::SGL_DESCRIPTOR_TYPE_INVALID.with_dnr()),
         }
         if req.xfer_len == 0 {
             req.xfer = Xfer::None;
         }
-        req.state = ReqState::NeedBuffer;
+        Ok(())
     }
 
     /// READY_TO_EXECUTE: dispatches by queue. Returns true if the request
@@ -1119,7 +1134,7 @@ impl Conn {
             let buf = req.buf.take();
             let len = req.c2h_len;
             let cid = req.cid();
-            req.state = ReqState::TransferringControllerToHost;
+            req.set_state(&self.states, ReqState::TransferringControllerToHost);
             let data = buf
                 .as_ref()
                 .map_or(&[][..], |b| &b.as_slice()[..len as usize]);
@@ -1143,7 +1158,7 @@ impl Conn {
                 self.bufs.give(b);
             }
         } else {
-            req.state = ReqState::Completed;
+            req.set_state(&self.states, ReqState::Completed);
             self.send_pdu(&Pdu::CapsuleResp(cqe), &[]);
         }
     }
@@ -1154,7 +1169,7 @@ impl Conn {
         let Some(req) = self.reqs.get_mut(slot as usize) else {
             return;
         };
-        if req.state != ReqState::Executing || req.outstanding == 0 {
+        if req.state() != ReqState::Executing || req.outstanding == 0 {
             return;
         }
         if let Err(e) = &result {
@@ -1172,7 +1187,7 @@ impl Conn {
         let req = &mut self.reqs[slot as usize];
         req.outstanding -= 1;
         if req.outstanding == 0 {
-            req.state = ReqState::Executed;
+            req.set_state(&self.states, ReqState::Executed);
             // The response goes out on the poll group's next pass, batched
             // with the other completions of this iteration.
             self.process(r, slot);

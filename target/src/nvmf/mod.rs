@@ -30,7 +30,7 @@ mod tests;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,7 @@ use pollux_graph::Graph;
 use crate::config::NvmfConfig;
 use controller::ControllerTable;
 use listener::Listener;
+use request::{ReqState, StateCounts};
 use subsystem::Subsystem;
 
 /// In-capsule data accepted per command (admin and I/O queues). Linux
@@ -175,6 +176,9 @@ pub struct Shared {
     /// Requests that had to wait for the buffer budget (cold path only:
     /// counted when one starts waiting).
     buffer_waits: AtomicU64,
+    /// Each live queue pair's requests per state, summed at scrape time
+    /// (`request_states`); a closed queue pair's share goes with it.
+    request_states: Mutex<Vec<Weak<StateCounts>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -208,6 +212,16 @@ impl Shared {
     /// The transport options new connections take.
     fn opts(&self) -> Arc<TransportOpts> {
         lock(&self.opts).clone()
+    }
+
+    /// Per-state counts for a new queue pair, registered for the gauge
+    /// (at accept: control path).
+    fn register_request_states(&self) -> Arc<StateCounts> {
+        let counts = Arc::new(StateCounts::default());
+        let mut all = lock(&self.request_states);
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&counts));
+        counts
     }
 
     fn discovery_changed(&self) {
@@ -301,6 +315,7 @@ impl NvmfTarget {
             conns: AtomicUsize::new(0),
             opts: Mutex::new(Arc::new(opts)),
             buffer_waits: AtomicU64::new(0),
+            request_states: Mutex::new(Vec::new()),
         });
         let t = NvmfTarget {
             shared,
@@ -594,6 +609,24 @@ impl NvmfTarget {
                         uuid: n.uuid(),
                     })
                     .collect(),
+            })
+            .collect()
+    }
+
+    /// Requests of every queue pair per request state, for the
+    /// `pollux_nvmf_requests{state}` gauge: every state but `free` (an
+    /// unused slot is no request), zeroes included.
+    pub fn request_states(&self) -> Vec<(&'static str, u64)> {
+        let live: Vec<Arc<StateCounts>> = lock(&self.shared.request_states)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        ReqState::ALL
+            .iter()
+            .filter(|&&s| s != ReqState::Free)
+            .map(|&s| {
+                let n = live.iter().fold(0u64, |n, c| n.wrapping_add(c.get(s)));
+                (s.name(), n)
             })
             .collect()
     }

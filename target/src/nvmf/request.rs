@@ -1,43 +1,16 @@
-//! One command's life on a queue pair, as an explicit state machine
-//! modelled on SPDK `lib/nvmf/tcp.c` (`nvmf_tcp_req_process`):
-//!
-//! ```text
-//! New → NeedBuffer → [TransferringHostToController (R2T/H2CData)]
-//!     → ReadyToExecute → Executing → Executed → ReadyToComplete
-//!     → [TransferringControllerToHost (C2HData)] → Completed (slot freed)
-//! ```
-//!
-//! Any state may jump to ReadyToComplete with an error status. The driver
-//! (`conn.rs`) advances a request until it reaches a waiting state
-//! (TransferringHostToController, Executing) or Completed.
+//! One command on a queue pair: its slot, data and completion fields. Its
+//! state machine (`state`: the states, the transition table and
+//! `Request::set_state`, the only way to change state) is modelled on SPDK
+//! `lib/nvmf/tcp.c`. The driver (`conn.rs`) advances a request until it
+//! reaches a waiting state (NeedBuffer without budget,
+//! TransferringHostToController, Executing) or Free.
+
+mod state;
 
 use pollux_graph::AlignedBuf;
 use pollux_nvme::{Sqe, Status};
 
-/// Where a request is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReqState {
-    /// Slot unused.
-    Free,
-    /// Capsule (and any in-capsule data) received; not yet parsed.
-    New,
-    /// Parsed; its data buffer must be set up.
-    NeedBuffer,
-    /// Waiting for H2CData answering our R2T.
-    TransferringHostToController,
-    /// Has everything it needs.
-    ReadyToExecute,
-    /// Submitted to the graph (or held, for an AER); waiting.
-    Executing,
-    /// Execution finished; status known.
-    Executed,
-    /// The response can be built.
-    ReadyToComplete,
-    /// C2HData queued for the socket.
-    TransferringControllerToHost,
-    /// Response queued; the slot is released.
-    Completed,
-}
+pub use state::{ReqState, StateCounts};
 
 /// Data direction of a command, from its opcode (or FCTYPE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,8 +26,8 @@ pub enum Xfer {
 /// One queue slot. The slot index is the R2T transfer tag and the graph
 /// I/O tag, so completion lookup is an array index.
 pub struct Request {
-    /// State.
-    pub state: ReqState,
+    /// State: changed only by `set_state`.
+    state: ReqState,
     /// The command.
     pub sqe: Sqe,
     /// Data direction.
@@ -103,19 +76,19 @@ impl Request {
         }
     }
 
-    /// Starts the slot for a newly received command.
-    pub fn start(&mut self, sqe: Sqe, in_capsule: Option<AlignedBuf>) {
+    /// Starts the free slot for a newly received command.
+    pub fn start(&mut self, counts: &StateCounts, sqe: Sqe, in_capsule: Option<AlignedBuf>) {
         *self = Request::free();
         self.in_capsule = in_capsule.is_some();
         self.buf = in_capsule;
         self.sqe = sqe;
-        self.state = ReqState::New;
+        self.set_state(counts, ReqState::New);
     }
 
-    /// Fails the command: it completes with `status` from here.
+    /// Records that the command completes with `status` (the driver moves
+    /// it on; a failed command still passes ReadyToComplete).
     pub fn fail(&mut self, status: Status) {
         self.status = status;
-        self.state = ReqState::ReadyToComplete;
     }
 
     /// Command identifier.
@@ -130,11 +103,12 @@ mod tests {
 
     #[test]
     fn start_resets_previous_command() {
+        let counts = StateCounts::default();
         let mut r = Request::free();
         r.fail(Status::INVALID_FIELD);
         r.dw0 = 7;
-        r.start(Sqe::new(0x02, 5), None);
-        assert_eq!(r.state, ReqState::New);
+        r.start(&counts, Sqe::new(0x02, 5), None);
+        assert_eq!(r.state(), ReqState::New);
         assert_eq!(r.cid(), 5);
         assert_eq!(r.dw0, 0);
         assert!(r.status.is_success());

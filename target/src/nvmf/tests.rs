@@ -21,6 +21,7 @@ use pollux_nvme::tcp::{
 use pollux_nvme::{Cqe, Sgl, Sqe, Status};
 use pollux_poller::{IdlePolicy, Runtime, RuntimeConfig};
 
+use super::request::ReqState;
 use super::NvmfTarget;
 use crate::config::{NvmfConfig, NvmfSubsystemConfig};
 
@@ -676,6 +677,13 @@ fn keep_alive_timeout_tears_the_controller_down() {
     assert!(r.is_err(), "I/O queue still served after KATO expiry");
 }
 
+/// The `pollux_nvmf_requests` states that hold requests now.
+fn requests_in(tgt: &NvmfTarget) -> Vec<(&'static str, u64)> {
+    let all = tgt.request_states();
+    assert_eq!(all.len(), ReqState::COUNT - 1, "every state but free");
+    all.into_iter().filter(|&(_, n)| n != 0).collect()
+}
+
 #[test]
 fn async_event_request_is_held_until_an_event() {
     let fx = Fixture::new(true);
@@ -705,10 +713,13 @@ fn async_event_request_is_held_until_an_event() {
     r.send(&Pdu::CapsuleCmd(ka), &[]);
     assert_eq!(r.response().cid(), 8);
     let tgt = fx.tgt.as_ref().unwrap();
+    // The held AER is the one request in flight, and it is Executing.
+    assert_eq!(requests_in(tgt), vec![("executing", 1)]);
     let ctrl = tgt.shared.controllers().get(cntlid).unwrap();
     ctrl.push_event(pollux_nvme::features::AsyncEvent::DISCOVERY_CHANGED);
     let cqe = r.response();
     assert_eq!(cqe.cid(), 7);
+    assert_eq!(requests_in(tgt), vec![]);
     assert_eq!(
         cqe.dw0(),
         pollux_nvme::features::AsyncEvent::DISCOVERY_CHANGED.to_dw0()
