@@ -24,9 +24,10 @@ use pollux_nvme::tcp::{
     DGST_HEADER, DIGEST_LEN, PFV_1_0,
 };
 use pollux_nvme::{Cqe, Sgl, Sqe, Status};
-use pollux_poller::{Reactor, TimerId};
+use pollux_poller::{Events, Reactor, TimerId};
 
 use super::controller::Controller;
+use super::group::Registration;
 use super::listener::ConnPermit;
 use super::request::{ReqState, Request, StateCounts, Xfer};
 use super::status::{self, FatalPdu, PduFault};
@@ -221,6 +222,7 @@ impl IoSink for ConnSink {
         };
         if let Ok(mut c) = conn.try_borrow_mut() {
             c.io_done(r, io, result);
+            c.wake_group();
             return;
         }
         // Only reachable if a node completed synchronously inside our own
@@ -228,7 +230,9 @@ impl IoSink for ConnSink {
         let weak = Rc::downgrade(&conn);
         r.add_timer(std::time::Duration::ZERO, move |r| {
             if let Some(c) = weak.upgrade() {
-                c.borrow_mut().io_done(r, io, result);
+                let mut c = c.borrow_mut();
+                c.io_done(r, io, result);
+                c.wake_group();
             }
         });
     }
@@ -284,18 +288,17 @@ pub struct Conn {
     budget: Budget,
     /// Requests waiting in NEED_BUFFER for budget, oldest first.
     buf_wait: std::collections::VecDeque<u16>,
-    /// The poll group's epoll fd and our token in it (-1 until added).
-    epfd: RawFd,
-    token: u64,
+    /// Our place in the poll group (None until added).
+    reg: Option<Registration>,
     /// Events currently registered.
-    interest: u32,
+    interest: Events,
     _permit: ConnPermit,
 }
 
 /// Read interest (level-triggered: back-pressured connections drop it).
-const EV_IN: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+const EV_IN: Events = Events::READABLE.union(Events::READ_HANGUP);
 /// Write interest, only while responses wait for the socket.
-const EV_OUT: u32 = libc::EPOLLOUT as u32;
+const EV_OUT: Events = Events::WRITABLE;
 
 impl Conn {
     /// Wraps an accepted, non-blocking socket.
@@ -349,9 +352,8 @@ impl Conn {
                 bufs: BufCache::default(),
                 budget,
                 buf_wait: std::collections::VecDeque::new(),
-                epfd: -1,
-                token: 0,
-                interest: 0,
+                reg: None,
+                interest: Events::EMPTY,
                 _permit: permit,
             })
         }))
@@ -369,27 +371,37 @@ impl Conn {
             || !self.buf_wait.is_empty()
             // Responses queued by completions since the last pass: one
             // write per pass for all of them.
-            || (self.tx_off < self.tx.len() && self.interest & EV_OUT == 0)
+            || (self.tx_off < self.tx.len() && !self.interest.contains(EV_OUT))
     }
 
-    /// The events the connection is registered for in `epfd` under `token`.
-    pub fn registered(&mut self, epfd: RawFd, token: u64, events: u32) {
-        self.epfd = epfd;
-        self.token = token;
+    /// Puts the connection on its poll group's pending list if it has
+    /// work no socket event will announce (a completion queued a
+    /// response): without this the group would not poll it again.
+    fn wake_group(&self) {
+        if let Some(reg) = &self.reg {
+            if self.needs_poll() {
+                reg.mark_pending();
+            }
+        }
+    }
+
+    /// The connection was added to its poll group for `events`.
+    pub fn registered(&mut self, reg: Registration, events: Events) {
+        self.reg = Some(reg);
         self.interest = events;
     }
 
     /// The read/write interest this connection needs now.
-    pub fn wanted_events(&self) -> u32 {
+    pub fn wanted_events(&self) -> Events {
         let read = if self.backpressured() || self.stopping() {
-            libc::EPOLLRDHUP as u32
+            Events::READ_HANGUP
         } else {
             EV_IN
         };
         let write = if self.tx_off < self.tx.len() {
             EV_OUT
         } else {
-            0
+            Events::EMPTY
         };
         read | write
     }
@@ -399,18 +411,11 @@ impl Conn {
     /// (either would make level-triggered epoll spin).
     fn update_interest(&mut self) {
         let want = self.wanted_events();
-        if want == self.interest || self.epfd < 0 {
+        if want == self.interest {
             return;
         }
-        let mut ev = libc::epoll_event {
-            events: want,
-            u64: self.token,
-        };
-        // SAFETY: `ev` is a valid epoll_event for the call; `epfd` is the
-        // poll group's epoll fd, which outlives its connections, and the
-        // socket is open (we own it).
-        let rc = unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, self.fd(), &mut ev) };
-        if rc == 0 {
+        let Some(reg) = &self.reg else { return };
+        if reg.modify(self.fd(), want).is_ok() {
             self.interest = want;
         }
     }
