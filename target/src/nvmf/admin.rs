@@ -24,6 +24,7 @@ use pollux_poller::Reactor;
 
 use super::conn::Conn;
 use super::controller::{Controller, CtrlKind};
+use super::phase::QueuePhase;
 use super::request::ReqState;
 use super::subsystem::discovery_log;
 
@@ -139,11 +140,10 @@ impl Conn {
                 kato_ms = kato, "nvmf: controller created");
             self.sqflow_disabled = cmd.cattr & fabrics::ConnectCmd::CATTR_SQ_FLOW_DISABLE != 0;
             self.start_keep_alive(r, &ctrl);
-            self.qid = Some(0);
             self.sqsize = cmd.sqsize;
             self.set_queue_depth(depth);
             let cntlid = ctrl.cntlid;
-            self.ctrl = Some(ctrl);
+            self.phase = QueuePhase::Admin(ctrl);
             return Ok(cntlid);
         }
         let Some(ctrl) = self.shared.controllers().get(data.cntlid) else {
@@ -182,11 +182,10 @@ impl Conn {
         // that Identify reported.
         self.opts = ctrl.opts.clone();
         self.set_in_capsule_limit(ctrl.opts.in_capsule_data_size);
-        self.qid = Some(cmd.qid);
         self.sqsize = cmd.sqsize;
         self.set_queue_depth(depth);
         let cntlid = ctrl.cntlid;
-        self.ctrl = Some(ctrl);
+        self.phase = QueuePhase::Io { ctrl, qid: cmd.qid };
         Ok(cntlid)
     }
 
@@ -243,10 +242,11 @@ impl Conn {
 
     /// Executes an admin command. Returns true if it is held (AER).
     pub(super) fn exec_admin(&mut self, r: &Reactor, slot: u16) -> bool {
-        let Some(ctrl) = self.ctrl.clone() else {
+        let QueuePhase::Admin(ctrl) = &self.phase else {
             self.fail(slot, Status::COMMAND_SEQUENCE_ERROR.with_dnr());
             return false;
         };
+        let ctrl = ctrl.clone();
         let sqe = self.sqe(slot);
         // Any admin command proves the host alive (it is cheap here: the
         // admin queue is control path).

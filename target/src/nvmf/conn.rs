@@ -26,9 +26,9 @@ use pollux_nvme::tcp::{
 use pollux_nvme::{Cqe, Sgl, Sqe, Status};
 use pollux_poller::{Events, Reactor, TimerId};
 
-use super::controller::Controller;
 use super::group::Registration;
 use super::listener::ConnPermit;
+use super::phase::QueuePhase;
 use super::request::{ReqState, Request, StateCounts, Xfer};
 use super::status::{self, FatalPdu, PduFault};
 use super::transport::TransportOpts;
@@ -90,15 +90,6 @@ impl BufCache {
 /// Signed: when `nvmf_create_transport` shrinks the budget of a group with
 /// buffers out, it stays below zero until they come back.
 pub type Budget = Rc<std::cell::Cell<i64>>;
-
-/// How far the connection got.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Waiting for ICReq.
-    AwaitIcReq,
-    /// IC done; waiting for Connect, then serving commands.
-    Ready,
-}
 
 /// Where the data of the PDU being received goes.
 #[derive(Clone, Copy, Debug)]
@@ -251,7 +242,8 @@ pub struct Conn {
     pub(super) opts: Arc<TransportOpts>,
     /// The host disabled SQ flow control at Connect (CATTR bit 2).
     pub(super) sqflow_disabled: bool,
-    pub(super) phase: Phase,
+    /// How far the queue pair got: its controller and QID live here.
+    pub(super) phase: QueuePhase,
     pub(super) created: Instant,
     limits: Limits,
     pub(super) tx_params: TxParams,
@@ -266,12 +258,9 @@ pub struct Conn {
     /// this queue pair); `Request::set_state` keeps it.
     pub(super) states: Arc<StateCounts>,
     free: Vec<u16>,
-    /// Queue ID once connected (0 = admin queue).
-    pub(super) qid: Option<u16>,
     /// Connect's SQSIZE (0-based).
     pub(super) sqsize: u16,
     pub(super) sqhd: u16,
-    pub(super) ctrl: Option<Arc<Controller>>,
     /// This queue pair's view of its subsystem's namespace table.
     pub(super) ns_cache: super::subsystem::NsCache,
     /// Slots holding Asynchronous Event Requests.
@@ -325,7 +314,7 @@ impl Conn {
                 port,
                 opts,
                 sqflow_disabled: false,
-                phase: Phase::AwaitIcReq,
+                phase: QueuePhase::AwaitIcReq,
                 created: Instant::now(),
                 limits: Limits::new(Role::Controller),
                 tx_params: TxParams::default(),
@@ -338,10 +327,8 @@ impl Conn {
                 reqs: (0..PRE_CONNECT_SLOTS).map(|_| Request::free()).collect(),
                 states,
                 free: (0..PRE_CONNECT_SLOTS as u16).rev().collect(),
-                qid: None,
                 sqsize: 0,
                 sqhd: 0,
-                ctrl: None,
                 ns_cache: Default::default(),
                 aers: Vec::new(),
                 sink: Rc::new(ConnSink { conn: weak.clone() }),
@@ -483,28 +470,27 @@ impl Conn {
     /// teardown, target stop, pending async events.
     pub fn tick(&mut self, r: &Reactor, now: Instant) -> Result<(), CloseReason> {
         let age = now.saturating_duration_since(self.created);
-        match (self.phase, self.qid) {
-            (Phase::AwaitIcReq, _) if age > super::IC_TIMEOUT => {
+        match self.phase {
+            QueuePhase::AwaitIcReq if age > super::IC_TIMEOUT => {
                 return Err(CloseReason::Timeout("no ICReq"))
             }
-            (Phase::Ready, None) if age > super::CONNECT_TIMEOUT => {
+            QueuePhase::AwaitConnect if age > super::CONNECT_TIMEOUT => {
                 return Err(CloseReason::Timeout("no Connect"))
             }
             _ => {}
         }
-        if self.ctrl.as_ref().is_some_and(|c| c.is_dead()) {
+        if self.phase.ctrl().is_some_and(|c| c.is_dead()) {
             return Err(CloseReason::ControllerGone);
         }
         if self.stopping() && self.busy_requests() == 0 {
             let _ = self.flush();
             return Err(CloseReason::Stopping);
         }
-        if self.qid == Some(0) && !self.aers.is_empty() {
-            if let Some(ctrl) = self.ctrl.clone() {
-                if ctrl.has_event() {
-                    self.complete_aers(r, &ctrl);
-                    self.flush()?;
-                }
+        if let QueuePhase::Admin(ctrl) = &self.phase {
+            if !self.aers.is_empty() && ctrl.has_event() {
+                let ctrl = ctrl.clone();
+                self.complete_aers(r, &ctrl);
+                self.flush()?;
             }
         }
         self.update_interest();
@@ -524,14 +510,13 @@ impl Conn {
             r.cancel_timer(t);
         }
         let _ = self.sock.shutdown(Shutdown::Both);
-        if let (Some(ctrl), Some(qid)) = (self.ctrl.take(), self.qid) {
-            if qid == 0 {
-                // The admin queue going away ends the controller and, with
-                // it, every I/O queue (they see `dead` on their next tick).
-                self.shared.controllers().remove(ctrl.cntlid);
-            } else {
-                ctrl.state().io_qids.retain(|&q| q != qid);
-            }
+        let qid = self.phase.qid();
+        match std::mem::replace(&mut self.phase, QueuePhase::Closing { qid }) {
+            // The admin queue going away ends the controller and, with it,
+            // every I/O queue (they see `dead` on their next tick).
+            QueuePhase::Admin(ctrl) => self.shared.controllers().remove(ctrl.cntlid),
+            QueuePhase::Io { ctrl, qid } => ctrl.state().io_qids.retain(|&q| q != qid),
+            QueuePhase::AwaitIcReq | QueuePhase::AwaitConnect | QueuePhase::Closing { .. } => {}
         }
         let level_info = matches!(
             reason,
@@ -539,12 +524,12 @@ impl Conn {
         );
         let s = self.stats;
         if level_info {
-            tracing::info!(peer = %self.peer, qid = ?self.qid, commands = s.commands, r2ts = s.r2ts,
+            tracing::info!(peer = %self.peer, qid = ?qid, commands = s.commands, r2ts = s.r2ts,
                 in_capsule_writes = s.in_capsule, c2h_pdus = s.c2h, c2h_success = s.c2h_success,
                 sqflow_disabled = self.sqflow_disabled, data_digest_errors = s.data_digest_errors,
                 reason = %reason, "nvmf: queue pair closed");
         } else {
-            tracing::warn!(peer = %self.peer, qid = ?self.qid, commands = s.commands, r2ts = s.r2ts,
+            tracing::warn!(peer = %self.peer, qid = ?qid, commands = s.commands, r2ts = s.r2ts,
                 in_capsule_writes = s.in_capsule, c2h_pdus = s.c2h, c2h_success = s.c2h_success,
                 sqflow_disabled = self.sqflow_disabled, data_digest_errors = s.data_digest_errors,
                 reason = %reason, "nvmf: queue pair closed");
@@ -652,7 +637,7 @@ impl Conn {
                     ADMIN_IN_CAPSULE_DATA,
                     self.opts.maxh2cdata(),
                 );
-                self.phase = Phase::Ready;
+                self.phase = QueuePhase::AwaitConnect;
                 tracing::info!(peer = %self.peer, hdgst, ddgst, hpda = req.hpda, "nvmf: ICReq");
                 let resp = Pdu::IcResp(IcResp {
                     pfv: PFV_1_0,
@@ -985,7 +970,7 @@ impl Conn {
                         }
                         Xfer::C2H => {
                             let mut buf = self.bufs.take(req.xfer_len as usize);
-                            if self.qid.is_none_or(|q| q == 0) {
+                            if !self.phase.is_io() {
                                 // Admin data is built piecewise over zeroes.
                                 buf.as_mut_slice().fill(0);
                             }
@@ -1096,20 +1081,21 @@ impl Conn {
     /// READY_TO_EXECUTE: dispatches by queue. Returns true if the request
     /// now waits (graph I/O, held AER).
     fn execute(&mut self, r: &Reactor, slot: u16) -> bool {
-        match self.qid {
-            None => {
+        match self.phase {
+            QueuePhase::Admin(_) => self.exec_admin(r, slot),
+            QueuePhase::Io { .. } => self.exec_io(r, slot),
+            // Commands arrive only after ICReq and none once closing.
+            QueuePhase::AwaitConnect | QueuePhase::AwaitIcReq | QueuePhase::Closing { .. } => {
                 self.exec_connect(r, slot);
                 false
             }
-            Some(0) => self.exec_admin(r, slot),
-            Some(_) => self.exec_io(r, slot),
         }
     }
 
     /// READY_TO_COMPLETE: C2HData (with SUCCESS where `c2h_success` allows
     /// it) and/or CapsuleResp.
     fn respond(&mut self, i: usize) {
-        let qid = self.qid.unwrap_or(0);
+        let qid = self.phase.qid().unwrap_or(0);
         let is_connect = {
             let sqe = &self.reqs[i].sqe;
             sqe.opcode() == FABRICS_OPCODE && fctype(sqe) == FabricsType::Connect.as_u8()

@@ -47,7 +47,7 @@ impl Conn {
             return false;
         }
         let i = slot as usize;
-        let Some(subsys) = self.ctrl.as_ref().and_then(|c| c.subsystem()) else {
+        let Some(subsys) = self.phase.ctrl().and_then(|c| c.subsystem()) else {
             self.fail(slot, Status::INVALID_OPCODE.with_dnr());
             return false;
         };

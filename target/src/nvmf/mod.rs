@@ -20,6 +20,7 @@ mod group;
 mod introspect;
 mod io_cmd;
 mod listener;
+mod phase;
 mod request;
 mod status;
 mod subsystem;
