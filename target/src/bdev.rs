@@ -1,16 +1,51 @@
 //! Building the configured bdevs into the graph.
 
+use std::io;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
-use pollux_graph::nodes::{file::FileNode, null::NullNode, passthru::PassthruNode, ram::RamNode};
-use pollux_graph::Graph;
+use pollux_graph::nodes::file::{FileError, FileNode};
+use pollux_graph::nodes::{null::NullNode, passthru::PassthruNode, ram::RamNode};
+use pollux_graph::{Graph, GraphError};
 
 use crate::config::{BdevConfig, BdevKind};
 
+/// Why a bdev could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BdevError {
+    /// The graph refused the node (name taken, ...).
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// A RAM disk's memory could not be allocated.
+    #[error("bdev {name:?}: cannot allocate {size} bytes: {source}")]
+    Alloc {
+        /// The bdev.
+        name: String,
+        /// Bytes asked for.
+        size: u64,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file bdev's path could not be opened as one.
+    #[error("bdev {name:?}: {source}")]
+    File {
+        /// The bdev.
+        name: String,
+        /// Why.
+        source: FileError,
+    },
+    /// A passthru's base bdev does not exist.
+    #[error("bdev {name:?}: no bdev named {child:?}")]
+    NoSuchBase {
+        /// The bdev.
+        name: String,
+        /// The missing base.
+        child: String,
+    },
+}
+
 /// Adds every bdev to `graph`, children before their parents whatever the
 /// order in the file (the config was checked for unknown children and cycles).
-pub fn build_all(graph: &Arc<Graph>, bdevs: &[BdevConfig]) -> Result<()> {
+pub fn build_all(graph: &Arc<Graph>, bdevs: &[BdevConfig]) -> Result<(), BdevError> {
     let mut pending: Vec<&BdevConfig> = bdevs.iter().collect();
     while !pending.is_empty() {
         let before = pending.len();
@@ -27,7 +62,10 @@ pub fn build_all(graph: &Arc<Graph>, bdevs: &[BdevConfig]) -> Result<()> {
             }
         }
         if rest.len() == before {
-            return Err(anyhow!("bdev {:?}: its child is not defined", rest[0].name));
+            // No waiting child appeared: building the first waiter fails
+            // naming the child it lacks (and if it has appeared since, the
+            // waiter is built and the loop goes on).
+            build(graph, rest.remove(0))?;
         }
         pending = rest;
     }
@@ -35,15 +73,18 @@ pub fn build_all(graph: &Arc<Graph>, bdevs: &[BdevConfig]) -> Result<()> {
 }
 
 /// Adds one bdev.
-pub fn build(graph: &Arc<Graph>, b: &BdevConfig) -> Result<()> {
+pub fn build(graph: &Arc<Graph>, b: &BdevConfig) -> Result<(), BdevError> {
     let name = b.name.as_str();
     match &b.kind {
         BdevKind::Null { size, block_size } => {
             graph.add_node(name, NullNode::new(*size, *block_size), &[])?;
         }
         BdevKind::Ram { size, block_size } => {
-            let node = RamNode::new(*size, *block_size)
-                .with_context(|| format!("bdev {name:?}: cannot allocate {size} bytes"))?;
+            let node = RamNode::new(*size, *block_size).map_err(|source| BdevError::Alloc {
+                name: name.to_owned(),
+                size: *size,
+                source,
+            })?;
             graph.add_node(name, node, &[])?;
         }
         BdevKind::File {
@@ -51,14 +92,20 @@ pub fn build(graph: &Arc<Graph>, b: &BdevConfig) -> Result<()> {
             direct,
             block_size,
         } => {
-            let node = FileNode::open(path, *direct, *block_size)
-                .with_context(|| format!("bdev {name:?}"))?;
+            let node =
+                FileNode::open(path, *direct, *block_size).map_err(|source| BdevError::File {
+                    name: name.to_owned(),
+                    source,
+                })?;
             graph.add_node(name, node, &[])?;
         }
         BdevKind::Passthru { child } => {
             let geo = graph
                 .node_geometry(child)
-                .ok_or_else(|| anyhow!("bdev {name:?}: no bdev named {child:?}"))?;
+                .ok_or_else(|| BdevError::NoSuchBase {
+                    name: name.to_owned(),
+                    child: child.clone(),
+                })?;
             graph.add_node(name, PassthruNode::new(geo), &[child])?;
         }
     }

@@ -3,6 +3,7 @@
 //! `doc/jsonrpc.md` and `python/spdk/rpc/` so that `scripts/rpc.py` and
 //! tools built on it work unchanged.
 
+pub mod errors;
 pub mod jsonrpc;
 mod methods;
 mod server;

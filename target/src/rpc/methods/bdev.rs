@@ -8,7 +8,7 @@ use crate::bdev;
 use crate::config::{BdevConfig, BdevKind};
 use crate::rpc::jsonrpc::{params, RpcError};
 use crate::rpc::{BdevRecord, Dispatcher, RpcContext};
-use pollux_graph::IoOp;
+use pollux_graph::{GraphError, IoOp};
 
 pub(super) fn register(d: &mut Dispatcher) {
     d.register("bdev_malloc_create", bdev_malloc_create);
@@ -128,12 +128,9 @@ fn check_block_size(bs: u32) -> Result<u32, RpcError> {
 
 fn build(d: &Dispatcher, cfg: &BdevConfig) -> Result<(), RpcError> {
     if d.ctx.bdevs().contains_key(&cfg.name) || d.ctx.graph.node_geometry(&cfg.name).is_some() {
-        return Err(RpcError::failed(format!(
-            "bdev {:?} already exists",
-            cfg.name
-        )));
+        return Err(GraphError::NameExists(cfg.name.clone()).into());
     }
-    bdev::build(&d.ctx.graph, cfg).map_err(|e| RpcError::failed(format!("{e:#}")))
+    Ok(bdev::build(&d.ctx.graph, cfg)?)
 }
 
 /// -32602 naming `param` when a documented SPDK param asks for something
@@ -414,10 +411,7 @@ fn bdev_passthru_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcEr
     let p: PassthruCreate = params(p)?;
     let uuid = check_uuid(p.uuid)?;
     if d.ctx.graph.node_geometry(&p.base_bdev_name).is_none() {
-        return Err(RpcError::failed(format!(
-            "no bdev named {:?}",
-            p.base_bdev_name
-        )));
+        return Err(RpcError::no_such_bdev(&p.base_bdev_name));
     }
     build(
         d,
@@ -444,9 +438,9 @@ fn delete(d: &Dispatcher, p: Option<Value>, created_by: &str) -> Result<Value, R
     let method = d.ctx.bdevs().get(&p.name).map(|r| r.method);
     match method {
         Some(m) if m == created_by => {}
-        _ => return Err(RpcError::failed(format!("No such device: {:?}", p.name))),
+        _ => return Err(RpcError::no_such_bdev(&p.name)),
     }
-    d.ctx.graph.remove_node(&p.name).map_err(RpcError::failed)?;
+    d.ctx.graph.remove_node(&p.name)?;
     d.ctx.bdevs().remove(&p.name);
     Ok(json!(true))
 }
@@ -549,7 +543,7 @@ fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
         .collect();
     if let Some(want) = &p.name {
         if list.is_empty() {
-            return Err(RpcError::failed(format!("No such device: {want:?}")));
+            return Err(RpcError::no_such_bdev(want));
         }
     }
     Ok(json!(list))
@@ -613,7 +607,7 @@ fn bdev_get_iostat(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> 
         .flatten()
         .find(|w| !info.nodes.iter().any(|n| &n.name == *w))
     {
-        return Err(RpcError::failed(format!("No such device: {missing:?}")));
+        return Err(RpcError::no_such_bdev(missing));
     }
     let mut bdevs = Vec::new();
     for n in info

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use crate::rpc::jsonrpc::{params, NoParams, RpcError};
 use crate::rpc::Dispatcher;
 use pollux_graph::nodes::passthru::PassthruNode;
+use pollux_graph::GraphError;
 
 pub(super) fn register(d: &mut Dispatcher) {
     d.register("pollux_graph_get", pollux_graph_get);
@@ -80,11 +81,10 @@ fn pollux_graph_insert_filter(d: &Dispatcher, p: Option<Value>) -> Result<Value,
         .ctx
         .graph
         .node_geometry(&p.node)
-        .ok_or_else(|| RpcError::failed(format!("no node named {:?}", p.node)))?;
+        .ok_or_else(|| GraphError::NoSuchNode(p.node.clone()))?;
     d.ctx
         .graph
-        .insert_filter(&p.node, &p.filter.name, PassthruNode::new(geo))
-        .map_err(RpcError::failed)?;
+        .insert_filter(&p.node, &p.filter.name, PassthruNode::new(geo))?;
     d.ctx.filters().push(json!({
         "method": "pollux_graph_insert_filter",
         "params": {"node": p.node, "filter": {"name": p.filter.name, "kind": p.filter.kind}},
@@ -100,10 +100,7 @@ struct RemoveFilter {
 
 fn pollux_graph_remove_filter(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: RemoveFilter = params(p)?;
-    d.ctx
-        .graph
-        .remove_filter(&p.name)
-        .map_err(RpcError::failed)?;
+    d.ctx.graph.remove_filter(&p.name)?;
     d.ctx
         .filters()
         .retain(|f| f["params"]["filter"]["name"].as_str() != Some(p.name.as_str()));
@@ -120,10 +117,7 @@ struct ReplaceChild {
 
 fn pollux_graph_replace_child(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: ReplaceChild = params(p)?;
-    d.ctx
-        .graph
-        .replace_child(&p.node, &p.old, &p.new)
-        .map_err(RpcError::failed)?;
+    d.ctx.graph.replace_child(&p.node, &p.old, &p.new)?;
     // A passthru bdev's base is part of how save_config recreates it.
     if let Some(rec) = d.ctx.bdevs().get_mut(&p.node) {
         if rec.params.get("base_bdev_name").and_then(Value::as_str) == Some(p.old.as_str()) {

@@ -12,9 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::nvmf::{
-    ControllerInfo, NvmfError, NvmfTarget, SubsystemInfo, SubsystemSpec, TransportOpts,
-};
+use crate::nvmf::{ControllerInfo, NvmfTarget, SubsystemInfo, SubsystemSpec, TransportOpts};
+use crate::rpc::errors;
 use crate::rpc::jsonrpc::{params, RpcError};
 use crate::rpc::Dispatcher;
 
@@ -83,18 +82,6 @@ fn check_tgt(tgt_name: &Option<String>) -> Result<(), RpcError> {
         Some(t) => Err(RpcError::invalid_params(format!(
             "tgt_name: no target {t:?} (Pollux has one target, {DEFAULT_TGT:?})"
         ))),
-    }
-}
-
-/// Maps a target error to the answer SPDK gives (-32602 for anything the
-/// caller named wrongly), prefixed with the param at fault.
-fn err(param: &str, e: NvmfError) -> RpcError {
-    match e {
-        NvmfError::NoSuchSubsystem(_) | NvmfError::SubsystemExists(_) => {
-            RpcError::invalid_params(format!("nqn: {e}"))
-        }
-        NvmfError::Stopping | NvmfError::Thread(_) => RpcError::failed(e),
-        _ => RpcError::invalid_params(format!("{param}: {e}")),
     }
 }
 
@@ -328,11 +315,9 @@ fn nvmf_create_transport(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
         ));
     }
     let opts = c.opts()?;
-    target(d)?.create_transport(opts).map_err(|e| match e {
-        NvmfError::Opts(o) => RpcError::invalid_params(o.to_string()),
-        NvmfError::TransportExists => refuse("trtype", &e.to_string()),
-        other => err("trtype", other),
-    })?;
+    target(d)?
+        .create_transport(opts)
+        .map_err(|e| errors::nvmf("trtype", e))?;
     Ok(json!(true))
 }
 
@@ -454,7 +439,7 @@ fn nvmf_create_subsystem(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
             allow_any_host: c.allow_any_host,
             hosts: Vec::new(),
         })
-        .map_err(|e| err("nqn", e))?;
+        .map_err(|e| errors::nvmf("nqn", e))?;
     Ok(json!(true))
 }
 
@@ -473,7 +458,7 @@ fn nvmf_delete_subsystem(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
     }
     target(d)?
         .delete_subsystem(&n.nqn)
-        .map_err(|e| err("nqn", e))?;
+        .map_err(|e| errors::nvmf("nqn", e))?;
     Ok(json!(true))
 }
 
@@ -656,7 +641,7 @@ fn nvmf_subsystem_add_ns(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
     }
     let nsid = target(d)?
         .add_namespace(&a.nqn, &ns.bdev_name, ns.nsid, nguid)
-        .map_err(|e| err("namespace", e))?;
+        .map_err(|e| errors::nvmf("namespace", e))?;
     Ok(json!(nsid))
 }
 
@@ -673,7 +658,7 @@ fn nvmf_subsystem_remove_ns(d: &Dispatcher, p: Option<Value>) -> Result<Value, R
     check_tgt(&r.tgt_name)?;
     target(d)?
         .remove_namespace(&r.nqn, r.nsid)
-        .map_err(|e| err("nsid", e))?;
+        .map_err(|e| errors::nvmf("nsid", e))?;
     Ok(json!(true))
 }
 
@@ -790,10 +775,10 @@ fn listener(d: &Dispatcher, p: Option<Value>, add: bool) -> Result<Value, RpcErr
     let t = target(d)?;
     if add {
         t.add_listener(&l.nqn, addr)
-            .map_err(|e| err("listen_address", e))?;
+            .map_err(|e| errors::nvmf("listen_address", e))?;
     } else {
         t.remove_listener(&l.nqn, addr)
-            .map_err(|e| err("listen_address", e))?;
+            .map_err(|e| errors::nvmf("listen_address", e))?;
     }
     Ok(json!(true))
 }
@@ -823,7 +808,7 @@ fn nvmf_subsystem_add_host(d: &Dispatcher, p: Option<Value>) -> Result<Value, Rp
     }
     target(d)?
         .add_host(&h.nqn, &h.host)
-        .map_err(|e| err("host", e))?;
+        .map_err(|e| errors::nvmf("host", e))?;
     Ok(json!(true))
 }
 
@@ -844,7 +829,7 @@ fn nvmf_subsystem_remove_host(d: &Dispatcher, p: Option<Value>) -> Result<Value,
     check_tgt(&h.tgt_name)?;
     target(d)?
         .remove_host(&h.nqn, &h.host)
-        .map_err(|e| err("host", e))?;
+        .map_err(|e| errors::nvmf("host", e))?;
     Ok(json!(true))
 }
 
@@ -861,7 +846,7 @@ fn nvmf_subsystem_allow_any_host(d: &Dispatcher, p: Option<Value>) -> Result<Val
     check_tgt(&a.tgt_name)?;
     target(d)?
         .set_allow_any_host(&a.nqn, a.allow_any_host)
-        .map_err(|e| err("nqn", e))?;
+        .map_err(|e| errors::nvmf("nqn", e))?;
     Ok(json!(true))
 }
 
@@ -874,7 +859,7 @@ fn nvmf_subsystem_get_controllers(d: &Dispatcher, p: Option<Value>) -> Result<Va
     check_tgt(&n.tgt_name)?;
     let list = target(d)?
         .subsystem_controllers(&n.nqn)
-        .map_err(|e| err("nqn", e))?;
+        .map_err(|e| errors::nvmf("nqn", e))?;
     Ok(json!(list
         .iter()
         .map(describe_controller)

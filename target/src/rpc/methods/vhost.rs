@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::config::VhostBlkConfig;
 use crate::rpc::jsonrpc::{params, RpcError};
 use crate::rpc::Dispatcher;
-use crate::vhost::{ControllerInfo, VhostTargets};
+use crate::vhost::{ControlError, ControllerInfo, VhostTargets};
 
 /// Virtqueues offered when `num_queues` is absent. SPDK offers 256
 /// (SPDK_VHOST_MAX_VQUEUES), and QEMU's vhost-user-blk-pci asks for one
@@ -137,7 +137,7 @@ fn vhost_create_blk_controller(d: &Dispatcher, p: Option<Value>) -> Result<Value
         queue_reactors,
         readonly: p.readonly,
     };
-    vhost.create(&p.ctrlr, &cfg).map_err(RpcError::failed)?;
+    vhost.create(&p.ctrlr, &cfg)?;
     Ok(json!(true))
 }
 
@@ -149,7 +149,7 @@ struct DeleteCtrlr {
 
 fn vhost_delete_controller(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: DeleteCtrlr = params(p)?;
-    vhost(d)?.delete(&p.ctrlr).map_err(RpcError::failed)?;
+    vhost(d)?.delete(&p.ctrlr)?;
     Ok(json!(true))
 }
 
@@ -170,9 +170,7 @@ fn vhost_get_controllers(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
         .map(|c| describe(c, &reactors))
         .collect();
     if let (Some(name), true) = (&p.name, list.is_empty()) {
-        return Err(RpcError::failed(format!(
-            "No such device: no controller {name:?}"
-        )));
+        return Err(ControlError::NoSuchController(name.clone()).into());
     }
     Ok(json!(list))
 }
