@@ -23,10 +23,13 @@ use pollux_nvme::tcp::{
     Pdu, PduError, PduFrame, R2t, Role, TermReq, TxParams, COMMON_HEADER_LEN, DGST_DATA,
     DGST_HEADER, DIGEST_LEN, PFV_1_0,
 };
-use pollux_nvme::{Cqe, Sgl, Sqe, Status};
+use pollux_nvme::{Cqe, Sgl, Status};
 use pollux_poller::{Events, Reactor, TimerId};
 
+use super::admin::{self, AdminCtx};
+use super::command::Outcome;
 use super::group::Registration;
+use super::io_cmd::{self, IoCtx};
 use super::listener::ConnPermit;
 use super::phase::QueuePhase;
 use super::request::{ReqState, Request, StateCounts, Xfer};
@@ -429,6 +432,8 @@ impl Conn {
         work |= self.retry_buffer_waits(r);
         if (readable || self.rx_paused) && !self.stopping() {
             work |= self.receive(r)?;
+            // An AER just received may find its event already pending.
+            work |= self.complete_aers(r);
             work |= self.flush()?;
         }
         if let Some(reason) = self.close.take() {
@@ -486,12 +491,8 @@ impl Conn {
             let _ = self.flush();
             return Err(CloseReason::Stopping);
         }
-        if let QueuePhase::Admin(ctrl) = &self.phase {
-            if !self.aers.is_empty() && ctrl.has_event() {
-                let ctrl = ctrl.clone();
-                self.complete_aers(r, &ctrl);
-                self.flush()?;
-            }
+        if self.complete_aers(r) {
+            self.flush()?;
         }
         self.update_interest();
         Ok(())
@@ -983,19 +984,22 @@ impl Conn {
                 }
                 ReqState::TransferringHostToController | ReqState::Executing => return,
                 ReqState::ReadyToExecute => {
-                    let held = self.execute(r, slot);
-                    let req = &mut self.reqs[i];
-                    // An AER answered at once from a pending event has
-                    // moved on already. A failed command is Executed too:
-                    // its status says how.
-                    if req.state() == ReqState::ReadyToExecute {
-                        let next = if held {
+                    // A failed command is Executed too: its status says how.
+                    let next = match self.execute(r, slot) {
+                        Outcome::Complete => ReqState::Executed,
+                        Outcome::Submitted => ReqState::Executing,
+                        Outcome::HoldAer => {
+                            // Completed by `complete_aers` from the poll or
+                            // the tick, never from inside this loop.
+                            self.aers.push(slot);
                             ReqState::Executing
-                        } else {
+                        }
+                        Outcome::CompleteAndClose => {
+                            self.request_close(CloseReason::PeerClosed);
                             ReqState::Executed
-                        };
-                        req.set_state(&self.states, next);
-                    }
+                        }
+                    };
+                    self.reqs[i].set_state(&self.states, next);
                 }
                 ReqState::Executed => {
                     self.reqs[i].set_state(&self.states, ReqState::ReadyToComplete)
@@ -1078,18 +1082,62 @@ impl Conn {
         Ok(())
     }
 
-    /// READY_TO_EXECUTE: dispatches by queue. Returns true if the request
-    /// now waits (graph I/O, held AER).
-    fn execute(&mut self, r: &Reactor, slot: u16) -> bool {
-        match self.phase {
-            QueuePhase::Admin(_) => self.exec_admin(r, slot),
-            QueuePhase::Io { .. } => self.exec_io(r, slot),
+    /// READY_TO_EXECUTE: Connect on a new queue; otherwise the admin or
+    /// I/O command set, on the request and its controller.
+    fn execute(&mut self, r: &Reactor, slot: u16) -> Outcome {
+        let req = &mut self.reqs[slot as usize];
+        match &self.phase {
+            QueuePhase::Admin(ctrl) => {
+                let cx = AdminCtx {
+                    shared: &self.shared,
+                    reactor: r,
+                    held_aers: self.aers.len(),
+                };
+                admin::execute(req, ctrl, &cx)
+            }
+            QueuePhase::Io { ctrl, .. } => {
+                let mut cx = IoCtx {
+                    reactor: r,
+                    graph: &self.shared.graph,
+                    ns_cache: &mut self.ns_cache,
+                    sink: &self.sink,
+                    tag: u64::from(slot),
+                };
+                io_cmd::execute(req, ctrl, &mut cx)
+            }
             // Commands arrive only after ICReq and none once closing.
             QueuePhase::AwaitConnect | QueuePhase::AwaitIcReq | QueuePhase::Closing { .. } => {
                 self.exec_connect(r, slot);
-                false
+                Outcome::Complete
             }
         }
+    }
+
+    /// Completes held AERs while the admin queue's controller has events.
+    /// Called from the poll and the tick, so a completion never re-enters
+    /// the request driver. True if any completed.
+    fn complete_aers(&mut self, r: &Reactor) -> bool {
+        let QueuePhase::Admin(ctrl) = &self.phase else {
+            return false;
+        };
+        if self.aers.is_empty() || !ctrl.has_event() {
+            return false;
+        }
+        let ctrl = ctrl.clone();
+        let mut done = false;
+        while !self.aers.is_empty() {
+            let Some(ev) = ctrl.take_event() else { break };
+            let slot = self.aers.remove(0);
+            let req = &mut self.reqs[slot as usize];
+            if req.state() != ReqState::Executing {
+                continue;
+            }
+            admin::complete_aer(req, ev);
+            req.set_state(&self.states, ReqState::Executed);
+            self.process(r, slot);
+            done = true;
+        }
+        done
     }
 
     /// READY_TO_COMPLETE: C2HData (with SUCCESS where `c2h_success` allows
@@ -1194,38 +1242,10 @@ impl Conn {
         }
     }
 
-    /// Builds a command's data from a byte slice (admin C2H data): copies
-    /// what fits into the request buffer and zero-pads the rest.
-    pub(super) fn put_c2h(&mut self, slot: u16, data: &[u8]) {
-        let req = &mut self.reqs[slot as usize];
-        if let Some(buf) = req.buf.as_mut() {
-            let n = data.len().min(buf.len());
-            buf.as_mut_slice()[..n].copy_from_slice(&data[..n]);
-        }
-    }
-
-    /// The host's command data (in-capsule or H2C).
-    pub(super) fn h2c_data(&self, slot: u16) -> &[u8] {
-        self.reqs[slot as usize]
-            .buf
-            .as_ref()
-            .map_or(&[][..], |b| b.as_slice())
-    }
-
     /// In-capsule data accepted per command from now on (an I/O queue
     /// after its Connect).
     pub(super) fn set_in_capsule_limit(&mut self, bytes: u32) {
         self.limits.max_in_capsule = bytes;
-    }
-
-    /// Fails `slot` with `status` (handlers).
-    pub(super) fn fail(&mut self, slot: u16, status: Status) {
-        self.reqs[slot as usize].fail(status);
-    }
-
-    /// The command in `slot`.
-    pub(super) fn sqe(&self, slot: u16) -> Sqe {
-        self.reqs[slot as usize].sqe
     }
 
     /// Marks the connection for closing (e.g. Disconnect).

@@ -1,9 +1,13 @@
-//! NVM I/O commands on I/O queues: Read, Write, Flush, Write Zeroes and
-//! Dataset Management (deallocate), submitted to the namespace's graph
-//! root. Range and length checks happen here so the graph only sees
-//! well-formed requests; what it still reports is mapped in `status.rs`.
+//! NVM I/O commands on a request and its controller: Read, Write, Flush,
+//! Write Zeroes and Dataset Management (deallocate), submitted to the
+//! namespace's graph root. Range and length checks happen here so the
+//! graph only sees well-formed requests; what it still reports is mapped
+//! in `status.rs`. Nothing here knows the transport: the I/O completes to
+//! the sink and tag the transport passes in.
 
-use pollux_graph::{Io, IoBuf, IoOp};
+use std::rc::Rc;
+
+use pollux_graph::{Graph, Io, IoBuf, IoOp, IoSink};
 use pollux_nvme::fabrics::{FabricsCmd, FABRICS_OPCODE};
 use pollux_nvme::identify::oncs;
 use pollux_nvme::io::{DsmCmd, DsmRange, LbaRangeCmd, DSM_ATTR_DEALLOCATE};
@@ -11,168 +15,247 @@ use pollux_nvme::opcode::IoOpcode;
 use pollux_nvme::Status;
 use pollux_poller::Reactor;
 
-use super::conn::{CloseReason, Conn};
+use super::command::Outcome;
+use super::controller::Controller;
+use super::request::Request;
+use super::subsystem::NsCache;
 
-impl Conn {
-    /// Executes an I/O queue command. Returns true if it now waits for the
-    /// graph.
-    pub(super) fn exec_io(&mut self, r: &Reactor, slot: u16) -> bool {
-        let sqe = self.sqe(slot);
-        if sqe.opcode() == FABRICS_OPCODE {
-            match FabricsCmd::parse(&sqe) {
-                Ok(FabricsCmd::Disconnect { .. }) => {
-                    // Answer first; the queue closes once the response is
-                    // on its way.
-                    self.request_close(CloseReason::PeerClosed);
-                }
-                Ok(FabricsCmd::Connect(_)) => {
-                    self.fail(slot, Status::COMMAND_SEQUENCE_ERROR.with_dnr())
-                }
-                _ => self.fail(slot, Status::INVALID_OPCODE.with_dnr()),
+/// Ranges a Dataset Management command may carry (NR is 8 bits, 0-based).
+const DSM_RANGES_MAX: usize = 256;
+
+/// What I/O commands need beyond the request and its controller.
+pub struct IoCtx<'a> {
+    /// The reactor the command runs (and completes) on.
+    pub reactor: &'a Reactor,
+    /// The graph the namespaces are roots of.
+    pub graph: &'a Graph,
+    /// The queue's view of its subsystem's namespace table.
+    pub ns_cache: &'a mut NsCache,
+    /// Where the command's graph I/O completes.
+    pub sink: &'a Rc<dyn IoSink>,
+    /// The tag the completions carry (the transport's request slot).
+    pub tag: u64,
+}
+
+/// Executes the I/O queue command in `req` for `ctrl`.
+pub fn execute(req: &mut Request, ctrl: &Controller, cx: &mut IoCtx<'_>) -> Outcome {
+    match dispatch(req, ctrl, cx) {
+        Ok(outcome) => outcome,
+        Err(status) => {
+            req.fail(status);
+            Outcome::Complete
+        }
+    }
+}
+
+fn dispatch(req: &mut Request, ctrl: &Controller, cx: &mut IoCtx<'_>) -> Result<Outcome, Status> {
+    let sqe = req.sqe;
+    if sqe.opcode() == FABRICS_OPCODE {
+        return match FabricsCmd::parse(&sqe) {
+            // Answer first; the queue closes once the response is on its
+            // way.
+            Ok(FabricsCmd::Disconnect { .. }) => Ok(Outcome::CompleteAndClose),
+            Ok(FabricsCmd::Connect(_)) => Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
+            _ => Err(Status::INVALID_OPCODE.with_dnr()),
+        };
+    }
+    let Some(op) = IoOpcode::from_u8(sqe.opcode()) else {
+        return Err(Status::INVALID_OPCODE.with_dnr());
+    };
+    // Commands `masked_oncs` hid from Identify are not offered at all.
+    let oncs_bit = match op {
+        IoOpcode::DatasetManagement => oncs::DSM,
+        IoOpcode::WriteZeroes => oncs::WRITE_ZEROES,
+        _ => 0,
+    };
+    if ctrl.opts.masked_oncs & oncs_bit != 0 {
+        return Err(Status::INVALID_OPCODE.with_dnr());
+    }
+    let Some(subsys) = ctrl.subsystem() else {
+        return Err(Status::INVALID_OPCODE.with_dnr());
+    };
+    // Lock-free unless the namespace table changed since the last command
+    // of this queue pair.
+    let Some(root) = cx.ns_cache.table(subsys).get(sqe.nsid()).map(|n| n.root) else {
+        return Err(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
+    };
+    let snap = cx.graph.snapshot(cx.reactor);
+    let Some(geo) = snap.root_geometry(root) else {
+        return Err(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
+    };
+    let bs = u64::from(geo.block_size);
+    let shift = geo.block_size.trailing_zeros();
+    let io = |op: IoOp, offset: u64, len: u64, buf: IoBuf| {
+        Io::new(op, offset, len, buf, cx.sink.clone(), cx.tag)
+    };
+    let one = match op {
+        IoOpcode::Read | IoOpcode::Write | IoOpcode::WriteZeroes => {
+            let cmd = LbaRangeCmd::parse(&sqe);
+            if !cmd.in_range(geo.block_count) {
+                return Err(Status::LBA_OUT_OF_RANGE.with_dnr());
             }
-            return false;
-        }
-        let Some(op) = IoOpcode::from_u8(sqe.opcode()) else {
-            self.fail(slot, Status::INVALID_OPCODE.with_dnr());
-            return false;
-        };
-        // Commands `masked_oncs` hid from Identify are not offered at all.
-        let oncs_bit = match op {
-            IoOpcode::DatasetManagement => oncs::DSM,
-            IoOpcode::WriteZeroes => oncs::WRITE_ZEROES,
-            _ => 0,
-        };
-        if self.opts.masked_oncs & oncs_bit != 0 {
-            self.fail(slot, Status::INVALID_OPCODE.with_dnr());
-            return false;
-        }
-        let i = slot as usize;
-        let Some(subsys) = self.phase.ctrl().and_then(|c| c.subsystem()) else {
-            self.fail(slot, Status::INVALID_OPCODE.with_dnr());
-            return false;
-        };
-        // Lock-free unless the namespace table changed since the last
-        // command of this queue pair.
-        let Some(root) = self.ns_cache.table(subsys).get(sqe.nsid()).map(|n| n.root) else {
-            self.reqs[i].fail(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
-            return false;
-        };
-        let snap = self.shared.graph.snapshot(r);
-        let Some(geo) = snap.root_geometry(root) else {
-            self.reqs[i].fail(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
-            return false;
-        };
-        let bs = u64::from(geo.block_size);
-        let shift = geo.block_size.trailing_zeros();
-        let req = &mut self.reqs[i];
-        let io = match op {
-            IoOpcode::Read | IoOpcode::Write | IoOpcode::WriteZeroes => {
-                let cmd = LbaRangeCmd::parse(&sqe);
-                if !cmd.in_range(geo.block_count) {
-                    req.fail(Status::LBA_OUT_OF_RANGE.with_dnr());
-                    return false;
+            let len = cmd.byte_len(shift);
+            let offset = cmd.slba * bs;
+            if op == IoOpcode::WriteZeroes {
+                io(IoOp::WriteZeroes, offset, len, IoBuf::None)
+            } else {
+                if len > u64::from(ctrl.opts.max_io_size) {
+                    return Err(Status::INVALID_FIELD.with_dnr());
                 }
-                let len = cmd.byte_len(shift);
-                let offset = cmd.slba * bs;
-                if op == IoOpcode::WriteZeroes {
-                    Io::new(
-                        IoOp::WriteZeroes,
-                        offset,
-                        len,
-                        IoBuf::None,
-                        self.sink.clone(),
-                        u64::from(slot),
-                    )
+                if len != u64::from(req.xfer_len) {
+                    return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
+                }
+                let Some(buf) = req.buf.take() else {
+                    return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
+                };
+                let gop = if op == IoOpcode::Read {
+                    IoOp::Read
                 } else {
-                    if len > u64::from(self.opts.max_io_size) {
-                        req.fail(Status::INVALID_FIELD.with_dnr());
-                        return false;
-                    }
-                    if len != u64::from(req.xfer_len) {
-                        req.fail(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
-                        return false;
-                    }
-                    let Some(buf) = req.buf.take() else {
-                        req.fail(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
-                        return false;
-                    };
-                    let gop = if op == IoOpcode::Read {
-                        IoOp::Read
-                    } else {
-                        IoOp::Write
-                    };
-                    Io::new(
-                        gop,
-                        offset,
-                        len,
-                        IoBuf::Owned(buf),
-                        self.sink.clone(),
-                        u64::from(slot),
-                    )
-                }
+                    IoOp::Write
+                };
+                io(gop, offset, len, IoBuf::Owned(buf))
             }
-            IoOpcode::Flush => Io::new(
-                IoOp::Flush,
-                0,
-                0,
-                IoBuf::None,
-                self.sink.clone(),
-                u64::from(slot),
-            ),
-            IoOpcode::DatasetManagement => {
-                let cmd = DsmCmd::parse(&sqe);
-                if cmd.attributes & DSM_ATTR_DEALLOCATE == 0 {
-                    // Only hints: nothing to do.
-                    return false;
-                }
-                let data = req.buf.as_ref().map_or(&[][..], |b| b.as_slice());
-                if data.len() < cmd.data_len() {
-                    req.fail(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
-                    return false;
-                }
-                let ranges = &data[..cmd.data_len()];
-                let out_of_range = DsmRange::iter(ranges).any(|rg| {
-                    rg.slba
-                        .checked_add(u64::from(rg.nlb))
-                        .is_none_or(|end| end > geo.block_count)
-                });
-                if out_of_range {
-                    req.fail(Status::LBA_OUT_OF_RANGE.with_dnr());
-                    return false;
-                }
-                // Copy the ranges out: the buffer is released before the
-                // discards complete. At most 256 ranges (NR is 8 bits).
-                let mut list = [(0u64, 0u64); 256];
-                let mut n = 0;
-                for rg in DsmRange::iter(ranges).filter(|rg| rg.nlb > 0) {
-                    list[n] = (rg.slba * bs, u64::from(rg.nlb) * bs);
-                    n += 1;
-                }
-                req.buf = None;
-                if n == 0 {
-                    return false;
-                }
-                req.outstanding = n as u32;
-                for &(off, len) in &list[..n] {
-                    let io = Io::new(
-                        IoOp::Discard,
-                        off,
-                        len,
-                        IoBuf::None,
-                        self.sink.clone(),
-                        u64::from(slot),
-                    );
-                    snap.submit(r, root, io);
-                }
-                return true;
+        }
+        IoOpcode::Flush => io(IoOp::Flush, 0, 0, IoBuf::None),
+        IoOpcode::DatasetManagement => {
+            let cmd = DsmCmd::parse(&sqe);
+            if cmd.attributes & DSM_ATTR_DEALLOCATE == 0 {
+                // Only hints: nothing to do.
+                return Ok(Outcome::Complete);
             }
-            _ => {
-                req.fail(Status::INVALID_OPCODE.with_dnr());
-                return false;
+            let data = req.data();
+            if data.len() < cmd.data_len() {
+                return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
             }
-        };
-        req.outstanding = 1;
-        snap.submit(r, root, io);
-        true
+            let ranges = &data[..cmd.data_len()];
+            let out_of_range = DsmRange::iter(ranges).any(|rg| {
+                rg.slba
+                    .checked_add(u64::from(rg.nlb))
+                    .is_none_or(|end| end > geo.block_count)
+            });
+            if out_of_range {
+                return Err(Status::LBA_OUT_OF_RANGE.with_dnr());
+            }
+            // Copy the ranges out: the buffer is released before the
+            // discards complete.
+            let mut list = [(0u64, 0u64); DSM_RANGES_MAX];
+            let mut n = 0;
+            for rg in DsmRange::iter(ranges).filter(|rg| rg.nlb > 0) {
+                list[n] = (rg.slba * bs, u64::from(rg.nlb) * bs);
+                n += 1;
+            }
+            req.buf = None;
+            if n == 0 {
+                return Ok(Outcome::Complete);
+            }
+            req.outstanding = n as u32;
+            for &(off, len) in &list[..n] {
+                snap.submit(cx.reactor, root, io(IoOp::Discard, off, len, IoBuf::None));
+            }
+            return Ok(Outcome::Submitted);
+        }
+        _ => return Err(Status::INVALID_OPCODE.with_dnr()),
+    };
+    req.outstanding = 1;
+    snap.submit(cx.reactor, root, one);
+    Ok(Outcome::Submitted)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use pollux_graph::IoResult;
+    use pollux_nvme::Sqe;
+
+    use super::*;
+    use crate::nvmf::command::bench::{request, Bench, BLOCKS};
+
+    /// Hands each completion's tag and result to the test.
+    struct Done(mpsc::Sender<(u64, bool)>);
+
+    impl IoSink for Done {
+        fn io_done(&self, _r: &Reactor, io: Io, result: IoResult) {
+            let _ = self.0.send((io.tag, result.is_ok()));
+        }
+    }
+
+    fn rw_sqe(op: IoOpcode, nsid: u32, slba: u64, nlb: u32) -> Sqe {
+        let mut s = Sqe::new(op.as_u8(), 9);
+        LbaRangeCmd {
+            nsid,
+            slba,
+            nlb,
+            fua: false,
+            deac: false,
+        }
+        .write(&mut s);
+        s
+    }
+
+    /// Runs one I/O command with data buffer `len`; the outcome, status
+    /// and graph I/Os in flight, and the completions that arrive.
+    fn run_io(b: &Bench, sqe: Sqe, len: usize) -> (Outcome, Status, u32, Vec<(u64, bool)>) {
+        let (tx, rx) = mpsc::channel();
+        let (out, st, n) = b.run(move |r, shared, ctrl| {
+            let sink: Rc<dyn IoSink> = Rc::new(Done(tx));
+            let mut ns_cache = NsCache::default();
+            let mut req = request(sqe, len);
+            let mut cx = IoCtx {
+                reactor: r,
+                graph: &shared.graph,
+                ns_cache: &mut ns_cache,
+                sink: &sink,
+                tag: 42,
+            };
+            let out = execute(&mut req, ctrl, &mut cx);
+            (out, req.status, req.outstanding)
+        });
+        let done = (0..n)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        (out, st, n, done)
+    }
+
+    #[test]
+    fn reads_and_writes_inside_the_namespace_go_to_the_graph() {
+        let b = Bench::new(true);
+        let (out, st, n, done) = run_io(&b, rw_sqe(IoOpcode::Write, 1, BLOCKS - 8, 8), 4096);
+        assert_eq!((out, n), (Outcome::Submitted, 1));
+        assert!(st.is_success());
+        assert_eq!(done, vec![(42, true)], "completes to the transport's tag");
+        let (out, _, _, done) = run_io(&b, rw_sqe(IoOpcode::Read, 1, 0, 1), 512);
+        assert_eq!(out, Outcome::Submitted);
+        assert_eq!(done, vec![(42, true)]);
+    }
+
+    #[test]
+    fn range_length_and_namespace_are_checked_before_the_graph() {
+        let b = Bench::new(true);
+        // The last block plus one.
+        let (out, st, n, _) = run_io(&b, rw_sqe(IoOpcode::Read, 1, BLOCKS - 1, 2), 1024);
+        assert_eq!((out, n), (Outcome::Complete, 0));
+        assert!(st.same_code(&Status::LBA_OUT_OF_RANGE), "{st:?}");
+        // SLBA + NLB overflowing u64.
+        let (_, st, _, _) = run_io(&b, rw_sqe(IoOpcode::Write, 1, u64::MAX, 1), 512);
+        assert!(st.same_code(&Status::LBA_OUT_OF_RANGE), "{st:?}");
+        // NLB says 2 blocks, the SGL one.
+        let (_, st, n, _) = run_io(&b, rw_sqe(IoOpcode::Write, 1, 0, 2), 512);
+        assert_eq!(n, 0);
+        assert!(st.same_code(&Status::DATA_SGL_LENGTH_INVALID), "{st:?}");
+        let (_, st, _, _) = run_io(&b, rw_sqe(IoOpcode::Read, 2, 0, 1), 512);
+        assert!(st.same_code(&Status::INVALID_NAMESPACE_OR_FORMAT), "{st:?}");
+        let (_, st, _, _) = run_io(&b, Sqe::new(0x7e, 9), 0);
+        assert!(st.same_code(&Status::INVALID_OPCODE), "{st:?}");
+    }
+
+    #[test]
+    fn disconnect_completes_then_closes() {
+        let b = Bench::new(true);
+        let s = FabricsCmd::Disconnect { cid: 9 }.to_sqe();
+        let (out, st, _, _) = run_io(&b, s, 0);
+        assert_eq!(out, Outcome::CompleteAndClose);
+        assert!(st.is_success());
     }
 }

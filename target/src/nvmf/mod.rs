@@ -1,12 +1,23 @@
 //! The NVMe/TCP target front-end.
 //!
-//! Rooms: `listener` (bind and accept, control threads), `group` (the
-//! per-reactor poll group owning the queue pairs), `conn` (one queue pair:
-//! socket, PDU framing, request driver), `request` (the request state
-//! machine), `admin` (Connect and admin commands), `io_cmd` (NVM I/O
-//! commands), `controller` (state shared by a controller's queues),
-//! `subsystem` (subsystems, namespaces as graph roots, discovery) and
-//! `status` (error → NVMe status / TermReq mapping).
+//! Rooms, transport first:
+//! - `listener` binds and accepts (control threads); `group` is the
+//!   per-reactor poll group owning the queue pairs; `conn` is one NVMe/TCP
+//!   queue pair: socket, PDU framing and the driver of its requests;
+//!   `phase` is how far a queue pair got (ICReq, Connect, admin or I/O
+//!   queue, closing); `transport` holds `nvmf_create_transport`'s options.
+//! - `request` is one command and, in `request::state`, its state machine
+//!   (SPDK tcp.c's request states): `set_state` is the only way a state
+//!   changes, checked against the transition table and counted for
+//!   `pollux_nvmf_requests`.
+//! - `connect` is Fabrics Connect, which makes a queue pair an admin or I/O
+//!   queue. `admin` and `io_cmd` are the command sets; like SPDK's ctrlr.c
+//!   they work on a request and its controller and return an `Outcome`
+//!   (`command`) the transport acts on, so they know no sockets.
+//! - `controller` is the state a controller's queues share; `subsystem`
+//!   the subsystems, namespaces as graph roots and discovery; `status` the
+//!   one place errors become wire values (NVMe statuses, C2HTermReqs);
+//!   `introspect` what RPC reads.
 //!
 //! Each accepted connection is one queue pair owned by one reactor (round
 //! robin). Socket I/O and command processing for it happen on that reactor
@@ -14,7 +25,9 @@
 //! only admin-path code takes.
 
 mod admin;
+mod command;
 mod conn;
+mod connect;
 mod controller;
 mod group;
 mod introspect;
@@ -188,6 +201,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// A target without subsystems, listeners or controllers.
+    fn new(graph: &Arc<Graph>, opts: TransportOpts) -> Shared {
+        Shared {
+            id: NEXT_TARGET_ID.fetch_add(1, Ordering::Relaxed),
+            graph: graph.clone(),
+            subsystems: Mutex::new(Vec::new()),
+            ports: Mutex::new(Vec::new()),
+            discovery_gen: AtomicU64::new(1),
+            ctrls: Mutex::new(ControllerTable::default()),
+            stopping: AtomicBool::new(false),
+            conns: AtomicUsize::new(0),
+            opts: Mutex::new(Arc::new(opts)),
+            buffer_waits: AtomicU64::new(0),
+            request_states: Mutex::new(Vec::new()),
+        }
+    }
+
     fn controllers(&self) -> MutexGuard<'_, ControllerTable> {
         lock(&self.ctrls)
     }
@@ -305,19 +335,7 @@ impl NvmfTarget {
             .div_ceil(unit)
             .max(u64::from(opts.max_io_size).div_ceil(unit))
             .min(u64::from(u32::MAX)) as u32;
-        let shared = Arc::new(Shared {
-            id: NEXT_TARGET_ID.fetch_add(1, Ordering::Relaxed),
-            graph: graph.clone(),
-            subsystems: Mutex::new(Vec::new()),
-            ports: Mutex::new(Vec::new()),
-            discovery_gen: AtomicU64::new(1),
-            ctrls: Mutex::new(ControllerTable::default()),
-            stopping: AtomicBool::new(false),
-            conns: AtomicUsize::new(0),
-            opts: Mutex::new(Arc::new(opts)),
-            buffer_waits: AtomicU64::new(0),
-            request_states: Mutex::new(Vec::new()),
-        });
+        let shared = Arc::new(Shared::new(graph, opts));
         let t = NvmfTarget {
             shared,
             listeners: Mutex::new(Vec::new()),

@@ -91,6 +91,20 @@ impl Request {
         self.status = status;
     }
 
+    /// The host's command data (in-capsule or H2C), empty without any.
+    pub fn data(&self) -> &[u8] {
+        self.buf.as_ref().map_or(&[][..], |b| b.as_slice())
+    }
+
+    /// Builds a command's C2H data from a byte slice (admin data): copies
+    /// what fits into the request buffer, whose rest stays zero.
+    pub fn put_c2h(&mut self, data: &[u8]) {
+        if let Some(buf) = self.buf.as_mut() {
+            let n = data.len().min(buf.len());
+            buf.as_mut_slice()[..n].copy_from_slice(&data[..n]);
+        }
+    }
+
     /// Command identifier.
     pub fn cid(&self) -> u16 {
         self.sqe.cid()
