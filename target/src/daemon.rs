@@ -1,5 +1,10 @@
-//! The long-running daemon: reactors, the graph and (later) front-ends,
-//! until SIGINT or SIGTERM.
+//! The long-running daemon, until SIGINT or SIGTERM: the reactors, the
+//! graph built from the config's bdevs, the NVMe/TCP front-end
+//! ([`crate::nvmf::NvmfTarget`]), the vhost-user-blk front-end
+//! ([`crate::vhost::VhostTargets`]), the Prometheus exporter and the
+//! JSON-RPC server. It stops them in the opposite order of what depends on
+//! what: the RPC server, the front-ends, the exporter, then the graph and
+//! the reactors ([`Target::shutdown`]).
 
 use std::sync::Arc;
 
@@ -134,6 +139,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     );
     let sig = signals.forever().next();
     tracing::info!(signal = ?sig, "shutting down: draining I/O and flushing");
+    // No control-plane change may race the teardown below.
     drop(rpc);
     // Front-ends first: stop accepting and drain queue pairs, so the graph
     // shutdown below flushes data that is no longer changing.
