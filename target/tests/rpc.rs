@@ -243,3 +243,24 @@ fn bdev_get_bdevs_waits_for_the_bdev_up_to_its_timeout() {
         t.elapsed()
     );
 }
+
+/// Bdev and graph failures answer with the negated errnos SPDK's bdev
+/// methods send (`spdk_jsonrpc_send_error_response(request, rc,
+/// spdk_strerror(-rc))`), and vhost's with -32602 as SPDK's vhost_rpc.c.
+#[test]
+fn failures_answer_with_spdk_codes() {
+    let d = start(&[]);
+    let rpc = d.spdk();
+    rpc.run(&["bdev_null_create", "Null0", "8", "512"]);
+    let code = |args: &[&str], want: i32| {
+        let e = rpc.fails(args);
+        assert!(e.contains(&format!("\"code\": {want}")), "{args:?}: {e}");
+    };
+    code(&["bdev_null_create", "Null0", "8", "512"], -17);
+    code(&["bdev_null_delete", "Null9"], -19);
+    code(&["bdev_get_bdevs", "-b", "Null9"], -19);
+    code(&["bdev_passthru_create", "-b", "Null9", "-p", "P0"], -19);
+    rpc.run(&["bdev_passthru_create", "-b", "Null0", "-p", "P0"]);
+    code(&["bdev_null_delete", "Null0"], -16);
+    code(&["vhost_delete_controller", "vb9"], -32602);
+}
