@@ -10,15 +10,15 @@
 
 mod support;
 
-use std::mem::MaybeUninit;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{json, Value};
-use support::{scrape, series, Daemon, SpdkRpc};
+use support::blkio_host::BlkioHost;
+use support::{pattern, scrape, series, Daemon, SpdkRpc};
 
 /// The malloc bdev: 64 MiB of 4 KiB blocks (rpc.py takes the size in MiB).
 const DISK_MIB: u64 = 64;
@@ -64,60 +64,6 @@ fn wait_no_session(rpc: &SpdkRpc, ctrlr: &str) {
     }
 }
 
-/// A libblkio host with one shared-memory buffer region of 2 × MAX_IO
-/// (write half, read half).
-struct Host {
-    queues: Vec<Blkioq>,
-    region: MemoryRegion,
-    // Last: dropping it disconnects.
-    _blkio: Blkio,
-}
-
-impl Host {
-    fn connect(sock: &Path, num_queues: i32) -> Host {
-        let mut b = Blkio::new("virtio-blk-vhost-user").expect("blkio driver");
-        b.set_str("path", sock.to_str().unwrap()).unwrap();
-        b.connect()
-            .unwrap_or_else(|e| panic!("libblkio cannot connect to pollux: {e:?}"));
-        b.set_i32("num-queues", num_queues).unwrap();
-        let out = b
-            .start()
-            .unwrap_or_else(|e| panic!("libblkio cannot start: {e:?}"));
-        let region = b.alloc_mem_region(2 * MAX_IO).unwrap();
-        b.map_mem_region(&region).unwrap();
-        Host {
-            queues: out.queues,
-            region,
-            _blkio: b,
-        }
-    }
-
-    fn buf(&mut self, off: usize, len: usize) -> &mut [u8] {
-        assert!(off + len <= 2 * MAX_IO);
-        // SAFETY: the region is 2 × MAX_IO bytes mapped by libblkio for us;
-        // no request is in flight while the slice is used (each request
-        // completes before the next access).
-        unsafe { std::slice::from_raw_parts_mut((self.region.addr + off) as *mut u8, len) }
-    }
-
-    /// One request on queue `q`; its result (0 or -errno), or `None` when
-    /// it did not complete within 10 s.
-    fn one(&mut self, q: usize, write: bool, start: u64, off: usize, len: usize) -> Option<i32> {
-        let buf = (self.region.addr as *mut u8).wrapping_add(off);
-        let queue = &mut self.queues[q];
-        if write {
-            queue.write(start, buf, len, 0, ReqFlags::empty());
-        } else {
-            queue.read(start, buf, len, 0, ReqFlags::empty());
-        }
-        let mut c: [MaybeUninit<Completion>; 1] = [MaybeUninit::uninit()];
-        let mut timeout = Duration::from_secs(10);
-        let n = queue.do_io(&mut c, 1, Some(&mut timeout), None).ok()?;
-        // SAFETY: do_io initialised the first `n` completions.
-        (n == 1).then(|| unsafe { c[0].assume_init_read() }.ret)
-    }
-}
-
 /// What the verifying host saw.
 #[derive(Default)]
 struct IoTally {
@@ -129,30 +75,23 @@ struct IoTally {
     mismatches: AtomicU64,
 }
 
-fn xorshift(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x
-}
-
 /// Random write + read-back-verify until `stop`: writes go through queue
 /// 0 and reads through queue 1, which two different reactors poll.
-fn verify_loop(mut host: Host, stop: &AtomicBool, tally: &IoTally) {
+fn verify_loop(mut host: BlkioHost, stop: &AtomicBool, tally: &IoTally) {
     let blocks = DISK_MIB * 1024 * 1024 / BLOCK;
-    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let max_blocks = (MAX_IO as u64 / BLOCK) as usize;
+    let mut rng = SmallRng::seed_from_u64(0);
     while !stop.load(Ordering::Relaxed) {
-        let start = (xorshift(&mut rng) % (blocks - 16)) * BLOCK;
-        let len = (1 + (xorshift(&mut rng) % 16) as usize) * BLOCK as usize;
-        let mut seed = xorshift(&mut rng) | 1;
-        let data: Vec<u8> = (0..len).map(|_| xorshift(&mut seed) as u8).collect();
+        let start = rng.random_range(0..blocks - max_blocks as u64) * BLOCK;
+        let len = rng.random_range(1..=max_blocks) * BLOCK as usize;
+        let data = pattern(rng.next_u64(), len);
         host.buf(0, len).copy_from_slice(&data);
-        if host.one(0, true, start, 0, len) != Some(0) {
+        if host.try_io(0, true, start, 0, len) != Some(0) {
             tally.errors.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         host.buf(MAX_IO, len).fill(0xee);
-        if host.one(1, false, start, MAX_IO, len) != Some(0) {
+        if host.try_io(1, false, start, MAX_IO, len) != Some(0) {
             tally.errors.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -211,7 +150,7 @@ fn filter_churn_under_verified_io_with_metrics_and_clean_teardown() {
     let queues = "pollux_vhost_queues{controller=\"vhost.0\"}";
     assert_eq!(series(&before, queues), 0.0, "no front-end yet");
 
-    let host = Host::connect(&vsock, 2);
+    let host = BlkioHost::connect(&vsock, 2, 2 * MAX_IO);
     // Both virtqueues are started on their reactors once the host is up.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while series(&scrape(d.metrics_addr()), queues) != 2.0 {
@@ -345,7 +284,7 @@ fn vhost_methods_shapes_errors_and_save_config_round_trip() {
     assert_eq!(vb1[0]["num_queues"], json!(2));
 
     // A connected front-end shows as a session and blocks deletion.
-    let host = Host::connect(&dir.join("vb1"), 1);
+    let host = BlkioHost::connect(&dir.join("vb1"), 1, 2 * MAX_IO);
     let s = rpc.run(&["vhost_get_controllers", "-n", "vb1"])[0]["sessions"].clone();
     assert_eq!(s[0]["started"], json!(true), "{s}");
     let err = rpc
@@ -442,8 +381,8 @@ fn vhost_methods_shapes_errors_and_save_config_round_trip() {
     }
     assert_eq!(again, orig);
     // The reloaded controller serves a host.
-    let mut host = Host::connect(&d2.dir().join("vb1"), 2);
-    let r = host.one(1, true, 0, 0, 4096);
+    let mut host = BlkioHost::connect(&d2.dir().join("vb1"), 2, 2 * MAX_IO);
+    let r = host.try_io(1, true, 0, 0, 4096);
     assert_eq!(r, Some(0), "write through the reloaded controller");
     drop(host);
     drop(d2);

@@ -12,13 +12,12 @@
 mod support;
 
 use std::io::Write;
-use std::mem::MaybeUninit;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
-use support::{pollux, Daemon};
+use blkio::{Blkio, ReqFlags};
+use support::blkio_host::BlkioHost;
+use support::{pattern, pollux, Daemon};
 
 const DISK: u64 = 64 << 20;
 const BUF: usize = 1 << 20;
@@ -38,91 +37,9 @@ fn start(blk: &str) -> Daemon {
     b.config(text).start()
 }
 
-/// A libblkio client with one shared-memory buffer region.
-struct Client {
-    queues: Vec<Blkioq>,
-    region: MemoryRegion,
-    // Last: dropping it disconnects.
-    blkio: Blkio,
-}
-
-impl Client {
-    fn connect(sock: &Path, num_queues: i32, read_only: bool) -> Client {
-        let mut b = Blkio::new("virtio-blk-vhost-user").expect("blkio driver");
-        b.set_str("path", sock.to_str().unwrap()).unwrap();
-        if read_only {
-            b.set_bool("read-only", true).unwrap();
-        }
-        b.connect()
-            .unwrap_or_else(|e| panic!("libblkio cannot connect to pollux: {e:?}"));
-        b.set_i32("num-queues", num_queues).unwrap();
-        let out = b
-            .start()
-            .unwrap_or_else(|e| panic!("libblkio cannot start: {e:?}"));
-        let region = b.alloc_mem_region(BUF).unwrap();
-        b.map_mem_region(&region).unwrap();
-        Client {
-            queues: out.queues,
-            region,
-            blkio: b,
-        }
-    }
-
-    fn buf(&mut self, off: usize, len: usize) -> &mut [u8] {
-        assert!(off + len <= BUF);
-        // SAFETY: the region is BUF bytes of memory mapped by libblkio for
-        // us; no request is in flight while the slice is used (every
-        // request below completes before the next access).
-        unsafe { std::slice::from_raw_parts_mut((self.region.addr + off) as *mut u8, len) }
-    }
-
-    /// Runs one request on queue `q` and returns its result (0 or -errno).
-    fn one(&mut self, q: usize, submit: impl FnOnce(&mut Blkioq, *mut u8)) -> i32 {
-        let base = self.region.addr as *mut u8;
-        let queue = &mut self.queues[q];
-        submit(queue, base);
-        let mut c: [MaybeUninit<Completion>; 1] = [MaybeUninit::uninit()];
-        let mut timeout = Duration::from_secs(10);
-        let n = queue
-            .do_io(&mut c, 1, Some(&mut timeout), None)
-            .expect("do_io");
-        assert_eq!(n, 1, "no completion within 10 s");
-        // SAFETY: do_io initialised the first `n` completions.
-        unsafe { c[0].assume_init_read() }.ret
-    }
-
-    fn write(&mut self, q: usize, start: u64, off: usize, len: usize) -> i32 {
-        self.one(q, |qq, base| {
-            qq.write(start, base.wrapping_add(off), len, 0, ReqFlags::empty())
-        })
-    }
-
-    fn read(&mut self, q: usize, start: u64, off: usize, len: usize) -> i32 {
-        self.one(q, |qq, base| {
-            qq.read(start, base.wrapping_add(off), len, 0, ReqFlags::empty())
-        })
-    }
-
-    fn flush(&mut self, q: usize) -> i32 {
-        self.one(q, |qq, _| qq.flush(0, ReqFlags::empty()))
-    }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Writes a pattern at `start` through queue `wq`, flushes, reads it back
 /// through queue `rq` and compares.
-fn write_verify(c: &mut Client, wq: usize, rq: usize, start: u64, len: usize, seed: u64) {
+fn write_verify(c: &mut BlkioHost, wq: usize, rq: usize, start: u64, len: usize, seed: u64) {
     let data = pattern(seed, len);
     c.buf(0, len).copy_from_slice(&data);
     assert_eq!(c.write(wq, start, 0, len), 0, "write at {start}");
@@ -146,9 +63,9 @@ fn libblkio_io_queues_reconnect_and_bad_input() {
     assert_eq!(mode, 0o600, "socket mode");
 
     // One queue: write, flush, read back; several sizes and offsets.
-    let mut c = Client::connect(&sock, 1, false);
-    assert_eq!(c.blkio.get_u64("capacity").unwrap(), DISK);
-    assert_eq!(c.blkio.get_i32("max-queues").unwrap(), 2);
+    let mut c = BlkioHost::connect(&sock, 1, BUF);
+    assert_eq!(c.blkio().get_u64("capacity").unwrap(), DISK);
+    assert_eq!(c.blkio().get_i32("max-queues").unwrap(), 2);
     for (i, (start, len)) in [
         (0u64, 4096usize),
         (1 << 20, 65536),
@@ -175,9 +92,9 @@ fn libblkio_io_queues_reconnect_and_bad_input() {
 
     // Discard and write zeroes read back as zeroes.
     write_verify(&mut c, 0, 0, 2 << 20, 131_072, 7);
-    let r = c.one(0, |q, _| q.discard(2 << 20, 65536, 0, ReqFlags::empty()));
+    let r = c.request(0, |q, _| q.discard(2 << 20, 65536, 0, ReqFlags::empty()));
     assert_eq!(r, 0, "discard");
-    let r = c.one(0, |q, _| {
+    let r = c.request(0, |q, _| {
         q.write_zeroes((2 << 20) + 65536, 65536, 0, ReqFlags::empty())
     });
     assert_eq!(r, 0, "write zeroes");
@@ -191,7 +108,7 @@ fn libblkio_io_queues_reconnect_and_bad_input() {
     // Disconnect; a new client with two queues sees the old data, and the
     // two queues (on two reactors) see each other's writes.
     drop(c);
-    let mut c = Client::connect(&sock, 2, false);
+    let mut c = BlkioHost::connect(&sock, 2, BUF);
     let expect = pattern(99, 4096);
     assert_eq!(c.read(1, 8192, 0, 4096), 0);
     assert!(
@@ -217,7 +134,7 @@ fn libblkio_io_queues_reconnect_and_bad_input() {
         let n = std::io::Read::read(&mut s, &mut b).unwrap_or(0);
         assert_eq!(n, 0, "pollux must close a connection that sends garbage");
     }
-    let mut c = Client::connect(&sock, 2, false);
+    let mut c = BlkioHost::connect(&sock, 2, BUF);
     write_verify(&mut c, 1, 0, 0, 4096, 5);
     drop(c);
 
@@ -229,7 +146,7 @@ fn libblkio_io_queues_reconnect_and_bad_input() {
     b.connect().unwrap();
     assert!(b.start().is_err(), "a read-only device opened read-write");
     drop(b);
-    let mut c = Client::connect(&ro, 1, true);
+    let mut c = BlkioHost::connect_read_only(&ro, 1, BUF);
     assert_eq!(c.read(0, 0, 0, 4096), 0);
     let expect = pattern(5, 4096);
     assert!(c.buf(0, 4096) == &expect[..]);

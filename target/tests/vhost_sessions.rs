@@ -15,13 +15,12 @@
 
 mod support;
 
-use std::mem::MaybeUninit;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
 use serde_json::{json, Value};
-use support::{Daemon, SpdkRpc};
+use support::blkio_host::BlkioHost;
+use support::{pattern, Daemon, SpdkRpc};
 
 /// The malloc bdev: 64 MiB of 4 KiB blocks (rpc.py takes the size in MiB).
 const DISK_MIB: u64 = 64;
@@ -68,73 +67,6 @@ fn start() -> Daemon {
     d
 }
 
-/// A libblkio host with two queues and one buffer region (write half,
-/// read half), mapped after start as libblkio users do.
-struct Host {
-    queues: Vec<Blkioq>,
-    region: MemoryRegion,
-    // Last: dropping it disconnects.
-    _blkio: Blkio,
-}
-
-impl Host {
-    fn connect(sock: &Path) -> Host {
-        let mut b = Blkio::new("virtio-blk-vhost-user").expect("blkio driver");
-        b.set_str("path", sock.to_str().unwrap()).unwrap();
-        b.connect()
-            .unwrap_or_else(|e| panic!("libblkio cannot connect to pollux: {e:?}"));
-        b.set_i32("num-queues", 2).unwrap();
-        let out = b
-            .start()
-            .unwrap_or_else(|e| panic!("libblkio cannot start: {e:?}"));
-        let region = b.alloc_mem_region(2 * IO).unwrap();
-        b.map_mem_region(&region).unwrap();
-        Host {
-            queues: out.queues,
-            region,
-            _blkio: b,
-        }
-    }
-
-    fn buf(&mut self, off: usize, len: usize) -> &mut [u8] {
-        assert!(off + len <= 2 * IO);
-        // SAFETY: the region is 2 × IO bytes mapped by libblkio for us; no
-        // request is in flight while the slice is used (each request
-        // completes before the next access).
-        unsafe { std::slice::from_raw_parts_mut((self.region.addr + off) as *mut u8, len) }
-    }
-
-    /// One request on queue `q`: its result (0 or -errno), or `None` when
-    /// it did not complete within 10 s.
-    fn one(&mut self, q: usize, write: bool, start: u64, off: usize, len: usize) -> Option<i32> {
-        let buf = (self.region.addr as *mut u8).wrapping_add(off);
-        let queue = &mut self.queues[q];
-        if write {
-            queue.write(start, buf, len, 0, ReqFlags::empty());
-        } else {
-            queue.read(start, buf, len, 0, ReqFlags::empty());
-        }
-        let mut c: [MaybeUninit<Completion>; 1] = [MaybeUninit::uninit()];
-        let mut timeout = Duration::from_secs(10);
-        let n = queue.do_io(&mut c, 1, Some(&mut timeout), None).ok()?;
-        // SAFETY: do_io initialised the first `n` completions.
-        (n == 1).then(|| unsafe { c[0].assume_init_read() }.ret)
-    }
-}
-
-/// A pattern no other session writes.
-fn pattern(session: usize, len: usize) -> Vec<u8> {
-    let mut x = (session as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// What the sessions saw.
 #[derive(Debug, Default)]
 struct Tally {
@@ -155,10 +87,12 @@ fn sessions(sock: &Path, more: impl Fn() -> bool) -> Tally {
     let half = IO / 2;
     let mut i = 0;
     while i < SESSIONS || more() {
-        let mut h = Host::connect(sock);
+        // Two queues and one buffer region (write half, read half).
+        let mut h = BlkioHost::connect(sock, 2, 2 * IO);
         let (wq, rq) = (i % 2, (i + 1) % 2);
         let start = (i as u64 * IO as u64) % (DISK_MIB << 20);
-        let data = pattern(i, IO);
+        // A pattern no other session writes.
+        let data = pattern(i as u64, IO);
         h.buf(0, IO).copy_from_slice(&data);
         h.buf(IO, IO).fill(0xee);
         let steps = [
@@ -170,7 +104,7 @@ fn sessions(sock: &Path, more: impl Fn() -> bool) -> Tally {
         for (what, q, write, off) in steps {
             let at = start + (off % IO) as u64;
             t.requests += 1;
-            let r = h.one(q, write, at, off, half);
+            let r = h.try_io(q, write, at, off, half);
             if r != Some(0) {
                 t.failed.push((i, what, r));
             }

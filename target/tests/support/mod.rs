@@ -9,6 +9,8 @@
 // part of it, so what one binary leaves unused is not dead code.
 #![allow(dead_code)]
 
+pub mod blkio_host;
+
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -23,6 +25,15 @@ use serde_json::Value;
 
 /// The line the daemon logs once everything in its config is up.
 pub const READY: &str = "pollux ready";
+
+/// `len` bytes that only `seed` produces (deterministic, so a test can
+/// write them, read them back and compare, or regenerate them later).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut out = vec![0; len];
+    rand::rngs::SmallRng::seed_from_u64(seed).fill_bytes(&mut out);
+    out
+}
 
 /// The `pollux` binary, logging at info without colour codes.
 pub fn pollux() -> Command {
