@@ -19,6 +19,8 @@ use anyhow::{bail, Context, Result};
 use blkio::{Blkio, Blkioq, Completion, ReqFlags};
 use clap::Parser;
 use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 /// Completions fetched per `do_io` call: one full ring's worth at the
 /// deepest queue depth we run, so a burst is drained in one call.
@@ -70,19 +72,6 @@ struct Lane {
     started: Vec<u64>,
 }
 
-/// xorshift64*: a random offset costs a few instructions, so the client
-/// spends its time in the ring, not in the generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 struct Stats {
     ios: u64,
     errors: u64,
@@ -127,7 +116,9 @@ fn main() -> Result<()> {
     }
 
     let clock = quanta::Clock::new();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
+    // SmallRng: a random offset costs a few instructions, so the client
+    // spends its time in the ring, not in the generator.
+    let mut rng = SmallRng::seed_from_u64(u64::from(std::process::id()));
     let mut lanes: Vec<Lane> = qs
         .into_iter()
         .enumerate()
@@ -199,10 +190,10 @@ fn submit(
     slot: usize,
     bs: usize,
     blocks: u64,
-    rng: &mut Rng,
+    rng: &mut SmallRng,
     clock: &quanta::Clock,
 ) {
-    let start = (rng.next() % blocks) * bs as u64;
+    let start = rng.random_range(0..blocks) * bs as u64;
     let buf = (lane.base + slot * bs) as *mut u8;
     lane.started[slot] = clock.raw();
     lane.q.read(start, buf, bs, slot, ReqFlags::empty());
@@ -215,7 +206,7 @@ fn run(
     comps: &mut [MaybeUninit<Completion>],
     a: &Args,
     blocks: u64,
-    rng: &mut Rng,
+    rng: &mut SmallRng,
     clock: &quanta::Clock,
     secs: f64,
 ) -> Result<Stats> {
