@@ -402,6 +402,7 @@ pub(super) fn visits(r: &Reactor, target_id: u64) -> Vec<(SocketAddr, u64)> {
 #[cfg(test)]
 mod tests {
     use std::net::TcpStream;
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use pollux_graph::nodes::ram::RamNode;
@@ -418,14 +419,14 @@ mod tests {
     /// I/Os the busy queue does; each needs at least one pass over it.
     const IOS: u64 = 200;
 
-    #[test]
-    fn a_pass_polls_busy_connections_and_leaves_idle_ones_alone() {
-        // A spinning reactor: hundreds of thousands of passes a second,
-        // each of which used to visit every connection.
+    /// A target on one spinning reactor (hundreds of thousands of passes
+    /// a second, each of which used to visit every connection) over a RAM
+    /// namespace of `bytes`.
+    fn start(bytes: u64) -> (Runtime, Arc<Graph>, NvmfTarget) {
         let rt = Runtime::start(RuntimeConfig::new(vec![0], IdlePolicy::Poll)).unwrap();
         let graph = Graph::new(rt.handle());
         graph
-            .add_node("ram0", RamNode::new(1 << 20, 512).unwrap(), &[])
+            .add_node("ram0", RamNode::new(bytes, 512).unwrap(), &[])
             .unwrap();
         let cfg = NvmfConfig {
             subsystems: vec![NvmfSubsystemConfig {
@@ -439,6 +440,18 @@ mod tests {
             }],
         };
         let tgt = NvmfTarget::start(&cfg, &graph).unwrap();
+        (rt, graph, tgt)
+    }
+
+    fn stop(rt: Runtime, graph: Arc<Graph>, tgt: NvmfTarget) {
+        tgt.stop();
+        graph.shutdown();
+        rt.shutdown();
+    }
+
+    #[test]
+    fn a_pass_polls_busy_connections_and_leaves_idle_ones_alone() {
+        let (rt, graph, tgt) = start(1 << 20);
         let addr = tgt.local_addrs()[0];
         let id = tgt.shared.id;
         let visits = move |rt: &Runtime| rt.handle().call(0, move |r| super::visits(r, id));
@@ -486,8 +499,54 @@ mod tests {
         drop(q);
         c.shutdown().unwrap();
         drop(idle);
-        tgt.stop();
-        graph.shutdown();
-        rt.shutdown();
+        stop(rt, graph, tgt);
+    }
+
+    #[test]
+    fn back_pressured_connections_resume_when_the_host_reads_again() {
+        // Reads whose responses (12.5 MiB a batch) far exceed TX_HIGH_WATER
+        // plus what loopback socket buffers hold: the connection drops its
+        // read interest while the host is not reading, and the second
+        // batch waits unread in its socket. Only write readiness, then the
+        // pending list and level-triggered read readiness, bring it back
+        // once the host reads again.
+        const BATCH: u64 = 100;
+        const BLOCKS: u32 = 256;
+        let (rt, graph, tgt) = start(2 * BATCH * u64::from(BLOCKS) * 512);
+        let addr = tgt.local_addrs()[0];
+        let mut cfg = HostConfig::new(addr, NQN);
+        cfg.timeout = TIMEOUT;
+        let mut c = host::Controller::connect(cfg).unwrap();
+        c.set_num_queues(1).unwrap();
+        let mut q = c.io_queue(1, 2 * BATCH as u16 + 1).unwrap();
+        let len = BLOCKS as usize * 512;
+        for batch in 0..2 {
+            for i in 0..BATCH {
+                let lba = (batch * BATCH + i) * u64::from(BLOCKS);
+                let sqe = host::rw_sqe(false, 1, lba, BLOCKS);
+                assert!(q.submit(sqe, vec![0; len], false).is_some());
+            }
+            // Sends without reading anything back.
+            q.send_raw(&[]).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        let mut done = 0;
+        while done < 2 * BATCH {
+            q.poll().unwrap();
+            for cpl in q.take_completed() {
+                assert!(cpl.cqe.status().same_code(&Status::SUCCESS));
+                assert_eq!(cpl.data.len(), len);
+                done += 1;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{done} of {} reads completed: a paused connection was not revisited",
+                2 * BATCH
+            );
+        }
+        drop(q);
+        c.shutdown().unwrap();
+        stop(rt, graph, tgt);
     }
 }
