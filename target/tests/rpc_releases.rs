@@ -509,19 +509,8 @@ fn get_controllers_reports_what_each_host_connected_with() {
     let rpc = d.spdk();
     rpc.run(&["bdev_null_create", "Null0", "8", "512"]);
     rpc.run(&["nvmf_create_transport", "-t", "TCP"]);
-    rpc.run(&["nvmf_create_subsystem", NQN, "-a"]);
-    rpc.run(&["nvmf_subsystem_add_ns", NQN, "Null0"]);
     let port = free_port();
-    rpc.run(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port.to_string(),
-    ]);
+    rpc.export_tcp(NQN, "Null0", port);
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut io = HostConfig::new(addr, NQN);
     io.hostnqn = HOST.into();

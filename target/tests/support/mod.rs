@@ -601,6 +601,25 @@ impl SpdkRpc {
             .unwrap_or_else(|e| panic!("spdk-rpc {args:?} failed: {e}"))
     }
 
+    /// Exports `bdev` over NVMe/TCP as the tests do: subsystem `nqn` open
+    /// to any host, `bdev` its namespace, a TCP listener on
+    /// 127.0.0.1:`port`. The transport must exist.
+    pub fn export_tcp(&self, nqn: &str, bdev: &str, port: u16) {
+        self.run(&["nvmf_create_subsystem", nqn, "-a"]);
+        self.run(&["nvmf_subsystem_add_ns", nqn, bdev]);
+        let port = port.to_string();
+        self.run(&[
+            "nvmf_subsystem_add_listener",
+            nqn,
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            &port,
+        ]);
+    }
+
     /// [`Self::try_run`], which must fail: the error text.
     pub fn fails(&self, args: &[&str]) -> String {
         match self.try_run(args) {
