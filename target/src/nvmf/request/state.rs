@@ -16,7 +16,7 @@
 //! builds, keeps the queue pair's per-state counts (the
 //! `pollux_nvmf_requests{state}` gauge) and traces it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use pollux_poller::sync::{single_writer_add, AtomicU64, Ordering};
 
 use super::Request;
 
@@ -110,8 +110,8 @@ pub const fn legal(from: ReqState, to: ReqState) -> bool {
 }
 
 /// Requests per state of one queue pair. Only the queue pair's reactor
-/// writes them (a relaxed load and store, no read-modify-write: there is
-/// no other writer); the metrics scrape reads them from any thread.
+/// writes them (`single_writer_add`: no read-modify-write, there is no
+/// other writer); the metrics scrape reads them from any thread.
 /// Values are wrapping: `Free` goes "negative" as slots fill and is not
 /// reported; every other state counts requests that entered it and have
 /// not left, so it is never below zero.
@@ -123,11 +123,7 @@ pub struct StateCounts {
 impl StateCounts {
     #[inline]
     fn add(&self, s: ReqState, by: u64) {
-        let c = &self.n[s.index()];
-        c.store(
-            c.load(Ordering::Relaxed).wrapping_add(by),
-            Ordering::Relaxed,
-        );
+        single_writer_add(&self.n[s.index()], by);
     }
 
     /// Requests now in `s` (not meaningful for `Free`).
