@@ -1,14 +1,16 @@
 //! The published graph and the control-plane operations that change it.
 //!
 //! Readers (reactors) load the current snapshot pointer: one plain load, no
-//! lock, no read-modify-write, nothing written. Writers serialize on a mutex,
-//! build a new snapshot from the current one, publish it with one store,
-//! wait for a grace period (`Handle::synchronize`), free the old snapshot,
-//! then wait for in-flight I/O on nodes that left the graph and close them.
+//! lock, no read-modify-write, nothing written. Writers serialize on the
+//! writer lock, build a new snapshot from the current one, publish it with
+//! one store, wait for a grace period (`Handle::synchronize`), free the old
+//! snapshot, then wait for in-flight I/O on nodes that left the graph and
+//! close them. The publication itself is `rcu::Rcu`, the pins and the drain
+//! `pin::NodeCore`: both are model-checked with loom.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pollux_poller::{Handle, Reactor};
@@ -17,6 +19,7 @@ use crate::cell::{DynNode, NodeCell};
 use crate::io::{IoOp, MAX_DEPTH};
 use crate::latency::{self, LatencyHistogram};
 use crate::node::{BlockNode, Geometry};
+use crate::rcu::Rcu;
 use crate::snapshot::{NodeEntry, NodeId, RootEntry, RootId, Snapshot, SnapshotGuard};
 
 /// Why a graph change was refused. Nothing was published then.
@@ -171,8 +174,8 @@ struct Counters {
 /// The block graph of one runtime.
 pub struct Graph {
     handle: Handle,
-    current: AtomicPtr<Snapshot>,
-    writer: Mutex<()>,
+    /// The published snapshot, whose readers are the reactors of `handle`.
+    snapshots: Rcu<Snapshot>,
     counters: Counters,
 }
 
@@ -183,8 +186,7 @@ impl Graph {
         latency::init_clock();
         Arc::new(Graph {
             handle: handle.clone(),
-            current: AtomicPtr::new(Box::into_raw(Box::new(Snapshot::empty()))),
-            writer: Mutex::new(()),
+            snapshots: Rcu::new(Snapshot::empty()),
             counters: Counters::default(),
         })
     }
@@ -207,33 +209,23 @@ impl Graph {
             self.handle.runtime_id(),
             "graph read from a reactor of another runtime"
         );
-        let p = self.current.load(Ordering::Acquire);
-        // SAFETY: `p` came from Box::into_raw and is freed only by `update`,
-        // after `Handle::synchronize` saw every reactor of this runtime (the
-        // check above) pass a quiescent point following the swap, or by
-        // `drop`, which `&'r self` rules out. The reactor passes quiescent
-        // points only between callbacks, `&Reactor` exists only inside one,
-        // and the guard borrows it: it cannot be cloned into an owned
-        // snapshot, stored past the callback or sent to another thread.
-        unsafe { SnapshotGuard::new(&*p, r) }
+        // SAFETY: a callback of a reactor of this runtime (the check above)
+        // is a read-side critical section of `snapshots`: `update`'s grace
+        // period is `Handle::synchronize`, which waits for every reactor of
+        // this runtime to pass a quiescent point, and reactors pass those
+        // only between callbacks. `&Reactor` exists only inside one, and the
+        // guard borrows it: it cannot be cloned into an owned snapshot,
+        // stored past the callback or sent to another thread, so the
+        // snapshot stays allocated for as long as the guard lives.
+        unsafe { SnapshotGuard::new(self.snapshots.read_unchecked(), r) }
     }
 
     /// The current snapshot for the control plane, under the writer lock so
-    /// it cannot be freed meanwhile.
+    /// it cannot be freed meanwhile. `f` gets a borrow it cannot return (the
+    /// lifetime is its own) nor turn into an owned snapshot (`Snapshot` is
+    /// not `Clone`), so nothing of it outlives the lock.
     pub fn read<T>(&self, f: impl FnOnce(&Snapshot) -> T) -> T {
-        let _w = self.lock();
-        // SAFETY: only writers (holding the lock we hold) and `drop` (which
-        // `&self` rules out) free snapshots. `f` gets a borrow it cannot
-        // return (the lifetime is its own) nor turn into an owned snapshot
-        // (`Snapshot` is not `Clone`), so nothing of it outlives the lock.
-        f(unsafe { &*self.current.load(Ordering::Acquire) })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        // A writer that panicked left the published snapshot intact (changes
-        // are built aside and published with one store), so the lock's
-        // poisoning carries no broken state.
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+        f(self.snapshots.lock().current())
     }
 
     /// Builds a new snapshot with `change`, publishes it, waits for a grace
@@ -242,11 +234,8 @@ impl Graph {
         &self,
         change: impl FnOnce(&mut Snapshot) -> Result<T, GraphError>,
     ) -> Result<T, GraphError> {
-        let _w = self.lock();
-        let old_ptr = self.current.load(Ordering::Acquire);
-        // SAFETY: writers are serialized by `_w`; only writers and `drop`
-        // (ruled out by `&self`) free snapshots.
-        let old = unsafe { &*old_ptr };
+        let mut w = self.snapshots.lock();
+        let old = w.current();
         let mut next = old.fork();
         let out = change(&mut next)?;
         validate(&next)?;
@@ -262,10 +251,17 @@ impl Graph {
             .map(|(_, e)| e.cell.clone())
             .collect();
 
-        let new_ptr = Box::into_raw(Box::new(next));
-        self.current.store(new_ptr, Ordering::Release);
-        self.counters.publishes.fetch_add(1, Ordering::Relaxed);
-        let grace = self.handle.synchronize();
+        let mut grace = Duration::ZERO;
+        // `Handle::synchronize` is the grace period `publish` asks for: the
+        // reactors of this runtime are the snapshot's only readers without
+        // the lock (`snapshot`), and it returns once each of them passed a
+        // quiescent point, i.e. left every callback that could borrow the old
+        // snapshot. The removed nodes stay alive meanwhile (`removed` holds
+        // them), so I/O that pinned them can still complete.
+        let old = w.publish(next, || {
+            self.counters.publishes.fetch_add(1, Ordering::Relaxed);
+            grace = self.handle.synchronize();
+        });
         self.counters
             .grace_ns
             .fetch_add(grace.as_nanos() as u64, Ordering::Relaxed);
@@ -274,15 +270,7 @@ impl Graph {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(grace.as_nanos() as u64);
-        // SAFETY: `old_ptr` came from Box::into_raw and no other writer can
-        // free it (we hold the writer lock). Its only borrows are a reactor's
-        // `SnapshotGuard`, which lives inside one callback (it borrows the
-        // callback's `&Reactor`, and no owned copy of a snapshot can be made),
-        // and `read`'s, under the lock we hold. It was unpublished before the
-        // grace period began, and every reactor of this runtime has since
-        // passed a quiescent point, i.e. left the callback that could borrow
-        // it.
-        drop(unsafe { Box::from_raw(old_ptr) });
+        drop(old);
         self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
 
         for node in removed {
@@ -296,13 +284,13 @@ impl Graph {
     fn drain_and_close(&self, node: &Arc<dyn DynNode>) {
         let start = Instant::now();
         let mut logged = false;
-        while node.core().inflight() != 0 {
+        node.core().wait_drained(|| {
             if !logged && start.elapsed() > Duration::from_secs(5) {
                 tracing::warn!(node = %node.core().name, "still waiting for in-flight I/O");
                 logged = true;
             }
             std::thread::sleep(Duration::from_micros(50));
-        }
+        });
         node.close();
         self.counters.nodes_closed.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(node = %node.core().name, "node closed");
@@ -507,7 +495,7 @@ impl Graph {
                     st.errors[i] += c.errors[i].load(Ordering::Relaxed);
                     c.latency[i].add_to(&mut st.latency[i]);
                 }
-                st.inflight += c.inflight.load(Ordering::Relaxed);
+                st.inflight += c.inflight();
             }
             Some(st)
         })
@@ -542,11 +530,8 @@ impl Graph {
 
 impl Drop for Graph {
     fn drop(&mut self) {
-        let p = *self.current.get_mut();
-        // SAFETY: we own the graph exclusively (&mut self), so no reader or
-        // writer can still use the current snapshot (guards and `read` borrow
-        // the graph); it came from into_raw.
-        let last = unsafe { Box::from_raw(p) };
+        // Exclusive (&mut self): no guard or `read` borrows the graph any more.
+        let last = self.snapshots.get_mut();
         // Nodes still published at drop are closed too (their reactors are
         // gone or the graph is unreachable from them), unless I/O is still in
         // flight on them: that I/O's `Path` points at the node and writes

@@ -1,25 +1,35 @@
-//! In-flight pins: the nodes an I/O went through, each counted in flight
-//! on its reactor until the I/O completes.
+//! In-flight pins: how the control plane frees a removed node without a
+//! global drain.
 //!
-//! Pinning is what lets the control plane free a removed node without a
-//! global drain: each node counts its in-flight I/O per reactor, in a counter
-//! only that reactor writes. The writer unpublishes the node, waits one grace
-//! period (no reactor can reach it any more), then waits until every
-//! reactor's counter for that node reads zero.
-
-use std::ptr::NonNull;
+//! Each node counts its in-flight I/O per reactor, in a counter only that
+//! reactor writes. An I/O pins every node it passes (`Path::push`, before
+//! the reactor's next quiescent point) and unpins them when it completes
+//! (`Path::finish`). The writer unpublishes the node, waits one grace period
+//! (no reactor can reach it any more, so no new pin can appear), then waits
+//! until every reactor's counter for that node reads zero
+//! (`NodeCore::wait_drained`), and only then closes it.
+//!
+//! `NodeCore`'s pin, unpin and drain are the protocol; the loom models below
+//! run them with the graph's real publication (`rcu`) and the poller's real
+//! grace period. `Path` needs a `Reactor`, which loom builds do not have.
 
 use crossbeam_utils::CachePadded;
 use pollux_poller::sync::{single_writer_add, AtomicU64, Ordering};
+
+#[cfg(not(loom))]
+use std::ptr::NonNull;
+
+#[cfg(not(loom))]
 use pollux_poller::Reactor;
 
+#[cfg(not(loom))]
 use crate::io::{IoError, IoOp, MAX_DEPTH};
-use crate::latency::{self, LatencyShard};
+use crate::latency::LatencyShard;
 
 /// One reactor's counters for one node. Written only by that reactor.
 #[derive(Default)]
 pub(crate) struct NodeCounters {
-    pub(crate) inflight: AtomicU64,
+    inflight: AtomicU64,
     pub(crate) ops: [AtomicU64; 5],
     pub(crate) bytes: [AtomicU64; 5],
     pub(crate) errors: [AtomicU64; 5],
@@ -27,10 +37,38 @@ pub(crate) struct NodeCounters {
     pub(crate) latency: [LatencyShard; 5],
 }
 
+impl NodeCounters {
+    /// Owning reactor: one more I/O in flight on the node. Relaxed is
+    /// enough: the reactor's next quiescent point (a Release store) orders
+    /// it before any grace period that could end the node's life.
+    #[inline]
+    pub(crate) fn pin(&self) {
+        single_writer_add(&self.inflight, 1);
+    }
+
+    /// Owning reactor: an I/O pinned by `pin` is done with the node.
+    #[inline]
+    pub(crate) fn unpin(&self) {
+        // Release: the drain reads zero only after everything this I/O did
+        // with the node (hence not `single_writer_add`, which is Relaxed).
+        let n = self.inflight.load(Ordering::Relaxed);
+        self.inflight.store(n - 1, Ordering::Release);
+    }
+
+    /// I/O in flight on this reactor (statistics: may be stale at once).
+    pub(crate) fn inflight(&self) -> u64 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+}
+
 /// The type-independent part of a node: its identity and counters.
 pub(crate) struct NodeCore {
     pub(crate) name: String,
     pub(crate) counters: Box<[CachePadded<NodeCounters>]>,
+    /// Model-only fault: `wait_drained` returns at once, which the models
+    /// must catch.
+    #[cfg(loom)]
+    skip_drain_wait: bool,
 }
 
 impl NodeCore {
@@ -38,26 +76,54 @@ impl NodeCore {
         NodeCore {
             name,
             counters: (0..reactors).map(|_| CachePadded::default()).collect(),
+            #[cfg(loom)]
+            skip_drain_wait: false,
         }
     }
 
-    /// In-flight I/O summed over reactors (control thread).
+    /// The same, with the drain wait skipped (model twin only).
+    #[cfg(loom)]
+    pub(crate) fn skipping_drain_wait(name: String, reactors: usize) -> Self {
+        NodeCore {
+            skip_drain_wait: true,
+            ..NodeCore::new(name, reactors)
+        }
+    }
+
+    /// In-flight I/O summed over reactors. Acquire: once it reads zero,
+    /// everything the unpinned I/O did with the node happened before.
     pub(crate) fn inflight(&self) -> u64 {
         self.counters
             .iter()
             .map(|c| c.inflight.load(Ordering::Acquire))
             .sum()
     }
+
+    /// Control thread: returns once no reactor has I/O in flight on the
+    /// node, calling `wait` between looks. Only meaningful once the node is
+    /// unreachable and a grace period has passed: before that a reactor
+    /// could pin it again.
+    pub(crate) fn wait_drained(&self, mut wait: impl FnMut()) {
+        #[cfg(loom)]
+        if self.skip_drain_wait {
+            return;
+        }
+        while self.inflight() != 0 {
+            wait();
+        }
+    }
 }
 
 /// The nodes an I/O went through, each pinned (counted in flight on the
 /// submitting reactor) until the I/O completes.
+#[cfg(not(loom))]
 #[derive(Default)]
 pub(crate) struct Path {
     nodes: [Option<NonNull<NodeCore>>; MAX_DEPTH],
     len: usize,
 }
 
+#[cfg(not(loom))]
 impl Path {
     /// Pins `core` for this I/O on reactor `r`.
     #[inline]
@@ -66,7 +132,7 @@ impl Path {
             // The graph refuses deeper paths; this is a second line of defence.
             return Err(IoError::NoDevice);
         }
-        single_writer_add(&core.counters[r.index()].inflight, 1);
+        core.counters[r.index()].pin();
         self.nodes[self.len] = Some(NonNull::from(core));
         self.len += 1;
         Ok(())
@@ -89,7 +155,7 @@ impl Path {
         // node on the path sees the latency from submission, as the caller
         // of that node would.
         let ns = if ok && self.len > 0 {
-            latency::elapsed_ns(submitted)
+            crate::latency::elapsed_ns(submitted)
         } else {
             0
         };
@@ -99,12 +165,12 @@ impl Path {
             // while it drains, the writer (snapshots cannot be cloned or owned
             // outside the graph, see `Snapshot`). The writer frees it only
             // after it left the published graph, a grace period passed and
-            // every reactor's `inflight` for it read zero (`Graph::update`);
-            // `Graph`'s drop frees it only if `inflight` reads zero and leaks
-            // it otherwise. This I/O incremented `inflight` on this reactor
-            // (the only one that completes it: `Io` is not `Send`) when it
-            // pinned the node and has not decremented it yet, so the node is
-            // alive.
+            // every reactor's in-flight count for it read zero
+            // (`Graph::update`, through `NodeCore::wait_drained`); `Graph`'s
+            // drop frees it only if the count reads zero and leaks it
+            // otherwise. This I/O pinned the node on this reactor (the only
+            // one that completes it: `Io` is not `Send`) and has not unpinned
+            // it yet, so the node is alive.
             let core = unsafe { p.as_ref() };
             let c = &core.counters[r.index()];
             if ok {
@@ -114,21 +180,112 @@ impl Path {
             } else {
                 single_writer_add(&c.errors[i], 1);
             }
-            // Release: the node's reclaimer reads zero only after everything
-            // this I/O did with the node (hence not `single_writer_add`,
-            // whose store is Relaxed).
-            let n = c.inflight.load(Ordering::Relaxed);
-            c.inflight.store(n - 1, Ordering::Release);
+            c.unpin();
         }
         self.len = 0;
         ns
     }
 }
 
+#[cfg(not(loom))]
 impl Drop for Path {
     fn drop(&mut self) {
         // An Io dropped without completing would leave its nodes pinned
         // forever and their removal would hang; make that loud in tests.
         debug_assert!(self.len == 0, "I/O dropped without completion");
+    }
+}
+
+#[cfg(all(test, loom))]
+mod tests {
+    //! Run with: RUSTFLAGS="--cfg loom" cargo test -p pollux-graph --release --lib loom
+    //!
+    //! The node lifetime rule: an I/O pins the node it found before its
+    //! reactor's next quiescent point and may use it for many iterations.
+    //! The writer unpublishes the node (`Rcu`'s real `publish`, with the
+    //! poller's real grace period), waits with `NodeCore::wait_drained`, and
+    //! only then closes it. The reader must never use a closed node.
+    use super::*;
+    use crate::rcu::Rcu;
+    use loom::thread;
+    use pollux_poller::qsbr::{GracePeriod, QsCounter};
+    use pollux_poller::sync::{Arc, AtomicBool};
+
+    /// A node as the model sees it: the real core and a closed mark. The
+    /// writer holds an `Arc` until every thread is joined, as `Graph::update`
+    /// holds the removed nodes, so a late use reads the mark, not freed
+    /// memory.
+    struct Node {
+        core: NodeCore,
+        closed: AtomicBool,
+    }
+
+    /// A published version: the node, or none once it was removed.
+    struct Version {
+        node: Option<Arc<Node>>,
+    }
+
+    fn model(core: fn(String, usize) -> NodeCore) {
+        let mut b = loom::model::Builder::new();
+        // Three preemptions cover the pin racing the unpublish and the drain
+        // racing the unpin, and keep the run to seconds.
+        b.preemption_bound = Some(3);
+        b.check(move || {
+            let node = Arc::new(Node {
+                core: core("n".into(), 1),
+                closed: AtomicBool::new(false),
+            });
+            let rcu = Arc::new(Rcu::new(Version {
+                node: Some(node.clone()),
+            }));
+            let qs = Arc::new(QsCounter::new());
+
+            let (r2, q2) = (rcu.clone(), qs.clone());
+            let reader = thread::spawn(move || {
+                // Iteration 1: find the node and pin it.
+                // SAFETY: between two quiescent points of `q2`, which the
+                // writer's grace period waits for.
+                let v = unsafe { r2.read_unchecked() };
+                let Some(n) = v.node.as_deref() else {
+                    q2.go_offline();
+                    return;
+                };
+                n.core.counters[0].pin();
+                let n: *const Node = n;
+                q2.quiescent();
+                // Iteration 2: the I/O completes; the node must still be open.
+                // SAFETY: the writer's `Arc` keeps the memory until the join;
+                // whether the node is still usable is what the model checks.
+                let n = unsafe { &*n };
+                assert!(!n.closed.load(Ordering::Relaxed), "used a closed node");
+                n.core.counters[0].unpin();
+                q2.quiescent();
+                q2.go_offline();
+            });
+
+            // The writer: unpublish, grace period, drop the old version,
+            // drain, close (the order of `Graph::update`).
+            let old = rcu.lock().publish(Version { node: None }, || {
+                GracePeriod::wait(|| std::iter::once(&*qs), |_| thread::yield_now())
+            });
+            drop(old);
+            node.core.wait_drained(thread::yield_now);
+            node.closed.store(true, Ordering::Relaxed);
+
+            reader.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_pin_outlives_grace_period() {
+        model(NodeCore::new);
+    }
+
+    /// The grace period alone does not protect an I/O that outlives its
+    /// iteration: closing without the drain must be caught.
+    #[test]
+    #[should_panic(expected = "used a closed node")]
+    fn loom_finds_close_without_drain() {
+        model(NodeCore::skipping_drain_wait);
     }
 }

@@ -6,16 +6,23 @@
 //! Layout: `runtime` starts reactors and hands out a `Handle`; `reactor` is
 //! the loop and the context callbacks receive; `wakeup` and `qsbr` are the
 //! two lock-free protocols (model-checked with loom); `sync` is what they
-//! are built on (std or loom atomics) and holds the owner-only counter
-//! helper; `timer`, `stats` and `per_reactor` hold what their names say;
-//! `cpu` validates core lists.
+//! and the graph's protocols are built on (std or loom atomics, and the
+//! owner-only counter helper); `timer`, `stats` and `per_reactor` hold what
+//! their names say; `cpu` validates core lists.
 
 pub mod sync;
 
 pub mod cpu;
 #[cfg(not(loom))]
 mod epoll;
+// Public only to the loom models of the graph crate, which drive the real
+// grace period without a runtime; production code uses `Handle::synchronize`.
+#[cfg(loom)]
+pub mod qsbr;
+#[cfg(not(loom))]
 pub(crate) mod qsbr;
+// Under loom only its own models use it (the graph's models need only qsbr).
+#[cfg(any(not(loom), test))]
 pub(crate) mod wakeup;
 
 #[cfg(not(loom))]

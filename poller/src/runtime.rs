@@ -224,24 +224,22 @@ impl Handle {
     /// reactors are woken so the wait stays short. Control threads only.
     pub fn synchronize(&self) -> Duration {
         let start = Instant::now();
-        let counters = || self.shared.reactors.iter().map(|r| &*r.qs);
-        let mut gp = GracePeriod::begin(counters());
         let mut spins = 0u32;
-        loop {
-            let pending: Vec<usize> = gp.pending(counters()).collect();
-            if pending.is_empty() {
-                return start.elapsed();
-            }
-            for i in pending {
-                self.shared.reactors[i].wakeup.notify();
-            }
-            // Sleep rather than yield: on a machine where every core runs a
-            // spinning reactor, sched_yield rarely gets this thread back
-            // before the time slice ends (~4 ms per grace period measured on
-            // 2 cores), while a short sleep earns a wakeup preemption.
-            spins += 1;
-            std::thread::sleep(Duration::from_micros(if spins < 16 { 5 } else { 50 }));
-        }
+        GracePeriod::wait(
+            || self.shared.reactors.iter().map(|r| &*r.qs),
+            |pending| {
+                for &i in pending {
+                    self.shared.reactors[i].wakeup.notify();
+                }
+                // Sleep rather than yield: on a machine where every core runs
+                // a spinning reactor, sched_yield rarely gets this thread back
+                // before the time slice ends (~4 ms per grace period measured
+                // on 2 cores), while a short sleep earns a wakeup preemption.
+                spins += 1;
+                std::thread::sleep(Duration::from_micros(if spins < 16 { 5 } else { 50 }));
+            },
+        );
+        start.elapsed()
     }
 
     /// True once `Runtime::shutdown` began.

@@ -1,14 +1,21 @@
-//! Atomics that `loom` can model, and the owner-only counter helper.
+//! Atomics, locks and the owner-only counter helper, in the versions `loom`
+//! can model.
 //!
 //! The lock-free protocols of this crate (the sleep/wakeup handshake and the
-//! quiescent-state grace period) are compiled against these names so that the
+//! quiescent-state grace period) and of `pollux-graph` (snapshot publication
+//! and the per-node in-flight pins) are compiled against these names, so the
 //! very same code runs under `RUSTFLAGS="--cfg loom"` in the model tests.
+//! Outside loom they are the `std` types themselves, at no cost.
 
 #[cfg(loom)]
-pub use loom::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+pub use loom::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, Ordering};
+#[cfg(loom)]
+pub use loom::sync::{Arc, Mutex, MutexGuard};
 
 #[cfg(not(loom))]
-pub use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+pub use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, Ordering};
+#[cfg(not(loom))]
+pub use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Adds `by` (wrapping) to a counter that only the calling thread writes.
 ///
