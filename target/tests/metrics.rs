@@ -234,7 +234,11 @@ const CORE_FAMILIES: &[&str] = &[
 
 /// The front-ends' gauges: they only appear once a front-end registers
 /// them.
-const FRONT_END_FAMILIES: &[&str] = &["pollux_nvmf_connections", "pollux_vhost_queues"];
+const FRONT_END_FAMILIES: &[&str] = &[
+    "pollux_nvmf_connections",
+    "pollux_nvmf_requests",
+    "pollux_vhost_queues",
+];
 
 /// Every metric family the daemon exports.
 fn is_family(name: &str) -> bool {
