@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use pollux_graph::nodes::{passthru::PassthruNode, ram::RamNode};
 use pollux_graph::{AlignedBuf, Graph, Io, IoBuf, IoOp, IoResult, IoSink, RootId};
 use pollux_poller::Reactor;
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
 
 const CYCLES: usize = 10_000;
 const BLOCK: u64 = 4096;
@@ -30,21 +32,18 @@ struct Totals {
     outstanding: AtomicU64,
 }
 
+/// The block content a seed stands for: the same bytes every time, so a
+/// read is checked against the seed of the last write.
 fn pattern(seed: u64, out: &mut [u8]) {
-    let mut x = seed | 1;
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
+    SmallRng::seed_from_u64(seed).fill_bytes(out);
 }
 
 struct Slot {
     first_block: u64,
     /// Pattern seed last written per block of the slot (0 = never written).
     written: Vec<u64>,
-    rng: u64,
+    /// Seeded per slot: a failing run replays the same I/O sequence.
+    rng: SmallRng,
 }
 
 struct Worker {
@@ -72,14 +71,12 @@ impl Worker {
         }
         let mut slots = self.slots.borrow_mut();
         let s = &mut slots[tag as usize];
-        s.rng ^= s.rng << 13;
-        s.rng ^= s.rng >> 7;
-        s.rng ^= s.rng << 17;
-        let blk = s.rng % BLOCKS_PER_SLOT;
+        let blk = s.rng.random_range(0..BLOCKS_PER_SLOT);
         let offset = (s.first_block + blk) * BLOCK;
         let mut buf = AlignedBuf::zeroed(BLOCK as usize);
-        let op = if s.rng & 1 == 0 || s.written[blk as usize] == 0 {
-            let seed = s.rng | 1;
+        let op = if s.rng.random_bool(0.5) || s.written[blk as usize] == 0 {
+            // Odd, so never the "never written" 0.
+            let seed = s.rng.random::<u64>() | 1;
             pattern(seed, buf.as_mut_slice());
             s.written[blk as usize] = seed;
             IoOp::Write
@@ -135,7 +132,7 @@ fn filter_churn_under_verified_io() {
                     .map(|i| Slot {
                         first_block: (reactor * SLOTS_PER_REACTOR + i) * BLOCKS_PER_SLOT,
                         written: vec![0; BLOCKS_PER_SLOT as usize],
-                        rng: 0x9E37_79B9_7F4A_7C15 ^ (reactor << 32 | i),
+                        rng: SmallRng::seed_from_u64(reactor << 32 | i),
                     })
                     .collect();
                 let w = Rc::new(Worker {
