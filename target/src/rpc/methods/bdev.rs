@@ -126,11 +126,21 @@ fn check_block_size(bs: u32) -> Result<u32, RpcError> {
     }
 }
 
-fn build(d: &Dispatcher, cfg: &BdevConfig) -> Result<(), RpcError> {
+/// Builds `cfg` and records it as made by `method` with `params` (what
+/// `save_config` replays): the answer of every `bdev_*_create`, its name.
+fn create(
+    d: &Dispatcher,
+    cfg: BdevConfig,
+    method: &'static str,
+    params: Value,
+    uuid: Option<String>,
+) -> Result<Value, RpcError> {
     if d.ctx.bdevs().contains_key(&cfg.name) || d.ctx.graph.node_geometry(&cfg.name).is_some() {
-        return Err(GraphError::NameExists(cfg.name.clone()).into());
+        return Err(GraphError::NameExists(cfg.name).into());
     }
-    Ok(bdev::build(&d.ctx.graph, cfg)?)
+    bdev::build(&d.ctx.graph, &cfg)?;
+    record(&d.ctx, &cfg.name, method, params, uuid);
+    Ok(json!(cfg.name))
 }
 
 /// -32602 naming `param` when a documented SPDK param asks for something
@@ -247,19 +257,18 @@ fn bdev_malloc_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcErro
             .expect("an unused name exists"),
     };
     let size = size_of(p.num_blocks, bs)?;
-    build(
-        d,
-        &BdevConfig {
-            name: name.clone(),
-            kind: BdevKind::Ram {
-                size,
-                block_size: bs,
-            },
-        },
-    )?;
     let params = json!({"name": name, "num_blocks": p.num_blocks, "block_size": bs});
-    record(&d.ctx, &name, "bdev_malloc_create", params, uuid);
-    Ok(json!(name))
+    let kind = BdevKind::Ram {
+        size,
+        block_size: bs,
+    };
+    create(
+        d,
+        BdevConfig { name, kind },
+        "bdev_malloc_create",
+        params,
+        uuid,
+    )
 }
 
 fn size_of(num_blocks: u64, bs: u32) -> Result<u64, RpcError> {
@@ -310,19 +319,13 @@ fn bdev_null_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError>
     }
     let uuid = check_uuid(p.uuid)?;
     let size = size_of(p.num_blocks, bs)?;
-    build(
-        d,
-        &BdevConfig {
-            name: p.name.clone(),
-            kind: BdevKind::Null {
-                size,
-                block_size: bs,
-            },
-        },
-    )?;
     let params = json!({"name": p.name, "num_blocks": p.num_blocks, "block_size": bs});
-    record(&d.ctx, &p.name, "bdev_null_create", params, uuid);
-    Ok(json!(p.name))
+    let kind = BdevKind::Null {
+        size,
+        block_size: bs,
+    };
+    let cfg = BdevConfig { name: p.name, kind };
+    create(d, cfg, "bdev_null_create", params, uuid)
 }
 
 /// `bdev_aio_create`'s params (SPDK 24.01 to 26.09).
@@ -383,20 +386,13 @@ fn uring_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
 fn file_create(d: &Dispatcher, p: UringCreate, method: &'static str) -> Result<Value, RpcError> {
     let bs = check_block_size(p.block_size.unwrap_or(512))?;
     let uuid = check_uuid(p.uuid)?;
-    build(
-        d,
-        &BdevConfig {
-            name: p.name.clone(),
-            kind: BdevKind::File {
-                path: p.filename.clone(),
-                direct: true,
-                block_size: bs,
-            },
-        },
-    )?;
     let params = json!({"name": p.name, "filename": p.filename, "block_size": bs});
-    record(&d.ctx, &p.name, method, params, uuid);
-    Ok(json!(p.name))
+    let kind = BdevKind::File {
+        path: p.filename,
+        direct: true,
+        block_size: bs,
+    };
+    create(d, BdevConfig { name: p.name, kind }, method, params, uuid)
 }
 
 #[derive(Deserialize)]
@@ -413,18 +409,12 @@ fn bdev_passthru_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcEr
     if d.ctx.graph.node_geometry(&p.base_bdev_name).is_none() {
         return Err(RpcError::no_such_bdev(&p.base_bdev_name));
     }
-    build(
-        d,
-        &BdevConfig {
-            name: p.name.clone(),
-            kind: BdevKind::Passthru {
-                child: p.base_bdev_name.clone(),
-            },
-        },
-    )?;
     let params = json!({"name": p.name, "base_bdev_name": p.base_bdev_name});
-    record(&d.ctx, &p.name, "bdev_passthru_create", params, uuid);
-    Ok(json!(p.name))
+    let kind = BdevKind::Passthru {
+        child: p.base_bdev_name,
+    };
+    let cfg = BdevConfig { name: p.name, kind };
+    create(d, cfg, "bdev_passthru_create", params, uuid)
 }
 
 #[derive(Deserialize)]
