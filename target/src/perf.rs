@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use pollux_graph::{AlignedBuf, Graph, Io, IoBuf, IoOp, IoResult, IoSink, RootId};
 use pollux_poller::Reactor;
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -82,7 +84,9 @@ struct Job {
     spec: PerfSpec,
     /// Number of `bs`-sized slots on the device.
     slots: u64,
-    rng: Cell<u64>,
+    /// Offsets and read/write choices: deterministic per reactor, so runs
+    /// are repeatable.
+    rng: RefCell<SmallRng>,
     hist: RefCell<Histogram<u64>>,
     ios: Cell<u64>,
     errors: Cell<u64>,
@@ -93,18 +97,9 @@ struct Job {
 }
 
 impl Job {
-    fn next_rand(&self) -> u64 {
-        // xorshift64: a few cycles, good enough to spread offsets.
-        let mut x = self.rng.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.set(x);
-        x
-    }
-
     fn submit(&self, r: &Reactor, tag: u64, buf: AlignedBuf) {
-        let x = self.next_rand();
+        // One draw per I/O: its top bit picks the op, the rest the offset.
+        let x = self.rng.borrow_mut().next_u64();
         let op = match self.spec.rw {
             Rw::Randread => IoOp::Read,
             Rw::Randwrite => IoOp::Write,
@@ -198,7 +193,7 @@ fn run_on(target: &Target, bdev: &str, spec: &PerfSpec) -> Result<PerfReport> {
                 root,
                 stop,
                 slots,
-                rng: Cell::new(0x2545_F491_4F6C_DD1D ^ ((r.index() as u64 + 1) << 17)),
+                rng: RefCell::new(SmallRng::seed_from_u64(r.index() as u64)),
                 hist: RefCell::new(
                     Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("valid bounds"),
                 ),

@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use pollux_nvme::host::{rw_sqe, Controller, HostConfig, QueuePair};
 use quanta::Clock;
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 
 use crate::perf::{LatencyUs, PerfReport, PerfSpec, Rw};
 
@@ -91,7 +93,8 @@ pub fn run(spec: &NvmfSpec) -> Result<PerfReport> {
     let clock = Clock::new();
     let mut hist = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3)?;
     let (mut ios, mut errors) = (0u64, 0u64);
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    // Deterministic, so runs are repeatable.
+    let mut rng = SmallRng::seed_from_u64(0);
     let t0 = Instant::now();
     let end = t0 + load.time;
     let mut last_ka = t0;
@@ -105,15 +108,15 @@ pub fn run(spec: &NvmfSpec) -> Result<PerfReport> {
         for q in queues.iter_mut() {
             while !stopping && (q.qp.outstanding() as u32) < load.qd {
                 let Some(buf) = q.bufs.pop() else { break };
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
+                // One draw per I/O: its top bit picks the op, the rest the
+                // block.
+                let x = rng.next_u64();
                 let write = match load.rw {
                     Rw::Randread => false,
                     Rw::Randwrite => true,
-                    Rw::Randrw => rng >> 63 == 1,
+                    Rw::Randrw => x >> 63 == 1,
                 };
-                let slba = (rng % slots) * u64::from(nlb);
+                let slba = (x % slots) * u64::from(nlb);
                 let t = clock.raw();
                 let cid =
                     q.qp.submit(rw_sqe(write, spec.nsid, slba, nlb), buf, write)
