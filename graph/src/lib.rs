@@ -20,36 +20,34 @@
 // (statistics, names, teardown) are not built.
 #![cfg_attr(loom, allow(dead_code))]
 
-#[cfg(not(loom))]
-pub mod buf;
-#[cfg(not(loom))]
-mod cell;
-#[cfg(not(loom))]
-mod completion;
-#[cfg(not(loom))]
-mod graph;
-#[cfg(not(loom))]
-pub mod io;
+// The protocol rooms, built everywhere.
 pub mod latency;
-#[cfg(not(loom))]
-pub mod node;
-#[cfg(not(loom))]
-pub mod nodes;
 mod pin;
 mod rcu;
-#[cfg(not(loom))]
-mod snapshot;
-#[cfg(not(loom))]
-pub mod uring;
 
-#[cfg(not(loom))]
-pub use buf::{AlignedBuf, IoBuf, RawSegment};
-#[cfg(not(loom))]
-pub use graph::{Graph, GraphError, GraphInfo, GraphStats, NodeInfo, NodeStats, RootInfo};
-#[cfg(not(loom))]
-pub use io::{Io, IoError, IoOp, IoResult, IoSink};
 pub use latency::LatencyHistogram;
-#[cfg(not(loom))]
-pub use node::{BlockNode, Geometry};
-#[cfg(not(loom))]
-pub use snapshot::{NodeId, RootId, Snapshot, SnapshotGuard};
+
+/// Declares the rooms that need reactors: they are left out under loom.
+macro_rules! with_reactors {
+    ($($item:item)*) => {
+        $(#[cfg(not(loom))] $item)*
+    };
+}
+
+with_reactors! {
+    pub mod buf;
+    mod cell;
+    mod completion;
+    mod graph;
+    pub mod io;
+    pub mod node;
+    pub mod nodes;
+    mod snapshot;
+    pub mod uring;
+
+    pub use buf::{AlignedBuf, IoBuf, RawSegment};
+    pub use graph::{Graph, GraphError, GraphInfo, GraphStats, NodeInfo, NodeStats, RootInfo};
+    pub use io::{Io, IoError, IoOp, IoResult, IoSink};
+    pub use node::{BlockNode, Geometry};
+    pub use snapshot::{NodeId, RootId, Snapshot, SnapshotGuard};
+}
