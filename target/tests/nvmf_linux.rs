@@ -201,18 +201,7 @@ fn rpc_built_daemon(port: u16, c2h_success: bool) -> Daemon {
     }
     rpc.call("nvmf_create_transport", params);
     rpc.run(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"]);
-    rpc.run(&["nvmf_create_subsystem", NQN, "-a"]);
-    rpc.run(&["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
-    rpc.run(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port.to_string(),
-    ]);
+    rpc.export_tcp(NQN, "Malloc0", port);
     d
 }
 

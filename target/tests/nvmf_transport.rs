@@ -168,18 +168,7 @@ fn icresp_maxh2cdata(addr: SocketAddr) -> u32 {
 /// Bdev, subsystem open to any host, namespace and listener, over rpc.py.
 fn export(rpc: &SpdkRpc, port: u16) {
     rpc.run(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"]);
-    rpc.run(&["nvmf_create_subsystem", OPEN, "-a"]);
-    rpc.run(&["nvmf_subsystem_add_ns", OPEN, "Malloc0"]);
-    rpc.run(&[
-        "nvmf_subsystem_add_listener",
-        OPEN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port.to_string(),
-    ]);
+    rpc.export_tcp(OPEN, "Malloc0", port);
 }
 
 #[test]
