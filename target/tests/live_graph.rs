@@ -37,15 +37,9 @@ const MIN_PAIRS_DURING_CHURN: u64 = CHURN as u64 / 10;
 /// Starts pollux on an empty target in `dir`: two adaptive reactors,
 /// metrics on a free port, vhost sockets and the RPC socket in `dir`.
 fn start(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
-    let cfg = format!(
-        "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [vhost]\nsocket_dir = \"{}\"\n",
-        dir.path().display()
-    );
     Daemon::builder()
         .in_dir(dir)
-        .config(cfg)
+        .empty_target("[0, 1]")
         .args(extra)
         .start()
 }

@@ -40,13 +40,8 @@ const HOSTID: &str = "5f7c2a7e-7d3a-4e1b-9a53-6f0c1d2e3f40";
 /// Pollux with no bdevs: one reactor, metrics on a free port, vhost
 /// controller sockets in its private directory.
 fn start() -> Daemon {
-    let b = Daemon::builder();
-    let cfg = format!(
-        "[reactors]\ncores = [0]\nidle = \"adaptive\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [vhost]\nsocket_dir = \"{}\"\n",
-        b.dir().display()
-    );
-    b.config(cfg)
+    Daemon::builder()
+        .empty_target("[0]")
         .ready(Ready::RpcSocket)
         .timeout(Duration::from_secs(20))
         .start()

@@ -40,16 +40,8 @@ const FILTER: &str = "churn0";
 /// a 64 MiB malloc bdev exported by controller `vhost.0` with two queues,
 /// one per reactor.
 fn start() -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = format!(
-        "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [vhost]\nsocket_dir = \"{}\"\n",
-        dir.path().display()
-    );
     let d = Daemon::builder()
-        .in_dir(dir)
-        .config(cfg)
+        .empty_target("[0, 1]")
         .log_filter("info,pollux::vhost=debug")
         .start();
     let rpc = d.spdk();

@@ -99,6 +99,19 @@ impl DaemonBuilder {
         self
     }
 
+    /// The config of an empty target: adaptive reactors on `cores` (TOML,
+    /// such as `[0, 1]`), metrics on a free port, vhost controller sockets
+    /// in the daemon's directory (so after [`Self::in_dir`], if any).
+    pub fn empty_target(self, cores: &str) -> Self {
+        let cfg = format!(
+            "[reactors]\ncores = {cores}\nidle = \"adaptive\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [vhost]\nsocket_dir = \"{}\"\n",
+            self.dir().display()
+        );
+        self.config(cfg)
+    }
+
     /// No `--rpc-socket` (the daemon uses its config's or the default).
     pub fn no_rpc_socket(mut self) -> Self {
         self.rpc_socket = false;
