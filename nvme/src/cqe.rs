@@ -1,7 +1,6 @@
 //! Completion queue entries (16 bytes).
 
-use crate::bytes::{arr, r16, r32, w16, w32};
-use crate::error::{need, ParseError};
+use crate::bytes::{r16, r32, w16, w32};
 use crate::status::Status;
 
 /// One completion queue entry in wire form.
@@ -24,39 +23,15 @@ impl core::fmt::Debug for Cqe {
     }
 }
 
-impl Cqe {
-    /// Size of a CQE on the wire.
-    pub const SIZE: usize = 16;
+wire_entry!(Cqe, "a CQE", 16);
 
+impl Cqe {
     /// A completion for `cid` with the given status; other fields zero.
     pub fn new(cid: u16, status: Status) -> Self {
         let mut c = Self::default();
         c.set_cid(cid);
         c.set_status(status);
         c
-    }
-
-    /// Wraps raw bytes.
-    pub const fn from_array(raw: [u8; Self::SIZE]) -> Self {
-        Self { raw }
-    }
-
-    /// Parses the first 16 bytes of `b`.
-    pub fn from_bytes(b: &[u8]) -> Result<Self, ParseError> {
-        need(Self::SIZE, b.len())?;
-        Ok(Self { raw: arr(b, 0) })
-    }
-
-    /// The wire bytes.
-    pub const fn as_bytes(&self) -> &[u8; Self::SIZE] {
-        &self.raw
-    }
-
-    /// Copies the CQE into the first 16 bytes of `out`.
-    pub fn write_to(&self, out: &mut [u8]) -> Result<(), ParseError> {
-        need(Self::SIZE, out.len())?;
-        out[..Self::SIZE].copy_from_slice(&self.raw);
-        Ok(())
     }
 
     /// Dword 0 (command specific result).

@@ -48,3 +48,41 @@ macro_rules! u8_enum {
         }
     };
 }
+
+/// Declares the byte plumbing of a fixed-size queue entry kept in wire form
+/// as `raw: [u8; SIZE]`: its size, and the checked conversions from and to
+/// byte slices. SQEs and CQEs need exactly the same ones, so they live here
+/// once.
+macro_rules! wire_entry {
+    ($name:ident, $what:literal, $size:literal) => {
+        impl $name {
+            #[doc = concat!("Size of ", $what, " on the wire.")]
+            pub const SIZE: usize = $size;
+
+            /// Wraps raw bytes.
+            pub const fn from_array(raw: [u8; Self::SIZE]) -> Self {
+                Self { raw }
+            }
+
+            #[doc = concat!("Parses the first ", stringify!($size), " bytes of `b`.")]
+            pub fn from_bytes(b: &[u8]) -> Result<Self, $crate::error::ParseError> {
+                $crate::error::need(Self::SIZE, b.len())?;
+                Ok(Self {
+                    raw: $crate::bytes::arr(b, 0),
+                })
+            }
+
+            /// The wire bytes.
+            pub const fn as_bytes(&self) -> &[u8; Self::SIZE] {
+                &self.raw
+            }
+
+            #[doc = concat!("Copies the ", $what, " into the first ", stringify!($size), " bytes of `out`.")]
+            pub fn write_to(&self, out: &mut [u8]) -> Result<(), $crate::error::ParseError> {
+                $crate::error::need(Self::SIZE, out.len())?;
+                out[..Self::SIZE].copy_from_slice(&self.raw);
+                Ok(())
+            }
+        }
+    };
+}

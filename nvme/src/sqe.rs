@@ -1,7 +1,6 @@
 //! Submission queue entries (64 bytes) and SGL descriptors (16 bytes).
 
 use crate::bytes::{arr, r32, r64, w32, w64};
-use crate::error::{need, ParseError};
 
 u8_enum! {
     /// Fused operation (CDW0 bits 9:8).
@@ -63,9 +62,9 @@ impl core::fmt::Debug for Sqe {
     }
 }
 
+wire_entry!(Sqe, "an SQE", 64);
+
 impl Sqe {
-    /// Size of an SQE on the wire.
-    pub const SIZE: usize = 64;
     /// Byte offset of NSID.
     pub const NSID_OFFSET: usize = 4;
     /// Byte offset of MPTR.
@@ -83,32 +82,9 @@ impl Sqe {
         s
     }
 
-    /// Wraps raw bytes.
-    pub const fn from_array(raw: [u8; Self::SIZE]) -> Self {
-        Self { raw }
-    }
-
-    /// Parses the first 64 bytes of `b`.
-    pub fn from_bytes(b: &[u8]) -> Result<Self, ParseError> {
-        need(Self::SIZE, b.len())?;
-        Ok(Self { raw: arr(b, 0) })
-    }
-
-    /// The wire bytes.
-    pub const fn as_bytes(&self) -> &[u8; Self::SIZE] {
-        &self.raw
-    }
-
     /// Mutable wire bytes, for fields without an accessor.
     pub fn as_bytes_mut(&mut self) -> &mut [u8; Self::SIZE] {
         &mut self.raw
-    }
-
-    /// Copies the SQE into the first 64 bytes of `out`.
-    pub fn write_to(&self, out: &mut [u8]) -> Result<(), ParseError> {
-        need(Self::SIZE, out.len())?;
-        out[..Self::SIZE].copy_from_slice(&self.raw);
-        Ok(())
     }
 
     /// Opcode (CDW0 bits 7:0).
