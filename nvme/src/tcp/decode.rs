@@ -5,8 +5,8 @@ use thiserror::Error;
 
 use super::digest::{crc32c, DIGEST_LEN};
 use super::pdu::{
-    flags, Fes, Pdu, PduFrame, PduType, TermReq, COMMON_HEADER_LEN, MAXH2CDATA_MIN, MAX_PDA,
-    PFV_1_0, TERM_REQ_MAX_DATA_RX,
+    flags, DataPlacement, Fes, Pdu, PduFrame, PduType, TermReq, COMMON_HEADER_LEN, MAXH2CDATA_MIN,
+    MAX_PDA, PFV_1_0, TERM_REQ_MAX_DATA_RX,
 };
 use crate::bytes::r32;
 use crate::status::Status;
@@ -294,14 +294,7 @@ pub fn decode_common_header(ch: &[u8], limits: &Limits) -> Result<PduFrame, PduE
         });
     }
 
-    let bad_flags = Err(PduError::InvalidFlags {
-        pdu_type: ty,
-        flags: fl,
-    });
-    let hdgstf = fl & flags::HDGSTF != 0;
-    let ddgstf = fl & flags::DDGSTF != 0;
-
-    if ty.is_term() {
+    let at = if ty.is_term() {
         // Digest and PDO rules do not apply: a TermReq must be readable
         // even when digests are what failed, and it is never answered.
         let data_len = plen
@@ -310,18 +303,34 @@ pub fn decode_common_header(ch: &[u8], limits: &Limits) -> Result<PduFrame, PduE
         if data_len as usize > TERM_REQ_MAX_DATA_RX {
             return Err(PduError::InvalidPlen(plen));
         }
-        return Ok(PduFrame {
-            pdu_type: ty,
-            flags: fl,
-            hlen,
-            pdo,
-            plen,
+        DataPlacement {
             hdgst: false,
             ddgst: false,
             data_offset: u32::from(hlen),
             data_len,
-        });
-    }
+        }
+    } else {
+        place_data(ty, fl, hlen, pdo, plen, limits)?
+    };
+    Ok(PduFrame::new(ty, fl, hlen, pdo, plen, at))
+}
+
+/// Where the data of a PDU other than a TermReq sits, checked against the
+/// digests negotiated in `limits`, PDA alignment and the data limits.
+fn place_data(
+    ty: PduType,
+    fl: u8,
+    hlen: u8,
+    pdo: u8,
+    plen: u32,
+    limits: &Limits,
+) -> Result<DataPlacement, PduError> {
+    let bad_flags = Err(PduError::InvalidFlags {
+        pdu_type: ty,
+        flags: fl,
+    });
+    let hdgstf = fl & flags::HDGSTF != 0;
+    let ddgstf = fl & flags::DDGSTF != 0;
 
     let hd = limits.hdgst && ty.uses_digests();
     if hdgstf != hd {
@@ -341,12 +350,7 @@ pub fn decode_common_header(ch: &[u8], limits: &Limits) -> Result<PduFrame, PduE
         if ddgstf {
             return bad_flags;
         }
-        return Ok(PduFrame {
-            pdu_type: ty,
-            flags: fl,
-            hlen,
-            pdo,
-            plen,
+        return Ok(DataPlacement {
             hdgst: hd,
             ddgst: false,
             data_offset: header_len,
@@ -381,12 +385,7 @@ pub fn decode_common_header(ch: &[u8], limits: &Limits) -> Result<PduFrame, PduE
             max,
         });
     }
-    Ok(PduFrame {
-        pdu_type: ty,
-        flags: fl,
-        hlen,
-        pdo,
-        plen,
+    Ok(DataPlacement {
         hdgst: hd,
         ddgst: dd,
         data_offset: pdo32,

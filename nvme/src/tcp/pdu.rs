@@ -353,7 +353,41 @@ pub struct PduFrame {
     pub data_len: u32,
 }
 
+/// Where a PDU's data sits: the part of a [`PduFrame`] that the encoder
+/// (from the negotiated parameters) and the decoder (from the peer's header,
+/// once checked) each work out their own way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct DataPlacement {
+    pub(super) hdgst: bool,
+    pub(super) ddgst: bool,
+    pub(super) data_offset: u32,
+    pub(super) data_len: u32,
+}
+
 impl PduFrame {
+    /// The frame of a PDU with these common header fields and its data
+    /// placed at `at`.
+    pub(super) const fn new(
+        pdu_type: PduType,
+        flags: u8,
+        hlen: u8,
+        pdo: u8,
+        plen: u32,
+        at: DataPlacement,
+    ) -> Self {
+        PduFrame {
+            pdu_type,
+            flags,
+            hlen,
+            pdo,
+            plen,
+            hdgst: at.hdgst,
+            ddgst: at.ddgst,
+            data_offset: at.data_offset,
+            data_len: at.data_len,
+        }
+    }
+
     /// Header bytes including the header digest.
     pub const fn header_len(&self) -> usize {
         self.hlen as usize + if self.hdgst { DIGEST_LEN } else { 0 }
@@ -413,7 +447,7 @@ impl PduFrame {
         let hdgst = digests && p.hdgst;
         let has_data = data_len > 0;
         let ddgst = digests && p.ddgst && has_data;
-        let header_len = u32::from(hlen) + if hdgst { 4 } else { 0 };
+        let header_len = u32::from(hlen) + if hdgst { DIGEST_LEN as u32 } else { 0 };
         let (pdo, data_offset) = if ty.is_term() {
             if data_len as usize > TERM_REQ_MAX_DATA_RX {
                 return Err(EncodeError::DataTooLong(data_len));
@@ -433,7 +467,7 @@ impl PduFrame {
         };
         let plen = data_offset
             .checked_add(data_len)
-            .and_then(|v| v.checked_add(if ddgst { 4 } else { 0 }))
+            .and_then(|v| v.checked_add(if ddgst { DIGEST_LEN as u32 } else { 0 }))
             .ok_or(EncodeError::DataTooLong(data_len))?;
         let mut fl = type_flags;
         if hdgst {
@@ -442,17 +476,13 @@ impl PduFrame {
         if ddgst {
             fl |= flags::DDGSTF;
         }
-        Ok(PduFrame {
-            pdu_type: ty,
-            flags: fl,
-            hlen,
-            pdo,
-            plen,
+        let at = DataPlacement {
             hdgst,
             ddgst,
             data_offset,
             data_len,
-        })
+        };
+        Ok(PduFrame::new(ty, fl, hlen, pdo, plen, at))
     }
 
     /// The common header this frame describes.
