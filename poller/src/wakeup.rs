@@ -185,16 +185,29 @@ mod tests {
         }
     }
 
+    /// A reactor's wakeup and its inbox, as one model run starts them.
+    fn model_reactor() -> (Arc<Wakeup<ModelEvent>>, Arc<AtomicUsize>) {
+        (
+            Arc::new(Wakeup::new(ModelEvent::new())),
+            Arc::new(AtomicUsize::new(0)),
+        )
+    }
+
+    /// The sending side of the model: a thread that pushes one message into
+    /// the inbox, then notifies the reactor.
+    fn producer(w: &Arc<Wakeup<ModelEvent>>, inbox: &Arc<AtomicUsize>) -> thread::JoinHandle<()> {
+        let (w, inbox) = (w.clone(), inbox.clone());
+        thread::spawn(move || {
+            inbox.fetch_add(1, Ordering::Relaxed);
+            w.notify();
+        })
+    }
+
     #[test]
     fn loom_no_lost_wakeup_one_producer() {
         loom::model(|| {
-            let w = Arc::new(Wakeup::new(ModelEvent::new()));
-            let inbox = Arc::new(AtomicUsize::new(0));
-            let (w2, i2) = (w.clone(), inbox.clone());
-            let p = thread::spawn(move || {
-                i2.fetch_add(1, Ordering::Relaxed);
-                w2.notify();
-            });
+            let (w, inbox) = model_reactor();
+            let p = producer(&w, &inbox);
             consumer(&w, &inbox, 1);
             p.join().unwrap();
         });
@@ -208,16 +221,8 @@ mod tests {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(2);
         b.check(|| {
-            let w = Arc::new(Wakeup::new(ModelEvent::new()));
-            let inbox = Arc::new(AtomicUsize::new(0));
-            let mut hs = Vec::new();
-            for _ in 0..2 {
-                let (w2, i2) = (w.clone(), inbox.clone());
-                hs.push(thread::spawn(move || {
-                    i2.fetch_add(1, Ordering::Relaxed);
-                    w2.notify();
-                }));
-            }
+            let (w, inbox) = model_reactor();
+            let hs: Vec<_> = (0..2).map(|_| producer(&w, &inbox)).collect();
             consumer(&w, &inbox, 2);
             for h in hs {
                 h.join().unwrap();
@@ -233,13 +238,8 @@ mod tests {
     #[should_panic(expected = "deadlock; threads = ")]
     fn loom_finds_lost_wakeup_in_broken_protocol() {
         loom::model(|| {
-            let w = Arc::new(Wakeup::new(ModelEvent::new()));
-            let inbox = Arc::new(AtomicUsize::new(0));
-            let (w2, i2) = (w.clone(), inbox.clone());
-            let p = thread::spawn(move || {
-                i2.fetch_add(1, Ordering::Relaxed);
-                w2.notify();
-            });
+            let (w, inbox) = model_reactor();
+            let p = producer(&w, &inbox);
             let mut got = 0;
             while got < 1 {
                 let n = inbox.swap(0, Ordering::Relaxed);
