@@ -77,6 +77,24 @@ impl Drop for HoldNode {
     }
 }
 
+/// A graph whose root "r" leads to one `HoldNode`, with one write parked on
+/// it. The receiver gets the write's completion once the test releases it.
+fn graph_with_parked_write(handle: &Handle) -> (Arc<Graph>, Arc<State>, Completions) {
+    let graph = Graph::new(handle);
+    let state = Arc::new(State::default());
+    graph
+        .add_node("hold", HoldNode(state.clone()), &[])
+        .unwrap();
+    let root = graph.add_root("r", "hold").unwrap();
+    let (tx, rx) = mpsc::channel();
+    submit(&graph, root, tx);
+    assert_eq!(state.parked.load(Ordering::SeqCst), 1);
+    (graph, state, rx)
+}
+
+/// What a `ChanSink` reports: each I/O's result and the data it read.
+type Completions = mpsc::Receiver<(pollux_graph::IoResult, Vec<u8>)>;
+
 /// Submits one write through `root` on reactor 0; it parks on the node.
 fn submit(graph: &Arc<Graph>, root: RootId, tx: mpsc::Sender<(pollux_graph::IoResult, Vec<u8>)>) {
     let g = graph.clone();
@@ -111,15 +129,7 @@ fn release(handle: &Handle, state: &Arc<State>) {
 #[test]
 fn removed_node_is_closed_only_after_its_io_completes() {
     let rt = runtime(1);
-    let graph = Graph::new(rt.handle());
-    let state = Arc::new(State::default());
-    graph
-        .add_node("hold", HoldNode(state.clone()), &[])
-        .unwrap();
-    let root = graph.add_root("r", "hold").unwrap();
-    let (tx, rx) = mpsc::channel();
-    submit(&graph, root, tx);
-    assert_eq!(state.parked.load(Ordering::SeqCst), 1);
+    let (graph, state, rx) = graph_with_parked_write(rt.handle());
 
     // The I/O stays in flight over many reactor iterations (and grace
     // periods: removing the root publishes and waits for one).
@@ -157,15 +167,7 @@ fn removed_node_is_closed_only_after_its_io_completes() {
 #[test]
 fn dropping_the_graph_with_io_in_flight_leaks_the_node_instead_of_freeing_it() {
     let rt = runtime(1);
-    let graph = Graph::new(rt.handle());
-    let state = Arc::new(State::default());
-    graph
-        .add_node("hold", HoldNode(state.clone()), &[])
-        .unwrap();
-    let root = graph.add_root("r", "hold").unwrap();
-    let (tx, rx) = mpsc::channel();
-    submit(&graph, root, tx);
-    assert_eq!(state.parked.load(Ordering::SeqCst), 1);
+    let (graph, state, rx) = graph_with_parked_write(rt.handle());
 
     // The last reference: the graph and its snapshot go away while the I/O
     // still points at the node.
@@ -186,14 +188,7 @@ fn dropping_the_graph_with_io_in_flight_leaks_the_node_instead_of_freeing_it() {
 #[test]
 fn dropping_an_idle_graph_closes_and_frees_its_nodes() {
     let rt = runtime(1);
-    let graph = Graph::new(rt.handle());
-    let state = Arc::new(State::default());
-    graph
-        .add_node("hold", HoldNode(state.clone()), &[])
-        .unwrap();
-    let root = graph.add_root("r", "hold").unwrap();
-    let (tx, rx) = mpsc::channel();
-    submit(&graph, root, tx);
+    let (graph, state, rx) = graph_with_parked_write(rt.handle());
     release(rt.handle(), &state);
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap().0, Ok(()));
 
