@@ -22,4 +22,6 @@ pub mod nvmf;
 pub mod perf;
 pub mod perf_nvmf;
 pub mod rpc;
+#[cfg(test)]
+mod testing;
 pub mod vhost;

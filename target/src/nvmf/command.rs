@@ -28,11 +28,10 @@ pub(super) mod bench {
     use std::sync::{mpsc, Arc};
     use std::time::Duration;
 
-    use pollux_graph::nodes::ram::RamNode;
-    use pollux_graph::{AlignedBuf, Graph};
+    use pollux_graph::AlignedBuf;
     use pollux_nvme::fabrics::Cc;
     use pollux_nvme::Sqe;
-    use pollux_poller::{IdlePolicy, Reactor, Runtime, RuntimeConfig};
+    use pollux_poller::Reactor;
 
     use crate::config::NvmfSubsystemConfig;
     use crate::nvmf::controller::{Controller, CtrlKind};
@@ -40,15 +39,17 @@ pub(super) mod bench {
     use crate::nvmf::subsystem::Subsystem;
     use crate::nvmf::transport::TransportOpts;
     use crate::nvmf::Shared;
+    use crate::testing::{loopback_subsystem, Reactors, RAM_BLOCK_SIZE};
 
-    /// Blocks of namespace 1 (512-byte blocks).
+    /// Blocks of namespace 1 ([`RAM_BLOCK_SIZE`] each).
     pub const BLOCKS: u64 = 2048;
     /// Its NQN.
     pub const NQN: &str = "nqn.2024-11.dev.pollux:bench";
 
     pub struct Bench {
-        rt: Option<Runtime>,
-        pub graph: Arc<Graph>,
+        // First: the graph and reactors shut down once `Drop::drop` removed
+        // the subsystem's roots, before the subsystem itself goes.
+        reactors: Reactors,
         pub shared: Arc<Shared>,
         pub ctrl: Arc<Controller>,
     }
@@ -57,28 +58,16 @@ pub(super) mod bench {
         /// `enabled`: CC.EN written, so admin commands beyond Fabrics are
         /// accepted.
         pub fn new(enabled: bool) -> Bench {
-            let rt = Runtime::start(RuntimeConfig::new(
-                vec![0],
-                IdlePolicy::Adaptive {
-                    idle_after: Duration::from_micros(200),
-                },
-            ))
-            .unwrap();
-            let graph = Graph::new(rt.handle());
-            graph
-                .add_node("ram0", RamNode::new(BLOCKS * 512, 512).unwrap(), &[])
-                .unwrap();
+            let reactors = Reactors::adaptive(vec![0]);
+            reactors.add_ram("ram0", BLOCKS * u64::from(RAM_BLOCK_SIZE));
+            let graph = &reactors.graph;
+            // Built directly, never listened on.
             let cfg = NvmfSubsystemConfig {
-                nqn: NQN.into(),
-                serial: "SN0001".into(),
-                model: "Pollux".into(),
-                namespaces: vec!["ram0".into()],
-                allow_any_host: true,
-                hosts: vec![],
                 listen: vec![],
+                ..loopback_subsystem(NQN, "ram0")
             };
-            let sub = Arc::new(Subsystem::build(&cfg, &graph, Vec::new()).unwrap());
-            let shared = Arc::new(Shared::new(&graph, TransportOpts::default()));
+            let sub = Arc::new(Subsystem::build(&cfg, graph, Vec::new()).unwrap());
+            let shared = Arc::new(Shared::new(graph, TransportOpts::default()));
             shared.subsystems.lock().unwrap().push(sub.clone());
             let ctrl = shared
                 .controllers()
@@ -94,8 +83,7 @@ pub(super) mod bench {
                 ctrl.write_cc(Cc(1));
             }
             Bench {
-                rt: Some(rt),
-                graph,
+                reactors,
                 shared,
                 ctrl,
             }
@@ -108,13 +96,9 @@ pub(super) mod bench {
         ) -> T {
             let (tx, rx) = mpsc::channel();
             let (shared, ctrl) = (self.shared.clone(), self.ctrl.clone());
-            self.rt
-                .as_ref()
-                .unwrap()
-                .handle()
-                .send_blocking(0, move |r| {
-                    let _ = tx.send(f(r, &shared, &ctrl));
-                });
+            self.reactors.runtime().handle().send_blocking(0, move |r| {
+                let _ = tx.send(f(r, &shared, &ctrl));
+            });
             rx.recv_timeout(Duration::from_secs(10)).unwrap()
         }
     }
@@ -122,11 +106,7 @@ pub(super) mod bench {
     impl Drop for Bench {
         fn drop(&mut self) {
             for s in self.shared.subsystem_list() {
-                s.remove_roots(&self.graph);
-            }
-            self.graph.shutdown();
-            if let Some(rt) = self.rt.take() {
-                rt.shutdown();
+                s.remove_roots(&self.reactors.graph);
             }
         }
     }

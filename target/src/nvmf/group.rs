@@ -402,17 +402,15 @@ pub(super) fn visits(r: &Reactor, target_id: u64) -> Vec<(SocketAddr, u64)> {
 #[cfg(test)]
 mod tests {
     use std::net::TcpStream;
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use pollux_graph::nodes::ram::RamNode;
-    use pollux_graph::Graph;
     use pollux_nvme::host::{self, HostConfig};
     use pollux_nvme::Status;
-    use pollux_poller::{IdlePolicy, Runtime, RuntimeConfig};
+    use pollux_poller::{IdlePolicy, Runtime};
 
     use super::super::NvmfTarget;
-    use crate::config::{NvmfConfig, NvmfSubsystemConfig};
+    use crate::config::NvmfConfig;
+    use crate::testing::{loopback_subsystem, Reactors};
 
     const NQN: &str = "nqn.2024-11.dev.pollux:group";
     const TIMEOUT: Duration = Duration::from_secs(10);
@@ -422,36 +420,26 @@ mod tests {
     /// A target on one spinning reactor (hundreds of thousands of passes
     /// a second, each of which used to visit every connection) over a RAM
     /// namespace of `bytes`.
-    fn start(bytes: u64) -> (Runtime, Arc<Graph>, NvmfTarget) {
-        let rt = Runtime::start(RuntimeConfig::new(vec![0], IdlePolicy::Poll)).unwrap();
-        let graph = Graph::new(rt.handle());
-        graph
-            .add_node("ram0", RamNode::new(bytes, 512).unwrap(), &[])
-            .unwrap();
+    fn start(bytes: u64) -> (Reactors, NvmfTarget) {
+        let reactors = Reactors::start(vec![0], IdlePolicy::Poll);
+        reactors.add_ram("ram0", bytes);
         let cfg = NvmfConfig {
-            subsystems: vec![NvmfSubsystemConfig {
-                nqn: NQN.into(),
-                serial: "SN0001".into(),
-                model: "Pollux".into(),
-                namespaces: vec!["ram0".into()],
-                allow_any_host: true,
-                hosts: vec![],
-                listen: vec!["127.0.0.1:0".parse().unwrap()],
-            }],
+            subsystems: vec![loopback_subsystem(NQN, "ram0")],
         };
-        let tgt = NvmfTarget::start(&cfg, &graph).unwrap();
-        (rt, graph, tgt)
+        let tgt = NvmfTarget::start(&cfg, &reactors.graph).unwrap();
+        (reactors, tgt)
     }
 
-    fn stop(rt: Runtime, graph: Arc<Graph>, tgt: NvmfTarget) {
+    /// Stops the target, then (dropping them) the graph and reactors.
+    fn stop(reactors: Reactors, tgt: NvmfTarget) {
         tgt.stop();
-        graph.shutdown();
-        rt.shutdown();
+        drop(reactors);
     }
 
     #[test]
     fn a_pass_polls_busy_connections_and_leaves_idle_ones_alone() {
-        let (rt, graph, tgt) = start(1 << 20);
+        let (reactors, tgt) = start(1 << 20);
+        let rt = reactors.runtime();
         let addr = tgt.local_addrs()[0];
         let id = tgt.shared.id;
         let visits = move |rt: &Runtime| rt.handle().call(0, move |r| super::visits(r, id));
@@ -464,7 +452,7 @@ mod tests {
         let mut q = c.io_queue(1, 32).unwrap();
         let deadline = Instant::now() + TIMEOUT;
         let before = loop {
-            let v = visits(&rt);
+            let v = visits(rt);
             if v.len() == 3 {
                 break v;
             }
@@ -485,7 +473,7 @@ mod tests {
                 .unwrap();
             assert!(w.cqe.status().same_code(&Status::SUCCESS));
         }
-        let after = visits(&rt);
+        let after = visits(rt);
         let idle_after = after.iter().find(|(p, _)| *p == idle_peer).unwrap().1;
         assert_eq!(
             idle_after, idle_before,
@@ -499,7 +487,7 @@ mod tests {
         drop(q);
         c.shutdown().unwrap();
         drop(idle);
-        stop(rt, graph, tgt);
+        stop(reactors, tgt);
     }
 
     #[test]
@@ -512,7 +500,7 @@ mod tests {
         // once the host reads again.
         const BATCH: u64 = 100;
         const BLOCKS: u32 = 256;
-        let (rt, graph, tgt) = start(2 * BATCH * u64::from(BLOCKS) * 512);
+        let (reactors, tgt) = start(2 * BATCH * u64::from(BLOCKS) * 512);
         let addr = tgt.local_addrs()[0];
         let mut cfg = HostConfig::new(addr, NQN);
         cfg.timeout = TIMEOUT;
@@ -547,6 +535,6 @@ mod tests {
         }
         drop(q);
         c.shutdown().unwrap();
-        stop(rt, graph, tgt);
+        stop(reactors, tgt);
     }
 }

@@ -4,11 +4,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pollux_graph::nodes::ram::RamNode;
-use pollux_graph::Graph;
 use pollux_nvme::fabrics::{ConnectCmd, ConnectData, Nqn, DISCOVERY_NQN};
 use pollux_nvme::host::{self, HostConfig, HostError};
 use pollux_nvme::identify::cntrltype;
@@ -19,23 +16,24 @@ use pollux_nvme::tcp::{
     DGST_DATA, DGST_HEADER,
 };
 use pollux_nvme::{Cqe, Sgl, Sqe, Status};
-use pollux_poller::{IdlePolicy, Runtime, RuntimeConfig};
 
 use super::request::ReqState;
 use super::NvmfTarget;
 use crate::config::{NvmfConfig, NvmfSubsystemConfig};
+use crate::testing::{loopback_subsystem, Reactors, RAM_BLOCK_SIZE};
 
 const NQN: &str = "nqn.2024-11.dev.pollux:test";
 const HOST: &str = "nqn.2024-11.dev.pollux:allowed-host";
-/// 8 MiB of 512-byte blocks.
+/// 8 MiB of [`RAM_BLOCK_SIZE`] blocks.
 const BLOCKS: u64 = 16384;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Fixture {
-    rt: Option<Runtime>,
-    graph: Arc<Graph>,
+    // Stopped by `Drop::drop`, before `reactors` shuts the graph down.
     tgt: Option<NvmfTarget>,
     addr: SocketAddr,
+    /// Held for its drop: the graph and reactors under the target.
+    _reactors: Reactors,
 }
 
 impl Fixture {
@@ -48,35 +46,21 @@ impl Fixture {
     }
 
     fn build(allow_any_host: bool, cores: Vec<usize>, budget: u64) -> Fixture {
-        let rt = Runtime::start(RuntimeConfig::new(
-            cores,
-            IdlePolicy::Adaptive {
-                idle_after: Duration::from_micros(200),
-            },
-        ))
-        .unwrap();
-        let graph = Graph::new(rt.handle());
-        graph
-            .add_node("ram0", RamNode::new(BLOCKS * 512, 512).unwrap(), &[])
-            .unwrap();
+        let reactors = Reactors::adaptive(cores);
+        reactors.add_ram("ram0", BLOCKS * u64::from(RAM_BLOCK_SIZE));
         let cfg = NvmfConfig {
             subsystems: vec![NvmfSubsystemConfig {
-                nqn: NQN.into(),
-                serial: "SN0001".into(),
-                model: "Pollux".into(),
-                namespaces: vec!["ram0".into()],
                 allow_any_host,
                 hosts: vec![HOST.into()],
-                listen: vec!["127.0.0.1:0".parse().unwrap()],
+                ..loopback_subsystem(NQN, "ram0")
             }],
         };
-        let tgt = NvmfTarget::start_with_budget(&cfg, &graph, budget).unwrap();
+        let tgt = NvmfTarget::start_with_budget(&cfg, &reactors.graph, budget).unwrap();
         let addr = tgt.local_addrs()[0];
         Fixture {
-            rt: Some(rt),
-            graph,
             tgt: Some(tgt),
             addr,
+            _reactors: reactors,
         }
     }
 
@@ -96,10 +80,6 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         if let Some(t) = self.tgt.take() {
             t.stop();
-        }
-        self.graph.shutdown();
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown();
         }
     }
 }

@@ -600,11 +600,11 @@ mod tests {
     use std::sync::mpsc::RecvTimeoutError;
 
     use pollux_graph::nodes::null::NullNode;
-    use pollux_graph::Graph;
-    use pollux_poller::{IdlePolicy, Runtime, RuntimeConfig};
+    use pollux_poller::Runtime;
     use vm_memory::{GuestAddress, GuestMemoryBackend};
 
     use super::*;
+    use crate::testing::Reactors;
     use crate::vhost::queue::current_mem;
 
     /// Guest address and front-end address of the ring region, and of the
@@ -626,15 +626,9 @@ mod tests {
 
     /// A session on one adaptive reactor with ring 0 of a null device
     /// running, its rings in the region at RING_GPA.
-    fn running_session() -> (Runtime, Session) {
-        let rt = Runtime::start(RuntimeConfig::new(
-            vec![0],
-            IdlePolicy::Adaptive {
-                idle_after: Duration::from_micros(200),
-            },
-        ))
-        .unwrap();
-        let graph = Graph::new(rt.handle());
+    fn running_session() -> (Reactors, Session) {
+        let reactors = Reactors::adaptive(vec![0]);
+        let graph = reactors.graph.clone();
         graph
             .add_node("null0", NullNode::new(1 << 20, 512), &[])
             .unwrap();
@@ -648,7 +642,7 @@ mod tests {
                 writeback: std::sync::atomic::AtomicBool::new(true),
                 adaptive: true,
             }),
-            handle: rt.handle().clone(),
+            handle: reactors.runtime().handle().clone(),
             num_queues: 1,
             queue_reactors: vec![0],
             limits: Limits {
@@ -675,7 +669,7 @@ mod tests {
         s.set_vring_kick(0, None).unwrap();
         s.set_vring_enable(0, true).unwrap();
         assert_eq!(s.started_queues(), 1);
-        (rt, s)
+        (reactors, s)
     }
 
     /// Holds reactor 0 in a message until the returned sender is dropped.
@@ -716,9 +710,10 @@ mod tests {
 
     #[test]
     fn add_mem_region_is_answered_after_the_running_queue_switched() {
-        let (rt, s) = running_session();
+        let (reactors, s) = running_session();
+        let rt = reactors.runtime();
         let buf = VhostUserSingleMemoryRegion::new(BUF_GPA, REGION, RING_VA + REGION, 0);
-        let s = change_waits_for_reactor(&rt, s, move |s| {
+        let s = change_waits_for_reactor(rt, s, move |s| {
             s.add_mem_region(&buf, region_file(), None).map(|_| ())
         });
         let key = s.key(0);
@@ -732,7 +727,7 @@ mod tests {
         );
 
         // Removing it is ordered the same way.
-        let mut s = change_waits_for_reactor(&rt, s, move |s| s.remove_mem_region(&buf));
+        let mut s = change_waits_for_reactor(rt, s, move |s| s.remove_mem_region(&buf));
         let mem = rt.handle().call(0, move |r| current_mem(r, key)).unwrap();
         assert!(!mem.address_in_range(GuestAddress(BUF_GPA)));
         s.shutdown();
@@ -740,9 +735,10 @@ mod tests {
 
     #[test]
     fn set_vring_call_is_answered_after_the_running_queue_switched() {
-        let (rt, s) = running_session();
+        let (reactors, s) = running_session();
+        let rt = reactors.runtime();
         let call: File = tempfile::tempfile().unwrap();
-        let mut s = change_waits_for_reactor(&rt, s, move |s| s.set_vring_call(0, Some(call)));
+        let mut s = change_waits_for_reactor(rt, s, move |s| s.set_vring_call(0, Some(call)));
         assert!(s.vrings[0].call.is_some());
         s.shutdown();
     }
