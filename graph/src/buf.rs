@@ -156,18 +156,13 @@ impl IoBuf {
     /// `src` must be readable for `len` bytes and must not overlap this
     /// buffer's memory.
     pub unsafe fn copy_from_ptr(&mut self, src: *const u8, len: usize) {
-        let mut done = 0;
-        for seg in self.segments() {
-            if done == len {
-                break;
-            }
-            let n = seg.len.min(len - done);
-            // SAFETY: `seg` is valid for writes of `seg.len` bytes (IoBuf
-            // invariant), the caller guarantees `src` is readable for `len`
-            // bytes and does not overlap the buffer.
-            unsafe { std::ptr::copy_nonoverlapping(src.add(done), seg.ptr, n) };
-            done += n;
-        }
+        self.for_each_prefix_segment(len, |seg, at, n| {
+            // SAFETY: `seg` is valid for writes of `n` bytes (IoBuf
+            // invariant, `n` is at most the segment's length), the caller
+            // guarantees `src` is readable for `len >= at + n` bytes and
+            // does not overlap the buffer.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(at), seg, n) };
+        });
     }
 
     /// Copies the buffer's first `len` bytes to `dst`.
@@ -176,16 +171,28 @@ impl IoBuf {
     /// `dst` must be writable for `len` bytes and must not overlap this
     /// buffer's memory.
     pub unsafe fn copy_to_ptr(&mut self, dst: *mut u8, len: usize) {
+        self.for_each_prefix_segment(len, |seg, at, n| {
+            // SAFETY: `seg` is readable for `n` bytes (IoBuf invariant, `n`
+            // is at most the segment's length); the caller guarantees `dst`
+            // is writable for `len >= at + n` bytes and does not overlap the
+            // buffer.
+            unsafe { std::ptr::copy_nonoverlapping(seg, dst.add(at), n) };
+        });
+    }
+
+    /// Walks the segments that hold the buffer's first `len` bytes (all of
+    /// them if the buffer is shorter), handing `f` each one's start, the
+    /// offset of that start from the buffer's, and how many of its bytes
+    /// fall within `len`: the one walk both copy directions share.
+    #[inline]
+    fn for_each_prefix_segment(&mut self, len: usize, mut f: impl FnMut(*mut u8, usize, usize)) {
         let mut done = 0;
         for seg in self.segments() {
             if done == len {
                 break;
             }
             let n = seg.len.min(len - done);
-            // SAFETY: `seg` is readable for `seg.len` bytes (IoBuf invariant);
-            // the caller guarantees `dst` is writable for `len` bytes and
-            // does not overlap the buffer.
-            unsafe { std::ptr::copy_nonoverlapping(seg.ptr, dst.add(done), n) };
+            f(seg.ptr, done, n);
             done += n;
         }
     }
