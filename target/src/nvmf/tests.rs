@@ -11,11 +11,14 @@ use pollux_nvme::host::{self, HostConfig, HostError};
 use pollux_nvme::identify::cntrltype;
 use pollux_nvme::io::{DsmRange, DSM_ATTR_DEALLOCATE};
 use pollux_nvme::log_page::{DiscoveryLogEntry, DiscoveryLogHeader, GetLogPageCmd};
+use pollux_nvme::opcode::{AdminOpcode, IoOpcode};
 use pollux_nvme::tcp::{
     decode_common_header, decode_header, DataHdr, Fes, IcReq, Limits, Pdu, Role, TxParams,
     DGST_DATA, DGST_HEADER,
 };
 use pollux_nvme::{Cqe, Sgl, Sqe, Status};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use super::request::ReqState;
 use super::NvmfTarget;
@@ -27,6 +30,9 @@ const HOST: &str = "nqn.2024-11.dev.pollux:allowed-host";
 /// 8 MiB of [`RAM_BLOCK_SIZE`] blocks.
 const BLOCKS: u64 = 16384;
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Connect's CNTLID asking for a new (dynamic) controller, as an admin
+/// queue does.
+const NEW_CONTROLLER: u16 = 0xFFFF;
 
 struct Fixture {
     // Stopped by `Drop::drop`, before `reactors` shuts the graph down.
@@ -105,15 +111,7 @@ impl Raw {
     /// Opens and completes ICReq/ICResp with the given digests.
     fn ready(addr: SocketAddr, dgst: u8) -> Raw {
         let mut r = Raw::open(addr);
-        r.send(
-            &Pdu::IcReq(IcReq {
-                pfv: 0,
-                hpda: 0,
-                dgst,
-                maxr2t: 0,
-            }),
-            &[],
-        );
+        r.send(&Raw::icreq(dgst), &[]);
         let (pdu, _) = r.recv().expect("ICResp");
         let Pdu::IcResp(resp) = pdu else {
             panic!("expected ICResp, got {pdu:?}")
@@ -126,6 +124,25 @@ impl Raw {
             pda: resp.cpda,
         };
         r.rx = Limits::established(Role::Host, hd, dd, 0, 0, 1 << 20);
+        r
+    }
+
+    /// ICReq asking for the `dgst` digests.
+    fn icreq(dgst: u8) -> Pdu {
+        Pdu::IcReq(IcReq {
+            pfv: 0,
+            hpda: 0,
+            dgst,
+            maxr2t: 0,
+        })
+    }
+
+    /// Opens, completes ICReq/ICResp with `dgst` and connects I/O queue
+    /// `qid` to controller `cntlid`, which must succeed.
+    fn io_queue(addr: SocketAddr, dgst: u8, qid: u16, cntlid: u16) -> Raw {
+        let mut r = Raw::ready(addr, dgst);
+        let cqe = r.connect(qid, 31, &Raw::connect_data(NQN, HOST, cntlid));
+        assert_status(cqe.status(), Status::SUCCESS);
         r
     }
 
@@ -190,6 +207,13 @@ impl Raw {
         .to_sqe()
     }
 
+    /// Sends Connect for queue `qid` (0-based `sqsize`) with `data` and
+    /// returns its response.
+    fn connect(&mut self, qid: u16, sqsize: u16, data: &[u8; ConnectData::SIZE]) -> Cqe {
+        self.send(&Pdu::CapsuleCmd(Raw::connect_sqe(qid, sqsize)), data);
+        self.response()
+    }
+
     fn connect_data(subnqn: &str, hostnqn: &str, cntlid: u16) -> [u8; ConnectData::SIZE] {
         Raw::connect_data_raw(subnqn, *Nqn::field(hostnqn).unwrap().raw(), cntlid)
     }
@@ -211,7 +235,10 @@ impl Raw {
         let mut r = Raw::ready(addr, 0);
         let mut sqe = Raw::connect_sqe(0, 31);
         sqe.as_bytes_mut()[46] = cattr;
-        r.send(&Pdu::CapsuleCmd(sqe), &Raw::connect_data(NQN, HOST, 0xFFFF));
+        r.send(
+            &Pdu::CapsuleCmd(sqe),
+            &Raw::connect_data(NQN, HOST, NEW_CONTROLLER),
+        );
         let connected = r.response();
         assert_status(connected.status(), Status::SUCCESS);
         let cc = pollux_nvme::fabrics::PropertySet {
@@ -236,8 +263,102 @@ impl Raw {
     }
 }
 
+/// Connects an admin queue of `sqsize` on `r`, expecting the target to
+/// refuse it with Invalid Parameters pointing at SQSIZE.
+fn expect_bad_sqsize(r: &mut Raw, sqsize: u16) {
+    let cqe = r.connect(0, sqsize, &Raw::connect_data(NQN, HOST, NEW_CONTROLLER));
+    assert_status(cqe.status(), Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(cqe.dw0() & 0xffff, u32::from(ConnectCmd::SQSIZE_OFFSET));
+}
+
 fn assert_status(got: Status, want: Status) {
     assert!(got.same_code(&want), "status {got:?}, expected {want:?}");
+}
+
+/// Expects `r` to have failed with a status like `want` (`what` names the
+/// call for the failure message); returns the status.
+fn expect_status<T>(r: Result<T, HostError>, want: Status, what: &str) -> Status {
+    match r {
+        Err(HostError::Status(s)) => {
+            assert_status(s, want);
+            s
+        }
+        Err(e) => panic!("{what}: {e}"),
+        Ok(_) => panic!("{what}: succeeded, expected {want:?}"),
+    }
+}
+
+/// An admin command `opcode` without data (a zero-length transport SGL).
+fn dataless(opcode: AdminOpcode, cid: u16) -> Sqe {
+    let mut sqe = Sqe::new(opcode.as_u8(), cid);
+    sqe.set_sgl(&Sgl::transport(0));
+    sqe
+}
+
+/// Writes `data` at `slba` of namespace 1, which must succeed.
+fn write(q: &mut host::QueuePair, slba: u64, data: &[u8]) {
+    let nlb = (data.len() / RAM_BLOCK_SIZE as usize) as u32;
+    let w = q
+        .execute(
+            host::rw_sqe(true, 1, slba, nlb),
+            data.to_vec(),
+            true,
+            TIMEOUT,
+        )
+        .unwrap();
+    assert_status(w.cqe.status(), Status::SUCCESS);
+}
+
+/// Reads `len` bytes at `slba` of namespace 1, which must succeed.
+fn read(q: &mut host::QueuePair, slba: u64, len: usize) -> Vec<u8> {
+    let nlb = (len / RAM_BLOCK_SIZE as usize) as u32;
+    let rd = q
+        .execute(
+            host::rw_sqe(false, 1, slba, nlb),
+            vec![0; len],
+            false,
+            TIMEOUT,
+        )
+        .unwrap();
+    assert_status(rd.cqe.status(), Status::SUCCESS);
+    rd.data
+}
+
+/// Writes `data` at `slba` of namespace 1 and reads it back unchanged.
+fn write_read_back(q: &mut host::QueuePair, slba: u64, data: &[u8]) {
+    write(q, slba, data);
+    assert!(read(q, slba, data.len()) == data, "read back differs");
+}
+
+/// Dataset Management deallocating `nlb` blocks at `slba` of namespace 1,
+/// and its one-range list (NR 0: one range).
+fn deallocate(slba: u64, nlb: u32) -> (Sqe, Vec<u8>) {
+    let mut dsm = Sqe::new(IoOpcode::DatasetManagement.as_u8(), 0);
+    dsm.set_nsid(1);
+    dsm.set_cdw11(DSM_ATTR_DEALLOCATE);
+    let mut ranges = vec![0u8; 16];
+    DsmRange {
+        cattr: 0,
+        nlb,
+        slba,
+    }
+    .write(&mut ranges)
+    .unwrap();
+    (dsm, ranges)
+}
+
+/// The one entry of discovery log `page`, which must be NQN's.
+fn only_entry(page: &[u8]) -> DiscoveryLogEntry {
+    assert_eq!(DiscoveryLogHeader::parse(page).unwrap().numrec, 1);
+    let e = DiscoveryLogEntry::parse(&page[1024..]).unwrap();
+    assert!(e.subnqn.eq_str(NQN));
+    e
+}
+
+/// `len` bytes of the discovery log page, read on discovery controller `c`.
+fn discovery_log(c: &mut host::Controller, len: usize) -> Vec<u8> {
+    c.admin_read(GetLogPageCmd::new(0x70, 0, 0, len as u32).to_sqe(0), len)
+        .unwrap()
 }
 
 /// A good host connects, identifies and does I/O: what every bad-input
@@ -247,14 +368,7 @@ fn good_host_io(fx: &Fixture) {
     c.set_num_queues(1).unwrap();
     let mut q = c.io_queue(1, 32).unwrap();
     let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
-    let w = q
-        .execute(host::rw_sqe(true, 1, 8, 8), data.clone(), true, TIMEOUT)
-        .unwrap();
-    assert_status(w.cqe.status(), Status::SUCCESS);
-    let rd = q
-        .execute(host::rw_sqe(false, 1, 8, 8), vec![0; 4096], false, TIMEOUT)
-        .unwrap();
-    assert_eq!(rd.data, data);
+    write_read_back(&mut q, 8, &data);
     drop(q);
     c.shutdown().unwrap();
 }
@@ -280,10 +394,11 @@ fn identify_satisfies_linux_fabrics_checks() {
     assert_eq!(ns.nsze, BLOCKS);
     assert_eq!(ns.active_lbaf().unwrap().lbads, 9);
     // Unknown namespace.
-    match c.identify_namespace(9) {
-        Err(HostError::Status(s)) => assert_status(s, Status::INVALID_NAMESPACE_OR_FORMAT),
-        other => panic!("{:?}", other.map(|_| ())),
-    }
+    expect_status(
+        c.identify_namespace(9),
+        Status::INVALID_NAMESPACE_OR_FORMAT,
+        "Identify of namespace 9",
+    );
     // The host library reports the 1-based count granted.
     assert_eq!(c.set_num_queues(1000).unwrap(), super::MAX_IO_QUEUES);
     c.keep_alive().unwrap();
@@ -298,20 +413,7 @@ fn io_commands_and_r2t_path() {
     let mut q = c.io_queue(1, 64).unwrap();
     // 64 KiB: beyond in-capsule, so R2T + H2CData.
     let big: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
-    let w = q
-        .execute(host::rw_sqe(true, 1, 100, 128), big.clone(), true, TIMEOUT)
-        .unwrap();
-    assert_status(w.cqe.status(), Status::SUCCESS);
-    let rd = q
-        .execute(
-            host::rw_sqe(false, 1, 100, 128),
-            vec![0; 65536],
-            false,
-            TIMEOUT,
-        )
-        .unwrap();
-    assert_status(rd.cqe.status(), Status::SUCCESS);
-    assert!(rd.data == big, "read back differs");
+    write_read_back(&mut q, 100, &big);
 
     // Past the end: LBA Out of Range, and the queue keeps working.
     let oor = q
@@ -354,19 +456,7 @@ fn io_commands_and_r2t_path() {
     wz.set_sgl(&Sgl::transport(0));
     let r = q.execute(wz, Vec::new(), false, TIMEOUT).unwrap();
     assert_status(r.cqe.status(), Status::SUCCESS);
-    let mut dsm = Sqe::new(0x09, 0);
-    dsm.set_nsid(1);
-    dsm.set_cdw10(0); // one range
-    dsm.set_cdw11(DSM_ATTR_DEALLOCATE);
-    let mut ranges = vec![0u8; 16];
-    DsmRange {
-        cattr: 0,
-        nlb: 120,
-        slba: 108,
-    }
-    .write(&mut ranges)
-    .unwrap();
-    dsm.set_sgl(&Sgl::in_capsule(0, 16));
+    let (dsm, ranges) = deallocate(108, 120);
     let r = q.execute(dsm, ranges, true, TIMEOUT).unwrap();
     assert_status(r.cqe.status(), Status::SUCCESS);
     let rd = q
@@ -389,13 +479,7 @@ fn discovery_lists_the_subsystem() {
     cfg.subnqn = DISCOVERY_NQN.into();
     let mut c = host::Controller::connect(cfg).unwrap();
     assert_eq!(c.identify.cntrltype, cntrltype::DISCOVERY);
-    let page = c
-        .admin_read(GetLogPageCmd::new(0x70, 0, 0, 2048).to_sqe(0), 2048)
-        .unwrap();
-    let hdr = DiscoveryLogHeader::parse(&page).unwrap();
-    assert_eq!(hdr.numrec, 1);
-    let e = DiscoveryLogEntry::parse(&page[1024..]).unwrap();
-    assert!(e.subnqn.eq_str(NQN));
+    let e = only_entry(&discovery_log(&mut c, 2048));
     assert_eq!(e.trsvcid_str(), fx.addr.port().to_string().as_bytes());
     assert_eq!(e.traddr_str(), b"127.0.0.1");
 }
@@ -405,14 +489,12 @@ fn unknown_host_gets_connect_invalid_host() {
     let fx = Fixture::new(false);
     let mut cfg = fx.host();
     cfg.hostnqn = "nqn.2024-11.dev.pollux:stranger".into();
-    match host::Controller::connect(cfg) {
-        Err(HostError::Status(s)) => {
-            assert_status(s, Status::CONNECT_INVALID_HOST);
-            assert_eq!(s.code() >> 8, 1, "SCT must be command specific");
-        }
-        Err(e) => panic!("{e}"),
-        Ok(_) => panic!("a host off the allow list connected"),
-    }
+    let s = expect_status(
+        host::Controller::connect(cfg),
+        Status::CONNECT_INVALID_HOST,
+        "a host off the allow list",
+    );
+    assert_eq!(s.code() >> 8, 1, "SCT must be command specific");
     // The allowed host still can, and discovery hides nothing it may use.
     good_host_io(&fx);
 }
@@ -421,39 +503,26 @@ fn unknown_host_gets_connect_invalid_host() {
 fn connect_checks_queue_sizes_and_queue_ids() {
     let fx = Fixture::new(true);
     for sqsize in [0u16, 1000] {
-        let mut r = Raw::ready(fx.addr, 0);
-        r.send(
-            &Pdu::CapsuleCmd(Raw::connect_sqe(0, sqsize)),
-            &Raw::connect_data(NQN, HOST, 0xFFFF),
-        );
-        let cqe = r.response();
-        assert_status(cqe.status(), Status::CONNECT_INVALID_PARAMETERS);
-        assert_eq!(cqe.dw0() & 0xffff, u32::from(ConnectCmd::SQSIZE_OFFSET));
+        expect_bad_sqsize(&mut Raw::ready(fx.addr, 0), sqsize);
     }
     // I/O queue for a controller that does not exist.
-    let mut r = Raw::ready(fx.addr, 0);
-    r.send(
-        &Pdu::CapsuleCmd(Raw::connect_sqe(1, 31)),
-        &Raw::connect_data(NQN, HOST, 4242),
-    );
-    assert_status(r.response().status(), Status::CONNECT_INVALID_PARAMETERS);
+    let cqe = Raw::ready(fx.addr, 0).connect(1, 31, &Raw::connect_data(NQN, HOST, 4242));
+    assert_status(cqe.status(), Status::CONNECT_INVALID_PARAMETERS);
     // I/O queue beyond the granted number.
     let mut c = host::Controller::connect(fx.host()).unwrap();
     assert_eq!(c.set_num_queues(2).unwrap(), 2);
-    match c.io_queue(3, 32) {
-        Err(HostError::Status(s)) => assert_status(s, Status::CONNECT_INVALID_PARAMETERS),
-        other => panic!("{:?}", other.map(|_| ())),
-    }
+    expect_status(
+        c.io_queue(3, 32),
+        Status::CONNECT_INVALID_PARAMETERS,
+        "I/O queue 3 of 2",
+    );
     let _q1 = c.io_queue(1, 32).unwrap();
     // The same QID twice.
     assert!(c.io_queue(1, 32).is_err());
     // Unknown subsystem.
-    let mut r = Raw::ready(fx.addr, 0);
-    r.send(
-        &Pdu::CapsuleCmd(Raw::connect_sqe(0, 31)),
-        &Raw::connect_data("nqn.2024-11.dev.pollux:nope", HOST, 0xFFFF),
-    );
-    assert_status(r.response().status(), Status::CONNECT_INVALID_PARAMETERS);
+    let nope = Raw::connect_data("nqn.2024-11.dev.pollux:nope", HOST, NEW_CONTROLLER);
+    let cqe = Raw::ready(fx.addr, 0).connect(0, 31, &nope);
+    assert_status(cqe.status(), Status::CONNECT_INVALID_PARAMETERS);
 }
 
 #[test]
@@ -506,15 +575,7 @@ fn malformed_pdus_get_term_req_and_other_connections_keep_working() {
 
     // ICReq twice.
     let mut r = Raw::ready(fx.addr, 0);
-    let b = Raw::open(fx.addr).encode(
-        &Pdu::IcReq(IcReq {
-            pfv: 0,
-            hpda: 0,
-            dgst: 0,
-            maxr2t: 0,
-        }),
-        &[],
-    );
+    let b = Raw::open(fx.addr).encode(&Raw::icreq(0), &[]);
     r.s.write_all(&b).unwrap();
     r.expect_term(Fes::PDU_SEQUENCE_ERROR);
 
@@ -534,19 +595,13 @@ fn malformed_pdus_get_term_req_and_other_connections_keep_working() {
     // Bad data digest on in-capsule data: not fatal, the command completes
     // with Transient Transport Error and the connection stays usable.
     let mut r = Raw::ready(fx.addr, DGST_DATA);
-    let mut b = r.encode(
-        &Pdu::CapsuleCmd(Raw::connect_sqe(0, 31)),
-        &Raw::connect_data(NQN, HOST, 0xFFFF),
-    );
+    let data = Raw::connect_data(NQN, HOST, NEW_CONTROLLER);
+    let mut b = r.encode(&Pdu::CapsuleCmd(Raw::connect_sqe(0, 31)), &data);
     let n = b.len();
     b[n - 1] ^= 0xff;
     r.s.write_all(&b).unwrap();
     assert_status(r.response().status(), Status::TRANSIENT_TRANSPORT_ERROR);
-    r.send(
-        &Pdu::CapsuleCmd(Raw::connect_sqe(0, 31)),
-        &Raw::connect_data(NQN, HOST, 0xFFFF),
-    );
-    assert_status(r.response().status(), Status::SUCCESS);
+    assert_status(r.connect(0, 31, &data).status(), Status::SUCCESS);
 
     // Garbage bytes.
     let mut r = Raw::ready(fx.addr, 0);
@@ -564,13 +619,7 @@ fn h2c_data_out_of_range_is_fatal() {
     let fx = Fixture::new(true);
     let mut c = host::Controller::connect(fx.host()).unwrap();
     c.set_num_queues(1).unwrap();
-    let cntlid = c.cntlid();
-    let mut r = Raw::ready(fx.addr, 0);
-    r.send(
-        &Pdu::CapsuleCmd(Raw::connect_sqe(1, 31)),
-        &Raw::connect_data(NQN, HOST, cntlid),
-    );
-    assert_status(r.response().status(), Status::SUCCESS);
+    let mut r = Raw::io_queue(fx.addr, 0, 1, c.cntlid());
     // 16 KiB write with a transport SGL: the target answers with an R2T.
     let mut w = host::rw_sqe(true, 1, 0, 32);
     w.set_cid(9);
@@ -667,30 +716,15 @@ fn requests_in(tgt: &NvmfTarget) -> Vec<(&'static str, u64)> {
 #[test]
 fn async_event_request_is_held_until_an_event() {
     let fx = Fixture::new(true);
-    let mut r = Raw::ready(fx.addr, 0);
+    // Enabled (CC.EN) so admin commands are accepted.
+    let (connected, mut r) = Raw::admin(fx.addr, 0);
+    let cntlid = connected.dw0() as u16;
     r.send(
-        &Pdu::CapsuleCmd(Raw::connect_sqe(0, 31)),
-        &Raw::connect_data(NQN, HOST, 0xFFFF),
+        &Pdu::CapsuleCmd(dataless(AdminOpcode::AsyncEventRequest, 7)),
+        &[],
     );
-    let cqe = r.response();
-    assert_status(cqe.status(), Status::SUCCESS);
-    let cntlid = cqe.dw0() as u16;
-    // Enable (CC.EN) so admin commands are accepted.
-    let cc = pollux_nvme::fabrics::PropertySet {
-        cid: 2,
-        size: pollux_nvme::fabrics::PropertySize::Four,
-        offset: pollux_nvme::fabrics::property::CC,
-        value: 1 | (6 << 16) | (4 << 20),
-    };
-    r.send(&Pdu::CapsuleCmd(cc.to_sqe()), &[]);
-    assert_status(r.response().status(), Status::SUCCESS);
-    let mut aer = Sqe::new(0x0C, 7);
-    aer.set_sgl(&Sgl::transport(0));
-    r.send(&Pdu::CapsuleCmd(aer), &[]);
     // Nothing yet: a keep alive is answered first.
-    let mut ka = Sqe::new(0x18, 8);
-    ka.set_sgl(&Sgl::transport(0));
-    r.send(&Pdu::CapsuleCmd(ka), &[]);
+    r.send(&Pdu::CapsuleCmd(dataless(AdminOpcode::KeepAlive, 8)), &[]);
     assert_eq!(r.response().cid(), 8);
     let tgt = fx.tgt.as_ref().unwrap();
     // The held AER is the one request in flight, and it is Executing.
@@ -706,15 +740,15 @@ fn async_event_request_is_held_until_an_event() {
     );
 
     // Namespace changes: only once the host enabled the notice.
-    let mut aec = Sqe::new(0x09, 9);
+    let mut aec = dataless(AdminOpcode::SetFeatures, 9);
     aec.set_cdw10(0x0B);
     aec.set_cdw11(pollux_nvme::features::aec::NS_ATTR);
-    aec.set_sgl(&Sgl::transport(0));
     r.send(&Pdu::CapsuleCmd(aec), &[]);
     assert_status(r.response().status(), Status::SUCCESS);
-    let mut aer = Sqe::new(0x0C, 10);
-    aer.set_sgl(&Sgl::transport(0));
-    r.send(&Pdu::CapsuleCmd(aer), &[]);
+    r.send(
+        &Pdu::CapsuleCmd(dataless(AdminOpcode::AsyncEventRequest, 10)),
+        &[],
+    );
     tgt.notify_namespace_changed(NQN, 1);
     let cqe = r.response();
     assert_eq!(cqe.cid(), 10);
@@ -734,9 +768,10 @@ fn async_event_request_is_held_until_an_event() {
     }
     assert_eq!(&data[..8], &[1, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(r.response().cid(), 11);
-    let mut aer = Sqe::new(0x0C, 12);
-    aer.set_sgl(&Sgl::transport(0));
-    r.send(&Pdu::CapsuleCmd(aer), &[]);
+    r.send(
+        &Pdu::CapsuleCmd(dataless(AdminOpcode::AsyncEventRequest, 12)),
+        &[],
+    );
     tgt.notify_namespace_changed(NQN, 1);
     assert_eq!(r.response().cid(), 12);
 }
@@ -750,21 +785,7 @@ fn queues_spread_over_reactors_share_one_controller() {
     c.set_num_queues(3).unwrap();
     let mut queues: Vec<_> = (1..=3).map(|q| c.io_queue(q, 32).unwrap()).collect();
     for (i, q) in queues.iter_mut().enumerate() {
-        let data = vec![i as u8 + 1; 16384];
-        let slba = 1000 + 32 * i as u64;
-        let w = q
-            .execute(host::rw_sqe(true, 1, slba, 32), data.clone(), true, TIMEOUT)
-            .unwrap();
-        assert_status(w.cqe.status(), Status::SUCCESS);
-        let rd = q
-            .execute(
-                host::rw_sqe(false, 1, slba, 32),
-                vec![0; 16384],
-                false,
-                TIMEOUT,
-            )
-            .unwrap();
-        assert!(rd.data == data);
+        write_read_back(q, 1000 + 32 * i as u64, &[i as u8 + 1; 16384]);
     }
     drop(queues);
     c.shutdown().unwrap();
@@ -775,12 +796,7 @@ fn bad_data_digest_on_h2c_data_fails_only_that_command() {
     let fx = Fixture::new(true);
     let mut c = host::Controller::connect(fx.host()).unwrap();
     c.set_num_queues(1).unwrap();
-    let mut r = Raw::ready(fx.addr, DGST_HEADER | DGST_DATA);
-    r.send(
-        &Pdu::CapsuleCmd(Raw::connect_sqe(1, 31)),
-        &Raw::connect_data(NQN, HOST, c.cntlid()),
-    );
-    assert_status(r.response().status(), Status::SUCCESS);
+    let mut r = Raw::io_queue(fx.addr, DGST_HEADER | DGST_DATA, 1, c.cntlid());
     for corrupt in [true, false] {
         let mut w = host::rw_sqe(true, 1, 64, 32);
         w.set_cid(5);
@@ -814,21 +830,6 @@ fn bad_data_digest_on_h2c_data_fails_only_that_command() {
     c.shutdown().unwrap();
 }
 
-/// Deterministic xorshift, so a failing mutation can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 #[test]
 fn mutated_pdu_streams_never_break_the_target() {
     let fx = Fixture::new(true);
@@ -836,18 +837,10 @@ fn mutated_pdu_streams_never_break_the_target() {
     // A valid opening: ICReq (with digests), Connect, Identify, a stray
     // H2CData. Mutations of it reach every decoder and handler path.
     let proto = Raw::open(fx.addr);
-    let mut stream = proto.encode(
-        &Pdu::IcReq(IcReq {
-            pfv: 0,
-            hpda: 0,
-            dgst: 0,
-            maxr2t: 0,
-        }),
-        &[],
-    );
+    let mut stream = proto.encode(&Raw::icreq(0), &[]);
     stream.extend(proto.encode(
         &Pdu::CapsuleCmd(Raw::connect_sqe(0, 31)),
-        &Raw::connect_data(NQN, HOST, 0xFFFF),
+        &Raw::connect_data(NQN, HOST, NEW_CONTROLLER),
     ));
     let mut id = Sqe::new(0x06, 2);
     id.set_cdw10(1);
@@ -866,14 +859,15 @@ fn mutated_pdu_streams_never_break_the_target() {
         &[0u8; 64],
     ));
     drop(proto);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    // Seeded, so a failing mutation can be replayed.
+    let mut rng = SmallRng::seed_from_u64(0x9E37_79B9_7F4A_7C15);
     for _ in 0..200 {
         let mut b = stream.clone();
-        for _ in 0..1 + rng.below(4) {
-            let i = rng.below(b.len());
-            b[i] = rng.next() as u8;
+        for _ in 0..rng.random_range(1..=4) {
+            let i = rng.random_range(0..b.len());
+            b[i] = rng.random();
         }
-        b.truncate(b.len() - rng.below(64));
+        b.truncate(b.len() - rng.random_range(0..64));
         let mut s = TcpStream::connect(fx.addr).unwrap();
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
         let _ = s.write_all(&b);
@@ -915,63 +909,60 @@ fn abrupt_disconnect_mid_io_leaks_nothing() {
     good_host_io(&fx);
 }
 
-#[test]
-fn requests_wait_in_need_buffer_when_the_budget_is_spent() {
-    // Room for one MDTS-sized buffer: everything else queues for it.
-    let fx = Fixture::build(true, vec![0], u64::from(super::MDTS_BYTES));
+/// Bytes of each command of [`large_writes_then_reads`]: the largest a
+/// command may move (MDTS, 128 KiB), far beyond in-capsule data, so
+/// writes go through R2T.
+const LARGE: usize = super::MDTS_BYTES as usize;
+
+/// 16 commands of [`LARGE`] bytes, 8 at once on each of I/O queues 1 and
+/// 2: writes of 16 patterns, then reads of the same blocks. Every command
+/// succeeds within TIMEOUT and every read returns one of the patterns.
+fn large_writes_then_reads(fx: &Fixture) {
     let mut c = host::Controller::connect(fx.host()).unwrap();
     c.set_num_queues(2).unwrap();
     let mut queues = [c.io_queue(1, 32).unwrap(), c.io_queue(2, 32).unwrap()];
-    let pattern = |i: u64| -> Vec<u8> { (0..131072u64).map(|b| (b * 31 + i) as u8).collect() };
-    // Writes through R2T, 128 KiB each, 8 per queue at once.
-    for (qi, q) in queues.iter_mut().enumerate() {
-        for k in 0..8u64 {
-            let i = qi as u64 * 8 + k;
-            q.submit(host::rw_sqe(true, 1, i * 256, 256), pattern(i), true)
-                .unwrap();
-        }
-    }
-    for q in queues.iter_mut() {
-        let deadline = Instant::now() + TIMEOUT;
-        let mut done = 0;
-        while done < 8 {
-            q.poll().unwrap();
-            for cpl in q.take_completed() {
-                assert_status(cpl.cqe.status(), Status::SUCCESS);
-                done += 1;
+    let nlb = (LARGE / RAM_BLOCK_SIZE as usize) as u32;
+    // Byte 0 of pattern `i` is `i`: a read tells which one it returns.
+    let pattern = |i: u64| -> Vec<u8> { (0..LARGE as u64).map(|b| (b * 31 + i) as u8).collect() };
+    for write in [true, false] {
+        for (qi, q) in queues.iter_mut().enumerate() {
+            for k in 0..8u64 {
+                let i = qi as u64 * 8 + k;
+                let buf = if write { pattern(i) } else { vec![0; LARGE] };
+                q.submit(host::rw_sqe(write, 1, i * u64::from(nlb), nlb), buf, write)
+                    .unwrap();
             }
-            assert!(
-                Instant::now() < deadline,
-                "writes stuck waiting for buffers"
-            );
         }
-    }
-    // Reads of the same, again all at once.
-    for (qi, q) in queues.iter_mut().enumerate() {
-        for k in 0..8u64 {
-            let i = qi as u64 * 8 + k;
-            q.submit(host::rw_sqe(false, 1, i * 256, 256), vec![0; 131072], false)
-                .unwrap();
-        }
-    }
-    for q in queues.iter_mut() {
-        let deadline = Instant::now() + TIMEOUT;
-        let mut got = Vec::new();
-        while got.len() < 8 {
-            q.poll().unwrap();
-            got.extend(q.take_completed());
-            assert!(Instant::now() < deadline, "reads stuck waiting for buffers");
-        }
-        for cpl in got {
-            assert_status(cpl.cqe.status(), Status::SUCCESS);
-            // Each read's data matches one of the patterns written.
-            let first = cpl.data[0];
-            let i = u64::from(first);
-            assert!(cpl.data == pattern(i), "read data mismatch");
+        let what = if write { "writes" } else { "reads" };
+        for q in queues.iter_mut() {
+            let deadline = Instant::now() + TIMEOUT;
+            let mut got = Vec::new();
+            while got.len() < 8 {
+                q.poll().unwrap();
+                got.extend(q.take_completed());
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} stuck waiting for buffers"
+                );
+            }
+            for cpl in got {
+                assert_status(cpl.cqe.status(), Status::SUCCESS);
+                if !write {
+                    let i = u64::from(cpl.data[0]);
+                    assert!(i < 16 && cpl.data == pattern(i), "read data mismatch");
+                }
+            }
         }
     }
     drop(queues);
     c.shutdown().unwrap();
+}
+
+#[test]
+fn requests_wait_in_need_buffer_when_the_budget_is_spent() {
+    // Room for one MDTS-sized buffer: everything else queues for it.
+    let fx = Fixture::build(true, vec![0], u64::from(super::MDTS_BYTES));
+    large_writes_then_reads(&fx);
 }
 
 /// HOSTNQN fields of the Connect data, as sent on the wire.
@@ -996,27 +987,9 @@ fn empty_hostnqn_connects_where_any_host_is_allowed() {
     c.set_num_queues(2).unwrap();
     // The I/O queue's (empty) HOSTNQN matches the admin queue's.
     let mut q = c.io_queue(1, 32).unwrap();
-    let data = vec![0x5a; 8192];
-    let w = q
-        .execute(host::rw_sqe(true, 1, 64, 16), data.clone(), true, TIMEOUT)
-        .unwrap();
-    assert_status(w.cqe.status(), Status::SUCCESS);
-    let rd = q
-        .execute(
-            host::rw_sqe(false, 1, 64, 16),
-            vec![0; 8192],
-            false,
-            TIMEOUT,
-        )
-        .unwrap();
-    assert!(rd.data == data);
+    write_read_back(&mut q, 64, &[0x5a; 8192]);
     // An I/O queue naming a host where the admin queue named none.
-    let mut r = Raw::ready(fx.addr, 0);
-    r.send(
-        &Pdu::CapsuleCmd(Raw::connect_sqe(2, 31)),
-        &Raw::connect_data(NQN, HOST, cntlid),
-    );
-    let cqe = r.response();
+    let cqe = Raw::ready(fx.addr, 0).connect(2, 31, &Raw::connect_data(NQN, HOST, cntlid));
     assert_status(cqe.status(), Status::CONNECT_INVALID_PARAMETERS);
     assert_eq!(
         cqe.dw0(),
@@ -1025,12 +998,8 @@ fn empty_hostnqn_connects_where_any_host_is_allowed() {
     // ... and the reverse: a named admin queue, an I/O queue naming none.
     let mut named = host::Controller::connect(fx.host()).unwrap();
     named.set_num_queues(1).unwrap();
-    let mut r = Raw::ready(fx.addr, 0);
-    r.send(
-        &Pdu::CapsuleCmd(Raw::connect_sqe(1, 31)),
-        &Raw::connect_data(NQN, "", named.cntlid()),
-    );
-    assert_status(r.response().status(), Status::CONNECT_INVALID_PARAMETERS);
+    let cqe = Raw::ready(fx.addr, 0).connect(1, 31, &Raw::connect_data(NQN, "", named.cntlid()));
+    assert_status(cqe.status(), Status::CONNECT_INVALID_PARAMETERS);
     drop(q);
     c.shutdown().unwrap();
     named.shutdown().unwrap();
@@ -1041,17 +1010,15 @@ fn empty_hostnqn_never_matches_a_host_list() {
     let fx = Fixture::new(false);
     let mut cfg = fx.host();
     cfg.hostnqn = String::new();
-    match host::Controller::connect(cfg.clone()) {
-        Err(HostError::Status(s)) => assert_status(s, Status::CONNECT_INVALID_HOST),
-        Err(e) => panic!("{e}"),
-        Ok(_) => panic!("an empty HOSTNQN passed a host list"),
-    }
+    expect_status(
+        host::Controller::connect(cfg.clone()),
+        Status::CONNECT_INVALID_HOST,
+        "an empty HOSTNQN against a host list",
+    );
     // Discovery answers it, listing only what any host may use: nothing.
     cfg.subnqn = DISCOVERY_NQN.into();
     let mut d = host::Controller::connect(cfg).unwrap();
-    let page = d
-        .admin_read(GetLogPageCmd::new(0x70, 0, 0, 1024).to_sqe(0), 1024)
-        .unwrap();
+    let page = discovery_log(&mut d, 1024);
     assert_eq!(DiscoveryLogHeader::parse(&page).unwrap().numrec, 0);
     good_host_io(&fx);
 }
@@ -1063,12 +1030,7 @@ fn empty_hostnqn_discovery_lists_open_subsystems() {
     cfg.hostnqn = String::new();
     cfg.subnqn = DISCOVERY_NQN.into();
     let mut d = host::Controller::connect(cfg).unwrap();
-    let page = d
-        .admin_read(GetLogPageCmd::new(0x70, 0, 0, 2048).to_sqe(0), 2048)
-        .unwrap();
-    assert_eq!(DiscoveryLogHeader::parse(&page).unwrap().numrec, 1);
-    let e = DiscoveryLogEntry::parse(&page[1024..]).unwrap();
-    assert!(e.subnqn.eq_str(NQN));
+    only_entry(&discovery_log(&mut d, 2048));
 }
 
 #[test]
@@ -1079,22 +1041,15 @@ fn unterminated_and_oversized_hostnqn_are_invalid_parameters() {
     // 224 bytes before the NUL: one past the 223-byte limit.
     let oversized = hostnqn_field(&[b'n'; 224]);
     for field in [no_nul, oversized] {
-        let mut r = Raw::ready(fx.addr, 0);
-        r.send(
-            &Pdu::CapsuleCmd(Raw::connect_sqe(0, 31)),
-            &Raw::connect_data_raw(NQN, field, 0xFFFF),
-        );
-        let cqe = r.response();
+        let data = Raw::connect_data_raw(NQN, field, NEW_CONTROLLER);
+        let cqe = Raw::ready(fx.addr, 0).connect(0, 31, &data);
         assert_status(cqe.status(), Status::CONNECT_INVALID_PARAMETERS);
         assert_eq!(cqe.dw0(), ipo);
     }
     // At the limit it is a (long) name like any other.
-    let mut r = Raw::ready(fx.addr, 0);
-    r.send(
-        &Pdu::CapsuleCmd(Raw::connect_sqe(0, 31)),
-        &Raw::connect_data_raw(NQN, hostnqn_field(&[b'n'; 223]), 0xFFFF),
-    );
-    assert_status(r.response().status(), Status::SUCCESS);
+    let data = Raw::connect_data_raw(NQN, hostnqn_field(&[b'n'; 223]), NEW_CONTROLLER);
+    let cqe = Raw::ready(fx.addr, 0).connect(0, 31, &data);
+    assert_status(cqe.status(), Status::SUCCESS);
     assert_eq!(fx.controllers(), 1);
 }
 
@@ -1118,9 +1073,10 @@ fn raw_identify(r: &mut Raw, cid: u16) -> (bool, Option<Cqe>) {
     };
     // A Keep Alive behind it: its response comes next, unless the
     // Identify's CapsuleResp does first.
-    let mut ka = Sqe::new(0x18, cid + 1);
-    ka.set_sgl(&Sgl::transport(0));
-    r.send(&Pdu::CapsuleCmd(ka), &[]);
+    r.send(
+        &Pdu::CapsuleCmd(dataless(AdminOpcode::KeepAlive, cid + 1)),
+        &[],
+    );
     let first = r.response();
     if first.cid() == cid {
         assert_eq!(r.response().cid(), cid + 1);
@@ -1159,19 +1115,9 @@ fn c2h_success_only_without_sq_flow_control() {
         c.set_num_queues(1).unwrap();
         let mut q = c.io_queue(1, 32).unwrap();
         let data: Vec<u8> = (0..65536u32).map(|i| (i % 253) as u8).collect();
-        q.execute(host::rw_sqe(true, 1, 0, 128), data.clone(), true, TIMEOUT)
-            .unwrap();
+        write(&mut q, 0, &data);
         for _ in 0..4 {
-            let rd = q
-                .execute(
-                    host::rw_sqe(false, 1, 0, 128),
-                    vec![0; 65536],
-                    false,
-                    TIMEOUT,
-                )
-                .unwrap();
-            assert_status(rd.cqe.status(), Status::SUCCESS);
-            assert!(rd.data == data);
+            assert!(read(&mut q, 0, data.len()) == data);
         }
         let n = q.c2h_success_count();
         drop(q);
@@ -1229,10 +1175,11 @@ fn transport_options_apply_to_new_connections() {
     assert_eq!(c.cap.mqes(), 63);
     assert_eq!(c.set_num_queues(1000).unwrap(), 3);
     // SQSIZE beyond max_queue_depth.
-    match c.io_queue(1, 65) {
-        Err(HostError::Status(s)) => assert_status(s, Status::CONNECT_INVALID_PARAMETERS),
-        other => panic!("{:?}", other.map(|_| ())),
-    }
+    expect_status(
+        c.io_queue(1, 65),
+        Status::CONNECT_INVALID_PARAMETERS,
+        "SQSIZE 65 of 64",
+    );
     let mut q = c.io_queue(1, 64).unwrap();
     // Past max_io_size: Invalid Field; at it: fine.
     let r = q
@@ -1244,28 +1191,10 @@ fn transport_options_apply_to_new_connections() {
         )
         .unwrap();
     assert_status(r.cqe.status(), Status::INVALID_FIELD);
-    let data = vec![0xc3; 32768];
-    let w = q
-        .execute(host::rw_sqe(true, 1, 0, 64), data.clone(), true, TIMEOUT)
-        .unwrap();
-    assert_status(w.cqe.status(), Status::SUCCESS);
-    let rd = q
-        .execute(
-            host::rw_sqe(false, 1, 0, 64),
-            vec![0; 32768],
-            false,
-            TIMEOUT,
-        )
-        .unwrap();
-    assert!(rd.data == data);
+    write_read_back(&mut q, 0, &[0xc3; 32768]);
     // In-capsule data beyond in_capsule_data_size on the I/O queue is a
     // fatal PDU error (the host library stays within IOCCSZ, so go raw).
-    let mut r = Raw::ready(fx.addr, 0);
-    r.send(
-        &Pdu::CapsuleCmd(Raw::connect_sqe(2, 31)),
-        &Raw::connect_data(NQN, HOST, c.cntlid()),
-    );
-    assert_status(r.response().status(), Status::SUCCESS);
+    let mut r = Raw::io_queue(fx.addr, 0, 2, c.cntlid());
     let mut w = host::rw_sqe(true, 1, 0, 16);
     w.set_sgl(&Sgl::in_capsule(0, 8192));
     r.send(&Pdu::CapsuleCmd(w), &[0u8; 8192]);
@@ -1273,28 +1202,13 @@ fn transport_options_apply_to_new_connections() {
     assert!(matches!(pdu, Pdu::C2HTermReq(_)), "{pdu:?}");
     // ICResp's MAXH2CDATA is max_io_size, as SPDK.
     let mut raw = Raw::open(fx.addr);
-    raw.send(
-        &Pdu::IcReq(IcReq {
-            pfv: 0,
-            hpda: 0,
-            dgst: 0,
-            maxr2t: 0,
-        }),
-        &[],
-    );
+    raw.send(&Raw::icreq(0), &[]);
     match raw.recv().unwrap().0 {
         Pdu::IcResp(resp) => assert_eq!(resp.maxh2cdata, 32768),
         other => panic!("{other:?}"),
     }
     // Admin queue deeper than max_aq_depth.
-    let mut r = Raw::ready(fx.addr, 0);
-    r.send(
-        &Pdu::CapsuleCmd(Raw::connect_sqe(0, 32)),
-        &Raw::connect_data(NQN, HOST, 0xFFFF),
-    );
-    let cqe = r.response();
-    assert_status(cqe.status(), Status::CONNECT_INVALID_PARAMETERS);
-    assert_eq!(cqe.dw0() & 0xffff, u32::from(ConnectCmd::SQSIZE_OFFSET));
+    expect_bad_sqsize(&mut Raw::ready(fx.addr, 0), 32);
     drop(q);
     c.shutdown().unwrap();
 }
@@ -1314,40 +1228,7 @@ fn num_shared_buffers_bounds_the_data_in_flight() {
             })
             .unwrap();
         }
-        let mut c = host::Controller::connect(fx.host()).unwrap();
-        c.set_num_queues(2).unwrap();
-        let mut queues = [c.io_queue(1, 32).unwrap(), c.io_queue(2, 32).unwrap()];
-        let pattern = |i: u64| -> Vec<u8> { (0..131072u64).map(|b| (b * 7 + i) as u8).collect() };
-        for write in [true, false] {
-            for (qi, q) in queues.iter_mut().enumerate() {
-                for k in 0..8u64 {
-                    let i = qi as u64 * 8 + k;
-                    let buf = if write { pattern(i) } else { vec![0; 131072] };
-                    q.submit(host::rw_sqe(write, 1, i * 256, 256), buf, write)
-                        .unwrap();
-                }
-            }
-            for q in queues.iter_mut() {
-                let deadline = Instant::now() + TIMEOUT;
-                let mut got = Vec::new();
-                while got.len() < 8 {
-                    q.poll().unwrap();
-                    got.extend(q.take_completed());
-                    assert!(Instant::now() < deadline, "requests stuck for buffers");
-                }
-                for cpl in got {
-                    assert_status(cpl.cqe.status(), Status::SUCCESS);
-                    if !write {
-                        assert!(
-                            (0..16).any(|i| cpl.data == pattern(i)),
-                            "read data mismatch"
-                        );
-                    }
-                }
-            }
-        }
-        drop(queues);
-        c.shutdown().unwrap();
+        large_writes_then_reads(&fx);
         tgt.shared
             .buffer_waits
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -1376,17 +1257,7 @@ fn masked_oncs_hides_and_refuses_the_command() {
     );
     c.set_num_queues(1).unwrap();
     let mut q = c.io_queue(1, 8).unwrap();
-    let mut dsm = Sqe::new(0x09, 0);
-    dsm.set_nsid(1);
-    dsm.set_cdw11(DSM_ATTR_DEALLOCATE);
-    let mut ranges = vec![0u8; 16];
-    DsmRange {
-        cattr: 0,
-        nlb: 8,
-        slba: 0,
-    }
-    .write(&mut ranges)
-    .unwrap();
+    let (dsm, ranges) = deallocate(0, 8);
     let r = q.execute(dsm, ranges, true, TIMEOUT).unwrap();
     assert_status(r.cqe.status(), Status::INVALID_OPCODE);
     good_host_io(&fx);
