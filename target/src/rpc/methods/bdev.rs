@@ -231,11 +231,47 @@ struct MallocCreate {
     metadata: Metadata,
 }
 
+/// What `bdev_malloc_create` and `bdev_null_create` check first, before
+/// their own params: metadata and PI, then the block sizes. Returns the
+/// block size.
+fn check_blocks(
+    metadata: &Metadata,
+    block_size: u32,
+    physical_block_size: Option<u32>,
+) -> Result<u32, RpcError> {
+    metadata.check()?;
+    let bs = check_block_size(block_size)?;
+    check_physical_block_size(physical_block_size, bs)?;
+    Ok(bs)
+}
+
+/// What `bdev_malloc_create` and `bdev_null_create` end with: checks
+/// `uuid` and the size, then creates `name`, `num_blocks` blocks of `bs`
+/// bytes (checked by [`check_blocks`]), as the `kind` made of its size in
+/// bytes and its block size. `save_config` replays it with the name, the
+/// block count and the block size.
+fn create_blocks(
+    d: &Dispatcher,
+    method: &'static str,
+    name: String,
+    num_blocks: u64,
+    bs: u32,
+    uuid: Option<String>,
+    kind: fn(u64, u32) -> BdevKind,
+) -> Result<Value, RpcError> {
+    let uuid = check_uuid(uuid)?;
+    let size = size_of(num_blocks, bs)?;
+    let params = json!({"name": name, "num_blocks": num_blocks, "block_size": bs});
+    let cfg = BdevConfig {
+        name,
+        kind: kind(size, bs),
+    };
+    create(d, cfg, method, params, uuid)
+}
+
 fn bdev_malloc_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: MallocCreate = params(p)?;
-    p.metadata.check()?;
-    let bs = check_block_size(p.block_size)?;
-    check_physical_block_size(p.physical_block_size, bs)?;
+    let bs = check_blocks(&p.metadata, p.block_size, p.physical_block_size)?;
     lacks(
         "optimal_io_boundary",
         p.optimal_io_boundary.unwrap_or(0) != 0,
@@ -247,27 +283,21 @@ fn bdev_malloc_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcErro
         p.numa_id.unwrap_or(-1) != -1,
         "RAM disks cannot be placed on a chosen NUMA node",
     )?;
-    let uuid = check_uuid(p.uuid)?;
-    let name = match p.name {
-        Some(n) => n,
+    let name = p.name.unwrap_or_else(|| {
         // SPDK names unnamed malloc bdevs Malloc0, Malloc1, ...
-        None => (0..)
+        (0..)
             .map(|i| format!("Malloc{i}"))
             .find(|n| !d.ctx.bdevs().contains_key(n) && d.ctx.graph.node_geometry(n).is_none())
-            .expect("an unused name exists"),
-    };
-    let size = size_of(p.num_blocks, bs)?;
-    let params = json!({"name": name, "num_blocks": p.num_blocks, "block_size": bs});
-    let kind = BdevKind::Ram {
-        size,
-        block_size: bs,
-    };
-    create(
+            .expect("an unused name exists")
+    });
+    create_blocks(
         d,
-        BdevConfig { name, kind },
         "bdev_malloc_create",
-        params,
-        uuid,
+        name,
+        p.num_blocks,
+        bs,
+        p.uuid,
+        |size, block_size| BdevKind::Ram { size, block_size },
     )
 }
 
@@ -301,9 +331,7 @@ struct NullCreate {
 
 fn bdev_null_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: NullCreate = params(p)?;
-    p.metadata.check()?;
-    let bs = check_block_size(p.block_size)?;
-    check_physical_block_size(p.physical_block_size, bs)?;
+    let bs = check_blocks(&p.metadata, p.block_size, p.physical_block_size)?;
     for (param, v) in [
         ("preferred_write_alignment", p.preferred_write_alignment),
         ("preferred_write_granularity", p.preferred_write_granularity),
@@ -317,15 +345,15 @@ fn bdev_null_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError>
             "Pollux reports no write or unmap granularity hints",
         )?;
     }
-    let uuid = check_uuid(p.uuid)?;
-    let size = size_of(p.num_blocks, bs)?;
-    let params = json!({"name": p.name, "num_blocks": p.num_blocks, "block_size": bs});
-    let kind = BdevKind::Null {
-        size,
-        block_size: bs,
-    };
-    let cfg = BdevConfig { name: p.name, kind };
-    create(d, cfg, "bdev_null_create", params, uuid)
+    create_blocks(
+        d,
+        "bdev_null_create",
+        p.name,
+        p.num_blocks,
+        bs,
+        p.uuid,
+        |size, block_size| BdevKind::Null { size, block_size },
+    )
 }
 
 /// `bdev_aio_create`'s params (SPDK 24.01 to 26.09).
@@ -703,31 +731,17 @@ mod tests {
 
     #[test]
     fn defaults_pass_and_what_pollux_lacks_is_named() {
+        let metadata_check = |v: Value| params::<MallocCreate>(Some(v)).unwrap().metadata.check();
         // rpc.py 25.5's bdev_malloc_create without options.
-        let p: MallocCreate = params(Some(json!({"block_size": 512, "num_blocks": 8,
-            "dif_is_head_of_md": false, "md_interleave": false})))
+        metadata_check(json!({"block_size": 512, "num_blocks": 8,
+            "dif_is_head_of_md": false, "md_interleave": false}))
         .unwrap();
-        p.metadata.check().unwrap();
-        let p: MallocCreate = params(Some(
-            json!({"block_size": 512, "num_blocks": 8, "md_size": 8}),
-        ))
-        .unwrap();
-        assert!(p
-            .metadata
-            .check()
-            .unwrap_err()
-            .message
-            .starts_with("md_size:"));
-        let p: MallocCreate = params(Some(
-            json!({"block_size": 512, "num_blocks": 8, "dif_type": 1}),
-        ))
-        .unwrap();
-        assert!(p
-            .metadata
-            .check()
-            .unwrap_err()
-            .message
-            .starts_with("dif_type:"));
+        for (param, asked) in [("md_size", 8), ("dif_type", 1)] {
+            let mut p = json!({"block_size": 512, "num_blocks": 8});
+            p[param] = json!(asked);
+            let e = metadata_check(p).unwrap_err();
+            assert!(e.message.starts_with(&format!("{param}:")), "{}", e.message);
+        }
         check_physical_block_size(None, 512).unwrap();
         check_physical_block_size(Some(0), 4096).unwrap();
         check_physical_block_size(Some(4096), 4096).unwrap();
