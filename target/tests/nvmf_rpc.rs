@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{free_port, pollux, scrape, try_series, Daemon, SpdkRpc, VmClient};
+use support::{free_port, pollux, scrape, tcp_listener, try_series, Daemon, SpdkRpc, VmClient};
 
 const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
 const SERIAL: &str = "SPDK00000000000001";
@@ -109,34 +109,22 @@ impl Target {
             .run(&["nvmf_create_subsystem", NQN, "-a", "-s", SERIAL]);
         // rpc.py prints nothing for add_ns; the NSID is checked below.
         self.rpc.run(&["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
-        self.rpc.run(&[
-            "nvmf_subsystem_add_listener",
-            NQN,
-            "-t",
-            "tcp",
-            "-a",
-            "127.0.0.1",
-            "-s",
-            &port.to_string(),
-            "-f",
-            "ipv4",
-        ]);
+        self.listener("nvmf_subsystem_add_listener", port);
+    }
+
+    /// Adds or removes (`method`) NQN's TCP listener on 127.0.0.1:`port`,
+    /// with every option rpc.py takes for it.
+    fn listener(&self, method: &str, port: u16) {
+        let port = port.to_string();
+        let mut args = vec![method, NQN];
+        args.extend(tcp_listener(&port));
+        args.extend(["-f", "ipv4"]);
+        self.rpc.run(&args);
     }
 
     fn tear_down(&self, port: u16) {
         self.rpc.run(&["nvmf_subsystem_remove_ns", NQN, "1"]);
-        self.rpc.run(&[
-            "nvmf_subsystem_remove_listener",
-            NQN,
-            "-t",
-            "tcp",
-            "-a",
-            "127.0.0.1",
-            "-s",
-            &port.to_string(),
-            "-f",
-            "ipv4",
-        ]);
+        self.listener("nvmf_subsystem_remove_listener", port);
         self.rpc.run(&["nvmf_delete_subsystem", NQN]);
         self.rpc.run(&["bdev_malloc_delete", "Malloc0"]);
         let subs = self.rpc.run(&["nvmf_get_subsystems"]);

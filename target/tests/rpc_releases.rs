@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use pollux_nvme::host::{rw_sqe, Controller, HostConfig, QueuePair};
 use serde_json::{json, Value};
-use support::{free_port, Daemon, Ready, SpdkRpc, SpdkRpcServer};
+use support::{free_port, tcp_listener, Daemon, Ready, SpdkRpc, SpdkRpcServer};
 
 const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
 /// A subsystem with a closed host list.
@@ -235,9 +235,10 @@ fn drive(version: &str) {
     cli.run(&["nvmf_subsystem_add_ns", NQN, "PT0", "-n", "5", "-g", NGUID]);
     let port = free_port();
     let port_s = port.to_string();
-    let listen = ["-t", "tcp", "-a", "127.0.0.1", "-s", &port_s, "-f", "ipv4"];
+    let mut listen = tcp_listener(&port_s).to_vec();
+    listen.extend(["-f", "ipv4"]);
     let mut add_listener = vec!["nvmf_subsystem_add_listener", NQN];
-    add_listener.extend(listen);
+    add_listener.extend(&listen);
     cli.run(&add_listener);
     cli.run(&["nvmf_create_subsystem", NQN2, "-s", "SPDK2"]);
     cli.run(&["nvmf_subsystem_add_host", NQN2, HOST]);
@@ -378,7 +379,7 @@ fn drive(version: &str) {
     cli.run(&["vhost_delete_controller", "vhost.0"]);
     assert_eq!(cli.run(&["vhost_get_controllers"]), json!([]));
     let mut remove_listener = vec!["nvmf_subsystem_remove_listener", NQN];
-    remove_listener.extend(listen);
+    remove_listener.extend(&listen);
     cli.run(&remove_listener);
     cli.run(&["nvmf_subsystem_remove_ns", NQN, "5"]);
     cli.run(&["nvmf_subsystem_remove_ns", NQN, "1"]);

@@ -42,6 +42,12 @@ pub fn pollux() -> Command {
     c
 }
 
+/// rpc.py's options naming a TCP listener on 127.0.0.1:`port`, for
+/// `nvmf_subsystem_add_listener` and `nvmf_subsystem_remove_listener`.
+pub fn tcp_listener(port: &str) -> [&str; 6] {
+    ["-t", "tcp", "-a", "127.0.0.1", "-s", port]
+}
+
 /// A port nothing listens on right now (the kernel's pick, released at once).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -621,16 +627,9 @@ impl SpdkRpc {
         self.run(&["nvmf_create_subsystem", nqn, "-a"]);
         self.run(&["nvmf_subsystem_add_ns", nqn, bdev]);
         let port = port.to_string();
-        self.run(&[
-            "nvmf_subsystem_add_listener",
-            nqn,
-            "-t",
-            "tcp",
-            "-a",
-            "127.0.0.1",
-            "-s",
-            &port,
-        ]);
+        let mut add = vec!["nvmf_subsystem_add_listener", nqn];
+        add.extend(tcp_listener(&port));
+        self.run(&add);
     }
 
     /// [`Self::try_run`], which must fail: the error text.
