@@ -34,7 +34,7 @@ pub use rpc::{RpcConfig, DEFAULT_SOCKET as DEFAULT_RPC_SOCKET};
 pub use vhost::{VhostBlkConfig, VhostConfig, MAX_NUM_QUEUES as MAX_VHOST_QUEUES};
 
 /// Default for `reactors.idle_after_us`.
-const DEFAULT_IDLE_AFTER_US: u64 = 200;
+pub(crate) const DEFAULT_IDLE_AFTER_US: u64 = 200;
 /// Default `block_size` for every bdev kind that has one.
 const DEFAULT_BLOCK_SIZE: u32 = 512;
 const BLOCK_SIZES: [u32; 2] = [512, 4096];

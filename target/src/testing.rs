@@ -10,14 +10,10 @@ use pollux_graph::nodes::ram::RamNode;
 use pollux_graph::Graph;
 use pollux_poller::{IdlePolicy, Runtime, RuntimeConfig};
 
-use crate::config::NvmfSubsystemConfig;
+use crate::config::{NvmfSubsystemConfig, DEFAULT_IDLE_AFTER_US};
 
-/// The daemon's default `idle_after_us`: the tests run the reactors as a
-/// default config does.
-const IDLE_AFTER: Duration = Duration::from_micros(200);
-
-/// Block size of the RAM nodes the tests add (the size Linux and the
-/// host library assume when a test does not care).
+/// Block size of the RAM nodes the tests add: the smallest a node has, so
+/// any test transfer of whole sectors is whole blocks.
 pub(crate) const RAM_BLOCK_SIZE: u32 = 512;
 
 /// Reactors and a block graph over them. Dropping it shuts the graph down
@@ -38,12 +34,12 @@ impl Reactors {
         Reactors { rt, graph }
     }
 
-    /// Adaptive reactors on `cores`, as the daemon runs by default.
+    /// Adaptive reactors on `cores`, as a default config runs them.
     pub(crate) fn adaptive(cores: Vec<usize>) -> Reactors {
         Reactors::start(
             cores,
             IdlePolicy::Adaptive {
-                idle_after: IDLE_AFTER,
+                idle_after: Duration::from_micros(DEFAULT_IDLE_AFTER_US),
             },
         )
     }
