@@ -238,9 +238,9 @@ fn rpc_transport_options_apply_to_new_connections() {
     drop(q);
     c.shutdown().unwrap();
 
-    // Only one TCP transport.
+    // Only one TCP transport; SPDK answers a second one with -32603.
     let e = rpc.fails(&["nvmf_create_transport", "-t", "TCP"]);
-    assert!(e.contains("-32602") && e.contains("already exists"), "{e}");
+    assert!(e.contains("-32603") && e.contains("already exists"), "{e}");
     // save_config replays the options in force.
     let saved = rpc.run(&["save_config"]);
     let nvmf = saved["subsystems"]

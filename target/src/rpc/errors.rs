@@ -114,12 +114,16 @@ impl From<ControlError> for RpcError {
 
 /// An NVMe-oF target change refused, prefixed with the param at fault:
 /// -32602 for anything the caller named wrongly, -32603 for the target's
-/// own failures (stopping, no thread).
+/// own failures (stopping, no thread) and, as SPDK's `nvmf_rpc.c` answers
+/// them with SPDK_JSONRPC_ERROR_INTERNAL_ERROR, for creating a subsystem or
+/// a transport that already exists.
 pub fn nvmf(param: &str, e: NvmfError) -> RpcError {
     match e {
-        NvmfError::NoSuchSubsystem(_) | NvmfError::SubsystemExists(_) => {
-            RpcError::invalid_params(format!("nqn: {e}"))
-        }
+        NvmfError::NoSuchSubsystem(_) => RpcError::invalid_params(format!("nqn: {e}")),
+        NvmfError::SubsystemExists(_) | NvmfError::TransportExists => RpcError {
+            code: code::INTERNAL_ERROR,
+            message: format!("{param}: {e}"),
+        },
         // The bound's own message names the option.
         NvmfError::Opts(o) => RpcError::invalid_params(o.to_string()),
         NvmfError::Stopping | NvmfError::Thread(_) => RpcError {
@@ -131,8 +135,7 @@ pub fn nvmf(param: &str, e: NvmfError) -> RpcError {
         | NvmfError::ListenerExists { .. }
         | NvmfError::NoSuchListener { .. }
         | NvmfError::HostExists { .. }
-        | NvmfError::NoSuchHost { .. }
-        | NvmfError::TransportExists => RpcError::invalid_params(format!("{param}: {e}")),
+        | NvmfError::NoSuchHost { .. } => RpcError::invalid_params(format!("{param}: {e}")),
     }
 }
 
@@ -279,8 +282,11 @@ mod tests {
         assert_eq!(e.code, code::INVALID_PARAMS);
         assert!(e.message.starts_with("host: "), "{}", e.message);
         let e = nvmf("trtype", NvmfError::TransportExists);
-        assert_eq!(e.code, code::INVALID_PARAMS);
+        assert_eq!(e.code, code::INTERNAL_ERROR);
         assert!(e.message.starts_with("trtype: "), "{}", e.message);
+        let e = nvmf("nqn", NvmfError::SubsystemExists("nqn.x".into()));
+        assert_eq!(e.code, code::INTERNAL_ERROR);
+        assert!(e.message.starts_with("nqn: "), "{}", e.message);
         assert_eq!(nvmf("nqn", NvmfError::Stopping).code, code::INTERNAL_ERROR);
     }
 }
