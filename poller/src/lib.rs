@@ -7,8 +7,10 @@
 //! the loop and the context callbacks receive; `wakeup` and `qsbr` are the
 //! two lock-free protocols (model-checked with loom); `sync` is what they
 //! and the graph's protocols are built on (std or loom atomics, and the
-//! owner-only counter helper); `timer`, `stats` and `per_reactor` hold what
-//! their names say; `cpu` validates core lists.
+//! owner-only counter helper); `epoll` is the one safe epoll type, which
+//! the reactor sleeps on and the front-ends register their sockets with;
+//! `timer`, `stats` and `per_reactor` hold what their names say; `cpu`
+//! validates core lists.
 
 pub mod sync;
 
