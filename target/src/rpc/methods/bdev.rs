@@ -188,18 +188,52 @@ fn check_physical_block_size(pbs: Option<u32>, bs: u32) -> Result<(), RpcError> 
 /// `bdev_null_create`): Pollux's nodes have neither, so `md_size` and
 /// `dif_type` must be 0. The layout params only describe metadata, which
 /// then does not exist, so any value of theirs asks for nothing.
+///
+/// The create methods take it flattened, and a flattened struct's fields
+/// reach serde through a buffer that loses their path, so each field names
+/// itself in its own decode errors (`named`).
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Metadata {
+    #[serde(deserialize_with = "md_size")]
     md_size: Option<u32>,
     #[allow(dead_code)] // describes metadata, which md_size = 0 rules out
+    #[serde(deserialize_with = "md_interleave")]
     md_interleave: Option<bool>,
+    #[serde(deserialize_with = "dif_type")]
     dif_type: Option<i32>,
     #[allow(dead_code)] // likewise
+    #[serde(deserialize_with = "dif_is_head_of_md")]
     dif_is_head_of_md: Option<bool>,
     #[allow(dead_code)] // likewise
+    #[serde(deserialize_with = "dif_pi_format")]
     dif_pi_format: Option<u32>,
 }
+
+/// Decodes an optional param, prefixing a decode error with its name.
+fn named<'de, D, T>(d: D, name: &str) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map_err(|e| serde::de::Error::custom(format!("{name}: {e}")))
+}
+
+macro_rules! named_params {
+    ($($field:ident: $ty:ty),* $(,)?) => {$(
+        fn $field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<$ty>, D::Error> {
+            named(d, stringify!($field))
+        }
+    )*};
+}
+
+named_params!(
+    md_size: u32,
+    md_interleave: bool,
+    dif_type: i32,
+    dif_is_head_of_md: bool,
+    dif_pi_format: u32,
+);
 
 impl Metadata {
     fn check(&self) -> Result<(), RpcError> {
@@ -727,6 +761,32 @@ mod tests {
             refused::<UringCreate>(json!({"name": "u", "filename": "/f", "nowait": false}))
                 .contains("nowait")
         );
+    }
+
+    #[test]
+    fn flattened_metadata_params_name_themselves_in_decode_errors() {
+        for (param, bad) in [
+            ("md_size", json!("x")),
+            ("md_interleave", json!(3)),
+            ("dif_type", json!("1")),
+            ("dif_is_head_of_md", json!("yes")),
+            ("dif_pi_format", json!(-1)),
+        ] {
+            let mut p = json!({"name": "m", "num_blocks": 8, "block_size": 512});
+            p[param] = bad;
+            let refusals = [
+                params::<MallocCreate>(Some(p.clone())).err(),
+                params::<NullCreate>(Some(p)).err(),
+            ];
+            for e in refusals {
+                let m = e.expect("refused").message;
+                assert!(m.starts_with(&format!("{param}: ")), "{m}");
+            }
+        }
+        // Flattening keeps unknown params refused.
+        let p = json!({"name": "m", "num_blocks": 8, "block_size": 512, "md_sise": 0});
+        let e = params::<MallocCreate>(Some(p)).err().expect("refused");
+        assert!(e.message.contains("md_sise"), "{}", e.message);
     }
 
     #[test]
