@@ -191,9 +191,11 @@ fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    d.wait(20, "perf connected", || d.connections(NQN) > 0.0);
-    // Admin + I/O queue per connection.
-    assert!(d.connections(NQN) >= 2.0);
+    // Admin + I/O queue per connection; perf opens them one after the
+    // other, so wait for both rather than seeing the first.
+    d.wait(20, "perf's admin and I/O queues connected", || {
+        d.connections(NQN) >= 2.0
+    });
     // Under QD 32 requests are seen in flight, in the states they pass.
     d.wait(20, "requests in flight on the gauge", || {
         d.request_states().iter().any(|&(_, n)| n > 0.0)
@@ -287,7 +289,6 @@ fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
     // Bad params: -32602 naming the param; the daemon keeps serving.
     for (method, params, names) in [
         ("nvmf_create_subsystem", json!({"nqn": "bad"}), "nqn"),
-        ("nvmf_create_subsystem", json!({"nqn": NQN}), "nqn"),
         (
             "nvmf_subsystem_add_ns",
             json!({"nqn": NQN, "namespace": {"bdev_name": "nope"}}),
@@ -340,6 +341,12 @@ fn rpc_built_target_serves_our_initiator_and_tears_down_clean() {
             "{method} {params}: {e} does not name {names}"
         );
     }
+    // A subsystem that exists already: SPDK's internal error, -32603.
+    let e = d
+        .rpc
+        .try_call("nvmf_create_subsystem", json!({"nqn": NQN}))
+        .expect_err("a second subsystem of that NQN");
+    assert!(e.contains("-32603") && e.contains("already exists"), "{e}");
 
     d.tear_down(port);
     d.wait(10, "fds back to baseline", || {
