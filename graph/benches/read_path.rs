@@ -9,6 +9,10 @@
 //! `submit` through pinning, the null node and the deferred completion to
 //! the sink that resubmits it, `QD` at a time (the loop's per-iteration
 //! cost is shared by the I/O of one iteration, as on a loaded reactor).
+//! `submit_complete_write_null_histogram_off[_through_passthru]`: the same
+//! with every latency histogram on the path switched off
+//! (`Graph::set_histogram`, SPDK's `bdev_enable_histogram`): the
+//! difference is what the histograms cost per I/O.
 //!
 //! Each sample runs on reactor 0 (the graph is only readable there) and
 //! reports the time measured on the reactor.
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pollux_graph::nodes::{null::NullNode, passthru::PassthruNode};
-use pollux_graph::{AlignedBuf, Graph, Io, IoBuf, IoOp, IoResult, IoSink, RootId};
+use pollux_graph::{AlignedBuf, Graph, Io, IoBuf, IoOp, IoResult, IoSink, OpMask, RootId};
 use pollux_poller::{IdlePolicy, Reactor, Runtime, RuntimeConfig};
 
 fn bench(c: &mut Criterion) {
@@ -35,6 +39,16 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let root = g.add_root("r", "null0").unwrap();
     let root_pt = g.add_root("rp", "pt0").unwrap();
+    // The same two paths with their histograms off.
+    g.add_node("null1", NullNode::new(1 << 30, 4096), &[])
+        .unwrap();
+    g.add_node("pt1", PassthruNode::new(geo), &["null1"])
+        .unwrap();
+    for n in ["null1", "pt1"] {
+        g.set_histogram(n, OpMask::NONE).unwrap();
+    }
+    let root_off = g.add_root("r_off", "null1").unwrap();
+    let root_pt_off = g.add_root("rp_off", "pt1").unwrap();
 
     let mut group = c.benchmark_group("graph_read_path");
     group.measurement_time(Duration::from_secs(3));
@@ -86,6 +100,11 @@ fn bench(c: &mut Criterion) {
     for (name, root) in [
         ("submit_complete_write_null", root),
         ("submit_complete_write_null_through_passthru", root_pt),
+        ("submit_complete_write_null_histogram_off", root_off),
+        (
+            "submit_complete_write_null_histogram_off_through_passthru",
+            root_pt_off,
+        ),
     ] {
         let g = g.clone();
         group.bench_function(name, |b| {

@@ -17,7 +17,7 @@ use pollux_poller::{Handle, Reactor};
 
 use crate::cell::{DynNode, NodeCell};
 use crate::io::{IoOp, MAX_DEPTH};
-use crate::latency::{self, LatencyHistogram};
+use crate::latency::{self, LatencyHistogram, OpMask};
 use crate::node::{BlockNode, Geometry};
 use crate::rcu::Rcu;
 use crate::snapshot::{NodeEntry, NodeId, RootEntry, RootId, Snapshot, SnapshotGuard};
@@ -107,6 +107,8 @@ pub struct NodeInfo {
     pub geometry: Geometry,
     /// Children, in slot order.
     pub children: Vec<String>,
+    /// The ops its latency histogram records (`Graph::set_histogram`).
+    pub histogram: OpMask,
 }
 
 /// A root as `Graph::describe` reports it.
@@ -141,7 +143,11 @@ pub struct NodeStats {
     /// I/O in flight now.
     pub inflight: u64,
     /// Latency of successful I/O from submission to completion, by op.
+    /// Only what was recorded while the op's histogram was on.
     pub latency: [LatencyHistogram; 5],
+    /// The ops whose histogram is on now: the others' `latency` is frozen
+    /// at what they recorded before it was switched off.
+    pub histogram: OpMask,
 }
 
 /// Publication counters, for metrics and tests.
@@ -398,6 +404,24 @@ impl Graph {
         })
     }
 
+    /// Sets which ops node `name`'s latency histogram records
+    /// (`OpMask::NONE`: off). Published like any graph change, so each
+    /// reactor sees the switch in the snapshot entry it reads anyway, and an
+    /// I/O already in flight completes as it was submitted. What was
+    /// recorded before is kept: switching an op off freezes its histogram,
+    /// switching it on again continues it.
+    pub fn set_histogram(&self, name: &str, ops: OpMask) -> Result<(), GraphError> {
+        let _span = tracing::info_span!("graph_set_histogram", name, ?ops).entered();
+        self.update(|s| {
+            let id = lookup(s, name)?;
+            s.nodes[id.0 as usize]
+                .as_mut()
+                .expect("looked up")
+                .histogram = ops;
+            Ok(())
+        })
+    }
+
     /// Puts `filter` above `node` in one publication: every parent edge and
     /// every root that pointed at `node` now points at the filter, whose one
     /// child is `node`.
@@ -456,6 +480,7 @@ impl Graph {
                     kind: e.cell.kind(),
                     geometry: e.cell.geometry(),
                     children: e.children.iter().filter_map(|c| name_of(*c)).collect(),
+                    histogram: e.histogram,
                 })
                 .collect();
             nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -486,7 +511,10 @@ impl Graph {
     pub fn node_stats(&self, name: &str) -> Option<NodeStats> {
         self.read(|s| {
             let e = s.entry(s.node_id(name)?)?;
-            let mut st = NodeStats::default();
+            let mut st = NodeStats {
+                histogram: e.histogram,
+                ..NodeStats::default()
+            };
             for c in e.cell.core().counters.iter() {
                 for op in IoOp::ALL {
                     let i = op.as_index();
@@ -571,6 +599,7 @@ fn insert_node(s: &mut Snapshot, cell: Arc<dyn DynNode>, children: Vec<NodeId>) 
         cell,
         geometry,
         children,
+        histogram: OpMask::DEFAULT,
     };
     let id = NodeId(put_in_free_slot(&mut s.nodes, entry));
     s.names.insert(name, id);

@@ -40,6 +40,48 @@ pub fn bucket_of(ns: u64) -> usize {
     ((bits - SHIFT) as usize).min(BUCKETS - 1)
 }
 
+/// The ops whose latency a node's histogram records: bit `i` is the op
+/// whose `IoOp::as_index` is `i`. What SPDK's `bdev_enable_histogram`
+/// switches (all ops, or one with its `opc`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OpMask(u8);
+
+impl OpMask {
+    /// No op: the histogram is off, and the I/O path reads no clock for it.
+    pub const NONE: OpMask = OpMask(0);
+    /// Every op.
+    pub const ALL: OpMask = OpMask((1 << 5) - 1);
+    /// What a new node records: every op. Off is faster (BENCHMARKS.md,
+    /// "Latency histogram switch": about 10% more IOPS on null), but
+    /// /metrics' latency series and `pollux perf local`'s latency report
+    /// read these histograms, so they stay on unless switched off per bdev.
+    pub const DEFAULT: OpMask = OpMask::ALL;
+
+    /// Only `op`.
+    #[cfg(not(loom))]
+    #[inline]
+    pub fn of(op: crate::IoOp) -> OpMask {
+        OpMask(1 << op.as_index())
+    }
+
+    /// True if any op of `other` is in `self`.
+    #[inline]
+    pub fn has(self, other: OpMask) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// True if the op with index `i` (`IoOp::as_index`) is in `self`.
+    #[inline]
+    pub fn has_index(self, i: usize) -> bool {
+        i < 8 && self.0 & (1 << i) != 0
+    }
+
+    /// True if no op is recorded.
+    pub fn is_none(self) -> bool {
+        self.0 == 0
+    }
+}
+
 /// A histogram's contents: per-bucket (not cumulative) counts and the sum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LatencyHistogram {

@@ -25,7 +25,7 @@ pub mod latency;
 mod pin;
 mod rcu;
 
-pub use latency::LatencyHistogram;
+pub use latency::{LatencyHistogram, OpMask};
 
 /// Declares the rooms that need reactors: they are left out under loom.
 macro_rules! with_reactors {

@@ -117,30 +117,57 @@ impl NodeCore {
 /// The nodes an I/O went through, each pinned (counted in flight on the
 /// submitting reactor) until the I/O completes.
 #[cfg(not(loom))]
+const _: () = assert!(
+    MAX_DEPTH <= u32::BITS as usize,
+    "Path::timed has one bit per node"
+);
+
+#[cfg(not(loom))]
 #[derive(Default)]
 pub(crate) struct Path {
     nodes: [Option<NonNull<NodeCore>>; MAX_DEPTH],
-    len: usize,
+    /// `u32` with `timed` beside it, so the two fit the word `len` alone
+    /// took: `Io` moves by value through every layer, and a bigger one costs.
+    len: u32,
+    /// Bit `i`: `nodes[i]` records this I/O's latency (its histogram was on
+    /// for the op when the I/O passed it). Decided at submission, so a flip
+    /// of the histogram never half-counts an I/O in flight.
+    timed: u32,
 }
 
 #[cfg(not(loom))]
 impl Path {
-    /// Pins `core` for this I/O on reactor `r`.
+    /// Pins `core` for this I/O on reactor `r`; `timed`: the node records
+    /// the I/O's latency when it completes.
     #[inline]
-    pub(crate) fn push(&mut self, r: &Reactor, core: &NodeCore) -> Result<(), IoError> {
-        if self.len == MAX_DEPTH {
+    pub(crate) fn push(
+        &mut self,
+        r: &Reactor,
+        core: &NodeCore,
+        timed: bool,
+    ) -> Result<(), IoError> {
+        if self.len as usize == MAX_DEPTH {
             // The graph refuses deeper paths; this is a second line of defence.
             return Err(IoError::NoDevice);
         }
         core.counters[r.index()].pin();
-        self.nodes[self.len] = Some(NonNull::from(core));
+        self.nodes[self.len as usize] = Some(NonNull::from(core));
+        self.timed |= u32::from(timed) << self.len;
         self.len += 1;
         Ok(())
     }
 
+    /// True once a node on the path records the I/O's latency (the clock
+    /// was read at that node).
+    #[inline]
+    pub(crate) fn timed(&self) -> bool {
+        self.timed != 0
+    }
+
     /// Accounts the finished I/O on every pinned node and unpins them.
-    /// `submitted` is the raw clock reading taken when it entered the graph.
-    /// Returns the latency recorded (0 for failed I/O).
+    /// `submitted` is the raw clock reading taken when the I/O reached the
+    /// first timed node. Returns the latency recorded (0 for failed I/O, and
+    /// for I/O no node timed).
     #[inline]
     pub(crate) fn finish(
         &mut self,
@@ -154,12 +181,13 @@ impl Path {
         // One clock read per I/O, however many nodes it went through: every
         // node on the path sees the latency from submission, as the caller
         // of that node would.
-        let ns = if ok && self.len > 0 {
+        let ns = if ok && self.timed != 0 {
             crate::latency::elapsed_ns(submitted)
         } else {
             0
         };
-        for slot in &mut self.nodes[..self.len] {
+        let timed = self.timed;
+        for (k, slot) in self.nodes[..self.len as usize].iter_mut().enumerate() {
             let Some(p) = slot.take() else { continue };
             // SAFETY: the node's only owners are the published snapshot and,
             // while it drains, the writer (snapshots cannot be cloned or owned
@@ -176,13 +204,16 @@ impl Path {
             if ok {
                 single_writer_add(&c.ops[i], 1);
                 single_writer_add(&c.bytes[i], len);
-                c.latency[i].record(ns);
+                if timed & (1 << k) != 0 {
+                    c.latency[i].record(ns);
+                }
             } else {
                 single_writer_add(&c.errors[i], 1);
             }
             c.unpin();
         }
         self.len = 0;
+        self.timed = 0;
         ns
     }
 }

@@ -25,6 +25,12 @@ pub(crate) struct NodeEntry {
     pub(crate) geometry: crate::Geometry,
     /// Edges to children, in the node's child-slot order.
     pub(crate) children: Vec<NodeId>,
+    /// Which ops the node's latency histogram records (bit
+    /// `IoOp::as_index`). Kept here rather than in the node so that the
+    /// reactor reads it from the entry it already touches for the range
+    /// check, and so that flipping it is a publication like any other
+    /// graph change: no flag is shared, and none is written per I/O.
+    pub(crate) histogram: crate::latency::OpMask,
 }
 
 #[derive(Clone)]
@@ -178,7 +184,10 @@ impl<'r> SnapshotGuard<'r> {
     #[inline]
     pub fn submit(&self, r: &Reactor, root: RootId, mut io: Io) {
         let s = self.snap;
-        io.submitted = crate::latency::now_raw();
+        // This op's bit in each node's histogram mask: a node times the I/O
+        // only if its bit is set, and the clock is read only once a node on
+        // the path does (with every histogram off, never).
+        let op_bit = crate::latency::OpMask::of(io.op);
         let Some(mut id) = s.root_node(root) else {
             io.complete_later(r, Err(IoError::NoDevice));
             return;
@@ -189,7 +198,13 @@ impl<'r> SnapshotGuard<'r> {
                 return;
             };
             let cell = &*entry.cell;
-            if let Err(e) = io.path.push(r, cell.core()) {
+            let timed = entry.histogram.has(op_bit);
+            if timed && !io.path.timed() {
+                // The first timed node on the path: the time from here is what
+                // its caller, and every node below, would measure.
+                io.submitted = crate::latency::now_raw();
+            }
+            if let Err(e) = io.path.push(r, cell.core(), timed) {
                 io.complete_later(r, Err(e));
                 return;
             }

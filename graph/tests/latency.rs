@@ -4,7 +4,7 @@ mod common;
 
 use common::{io, runtime};
 use pollux_graph::nodes::{passthru::PassthruNode, ram::RamNode};
-use pollux_graph::{Graph, IoOp};
+use pollux_graph::{Graph, IoOp, OpMask};
 
 const MIB: u64 = 1 << 20;
 
@@ -43,6 +43,76 @@ fn every_node_on_the_path_records_successful_io_latency() {
     // The range check failed at the filter, before the I/O reached ram0.
     assert_eq!(g.node_stats("pt0").unwrap().errors[0], 1);
     assert_eq!(g.node_stats("ram0").unwrap().errors[0], 0);
+}
+
+/// `Graph::set_histogram` (SPDK's `bdev_enable_histogram`): a node whose
+/// histogram is off for an op records none of that op's latency, counts it
+/// all the same, and records again once it is back on; each node on a path
+/// follows its own switch.
+#[test]
+fn histogram_switch_stops_and_resumes_recording_per_node_and_op() {
+    let rt = runtime(1);
+    let g = Graph::new(rt.handle());
+    g.add_node("ram0", RamNode::new(MIB, 512).unwrap(), &[])
+        .unwrap();
+    let geo = g.node_geometry("ram0").unwrap();
+    g.insert_filter("ram0", "pt0", PassthruNode::new(geo))
+        .unwrap();
+    let root = g.add_root("r", "pt0").unwrap();
+    let (r, w) = (IoOp::Read.as_index(), IoOp::Write.as_index());
+    let write = || {
+        io(&g, root, IoOp::Write, 0, 512, Some(vec![7; 512]))
+            .0
+            .unwrap()
+    };
+    let read = || io(&g, root, IoOp::Read, 0, 512, None).0.unwrap();
+    assert_eq!(g.node_stats("ram0").unwrap().histogram, OpMask::DEFAULT);
+
+    // Every histogram off: nothing is timed anywhere.
+    g.set_histogram("pt0", OpMask::NONE).unwrap();
+    g.set_histogram("ram0", OpMask::NONE).unwrap();
+    write();
+    read();
+    for name in ["pt0", "ram0"] {
+        let st = g.node_stats(name).unwrap();
+        assert_eq!(st.histogram, OpMask::NONE, "{name}");
+        assert_eq!((st.ops[w], st.ops[r]), (1, 1), "{name}: still counted");
+        assert_eq!(st.latency[w], Default::default(), "{name}");
+        assert_eq!(st.latency[r], Default::default(), "{name}");
+    }
+    let info = g.describe();
+    assert!(info.nodes.iter().all(|n| n.histogram == OpMask::NONE));
+
+    // Only the leaf, and only for reads: the filter above stays off.
+    g.set_histogram("ram0", OpMask::of(IoOp::Read)).unwrap();
+    write();
+    read();
+    read();
+    let leaf = g.node_stats("ram0").unwrap();
+    assert_eq!(leaf.latency[r].count(), 2);
+    assert!(leaf.latency[r].sum_ns > 0);
+    assert_eq!(leaf.latency[w].count(), 0);
+    assert_eq!(g.node_stats("pt0").unwrap().latency[r].count(), 0);
+
+    // Everything back on: both nodes record from here, and the leaf's
+    // histograms continue where they stopped.
+    g.set_histogram("pt0", OpMask::ALL).unwrap();
+    g.set_histogram("ram0", OpMask::ALL).unwrap();
+    write();
+    read();
+    let leaf = g.node_stats("ram0").unwrap();
+    assert_eq!((leaf.latency[w].count(), leaf.latency[r].count()), (1, 3));
+    let filter = g.node_stats("pt0").unwrap();
+    assert_eq!(
+        (filter.latency[w].count(), filter.latency[r].count()),
+        (1, 1)
+    );
+    assert_eq!((filter.ops[w], filter.ops[r]), (3, 4));
+
+    assert!(matches!(
+        g.set_histogram("nope", OpMask::ALL),
+        Err(pollux_graph::GraphError::NoSuchNode(_))
+    ));
 }
 
 #[test]

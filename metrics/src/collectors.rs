@@ -256,7 +256,12 @@ impl Collector for GraphCollector {
                 ops.value(&l, st.ops[i] as f64);
                 bytes.value(&l, st.bytes[i] as f64);
                 errors.value(&l, st.errors[i] as f64);
-                latency.histogram(&l, &st.latency[i]);
+                // An op whose histogram is off (`bdev_enable_histogram`)
+                // has no latency series: a frozen one would read as "no
+                // I/O" while the op counter moves.
+                if st.histogram.has_index(i) {
+                    latency.histogram(&l, &st.latency[i]);
+                }
             }
             inflight.value(&[bdev], st.inflight as f64);
         }

@@ -8,7 +8,7 @@ use crate::bdev;
 use crate::config::{BdevConfig, BdevKind};
 use crate::rpc::jsonrpc::{params, RpcError};
 use crate::rpc::{BdevRecord, Dispatcher, RpcContext};
-use pollux_graph::{GraphError, IoOp};
+use pollux_graph::{GraphError, IoOp, OpMask};
 
 pub(super) fn register(d: &mut Dispatcher) {
     d.register("bdev_malloc_create", bdev_malloc_create);
@@ -29,14 +29,17 @@ pub(super) fn register(d: &mut Dispatcher) {
     });
     d.register("bdev_get_bdevs", bdev_get_bdevs);
     d.register("bdev_get_iostat", bdev_get_iostat);
+    d.register("bdev_enable_histogram", bdev_enable_histogram);
     d.register_subsystem(crate::rpc::Subsystem {
         name: "bdev",
         depends_on: &[],
         writer: |d| {
-            creation_order(d)
+            let mut out: Vec<Value> = creation_order(d)
                 .into_iter()
                 .map(|(method, params)| json!({"method": method, "params": params}))
-                .collect()
+                .collect();
+            out.extend(histogram_config(d));
+            out
         },
     });
 }
@@ -693,6 +696,131 @@ fn bdev_get_iostat(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> 
         "ticks": d.ctx.handle.stats(0).busy_ns + d.ctx.handle.stats(0).idle_ns,
         "bdevs": bdevs,
     }))
+}
+
+/// `bdev_enable_histogram`'s params, every one rpc.py 24.01 to 26.9 sends:
+/// `name` and `enable` (24.01), `opc` (24.09), `granularity`, `min_nsec`
+/// and `max_nsec` (25.01).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnableHistogram {
+    name: String,
+    enable: bool,
+    /// One SPDK I/O type name: only that op is recorded.
+    opc: Option<String>,
+    granularity: Option<u8>,
+    min_nsec: Option<u64>,
+    max_nsec: Option<u64>,
+}
+
+/// SPDK's bucket layout when none is given (`SPDK_HISTOGRAM_GRANULARITY_DEFAULT`
+/// and bdev_rpc.c's `SPDK_BDEV_HISTOGRAM_DEFAULT_{MIN,MAX}_VALUE_NS`): what a
+/// client may send explicitly without asking for another layout.
+const SPDK_HISTOGRAM_GRANULARITY: u8 = 7;
+const SPDK_HISTOGRAM_MIN_NS: u64 = 1_000;
+const SPDK_HISTOGRAM_MAX_NS: u64 = 120_000_000_000;
+
+/// Switches a node's latency histogram (the `pollux_bdev_latency_seconds`
+/// series of /metrics) on or off at run time, as SPDK's method of that name
+/// does: a graph publication, so the I/O path reads the switch from the
+/// snapshot entry it reads anyway and, off, reads no clock at all.
+fn bdev_enable_histogram(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let p: EnableHistogram = params(p)?;
+    if d.ctx.graph.node_geometry(&p.name).is_none() {
+        return Err(RpcError::no_such_bdev(&p.name));
+    }
+    let ops = if !p.enable {
+        // SPDK ignores the rest when disabling.
+        OpMask::NONE
+    } else {
+        // Pollux's buckets are fixed powers of two (256 ns to 8.6 s), summed
+        // across reactors and exported as Prometheus `le` bounds.
+        let fixed = "Pollux's histogram buckets are fixed (powers of two from 256 ns)";
+        lacks(
+            "granularity",
+            p.granularity
+                .is_some_and(|g| g != 0 && g != SPDK_HISTOGRAM_GRANULARITY),
+            fixed,
+        )?;
+        lacks(
+            "min_nsec",
+            p.min_nsec
+                .is_some_and(|n| n != 0 && n != SPDK_HISTOGRAM_MIN_NS),
+            fixed,
+        )?;
+        lacks(
+            "max_nsec",
+            p.max_nsec
+                .is_some_and(|n| n != 0 && n != SPDK_HISTOGRAM_MAX_NS),
+            fixed,
+        )?;
+        match p.opc.as_deref() {
+            None => OpMask::ALL,
+            Some(opc) => OpMask::of(histogram_op(opc)?),
+        }
+    };
+    d.ctx.graph.set_histogram(&p.name, ops)?;
+    Ok(json!(true))
+}
+
+/// save_config's `bdev_enable_histogram` calls, after every bdev exists.
+/// SPDK writes one for each bdev whose histogram is on, its default being
+/// off (bdev.c's `bdev_enable_histogram_config_json`); Pollux's default is
+/// on, so it writes one for each bdev whose switch differs from what a new
+/// node gets, and a replay restores the switch either way.
+fn histogram_config(d: &Dispatcher) -> Vec<Value> {
+    let records = d.ctx.bdevs().clone();
+    d.ctx
+        .graph
+        .describe()
+        .nodes
+        .into_iter()
+        .filter(|n| records.contains_key(&n.name) && n.histogram != OpMask::DEFAULT)
+        .map(|n| {
+            let mut params = json!({"name": n.name, "enable": !n.histogram.is_none()});
+            let only = IoOp::ALL
+                .into_iter()
+                .filter(|op| n.histogram.has(OpMask::of(*op)))
+                .collect::<Vec<_>>();
+            if let [op] = only[..] {
+                params["opc"] = json!(spdk_io_type(op));
+            }
+            json!({"method": "bdev_enable_histogram", "params": params})
+        })
+        .collect()
+}
+
+/// SPDK's I/O type name for an op.
+fn spdk_io_type(op: IoOp) -> &'static str {
+    match op {
+        IoOp::Read => "read",
+        IoOp::Write => "write",
+        IoOp::Flush => "flush",
+        IoOp::Discard => "unmap",
+        IoOp::WriteZeroes => "write_zeroes",
+    }
+}
+
+/// The op an SPDK I/O type name (`spdk_bdev_get_io_type`) stands for.
+fn histogram_op(opc: &str) -> Result<IoOp, RpcError> {
+    Ok(match opc {
+        "read" => IoOp::Read,
+        "write" => IoOp::Write,
+        "flush" => IoOp::Flush,
+        "unmap" => IoOp::Discard,
+        "write_zeroes" => IoOp::WriteZeroes,
+        // SPDK's other I/O types: none of them reaches a Pollux node.
+        "reset" | "nvme_admin" | "nvme_io" | "nvme_io_md" | "zcopy" | "get_zone_info"
+        | "zone_management" | "zone_append" | "compare" | "compare_and_write" | "abort"
+        | "seek_hole" | "seek_data" | "copy" | "nvme_iov_md" | "nvme_nssr"
+        | "write_uncorrectable" => {
+            return Err(RpcError::invalid_params(format!(
+                "opc: Pollux's bdevs do no {opc} I/O; read, write, unmap, flush and write_zeroes are timed"
+            )))
+        }
+        // SPDK's answer to a name it does not know.
+        _ => return Err(RpcError::failed("Invalid Io type")),
+    })
 }
 
 #[cfg(test)]
