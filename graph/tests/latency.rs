@@ -4,20 +4,26 @@ mod common;
 
 use common::{io, runtime};
 use pollux_graph::nodes::{passthru::PassthruNode, ram::RamNode};
-use pollux_graph::{Graph, IoOp, OpMask};
+use pollux_graph::{Graph, IoOp, OpMask, RootId};
 
 const MIB: u64 = 1 << 20;
 
-#[test]
-fn every_node_on_the_path_records_successful_io_latency() {
-    let rt = runtime(1);
-    let g = Graph::new(rt.handle());
+/// A 1 MiB ram0 under a passthru filter pt0, exported as root "r": a path
+/// of two nodes, each with its own histogram.
+fn ram_under_passthru(g: &Graph) -> RootId {
     g.add_node("ram0", RamNode::new(MIB, 512).unwrap(), &[])
         .unwrap();
     let geo = g.node_geometry("ram0").unwrap();
     g.insert_filter("ram0", "pt0", PassthruNode::new(geo))
         .unwrap();
-    let root = g.add_root("r", "pt0").unwrap();
+    g.add_root("r", "pt0").unwrap()
+}
+
+#[test]
+fn every_node_on_the_path_records_successful_io_latency() {
+    let rt = runtime(1);
+    let g = Graph::new(rt.handle());
+    let root = ram_under_passthru(&g);
     for _ in 0..3 {
         io(&g, root, IoOp::Write, 0, 4096, Some(vec![1; 4096]))
             .0
@@ -53,12 +59,7 @@ fn every_node_on_the_path_records_successful_io_latency() {
 fn histogram_switch_stops_and_resumes_recording_per_node_and_op() {
     let rt = runtime(1);
     let g = Graph::new(rt.handle());
-    g.add_node("ram0", RamNode::new(MIB, 512).unwrap(), &[])
-        .unwrap();
-    let geo = g.node_geometry("ram0").unwrap();
-    g.insert_filter("ram0", "pt0", PassthruNode::new(geo))
-        .unwrap();
-    let root = g.add_root("r", "pt0").unwrap();
+    let root = ram_under_passthru(&g);
     let (r, w) = (IoOp::Read.as_index(), IoOp::Write.as_index());
     let write = || {
         io(&g, root, IoOp::Write, 0, 512, Some(vec![7; 512]))
