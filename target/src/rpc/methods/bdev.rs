@@ -801,26 +801,23 @@ fn spdk_io_type(op: IoOp) -> &'static str {
     }
 }
 
-/// The op an SPDK I/O type name (`spdk_bdev_get_io_type`) stands for.
+/// The op an SPDK I/O type name (`spdk_bdev_get_io_type`) stands for: the
+/// inverse of [`spdk_io_type`].
 fn histogram_op(opc: &str) -> Result<IoOp, RpcError> {
-    Ok(match opc {
-        "read" => IoOp::Read,
-        "write" => IoOp::Write,
-        "flush" => IoOp::Flush,
-        "unmap" => IoOp::Discard,
-        "write_zeroes" => IoOp::WriteZeroes,
+    if let Some(op) = IoOp::ALL.into_iter().find(|&op| spdk_io_type(op) == opc) {
+        return Ok(op);
+    }
+    match opc {
         // SPDK's other I/O types: none of them reaches a Pollux node.
         "reset" | "nvme_admin" | "nvme_io" | "nvme_io_md" | "zcopy" | "get_zone_info"
         | "zone_management" | "zone_append" | "compare" | "compare_and_write" | "abort"
         | "seek_hole" | "seek_data" | "copy" | "nvme_iov_md" | "nvme_nssr"
-        | "write_uncorrectable" => {
-            return Err(RpcError::invalid_params(format!(
-                "opc: Pollux's bdevs do no {opc} I/O; read, write, unmap, flush and write_zeroes are timed"
-            )))
-        }
+        | "write_uncorrectable" => Err(RpcError::invalid_params(format!(
+            "opc: Pollux's bdevs do no {opc} I/O; read, write, unmap, flush and write_zeroes are timed"
+        ))),
         // SPDK's answer to a name it does not know.
-        _ => return Err(RpcError::failed("Invalid Io type")),
-    })
+        _ => Err(RpcError::failed("Invalid Io type")),
+    }
 }
 
 #[cfg(test)]
