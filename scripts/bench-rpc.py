@@ -82,6 +82,8 @@ def main():
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--filter", metavar="NODE")
     ap.add_argument("--namespaces", type=int, default=0)
+    ap.add_argument("--nqn", default="nqn.2016-06.io.spdk:bench-rpc",
+                    help="subsystem for --namespaces (created unless it exists)")
     a = ap.parse_args()
     res = {}
     res["trivial_new_conn"] = timed(lambda: once(a.sock, "spdk_get_version"), a.n)
@@ -97,13 +99,15 @@ def main():
             c.close()
         res["filter_insert_remove"] = timed(pair, max(a.n // 4, 1))
     if a.namespaces:
-        nqn = "nqn.2016-06.io.spdk:bench-rpc"
-        try:
-            once(a.sock, "nvmf_create_transport", {"trtype": "TCP"})
-        except RuntimeError:
-            pass  # already there
-        once(a.sock, "nvmf_create_subsystem",
-             {"nqn": nqn, "allow_any_host": True, "max_namespaces": a.namespaces})
+        nqn = a.nqn
+        for method, params in [
+                ("nvmf_create_transport", {"trtype": "TCP"}),
+                ("nvmf_create_subsystem",
+                 {"nqn": nqn, "allow_any_host": True, "max_namespaces": a.namespaces + 1})]:
+            try:
+                once(a.sock, method, params)
+            except RuntimeError:
+                pass  # already there (hosts may be connected to it)
         t = time.perf_counter()
         for i in range(a.namespaces):
             name = f"bench_rpc_null{i}"
