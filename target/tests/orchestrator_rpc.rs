@@ -128,7 +128,9 @@ fn version_threads_and_log_levels_answer_as_spdk() {
     assert!(e.contains("invalid log flag"), "{e}");
     let e = rpc.try_call("log_get_flags", json!({"x": 1})).unwrap_err();
     assert!(e.contains("-32602"), "{e}");
-    // At WARNING, info lines stop.
+    // At WARNING, info lines stop (those written before are all read
+    // once the log thread caught up).
+    std::thread::sleep(Duration::from_millis(200));
     let before = d.log().matches("INFO").count();
     rpc.run(&["bdev_malloc_create", "-b", "Malloc9", "8", "512"]);
     std::thread::sleep(Duration::from_millis(200));
