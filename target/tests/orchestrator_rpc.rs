@@ -199,6 +199,31 @@ fn qpairs_listeners_and_controllers_of_a_connected_subsystem() {
     peers.dedup();
     assert_eq!(peers.len(), 3, "{qpairs}");
 
+    // A discovery controller's admin queue is the discovery subsystem's.
+    let disc_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let disc = host::Controller::connect(HostConfig::new(
+        disc_addr,
+        "nqn.2014-08.org.nvmexpress.discovery",
+    ))
+    .unwrap();
+    let dq = rpc.run(&[
+        "nvmf_subsystem_get_qpairs",
+        "nqn.2014-08.org.nvmexpress.discovery",
+    ]);
+    assert_eq!(dq.as_array().unwrap().len(), 1, "{dq}");
+    assert_eq!(dq[0]["qid"], json!(0));
+    assert_eq!(dq[0]["cntlid"], json!(disc.cntlid()));
+    assert_eq!(dq[0]["listen_address"], addr(port));
+    disc.shutdown().unwrap();
+    // The subsystem's own list is unchanged by it.
+    assert_eq!(
+        rpc.run(&["nvmf_subsystem_get_qpairs", NQN])
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
     let ctrls = rpc.run(&["nvmf_subsystem_get_controllers", NQN]);
     assert_eq!(ctrls.as_array().unwrap().len(), 1, "{ctrls}");
     assert_eq!(ctrls[0]["cntlid"], json!(ctrl.cntlid()));

@@ -74,10 +74,15 @@ pub struct QpairInfo {
 }
 
 impl NvmfTarget {
-    /// The connected queue pairs of subsystem `nqn`, reactor by reactor
-    /// (as SPDK walks its poll groups), each reactor's in slot order.
+    /// The connected queue pairs of subsystem `nqn` (of the discovery
+    /// subsystem: the discovery controllers' admin queues), reactor by
+    /// reactor (as SPDK walks its poll groups), each reactor's in slot
+    /// order.
     pub fn subsystem_qpairs(&self, nqn: &str) -> Result<Vec<QpairInfo>, NvmfError> {
-        self.get(nqn)?;
+        let discovery = nqn == pollux_nvme::fabrics::DISCOVERY_NQN;
+        if !discovery {
+            self.get(nqn)?;
+        }
         let found = Arc::new(Mutex::new(Vec::<(usize, Vec<QpairInfo>)>::new()));
         let (target_id, nqn_owned, out) = (self.shared.id, nqn.to_owned(), found.clone());
         self.shared.graph.handle().on_each_reactor(move |r| {
@@ -86,7 +91,11 @@ impl NvmfTarget {
                 let (Some(ctrl), Some(qid)) = (c.phase.ctrl(), c.phase.qid()) else {
                     return;
                 };
-                if ctrl.subsystem().is_none_or(|s| s.nqn != nqn_owned) {
+                let ours = match ctrl.subsystem() {
+                    Some(s) => s.nqn == nqn_owned,
+                    None => discovery,
+                };
+                if !ours {
                     return;
                 }
                 mine.push(QpairInfo {
