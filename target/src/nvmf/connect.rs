@@ -117,6 +117,7 @@ impl Conn {
             self.sqsize = cmd.sqsize;
             self.set_queue_depth(depth);
             let cntlid = ctrl.cntlid;
+            let _ = ctrl.listener.set(self.port);
             self.phase = QueuePhase::Admin(ctrl);
             return Ok(cntlid);
         }

@@ -4,8 +4,9 @@
 //! only ever reads `dead` once per poll-group pass.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use pollux_nvme::fabrics::{Cc, Csts, Shn, Shst};
@@ -60,6 +61,9 @@ pub struct CtrlState {
     /// A Namespace Attribute Changed notice was sent and the host has not
     /// read the Changed Namespace List since: further notices are masked.
     pub ns_notice_masked: bool,
+    /// An ANA Change notice was sent and the host has not read the ANA
+    /// log since: further notices are masked.
+    pub ana_notice_masked: bool,
 }
 
 /// One controller.
@@ -76,6 +80,9 @@ pub struct Controller {
     /// Transport options of the admin queue's connection: Identify, CAP
     /// and every I/O queue of the controller follow them.
     pub opts: Arc<TransportOpts>,
+    /// The listener the admin queue connected through: the path whose ANA
+    /// state the controller reports (set once, at Connect).
+    pub listener: OnceLock<SocketAddr>,
     /// Set when the controller is torn down (host gone, keep alive
     /// expired, target stopping): its queue pairs close.
     dead: AtomicBool,
@@ -137,6 +144,18 @@ impl Controller {
         if st.aec & aec::NS_ATTR != 0 && !st.ns_notice_masked {
             st.ns_notice_masked = true;
             st.events.push_back(AsyncEvent::NS_ATTR_CHANGED);
+            self.event_pending.store(true, Ordering::Release);
+        }
+    }
+
+    /// An ANA state or group changed: when the host enabled the notice
+    /// (AEC bit 11) and has read the ANA log since the last one, queues an
+    /// ANA Change event.
+    pub fn ana_changed(&self) {
+        let mut st = self.state();
+        if st.aec & aec::ANA_CHANGE != 0 && !st.ana_notice_masked {
+            st.ana_notice_masked = true;
+            st.events.push_back(pollux_nvme::ana::ANA_CHANGED);
             self.event_pending.store(true, Ordering::Release);
         }
     }
@@ -214,6 +233,7 @@ impl ControllerTable {
                 hostnqn,
                 hostid,
                 opts: opts.clone(),
+                listener: OnceLock::new(),
                 dead: AtomicBool::new(false),
                 event_pending: AtomicBool::new(false),
                 state: Mutex::new(CtrlState {
@@ -232,6 +252,7 @@ impl ControllerTable {
                     events: VecDeque::new(),
                     changed_ns: Vec::new(),
                     ns_notice_masked: false,
+                    ana_notice_masked: false,
                 }),
             });
             self.by_id.insert(c.cntlid, c.clone());

@@ -4,6 +4,7 @@ pub mod bdev;
 mod framework;
 mod graph;
 mod nvmf;
+mod nvmf_paths;
 mod vhost;
 
 use super::Dispatcher;
@@ -16,5 +17,6 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     vhost::register(d);
     // After bdev, before graph (SPDK's order; filters replayed last).
     nvmf::register(d);
+    nvmf_paths::register(d);
     graph::register(d);
 }
