@@ -250,6 +250,41 @@ impl ReservationStatus {
     }
 }
 
+/// Reservation Notification log page (LID 80h) types.
+pub mod notice {
+    /// Empty log page: nothing to report.
+    pub const EMPTY: u8 = 0;
+    /// The host's registration was preempted (removed by another host).
+    pub const REGISTRATION_PREEMPTED: u8 = 1;
+    /// The reservation was released.
+    pub const RESERVATION_RELEASED: u8 = 2;
+    /// The reservation was preempted (cleared).
+    pub const RESERVATION_PREEMPTED: u8 = 3;
+}
+
+/// Bytes of one Reservation Notification log page.
+pub const NOTIFICATION_LOG_LEN: usize = 64;
+
+/// One Reservation Notification log page: its count (non-zero, wrapping),
+/// type ([`notice`]), how many more are waiting (at most 255) and the
+/// namespace.
+pub fn write_notification_log(count: u64, kind: u8, available: usize, nsid: u32) -> Vec<u8> {
+    let mut out = vec![0u8; NOTIFICATION_LOG_LEN];
+    w64(&mut out, 0, count);
+    out[8] = kind;
+    out[9] = available.min(255) as u8;
+    w32(&mut out, 12, nsid);
+    out
+}
+
+/// The Reservation Log Page Available event (I/O command specific status,
+/// log 80h).
+pub const RESERVATION_LOG_AVAILABLE: crate::features::AsyncEvent = crate::features::AsyncEvent {
+    event_type: crate::features::AsyncEventType::IoCommandSpecific as u8,
+    info: 0,
+    log_page: 0x80,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

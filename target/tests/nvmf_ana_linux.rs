@@ -19,6 +19,11 @@ use support::{free_port, Daemon, VmClient};
 
 const NQN: &str = "nqn.2016-06.io.spdk:ana";
 
+/// What the daemon logs when a discovery controller is made: the guest's
+/// `nvme discover` is its "go on" to the host, which sees no guest output
+/// until the end.
+const SIGNAL: &str = "subnqn=\"nqn.2014-08.org.nvmexpress.discovery\"";
+
 /// The guest: connect through both ports, name the two path devices by
 /// port, run fio verify in the background and report each ANA state it
 /// sees with the per-path I/O counters of that moment.
@@ -26,8 +31,8 @@ fn guest_script(p1: u16, p2: u16) -> String {
     format!(
         r#"
 set -e
-nvme connect -t tcp -a 10.0.2.2 -s {p1} -n {NQN}
-nvme connect -t tcp -a 10.0.2.2 -s {p2} -n {NQN}
+nvme connect -t tcp -a 10.0.2.2 -s {p1} -n {NQN} --keep-alive-tmo=30
+nvme connect -t tcp -a 10.0.2.2 -s {p2} -n {NQN} --keep-alive-tmo=30
 i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); [ $i -gt 100 ] && {{ echo NO_DEVICE; exit 1; }}; sleep 0.1; done
 path_of() {{
   for c in /sys/block/nvme0c*n1; do
@@ -52,6 +57,8 @@ echo INITIAL $(state $P1) $(state $P2)
   done
   echo FIO_RUNS $n
 ) > /tmp/fio.log 2>&1 &
+signal() {{ nvme discover -t tcp -a 10.0.2.2 -s {p1} > /dev/null 2>&1 || true; }}
+sleep 2; signal
 wait_state() {{
   i=0
   while [ "$(state $1)" != "$2" ]; do
@@ -62,6 +69,7 @@ wait_state() {{
 wait_state $P1 inaccessible
 a1=$(ios $P1); a2=$(ios $P2); sleep 4; b1=$(ios $P1); b2=$(ios $P2)
 echo INACCESSIBLE $(state $P1) $(state $P2) $((b1 - a1)) $((b2 - a2))
+signal
 wait_state $P1 optimized
 sleep 1
 a1=$(ios $P1); a2=$(ios $P2); sleep 4; b1=$(ios $P1); b2=$(ios $P2)
@@ -114,24 +122,20 @@ fn linux_multipath_follows_listener_ana_states() {
     let script = guest_script(p1, p2);
     let guest = thread::spawn(move || vm.run(&["--cpus", "2"], 600, &script));
 
-    // Both paths up with their I/O queues, and fio under way.
-    let start = Instant::now();
-    loop {
-        let ctrls = rpc.run(&["nvmf_subsystem_get_controllers", NQN]);
-        let ready = ctrls.as_array().is_some_and(|c| {
-            c.len() == 2 && c.iter().all(|c| c["num_io_qpairs"].as_u64() >= Some(2))
-        });
-        if ready {
-            break;
+    // The guest's n-th signal (or its output if it ends first).
+    let wait_signal = |n: usize| {
+        let start = Instant::now();
+        while daemon.log().matches(SIGNAL).count() < n {
+            if guest.is_finished() || start.elapsed() > Duration::from_secs(300) {
+                panic!("no guest signal {n}:\n{}", daemon.log());
+            }
+            thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            !guest.is_finished() && start.elapsed() < Duration::from_secs(300),
-            "the guest never connected both paths:\n{}",
-            daemon.log()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-    thread::sleep(Duration::from_secs(6));
+    };
+    // Both paths up and fio under way.
+    wait_signal(1);
+    let ctrls = rpc.run(&["nvmf_subsystem_get_controllers", NQN]);
+    assert_eq!(ctrls.as_array().map(Vec::len), Some(2), "{ctrls}");
     let set = |state: &str| {
         rpc.run(&[
             "nvmf_subsystem_listener_set_ana_state",
@@ -147,8 +151,8 @@ fn linux_multipath_follows_listener_ana_states() {
         ])
     };
     set("inaccessible");
-    // The guest samples the counters for 4 s once it sees the change.
-    thread::sleep(Duration::from_secs(12));
+    // The guest saw it and sampled the counters.
+    wait_signal(2);
     set("optimized");
     let out = guest.join().unwrap();
     let report = || out.report(&daemon.log());

@@ -4,7 +4,9 @@
 //! `resv-acquire`, `resv-release` and `resv-report` on a namespace with a
 //! ptpl file (`nvmf_subsystem_add_ns --ptpl-file` over rpc.py).
 //! Conflicting I/O gets Reservation Conflict (status 83h), the holder and
-//! registrants keep access as the type says, B preempts A; then pollux is
+//! registrants keep access as the type says, B preempts A (and A finds a
+//! Registration Preempted page in its Reservation Notification log, read
+//! with `nvme get-log --log-id=0x80`); then pollux is
 //! restarted under the connected guest and, once Linux has reconnected,
 //! the reservation is still there and still enforced.
 //!
@@ -61,7 +63,7 @@ fn guest_script(port: u16) -> String {
 set -e
 # The kernel's fabrics interface: nvme-cli 2.3 refuses a second
 # connection to one address whatever the host NQN.
-c() {{ echo "transport=tcp,traddr=10.0.2.2,trsvcid={port},nqn={NQN},hostnqn=$1,hostid=$2,reconnect_delay=1" > /dev/nvme-fabrics; }}
+c() {{ echo "transport=tcp,traddr=10.0.2.2,trsvcid={port},nqn={NQN},hostnqn=$1,hostid=$2,reconnect_delay=1,keep_alive_tmo=30" > /dev/nvme-fabrics; }}
 c {HOST_A} {HOSTID_A}
 c {HOST_B} {HOSTID_B}
 i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); [ $i -gt 100 ] && {{ echo NO_DEVICE; exit 1; }}; sleep 0.1; done
@@ -87,6 +89,8 @@ if nvme resv-acquire /dev/nvme1 -n 1 --crkey=0xbad --rtype=1 --racqa=0 2>/dev/nu
 # B preempts A into Exclusive Access: A is unregistered, B holds.
 nvme resv-acquire /dev/nvme1 -n 1 --crkey=0xb1 --prkey=0xa1 --rtype=2 --racqa=1
 report ea nvme0
+# A was told (Reservation Notification log page, LID 80h).
+echo "NOTICE_A $(nvme get-log /dev/nvme0 --log-id=0x80 --log-len=64 | grep '^0000:')"
 rd nvme0 ea_other_read
 rd nvme1 ea_holder_read
 # B replaces its key: the host restarts pollux once that is in the file.
@@ -199,6 +203,18 @@ fn linux_hosts_reserve_conflict_and_the_reservation_survives_a_restart() {
     let we = report_json("we");
     assert_eq!(rtype(&we), Some(1), "{we}");
     assert_eq!(we["regctl"].as_u64(), Some(2), "{we}");
+    // A's notification: Registration Preempted (type 1) on NSID 1.
+    let notice: Vec<&str> = out
+        .marker("NOTICE_A")
+        .unwrap_or_else(|| panic!("no notice:\n{}", report()))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        (notice.get(9).copied(), notice.get(13).copied()),
+        (Some("01"), Some("01")),
+        "{notice:?}\n{}",
+        report()
+    );
     let ea = report_json("ea");
     assert_eq!(
         (rtype(&ea), ea["regctl"].as_u64()),

@@ -22,13 +22,18 @@ const HOSTID_A: &str = "aaaaaaaa-1111-4000-8000-00000000000a";
 const HOST_B: &str = "nqn.2014-08.org.nvmexpress:uuid:bbbbbbbb-1111-4000-8000-00000000000b";
 const HOSTID_B: &str = "bbbbbbbb-1111-4000-8000-00000000000b";
 
+/// What the daemon logs when a discovery controller is made: the guest's
+/// `nvme discover` is its "go on" to the host, which sees no guest output
+/// until the end.
+const SIGNAL: &str = "subnqn=\"nqn.2014-08.org.nvmexpress.discovery\"";
+
 fn guest_script(port: u16) -> String {
     format!(
         r#"
 set -e
 # The kernel's fabrics interface: nvme-cli 2.3 refuses a second
 # connection to one address whatever the host NQN.
-c() {{ echo "transport=tcp,traddr=10.0.2.2,trsvcid={port},nqn={NQN},hostnqn=$1,hostid=$2" > /dev/nvme-fabrics; }}
+c() {{ echo "transport=tcp,traddr=10.0.2.2,trsvcid={port},nqn={NQN},hostnqn=$1,hostid=$2,keep_alive_tmo=30" > /dev/nvme-fabrics; }}
 c {HOST_A} {HOSTID_A}
 c {HOST_B} {HOSTID_B}
 i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); [ $i -gt 100 ] && {{ echo NO_DEVICE; exit 1; }}; sleep 0.1; done
@@ -36,11 +41,13 @@ i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); [ $i -gt 100 ] && {{ echo NO_DE
 lsns() {{ echo $(nvme list-ns /dev/$1 | sed 's/.*: *//'); }}
 echo BEFORE_A $(lsns nvme0)
 echo BEFORE_B $(lsns nvme1)
-echo WAITING
+signal() {{ nvme discover -t tcp -a 10.0.2.2 -s {port} > /dev/null 2>&1 || true; }}
+signal
 i=0; while [ ! -b /dev/nvme0n2 ]; do i=$((i+1)); [ $i -gt 1200 ] && {{ echo NEVER_APPEARED; exit 1; }}; sleep 0.1; done
 echo SHOWN_A $(lsns nvme0)
 echo SHOWN_B $(lsns nvme1)
 dd if=/dev/nvme0n2 of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null && echo SHOWN_IO ok
+signal
 i=0; while [ -b /dev/nvme0n2 ]; do i=$((i+1)); [ $i -gt 1200 ] && {{ echo NEVER_WENT; exit 1; }}; sleep 0.1; done
 echo HIDDEN_AGAIN_A $(lsns nvme0)
 nvme disconnect -n {NQN}
@@ -81,25 +88,22 @@ fn hidden_namespaces_appear_for_the_host_they_are_given_to() {
 
     let script = guest_script(port);
     let guest = thread::spawn(move || vm.run(&[], 400, &script));
-    let start = Instant::now();
-    while rpc
-        .run(&["nvmf_subsystem_get_controllers", NQN])
-        .as_array()
-        .map_or(0, Vec::len)
-        < 2
-    {
-        assert!(
-            !guest.is_finished() && start.elapsed() < Duration::from_secs(300),
-            "the guest never connected:\n{}",
-            daemon.log()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-    // Let the guest list and probe the hidden NSID first.
-    thread::sleep(Duration::from_secs(5));
+    // The guest's n-th signal (or its output if it ends first).
+    let wait_signal = |n: usize| {
+        let start = Instant::now();
+        while daemon.log().matches(SIGNAL).count() < n {
+            if guest.is_finished() || start.elapsed() > Duration::from_secs(300) {
+                panic!("no guest signal {n}:\n{}", daemon.log());
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // The guest listed the namespaces of both hosts.
+    wait_signal(1);
     rpc.run(&["nvmf_ns_add_host", NQN, "2", HOST_A]);
     rpc.fails(&["nvmf_ns_add_host", NQN, "2", HOST_A]);
-    thread::sleep(Duration::from_secs(12));
+    // It saw the namespace appear and read it.
+    wait_signal(2);
     rpc.run(&["nvmf_ns_remove_host", NQN, "2", HOST_A]);
     let out = guest.join().unwrap();
     let report = || out.report(&daemon.log());

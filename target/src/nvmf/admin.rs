@@ -23,6 +23,7 @@ use pollux_nvme::log_page::{
     SmartLog, CHANGED_NS_LIST_LEN,
 };
 use pollux_nvme::opcode::{AdminOpcode, IoOpcode};
+use pollux_nvme::reservation::{write_notification_log, NOTIFICATION_LOG_LEN};
 use pollux_nvme::Status;
 use pollux_poller::Reactor;
 
@@ -269,6 +270,26 @@ fn get_log_page(req: &mut Request, ctrl: &Controller, cx: &AdminCtx<'_>) -> Resu
                 .load(std::sync::atomic::Ordering::Acquire),
         ),
         (Some(LogPageId::ErrorInformation), _) => vec![0u8; 64],
+        (Some(LogPageId::ReservationNotification), false) => {
+            // One page per read, oldest first; an empty page once all
+            // are read, which re-arms the event.
+            let mut st = ctrl.state();
+            match st.resv_log.pop_front() {
+                Some((count, kind, nsid)) => {
+                    let left = st.resv_log.len();
+                    if left == 0 && !cmd.rae {
+                        st.resv_notice_masked = false;
+                    }
+                    write_notification_log(count, kind, left, nsid)
+                }
+                None => {
+                    if !cmd.rae {
+                        st.resv_notice_masked = false;
+                    }
+                    vec![0u8; NOTIFICATION_LOG_LEN]
+                }
+            }
+        }
         (Some(LogPageId::Ana), false) => {
             let Some(sub) = ctrl.subsystem().filter(|s| s.ana_reporting()) else {
                 return Err(Status::INVALID_LOG_PAGE.with_dnr());
@@ -699,6 +720,80 @@ mod tests {
         rgo.lsp = 1;
         let (_, _, _, data) = run_admin(&b, rgo.to_sqe(3), 4096, 0);
         assert!(parse_ana_log(&data).unwrap().1[0].nsids.is_empty());
+    }
+
+    #[test]
+    fn a_thousand_namespaces_are_all_in_the_ana_log() {
+        use pollux_nvme::ana::parse_ana_log;
+        let b = Bench::new(true);
+        let sub = b.ctrl.subsystem().unwrap().clone();
+        sub.ana_reporting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for nsid in 2..=1000 {
+            sub.add_namespace(&b.shared.graph, "ram0", Some(nsid), None)
+                .unwrap();
+        }
+        // Four groups, as a gateway spreading namespaces over paths does.
+        for nsid in 1..=1000 {
+            sub.update_namespace(nsid, |ns| {
+                ns.anagrpid = nsid % 4 + 1;
+                Ok(())
+            })
+            .unwrap();
+        }
+        let (_, _, _, data) = run_admin(&b, identify_sqe(1, 0), IDENTIFY_LEN, 0);
+        let id = IdentifyController::parse(&data).unwrap();
+        let host_buf = 16 + 32 * id.nanagrpid as usize + 4 * id.mnan as usize;
+        let len = 16 + 4 * 32 + 1000 * 4;
+        assert!(
+            host_buf >= len,
+            "Linux's buffer {host_buf} holds the log {len}"
+        );
+        // Read in 4 KiB pieces by offset, as a host limited by MDTS would.
+        let mut page = Vec::new();
+        while page.len() < len {
+            let cmd = GetLogPageCmd::new(0x0C, u32::MAX, page.len() as u64, 4096);
+            let (_, st, _, piece) = run_admin(&b, cmd.to_sqe(3), 4096, 0);
+            assert!(st.is_success(), "{st:?}");
+            page.extend_from_slice(&piece);
+        }
+        let (_, groups) = parse_ana_log(&page).unwrap();
+        let mut nsids: Vec<u32> = groups.iter().flat_map(|g| g.nsids.clone()).collect();
+        nsids.sort_unstable();
+        assert_eq!(nsids, (1..=1000).collect::<Vec<u32>>());
+        assert!(groups
+            .iter()
+            .all(|g| g.nsids.iter().all(|n| n % 4 + 1 == g.anagrpid)));
+    }
+
+    #[test]
+    fn reservation_notices_are_read_one_page_at_a_time() {
+        use pollux_nvme::reservation::{notice, RESERVATION_LOG_AVAILABLE};
+        let b = Bench::new(true);
+        b.ctrl.reservation_notice(1, notice::REGISTRATION_PREEMPTED);
+        b.ctrl.reservation_notice(1, notice::RESERVATION_RELEASED);
+        assert_eq!(b.ctrl.take_event(), Some(RESERVATION_LOG_AVAILABLE));
+        assert_eq!(b.ctrl.take_event(), None, "one event until the log is read");
+        let read = |b: &Bench| {
+            let (_, st, _, d) = run_admin(
+                b,
+                GetLogPageCmd::new(0x80, u32::MAX, 0, 64).to_sqe(3),
+                64,
+                0,
+            );
+            assert!(st.is_success(), "{st:?}");
+            (
+                u64::from_le_bytes(d[..8].try_into().unwrap()),
+                d[8],
+                d[9],
+                d[12],
+            )
+        };
+        assert_eq!(read(&b), (1, notice::REGISTRATION_PREEMPTED, 1, 1));
+        assert_eq!(read(&b), (2, notice::RESERVATION_RELEASED, 0, 1));
+        assert_eq!(read(&b), (0, notice::EMPTY, 0, 0));
+        b.ctrl.reservation_notice(1, notice::RESERVATION_PREEMPTED);
+        assert!(b.ctrl.has_event(), "re-armed by reading the log empty");
     }
 
     #[test]

@@ -19,6 +19,10 @@ use super::transport::TransportOpts;
 const CNTLID_MAX: u16 = 0xFFEF;
 /// Entries in the Changed Namespace List log page.
 const CHANGED_NS_MAX: usize = 1024;
+/// Reservation Notification log pages kept per controller: the log's
+/// "available" count saturates at 255, and a host that never reads them
+/// cannot grow the queue.
+const RESV_LOG_MAX: usize = 255;
 
 /// What a controller exports.
 #[derive(Debug, Clone)]
@@ -64,6 +68,14 @@ pub struct CtrlState {
     /// An ANA Change notice was sent and the host has not read the ANA
     /// log since: further notices are masked.
     pub ana_notice_masked: bool,
+    /// Reservation Notification log pages not yet read: (log page count,
+    /// type, NSID), oldest first.
+    pub resv_log: VecDeque<(u64, u8, u32)>,
+    /// Log page count of the last notification (0 = none yet).
+    pub resv_count: u64,
+    /// A Reservation Log Page Available event was sent and the log has
+    /// not been read empty since: further events are masked.
+    pub resv_notice_masked: bool,
 }
 
 /// One controller.
@@ -156,6 +168,27 @@ impl Controller {
         if st.aec & aec::ANA_CHANGE != 0 && !st.ana_notice_masked {
             st.ana_notice_masked = true;
             st.events.push_back(pollux_nvme::ana::ANA_CHANGED);
+            self.event_pending.store(true, Ordering::Release);
+        }
+    }
+
+    /// A reservation change concerns this controller's host: queues a
+    /// Reservation Notification log page (the oldest goes when
+    /// `RESV_LOG_MAX` wait) and, unless one is outstanding, the Reservation
+    /// Log Page Available event.
+    pub fn reservation_notice(&self, nsid: u32, kind: u8) {
+        let mut st = self.state();
+        // The count wraps past u64::MAX to 1: 0 means "no page".
+        st.resv_count = st.resv_count.checked_add(1).unwrap_or(1);
+        let count = st.resv_count;
+        if st.resv_log.len() >= RESV_LOG_MAX {
+            st.resv_log.pop_front();
+        }
+        st.resv_log.push_back((count, kind, nsid));
+        if !st.resv_notice_masked {
+            st.resv_notice_masked = true;
+            st.events
+                .push_back(pollux_nvme::reservation::RESERVATION_LOG_AVAILABLE);
             self.event_pending.store(true, Ordering::Release);
         }
     }
@@ -253,6 +286,9 @@ impl ControllerTable {
                     changed_ns: Vec::new(),
                     ns_notice_masked: false,
                     ana_notice_masked: false,
+                    resv_log: VecDeque::new(),
+                    resv_count: 0,
+                    resv_notice_masked: false,
                 }),
             });
             self.by_id.insert(c.cntlid, c.clone());

@@ -21,7 +21,7 @@ use super::command::Outcome;
 use super::controller::Controller;
 use super::request::Request;
 use super::reservation::Requester;
-use super::subsystem::{Namespace, NsCache};
+use super::subsystem::{Namespace, NsCache, Subsystem};
 
 /// Ranges a Dataset Management command may carry (NR is 8 bits, 0-based).
 const DSM_RANGES_MAX: usize = 256;
@@ -95,7 +95,7 @@ fn dispatch(req: &mut Request, ctrl: &Controller, cx: &mut IoCtx<'_>) -> Result<
         if subsys.ana_reporting() {
             ana_check(table.ana.state(ctrl.listener.get().copied(), ns.anagrpid))?;
         }
-        if let Some(done) = reservation_cmd(req, ctrl, op, ns)? {
+        if let Some(done) = reservation_cmd(req, ctrl, op, ns, subsys)? {
             return Ok(done);
         }
         ns.resv.check_io(&ctrl.hostid, op)?;
@@ -201,6 +201,7 @@ fn reservation_cmd(
     ctrl: &Controller,
     op: IoOpcode,
     ns: &Namespace,
+    subsys: &Subsystem,
 ) -> Result<Option<Outcome>, Status> {
     match op {
         IoOpcode::ReservationRegister
@@ -211,7 +212,12 @@ fn reservation_cmd(
                 cntlid: ctrl.cntlid,
             };
             let cdw10 = ResvCdw10::parse(&req.sqe);
-            ns.resv.execute(op, cdw10, req.data(), who)?;
+            let notices = ns.resv.execute(op, cdw10, req.data(), who)?;
+            for n in notices {
+                for c in subsys.controllers_of_host(&n.hostid) {
+                    c.reservation_notice(ns.nsid, n.kind);
+                }
+            }
         }
         IoOpcode::ReservationReport => {
             // Host IDs are 128-bit here (CTRATT bit 0), which only the

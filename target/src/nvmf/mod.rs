@@ -45,6 +45,12 @@ mod visibility;
 #[cfg(test)]
 mod tests;
 
+/// Fuzz target bodies (`target/fuzz`).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::reservation::fuzz as reservation;
+}
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};

@@ -2,7 +2,9 @@
 //! `subsystem.c` rules): registrants keyed by host identifier (the Host ID
 //! of Connect, so every controller of a host shares its registration),
 //! the reservation and its holder, the conflict check of I/O commands,
-//! and Persist Through Power Loss in SPDK's ptpl JSON file.
+//! which hosts a change must be told about (Reservation Notification log
+//! pages, delivered by `io_cmd` to the hosts' controllers), and Persist
+//! Through Power Loss in SPDK's ptpl JSON file.
 //!
 //! Reservation commands are rare and run on the reactor of the queue they
 //! arrive on, under the namespace's mutex. The I/O path reads one atomic
@@ -16,8 +18,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use pollux_nvme::opcode::IoOpcode;
 use pollux_nvme::reservation::{
-    cptpl, parse_keys, racqa, rrega, rrela, RegisteredCtrl, ReservationStatus, ResvCdw10, ResvType,
-    CNTLID_NONE, KEYS_LEN, RELEASE_KEY_LEN,
+    cptpl, notice, parse_keys, racqa, rrega, rrela, RegisteredCtrl, ReservationStatus, ResvCdw10,
+    ResvType, CNTLID_NONE, KEYS_LEN, RELEASE_KEY_LEN,
 };
 use pollux_nvme::Status;
 use serde::{Deserialize, Serialize};
@@ -109,6 +111,63 @@ impl ResvState {
         self.gen = self.gen.wrapping_add(1);
         Ok(())
     }
+}
+
+/// A Reservation Notification for the controllers of `hostid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notice {
+    /// The host told.
+    pub hostid: [u8; 16],
+    /// Log page type (`pollux_nvme::reservation::notice`).
+    pub kind: u8,
+}
+
+/// Who is told what about the change from `old` to `new` made by `issuer`
+/// (SPDK's choices): hosts unregistered by someone else get Registration
+/// Preempted (Reservation Preempted for a Clear); the other registrants
+/// get Reservation Released when a reservation that let registrants in
+/// goes (or any reservation is preempted away).
+fn notices(
+    old: &ResvState,
+    new: &ResvState,
+    op: IoOpcode,
+    c: ResvCdw10,
+    issuer: &[u8; 16],
+) -> Vec<Notice> {
+    let clear = op == IoOpcode::ReservationRelease && c.action == rrela::CLEAR;
+    let preempt = op == IoOpcode::ReservationAcquire && c.action != racqa::ACQUIRE;
+    let mut out: Vec<Notice> = old
+        .regs
+        .iter()
+        .filter(|r| &r.hostid != issuer && new.reg(&r.hostid).is_none())
+        .map(|r| Notice {
+            hostid: r.hostid,
+            kind: if clear {
+                notice::RESERVATION_PREEMPTED
+            } else {
+                notice::REGISTRATION_PREEMPTED
+            },
+        })
+        .collect();
+    let released = match old.rtype {
+        Some(t) if !clear => {
+            let gone = new.rtype.is_none() || new.holder != old.holder || new.rtype != old.rtype;
+            gone && (t.registrants_access() || preempt)
+        }
+        _ => false,
+    };
+    if released {
+        out.extend(
+            new.regs
+                .iter()
+                .filter(|r| &r.hostid != issuer)
+                .map(|r| Notice {
+                    hostid: r.hostid,
+                    kind: notice::RESERVATION_RELEASED,
+                }),
+        );
+    }
+    out
 }
 
 /// Who sends a reservation or I/O command.
@@ -250,7 +309,7 @@ impl Reservation {
         cdw10: ResvCdw10,
         data: &[u8],
         who: Requester,
-    ) -> Result<(), Status> {
+    ) -> Result<Vec<Notice>, Status> {
         let mut st = self.lock();
         let mut next = st.clone();
         match op {
@@ -260,8 +319,9 @@ impl Reservation {
             _ => return Err(Status::INVALID_OPCODE.with_dnr()),
         }
         if next == *st {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let notices = notices(&st, &next, op, cdw10, &who.hostid);
         // Durable before it is in force: a host told "registered" finds
         // it registered after a restart.
         if next.ptpl || st.ptpl {
@@ -276,7 +336,7 @@ impl Reservation {
         self.held
             .store(next.rtype.map_or(0, ResvType::as_u8), Ordering::Release);
         *st = next;
-        Ok(())
+        Ok(notices)
     }
 
     fn register(
@@ -490,22 +550,24 @@ fn load(path: &Path, uuid: &str) -> Result<ResvState, String> {
             "ptpl file {shown}: larger than {PTPL_FILE_MAX} bytes"
         ));
     }
+    from_text(&text, uuid).map_err(|e| format!("ptpl file {shown}: {e}"))
+}
+
+/// The state a ptpl file's text holds (see `load`).
+fn from_text(text: &str, uuid: &str) -> Result<ResvState, String> {
     if text.trim().is_empty() {
         return Ok(ResvState::default());
     }
-    let file: PtplFile =
-        serde_json::from_str(&text).map_err(|e| format!("ptpl file {shown}: {e}"))?;
+    let file: PtplFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
     if !file.ptpl || file.registrants.is_empty() {
         return Ok(ResvState::default());
     }
     if file.registrants.len() > MAX_REGISTRANTS {
-        return Err(format!(
-            "ptpl file {shown}: more than {MAX_REGISTRANTS} registrants"
-        ));
+        return Err(format!("more than {MAX_REGISTRANTS} registrants"));
     }
     if !file.bdev_uuid.eq_ignore_ascii_case(uuid) {
         return Err(format!(
-            "ptpl file {shown} is for namespace {}, not {uuid}",
+            "it is for namespace {}, not {uuid}",
             file.bdev_uuid
         ));
     }
@@ -514,8 +576,8 @@ fn load(path: &Path, uuid: &str) -> Result<ResvState, String> {
         ..Default::default()
     };
     for r in &file.registrants {
-        let hostid = parse_uuid(&r.host_uuid)
-            .ok_or_else(|| format!("ptpl file {shown}: bad host_uuid {:?}", r.host_uuid))?;
+        let hostid =
+            parse_uuid(&r.host_uuid).ok_or_else(|| format!("bad host_uuid {:?}", r.host_uuid))?;
         st.regs.push(Registrant {
             hostid,
             rkey: r.rkey,
@@ -526,19 +588,16 @@ fn load(path: &Path, uuid: &str) -> Result<ResvState, String> {
         let t = u8::try_from(file.rtype)
             .ok()
             .and_then(ResvType::from_u8)
-            .ok_or_else(|| format!("ptpl file {shown}: bad rtype {}", file.rtype))?;
+            .ok_or_else(|| format!("bad rtype {}", file.rtype))?;
         if !t.all_registrants() && !st.regs.iter().any(|r| r.rkey == file.crkey) {
-            return Err(format!(
-                "ptpl file {shown}: crkey {} is no registrant's",
-                file.crkey
-            ));
+            return Err(format!("crkey {} is no registrant's", file.crkey));
         }
         st.rtype = Some(t);
         st.crkey = file.crkey;
         if !t.all_registrants() {
             let h = parse_uuid(&file.holder_uuid)
                 .filter(|h| st.regs.iter().any(|r| &r.hostid == h))
-                .ok_or_else(|| format!("ptpl file {shown}: holder is no registrant"))?;
+                .ok_or_else(|| "the holder is no registrant".to_string())?;
             st.holder = Some(h);
         }
     }
@@ -549,7 +608,25 @@ fn load(path: &Path, uuid: &str) -> Result<ResvState, String> {
 /// atomically: a temporary file beside it, fsync, rename, fsync of the
 /// directory.
 fn save(path: &Path, st: &ResvState, uuid: &str) -> std::io::Result<()> {
-    let text = if st.ptpl {
+    let text = to_text(st, uuid)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The ptpl file text of `st`: SPDK's JSON, or nothing once PTPL is off.
+fn to_text(st: &ResvState, uuid: &str) -> std::io::Result<String> {
+    Ok(if st.ptpl {
         let file = PtplFile {
             ptpl: true,
             rtype: st.rtype.map_or(0, |t| u32::from(t.as_u8())),
@@ -568,20 +645,80 @@ fn save(path: &Path, st: &ResvState, uuid: &str) -> std::io::Result<()> {
         serde_json::to_string_pretty(&file).map_err(std::io::Error::other)?
     } else {
         String::new()
+    })
+}
+
+/// Fuzz body (`target/fuzz` `reservation`): `data` is a ptpl file's text
+/// up to the first NUL, then reservation commands from three hosts, 18
+/// bytes each (opcode selector, host, CDW10 low and high bytes, 16 key
+/// bytes, the last two shared). Nothing may panic, and after every
+/// command the state keeps its invariants and survives its own ptpl text.
+pub fn fuzz(data: &[u8]) {
+    const UUID: &str = "00000000-0000-4000-8000-000000000000";
+    let (text, cmds) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
     };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
+    let start = std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| from_text(t, UUID).ok())
+        .unwrap_or_default();
+    let r = Reservation {
+        held: AtomicU8::new(start.rtype.map_or(0, ResvType::as_u8)),
+        state: Mutex::new(start),
+        // No file (the fuzzer touches no disk): Set PTPL is refused, and
+        // the text round trip below stands in for the file of a loaded
+        // PTPL state.
+        ptpl_file: None,
+        uuid: UUID.into(),
+    };
+    let ops = [
+        IoOpcode::ReservationRegister,
+        IoOpcode::ReservationAcquire,
+        IoOpcode::ReservationRelease,
+    ];
+    for c in cmds.chunks(18) {
+        if c.len() < 4 {
+            break;
+        }
+        let op = ops[usize::from(c[0]) % 3];
+        let host = [c[1] % 3; 16];
+        let mut sqe = pollux_nvme::Sqe::new(op.as_u8(), 0);
+        sqe.set_cdw10(u32::from(c[2]) | u32::from(c[3]) << 8 | u32::from(c[3] & 0xc0) << 24);
+        let _ = r.execute(
+            op,
+            ResvCdw10::parse(&sqe),
+            &c[4..],
+            Requester {
+                hostid: host,
+                cntlid: 1,
+            },
+        );
+        for io in [IoOpcode::Read, IoOpcode::Write, IoOpcode::Flush] {
+            let _ = r.check_io(&host, io);
+        }
+        let st = r.lock().clone();
+        assert!(st.regs.len() <= MAX_REGISTRANTS);
+        if let Some(t) = st.rtype {
+            assert!(!st.regs.is_empty(), "a reservation without registrants");
+            if !t.all_registrants() {
+                let h = st.holder.expect("a single-holder type has a holder");
+                assert!(st.reg(&h).is_some(), "the holder is registered");
+            }
+        }
+        assert_eq!(
+            r.held.load(Ordering::Relaxed),
+            st.rtype.map_or(0, ResvType::as_u8)
+        );
+        let report = ReservationStatus::parse(&r.report(), true).expect("own report");
+        assert_eq!(report.regs.len(), st.regs.len());
+        if st.ptpl {
+            let text = to_text(&st, UUID).expect("serialisable");
+            let back = from_text(&text, UUID).expect("own file");
+            assert_eq!(back.regs.len(), st.regs.len());
+            assert_eq!((back.rtype, back.holder), (st.rtype, st.holder));
+        }
     }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -748,6 +885,64 @@ mod tests {
     }
 
     #[test]
+    fn preempted_and_released_hosts_are_told() {
+        let r = Reservation::new(None, [0; 16]).unwrap();
+        register(&r, A, 1);
+        register(&r, B, 2);
+        register(&r, C, 3);
+        acquire(&r, A, 1, 0, racqa::ACQUIRE, ResvType::WriteExclusiveRegOnly);
+        // B preempts A: A loses its registration, C learns the
+        // reservation it could use went.
+        let n = r
+            .execute(
+                IoOpcode::ReservationAcquire,
+                cmd(racqa::PREEMPT, ResvType::WriteExclusive.as_u8()),
+                &keys(2, 1),
+                who(B),
+            )
+            .unwrap();
+        assert_eq!(
+            n,
+            vec![
+                Notice {
+                    hostid: A,
+                    kind: notice::REGISTRATION_PREEMPTED
+                },
+                Notice {
+                    hostid: C,
+                    kind: notice::RESERVATION_RELEASED
+                },
+            ]
+        );
+        // Releasing Write Exclusive tells nobody (registrants had no
+        // access through it); Clear tells every other registrant.
+        let n = r
+            .execute(
+                IoOpcode::ReservationRelease,
+                cmd(rrela::RELEASE, 1),
+                &2u64.to_le_bytes(),
+                who(B),
+            )
+            .unwrap();
+        assert!(n.is_empty(), "{n:?}");
+        let n = r
+            .execute(
+                IoOpcode::ReservationRelease,
+                cmd(rrela::CLEAR, 0),
+                &2u64.to_le_bytes(),
+                who(B),
+            )
+            .unwrap();
+        assert_eq!(
+            n,
+            vec![Notice {
+                hostid: C,
+                kind: notice::RESERVATION_PREEMPTED
+            }]
+        );
+    }
+
+    #[test]
     fn register_rules_and_clear() {
         let r = Reservation::new(None, [0; 16]).unwrap();
         register(&r, A, 1);
@@ -795,6 +990,42 @@ mod tests {
             who(A),
         );
         assert!(e.unwrap_err().same_code(&Status::INVALID_FIELD));
+    }
+
+    #[test]
+    fn fuzz_body_on_random_commands_and_files() {
+        use rand::{Rng, RngCore, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(13);
+        let file = format!(
+            r#"{{"ptpl": true, "rtype": 1, "crkey": 5, "bdev_uuid": "00000000-0000-4000-8000-000000000000",
+               "holder_uuid": "{}", "registrants": [{{"rkey": 5, "host_uuid": "{}"}}]}}"#,
+            uuid_text(&[1; 16]),
+            uuid_text(&[1; 16])
+        );
+        for i in 0..300 {
+            let mut cmds = vec![0u8; rng.random_range(0..400)];
+            rng.fill_bytes(&mut cmds);
+            // Small keys, so commands name each other's keys often.
+            for c in cmds.chunks_mut(18) {
+                for k in c.iter_mut().skip(5).step_by(8) {
+                    *k %= 3;
+                }
+                for k in c.iter_mut().skip(4) {
+                    if rng.random_range(0..4) != 0 {
+                        *k &= 3;
+                    }
+                }
+            }
+            let mut input = if i % 2 == 0 {
+                file.clone().into_bytes()
+            } else {
+                Vec::new()
+            };
+            input.push(0);
+            input.extend_from_slice(&cmds);
+            fuzz(&input);
+        }
+        fuzz(b"{not json");
     }
 
     #[test]

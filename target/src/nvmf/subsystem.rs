@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use pollux_graph::{Graph, RootId};
 use pollux_nvme::fabrics::Nqn;
@@ -18,6 +18,7 @@ use pollux_nvme::log_page::{adrfam, subtype, treq, write_discovery_log, Discover
 use crate::config::NvmfSubsystemConfig;
 
 use super::ana::AnaTable;
+use super::controller::Controller;
 use super::reservation::Reservation;
 
 /// Identify Controller NN reported by subsystems created with
@@ -175,6 +176,9 @@ pub struct Subsystem {
     pub ana_reporting: AtomicBool,
     /// ANA log change count, bumped by every ANA state or group change.
     pub ana_change_count: AtomicU64,
+    /// Controllers made for this subsystem (reservation notices go to a
+    /// host's controllers); dead ones are pruned on registration.
+    ctrls: Mutex<Vec<Weak<Controller>>>,
 }
 
 /// Errors building or changing subsystems.
@@ -325,6 +329,7 @@ impl Subsystem {
             }),
             ana_reporting: AtomicBool::new(false),
             ana_change_count: AtomicU64::new(0),
+            ctrls: Mutex::new(Vec::new()),
         }
     }
 
@@ -384,6 +389,24 @@ impl Subsystem {
         st.table = Arc::new(NsTable { list, ana });
         self.ana_change_count.fetch_add(1, Ordering::AcqRel);
         self.ns_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Records a controller of this subsystem (at Connect).
+    pub(super) fn register_controller(&self, c: &Arc<Controller>) {
+        let mut all = self.ctrls.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.upgrade().is_some_and(|c| !c.is_dead()));
+        all.push(Arc::downgrade(c));
+    }
+
+    /// The live controllers of the host with `hostid`.
+    pub(super) fn controllers_of_host(&self, hostid: &[u8; 16]) -> Vec<Arc<Controller>> {
+        self.ctrls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| !c.is_dead() && &c.hostid == hostid)
+            .collect()
     }
 
     /// Whether ANA reporting is on.
