@@ -3,6 +3,7 @@
 //! panic on any input; the `assert!`s inside check codec invariants
 //! (decode/encode/decode agreement, bounded lengths).
 
+use crate::ana::{parse_ana_log, write_ana_log};
 use crate::fabrics::{ConnectData, FabricsCmd, FABRICS_OPCODE};
 use crate::features::FeaturesCmd;
 use crate::identify::{
@@ -12,6 +13,7 @@ use crate::identify::{
 use crate::io::{DsmRange, LbaRangeCmd};
 use crate::log_page::{DiscoveryLogEntry, GetLogPageCmd, SmartLog};
 use crate::opcode::AdminOpcode;
+use crate::reservation::{parse_keys, ReservationStatus, ResvCdw10, KEYS_LEN, RELEASE_KEY_LEN};
 use crate::sqe::{Sgl, Sqe};
 use crate::tcp::{
     decode_common_header, decode_header, DataDigest, Limits, Pdu, PduError, PduType, Role,
@@ -190,6 +192,25 @@ pub fn command_parse(data: &[u8]) {
     let mut s2 = Sqe::new(sqe.opcode(), sqe.cid());
     rw.write(&mut s2);
     assert_eq!(LbaRangeCmd::parse(&s2), rw);
+    // Reservation fields and data, and the structures hosts parse.
+    let rc = ResvCdw10::parse(&sqe);
+    let mut s3 = Sqe::new(sqe.opcode(), sqe.cid());
+    s3.set_cdw10(rc.to_cdw10());
+    assert_eq!(ResvCdw10::parse(&s3), rc);
+    for len in [RELEASE_KEY_LEN, KEYS_LEN] {
+        assert_eq!(parse_keys(payload, len).is_ok(), payload.len() >= len);
+    }
+    for eds in [false, true] {
+        if let Ok(st) = ReservationStatus::parse(payload, eds) {
+            let again = ReservationStatus::parse(&st.write(eds), eds).expect("own output");
+            assert_eq!(again.regs.len(), st.regs.len());
+            assert_eq!((again.gen, again.rtype), (st.gen, st.rtype));
+        }
+    }
+    if let Ok((cc, groups)) = parse_ana_log(payload) {
+        let page = write_ana_log(cc, &groups, false);
+        assert_eq!(parse_ana_log(&page), Ok((cc, groups)));
+    }
     for r in DsmRange::iter(payload) {
         let mut b = [0u8; DsmRange::SIZE];
         r.write(&mut b).expect("exact size");

@@ -117,6 +117,10 @@ impl Conn {
             self.sqsize = cmd.sqsize;
             self.set_queue_depth(depth);
             let cntlid = ctrl.cntlid;
+            let _ = ctrl.listener.set(self.port);
+            if let Some(sub) = ctrl.subsystem() {
+                sub.register_controller(&ctrl);
+            }
             self.phase = QueuePhase::Admin(ctrl);
             return Ok(cntlid);
         }

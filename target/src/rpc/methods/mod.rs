@@ -7,6 +7,7 @@ mod log;
 mod nvmf;
 mod nvmf_query;
 mod thread;
+mod nvmf_paths;
 mod vhost;
 
 use super::Dispatcher;
@@ -22,5 +23,6 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     // After bdev, before graph (SPDK's order; filters replayed last).
     nvmf::register(d);
     nvmf_query::register(d);
+    nvmf_paths::register(d);
     graph::register(d);
 }
