@@ -26,6 +26,7 @@
 mod macros;
 mod bytes;
 
+pub mod auth;
 pub mod cqe;
 pub mod error;
 pub mod fabrics;
