@@ -139,6 +139,8 @@ pub enum CloseReason {
     Timeout(&'static str),
     /// The target is stopping.
     Stopping,
+    /// In-band authentication failed or timed out.
+    Auth(&'static str),
 }
 
 impl std::fmt::Display for CloseReason {
@@ -151,6 +153,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::ControllerGone => write!(f, "controller torn down"),
             CloseReason::Timeout(what) => write!(f, "timeout: {what}"),
             CloseReason::Stopping => write!(f, "target stopping"),
+            CloseReason::Auth(why) => write!(f, "authentication: {why}"),
         }
     }
 }
@@ -247,6 +250,8 @@ pub struct Conn {
     pub(super) sqflow_disabled: bool,
     /// How far the queue pair got: its controller and QID live here.
     pub(super) phase: QueuePhase,
+    /// DH-HMAC-CHAP state when the host must authenticate (`auth`).
+    pub(super) auth: Option<Box<super::auth::QpairAuth>>,
     pub(super) created: Instant,
     limits: Limits,
     pub(super) tx_params: TxParams,
@@ -318,6 +323,7 @@ impl Conn {
                 opts,
                 sqflow_disabled: false,
                 phase: QueuePhase::AwaitIcReq,
+                auth: None,
                 created: Instant::now(),
                 limits: Limits::new(Role::Controller),
                 tx_params: TxParams::default(),
@@ -486,6 +492,9 @@ impl Conn {
         }
         if self.phase.ctrl().is_some_and(|c| c.is_dead()) {
             return Err(CloseReason::ControllerGone);
+        }
+        if let Some(a) = self.auth.as_deref_mut() {
+            a.check_timeout(now).map_err(CloseReason::Auth)?;
         }
         if self.stopping() && self.busy_requests() == 0 {
             let _ = self.flush();
@@ -1086,6 +1095,23 @@ impl Conn {
     /// I/O command set, on the request and its controller.
     fn execute(&mut self, r: &Reactor, slot: u16) -> Outcome {
         let req = &mut self.reqs[slot as usize];
+        if let (Some(a), Some(ctrl)) = (self.auth.as_deref_mut(), self.phase.ctrl()) {
+            if super::auth::is_auth_command(&req.sqe) {
+                // Authentication is admin-queue traffic too: it proves the
+                // host alive.
+                ctrl.state().last_keep_alive = Instant::now();
+                if let super::auth::Next::CompleteAndClose(why) =
+                    a.execute(req, &self.shared.auth_policy)
+                {
+                    self.close = Some(CloseReason::Auth(why));
+                }
+                return Outcome::Complete;
+            }
+            if !a.authenticated() {
+                super::auth::refuse(req);
+                return Outcome::Complete;
+            }
+        }
         match &self.phase {
             QueuePhase::Admin(ctrl) => {
                 let cx = AdminCtx {

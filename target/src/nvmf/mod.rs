@@ -25,6 +25,7 @@
 //! only admin-path code takes.
 
 mod admin;
+mod auth;
 mod command;
 mod conn;
 mod connect;
@@ -165,6 +166,7 @@ pub enum NvmfError {
     Opts(#[from] OptsError),
 }
 
+pub use auth::{HostKeys, Policy as AuthPolicy};
 pub use introspect::ControllerInfo;
 pub use subsystem::{Access, SubsystemSpec, DEFAULT_MAX_NSID};
 pub use transport::{OptsError, TransportOpts};
@@ -193,6 +195,8 @@ pub struct Shared {
     /// Each live queue pair's requests per state, summed at scrape time
     /// (`request_states`); a closed queue pair's share goes with it.
     request_states: Mutex<Vec<Weak<StateCounts>>>,
+    /// DH-HMAC-CHAP digests and groups (`nvmf_set_config`).
+    auth_policy: auth::Policy,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -215,6 +219,7 @@ impl Shared {
             opts: Mutex::new(Arc::new(opts)),
             buffer_waits: AtomicU64::new(0),
             request_states: Mutex::new(Vec::new()),
+            auth_policy: auth::Policy::default(),
         }
     }
 
@@ -584,6 +589,7 @@ impl NvmfTarget {
                 });
             };
             a.hosts.remove(i);
+            a.dhchap.remove(host);
             a.allow_any_host
         };
         self.shared.discovery_changed();

@@ -3,7 +3,9 @@
 pub mod bdev;
 mod framework;
 mod graph;
+mod keyring;
 mod nvmf;
+mod nvmf_auth;
 mod vhost;
 
 use super::Dispatcher;
@@ -14,7 +16,10 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     // Before graph: filters are replayed last, above the bdevs the
     // controllers attached to.
     vhost::register(d);
+    // Before nvmf: hosts name their DH-HMAC-CHAP keys.
+    keyring::register(d);
     // After bdev, before graph (SPDK's order; filters replayed last).
     nvmf::register(d);
+    nvmf_auth::register(d);
     graph::register(d);
 }

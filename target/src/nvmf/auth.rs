@@ -1,0 +1,575 @@
+//! In-band authentication of queue pairs with DH-HMAC-CHAP (NVMe Base 2.0
+//! section 8.13), as SPDK's `lib/nvmf/auth.c` and Linux's
+//! `drivers/nvme/target/fabrics-cmd-auth.c` do it.
+//!
+//! A host listed with a key (`nvmf_subsystem_add_host --dhchap-key`) gets
+//! AUTHREQ.ATR in every Connect response, and each of its queues then
+//! answers nothing but Authentication Send/Receive (Authentication
+//! Required otherwise) until one transaction succeeds:
+//!
+//! ```text
+//! Negotiate --Send(AUTH_Negotiate)--> Challenge --Recv--> Reply
+//!   --Send(Reply, response checked)--> Success1 --Recv--> Completed
+//!                                         (CVALID: --Recv--> Success2
+//!                                          --Send(Success2)--> Completed)
+//! any error --> Failure1 --Recv(AUTH_Failure1)--> queue closed
+//! ```
+//!
+//! Each step must come within the controller's KATO (or 120 s without
+//! one, SPDK's default) or the queue is closed. A completed queue may be
+//! re-authenticated by a new AUTH_Negotiate without losing its state.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pollux_nvme::auth::chap::{response, Mac64, ResponseParams, ROLE_CONTROLLER, ROLE_HOST};
+use pollux_nvme::auth::dh::{KeyPair, PRIVATE_KEY_LEN};
+use pollux_nvme::auth::msg::{
+    AuthId, AuthType, Challenge, Failure, Header, Negotiate, Reply, Success1, Success2,
+};
+use pollux_nvme::auth::secret::Secret;
+use pollux_nvme::auth::{AuthCmd, DhGroupId, FailureReason, HashId};
+use pollux_nvme::fabrics::{fctype, FabricsType, FABRICS_OPCODE};
+use pollux_nvme::Status;
+use rand::RngCore;
+
+use super::request::Request;
+use super::{NvmfError, NvmfTarget};
+use crate::keyring::Key;
+
+/// Step timeout without a KATO (SPDK's `NVMF_AUTH_DEFAULT_KATO_US`).
+const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Hashes in order of preference: the strongest the host offers wins.
+const HASH_PREFERENCE: [HashId; 3] = [HashId::Sha512, HashId::Sha384, HashId::Sha256];
+/// DH groups likewise, strongest first, null last.
+const DHGROUP_PREFERENCE: [DhGroupId; 6] = [
+    DhGroupId::Ffdhe8192,
+    DhGroupId::Ffdhe6144,
+    DhGroupId::Ffdhe4096,
+    DhGroupId::Ffdhe3072,
+    DhGroupId::Ffdhe2048,
+    DhGroupId::Null,
+];
+
+fn bit_of(id: u8) -> u8 {
+    1 << id
+}
+
+/// The target's allowed digests and DH groups (`nvmf_set_config
+/// dhchap_digests/dhchap_dhgroups`), as bit masks of the wire IDs. Read
+/// by each negotiation; changed by the control plane.
+#[derive(Debug)]
+pub struct Policy {
+    digests: AtomicU8,
+    dhgroups: AtomicU8,
+}
+
+impl Default for Policy {
+    /// Everything, as SPDK's `NVMF_TGT_DEFAULT_DIGESTS/DHGROUPS`.
+    fn default() -> Self {
+        Policy {
+            digests: AtomicU8::new(HashId::ALL.iter().fold(0, |m, h| m | bit_of(h.as_u8()))),
+            dhgroups: AtomicU8::new(DhGroupId::ALL.iter().fold(0, |m, g| m | bit_of(g.as_u8()))),
+        }
+    }
+}
+
+impl Policy {
+    fn digest_allowed(&self, h: HashId) -> bool {
+        self.digests.load(Ordering::Relaxed) & bit_of(h.as_u8()) != 0
+    }
+
+    fn dhgroup_allowed(&self, g: DhGroupId) -> bool {
+        self.dhgroups.load(Ordering::Relaxed) & bit_of(g.as_u8()) != 0
+    }
+
+    /// The allowed digests, in wire ID order.
+    pub fn digests(&self) -> Vec<HashId> {
+        HashId::ALL
+            .iter()
+            .copied()
+            .filter(|&h| self.digest_allowed(h))
+            .collect()
+    }
+
+    /// The allowed DH groups, in wire ID order.
+    pub fn dhgroups(&self) -> Vec<DhGroupId> {
+        DhGroupId::ALL
+            .iter()
+            .copied()
+            .filter(|&g| self.dhgroup_allowed(g))
+            .collect()
+    }
+
+    /// Replaces the lists given (an empty list is refused by the caller).
+    pub fn set(&self, digests: Option<&[HashId]>, dhgroups: Option<&[DhGroupId]>) {
+        if let Some(d) = digests {
+            let m = d.iter().fold(0, |m, h| m | bit_of(h.as_u8()));
+            self.digests.store(m, Ordering::Relaxed);
+        }
+        if let Some(g) = dhgroups {
+            let m = g.iter().fold(0, |m, g| m | bit_of(g.as_u8()));
+            self.dhgroups.store(m, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A host's DH-HMAC-CHAP keys on one subsystem.
+#[derive(Clone, Debug)]
+pub struct HostKeys {
+    /// The host's key: the host proves it knows it.
+    pub key: Arc<Key>,
+    /// The controller's key, for hosts that ask the controller to prove
+    /// itself (bidirectional authentication).
+    pub ctrlr_key: Option<Arc<Key>>,
+}
+
+impl NvmfTarget {
+    /// `nvmf_subsystem_add_host` with keys: allows `host` on `nqn` and,
+    /// with `keys`, requires it to authenticate. One step under the
+    /// control lock, so no host gets in between allowed and keyed.
+    pub fn add_host_with_keys(
+        &self,
+        nqn: &str,
+        host: &str,
+        keys: Option<HostKeys>,
+    ) -> Result<(), NvmfError> {
+        let _c = self.control()?;
+        let sub = self.get(nqn)?;
+        let mut a = sub.access();
+        if a.hosts.iter().any(|h| h == host) {
+            return Err(NvmfError::HostExists {
+                nqn: nqn.to_owned(),
+                host: host.to_owned(),
+            });
+        }
+        match keys {
+            Some(k) => a.dhchap.insert(host.to_owned(), k),
+            None => a.dhchap.remove(host),
+        };
+        a.hosts.push(host.to_owned());
+        drop(a);
+        self.shared.discovery_changed();
+        Ok(())
+    }
+
+    /// The target's DH-HMAC-CHAP digests and groups.
+    pub fn auth_policy(&self) -> &Policy {
+        &self.shared.auth_policy
+    }
+}
+
+/// The states of one queue pair's transaction (SPDK's
+/// `nvmf_qpair_auth_state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for AUTH_Negotiate.
+    Negotiate,
+    /// Negotiated; the host receives the challenge next.
+    Challenge,
+    /// Challenge sent; waiting for the Reply.
+    Reply,
+    /// The host's response checked; it receives Success1 next.
+    Success1,
+    /// Success1 carried our response; waiting for Success2 (or Failure2).
+    Success2,
+    /// Failed; the host receives AUTH_Failure1 next, then the queue
+    /// closes.
+    Failure1,
+    /// Authenticated.
+    Completed,
+    /// The host refused our response (Failure2): the queue closes.
+    Error,
+}
+
+/// What the driver does after an authentication command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Complete it.
+    Complete,
+    /// Complete it and close the queue pair (the transaction failed).
+    CompleteAndClose(&'static str),
+}
+
+/// One queue pair's authentication.
+pub(super) struct QpairAuth {
+    state: State,
+    /// Passed one transaction: later ones (re-authentication) leave the
+    /// queue usable meanwhile.
+    authenticated: bool,
+    keys: HostKeys,
+    hostnqn: String,
+    subnqn: String,
+    qid: u16,
+    tid: u16,
+    hash: HashId,
+    dhgroup: DhGroupId,
+    /// C1, our challenge (HL bytes used).
+    cval: [u8; 64],
+    /// S1.
+    seqnum: u32,
+    dh: Option<KeyPair>,
+    /// The DH shared secret, once the Reply brought the host's value.
+    ctrl_response: Option<Mac64>,
+    fail_reason: FailureReason,
+    step_timeout: Duration,
+    deadline: Instant,
+}
+
+impl std::fmt::Debug for QpairAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QpairAuth({:?}, qid {})", self.state, self.qid)
+    }
+}
+
+/// Whether `sqe` is Authentication Send or Receive.
+pub(super) fn is_auth_command(sqe: &pollux_nvme::Sqe) -> bool {
+    sqe.opcode() == FABRICS_OPCODE
+        && matches!(
+            FabricsType::from_u8(fctype(sqe)),
+            Some(FabricsType::AuthenticationSend | FabricsType::AuthenticationReceive)
+        )
+}
+
+impl QpairAuth {
+    /// The authentication a new queue of `hostnqn` on `subnqn` needs:
+    /// `kato_ms` (0 = none) bounds each step.
+    pub fn new(keys: HostKeys, hostnqn: &str, subnqn: &str, qid: u16, kato_ms: u32) -> Self {
+        let step_timeout = if kato_ms == 0 {
+            DEFAULT_STEP_TIMEOUT
+        } else {
+            Duration::from_millis(u64::from(kato_ms))
+        };
+        QpairAuth {
+            state: State::Negotiate,
+            authenticated: false,
+            keys,
+            hostnqn: hostnqn.to_owned(),
+            subnqn: subnqn.to_owned(),
+            qid,
+            tid: 0,
+            hash: HashId::Sha256,
+            dhgroup: DhGroupId::Null,
+            cval: [0; 64],
+            seqnum: 0,
+            dh: None,
+            ctrl_response: None,
+            fail_reason: FailureReason::Failed,
+            step_timeout,
+            deadline: Instant::now() + step_timeout,
+        }
+    }
+
+    /// Whether commands other than authentication may run.
+    pub fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// Checks the step deadline: `Err` when a first transaction timed out
+    /// (the queue closes); a re-authentication that times out is dropped
+    /// and the queue stays as it was (SPDK does the same).
+    pub fn check_timeout(&mut self, now: Instant) -> Result<(), &'static str> {
+        if matches!(self.state, State::Completed) || now <= self.deadline {
+            return Ok(());
+        }
+        if self.authenticated {
+            tracing::warn!(qid = self.qid, state = ?self.state, "nvmf auth: re-authentication timed out");
+            self.finish();
+            return Ok(());
+        }
+        tracing::warn!(hostnqn = self.hostnqn, qid = self.qid, state = ?self.state, "nvmf auth: authentication timed out");
+        Err("authentication")
+    }
+
+    fn rearm(&mut self) {
+        self.deadline = Instant::now() + self.step_timeout;
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Completed;
+        self.authenticated = true;
+        self.dh = None;
+        self.ctrl_response = None;
+    }
+
+    fn fail1(&mut self, reason: FailureReason) {
+        tracing::warn!(hostnqn = self.hostnqn, subnqn = self.subnqn, qid = self.qid,
+            state = ?self.state, ?reason, "nvmf auth: authentication failed");
+        self.state = State::Failure1;
+        self.fail_reason = reason;
+    }
+
+    /// Executes Authentication Send or Receive in `req`.
+    pub fn execute(&mut self, req: &mut Request, policy: &Policy) -> Next {
+        let cmd = match AuthCmd::parse(&req.sqe) {
+            Ok(c) if c.is_dhchap() && c.len == req.xfer_len => c,
+            _ => {
+                req.fail(Status::INVALID_FIELD.with_dnr());
+                return Next::Complete;
+            }
+        };
+        if cmd.send {
+            self.send(req.data(), policy);
+            return match self.state {
+                State::Error => Next::CompleteAndClose("host refused the controller's response"),
+                _ => Next::Complete,
+            };
+        }
+        let Some(buf) = req.buf.as_mut() else {
+            req.fail(Status::INVALID_FIELD.with_dnr());
+            return Next::CompleteAndClose("authentication receive without a buffer");
+        };
+        let out = buf.as_mut_slice();
+        out.fill(0);
+        self.receive(out)
+    }
+
+    fn send(&mut self, data: &[u8], policy: &Policy) {
+        let Some(h) = Header::parse(data) else {
+            return self.fail1(FailureReason::IncorrectPayload);
+        };
+        match h.kind() {
+            Some((AuthType::Common, AuthId::Negotiate)) => self.negotiate(data, policy),
+            Some((AuthType::Common, AuthId::Failure2)) => self.failure2(data),
+            Some((AuthType::Dhchap, AuthId::Reply)) => self.reply(data),
+            Some((AuthType::Dhchap, AuthId::Success2)) => self.success2(data),
+            _ => self.fail1(FailureReason::IncorrectProtocolMessage),
+        }
+    }
+
+    fn negotiate(&mut self, data: &[u8], policy: &Policy) {
+        if !matches!(self.state, State::Negotiate | State::Completed) {
+            return self.fail1(FailureReason::IncorrectProtocolMessage);
+        }
+        // A Completed queue starts over (re-authentication).
+        self.state = State::Negotiate;
+        if let Some(h) = Header::parse(data) {
+            self.tid = h.tid;
+        }
+        let n = match Negotiate::parse(data) {
+            Ok(n) => n,
+            Err(r) => return self.fail1(r),
+        };
+        if n.sc_c != 0 {
+            return self.fail1(FailureReason::SccMismatch);
+        }
+        let Some(p) = n.dhchap else {
+            return self.fail1(FailureReason::ProtocolUnusable);
+        };
+        let Some(hash) = HASH_PREFERENCE
+            .into_iter()
+            .find(|&h| policy.digest_allowed(h) && p.offers_hash(h))
+        else {
+            return self.fail1(FailureReason::HashUnusable);
+        };
+        let Some(dhgroup) = DHGROUP_PREFERENCE
+            .into_iter()
+            .find(|&g| policy.dhgroup_allowed(g) && p.offers_dhgroup(g))
+        else {
+            return self.fail1(FailureReason::DhGroupUnusable);
+        };
+        tracing::debug!(qid = self.qid, tid = n.tid, hash = hash.name(), dhgroup = dhgroup.name(),
+            "nvmf auth: negotiated");
+        self.hash = hash;
+        self.dhgroup = dhgroup;
+        self.state = State::Challenge;
+        self.rearm();
+    }
+
+    fn reply(&mut self, data: &[u8]) {
+        if self.state != State::Reply {
+            return self.fail1(FailureReason::IncorrectProtocolMessage);
+        }
+        let r = match Reply::parse(data, self.hash) {
+            Ok(r) => r,
+            Err(e) => return self.fail1(e),
+        };
+        if r.tid != self.tid {
+            return self.fail1(FailureReason::IncorrectPayload);
+        }
+        let dh_secret = match (&self.dh, r.dhv.is_empty()) {
+            (None, true) => None,
+            (None, false) | (Some(_), true) => {
+                return self.fail1(FailureReason::IncorrectPayload)
+            }
+            (Some(kp), false) => match kp.shared_secret(r.dhv) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(qid = self.qid, error = %e, "nvmf auth: host's DH value refused");
+                    return self.fail1(FailureReason::Failed);
+                }
+            },
+        };
+        let Some(key) = load_secret(&self.keys.key) else {
+            return self.fail1(FailureReason::Failed);
+        };
+        let hl = self.hash.hash_len();
+        let p = ResponseParams {
+            hash: self.hash,
+            seqnum: self.seqnum,
+            tid: self.tid,
+            scc: 0,
+            role: ROLE_HOST,
+            nqn1: &self.hostnqn,
+            nqn2: &self.subnqn,
+        };
+        let expected = response(
+            key.transformed(&self.hostnqn).as_slice(),
+            &p,
+            &self.cval[..hl],
+            dh_secret.as_deref(),
+        );
+        if !expected.ct_eq(r.rval) {
+            tracing::warn!(hostnqn = self.hostnqn, qid = self.qid, "nvmf auth: wrong response (wrong secret)");
+            return self.fail1(FailureReason::Failed);
+        }
+        self.ctrl_response = None;
+        if r.cvalid {
+            let Some(ckey) = self.keys.ctrlr_key.as_ref().and_then(|k| load_secret(k)) else {
+                tracing::warn!(hostnqn = self.hostnqn, "nvmf auth: host asked for the controller's response but no controller key is set");
+                return self.fail1(FailureReason::Failed);
+            };
+            // A host that echoes our own challenge would get our
+            // response to it for free (a reflection attack).
+            if r.cval == &self.cval[..hl] {
+                return self.fail1(FailureReason::Failed);
+            }
+            let p = ResponseParams {
+                seqnum: r.seqnum,
+                role: ROLE_CONTROLLER,
+                nqn1: &self.subnqn,
+                nqn2: &self.hostnqn,
+                ..p
+            };
+            self.ctrl_response = Some(response(
+                ckey.transformed(&self.subnqn).as_slice(),
+                &p,
+                r.cval,
+                dh_secret.as_deref(),
+            ));
+        }
+        self.state = State::Success1;
+        self.rearm();
+    }
+
+    fn success2(&mut self, data: &[u8]) {
+        if self.state != State::Success2 {
+            return self.fail1(FailureReason::IncorrectProtocolMessage);
+        }
+        match Success2::parse(data) {
+            Ok(s) if s.tid == self.tid => {
+                tracing::debug!(qid = self.qid, "nvmf auth: bidirectional authentication done");
+                self.finish();
+            }
+            _ => self.fail1(FailureReason::IncorrectPayload),
+        }
+    }
+
+    fn failure2(&mut self, data: &[u8]) {
+        if self.state != State::Success2 {
+            return self.fail1(FailureReason::IncorrectProtocolMessage);
+        }
+        match Failure::parse(data) {
+            Ok(f) if f.tid == self.tid && data.len() == pollux_nvme::auth::msg::FAILURE_LEN => {
+                tracing::warn!(hostnqn = self.hostnqn, qid = self.qid, rc = f.rc, rce = f.rce,
+                    "nvmf auth: the host refused the controller's response");
+                self.state = State::Error;
+            }
+            _ => self.fail1(FailureReason::IncorrectPayload),
+        }
+    }
+
+    fn receive(&mut self, out: &mut [u8]) -> Next {
+        let written = match self.state {
+            State::Challenge => self.challenge(out),
+            State::Success1 => {
+                let hl = self.hash.hash_len();
+                let rval = self.ctrl_response.as_ref().map(Mac64::as_slice);
+                let r = Success1 {
+                    tid: self.tid,
+                    hl: hl as u8,
+                    rval,
+                }
+                .write(out);
+                if r.is_ok() {
+                    if self.ctrl_response.is_some() {
+                        self.state = State::Success2;
+                        self.rearm();
+                    } else {
+                        tracing::debug!(qid = self.qid, "nvmf auth: host authenticated");
+                        self.finish();
+                    }
+                }
+                r
+            }
+            State::Failure1 => Err(self.fail_reason),
+            _ => Err(FailureReason::IncorrectProtocolMessage),
+        };
+        match written {
+            Ok(_) => Next::Complete,
+            Err(reason) => {
+                if self.state != State::Failure1 {
+                    self.fail1(reason);
+                }
+                // The message fits any Receive of 8 bytes or more; a host
+                // that gave less learns only that the queue closed.
+                let _ = Failure::failure1(self.tid, self.fail_reason).write(out);
+                Next::CompleteAndClose("authentication failed")
+            }
+        }
+    }
+
+    fn challenge(&mut self, out: &mut [u8]) -> Result<usize, FailureReason> {
+        let hl = self.hash.hash_len();
+        let mut rng = rand::rng();
+        self.dh = match self.dhgroup {
+            DhGroupId::Null => None,
+            g => {
+                let mut x = [0u8; PRIVATE_KEY_LEN];
+                rng.fill_bytes(&mut x);
+                let kp = KeyPair::generate(g, &x).map_err(|_| FailureReason::Failed)?;
+                x.fill(0);
+                Some(kp)
+            }
+        };
+        rng.fill_bytes(&mut self.cval[..hl]);
+        // S1 is never 0 (0 means "no sequence number" in a Reply).
+        self.seqnum = rng.next_u32().max(1);
+        let c = Challenge {
+            tid: self.tid,
+            hash: self.hash,
+            dhgroup: self.dhgroup,
+            seqnum: self.seqnum,
+            cval: &self.cval[..hl],
+            dhv: self.dh.as_ref().map_or(&[][..], KeyPair::public),
+        };
+        let n = c.write(out)?;
+        self.state = State::Reply;
+        self.rearm();
+        Ok(n)
+    }
+}
+
+fn load_secret(key: &Key) -> Option<Secret> {
+    let text = match key.load() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(key = key.name(), error = %e, "nvmf auth: cannot load key");
+            return None;
+        }
+    };
+    match Secret::parse(&text) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(key = key.name(), error = %e, "nvmf auth: key is not a DH-HMAC-CHAP secret");
+            None
+        }
+    }
+}
+
+/// The status of a command a queue that still has to authenticate may
+/// not run.
+pub(super) fn refuse(req: &mut Request) {
+    req.fail(Status::AUTH_REQUIRED.with_dnr());
+}
