@@ -573,3 +573,324 @@ fn load_secret(key: &Key) -> Option<Secret> {
 pub(super) fn refuse(req: &mut Request) {
     req.fail(Status::AUTH_REQUIRED.with_dnr());
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use pollux_nvme::auth::dh::DhGroupId as G;
+    use pollux_nvme::auth::msg::{DhchapProtocol, FailureReason as R};
+    use pollux_nvme::auth::{AuthCmd, SECP_NVME, SPSP};
+    use pollux_nvme::Sqe;
+
+    use super::*;
+    use crate::keyring::Keyring;
+    use crate::nvmf::command::bench::request;
+
+    const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:unit-host";
+    const SUB: &str = "nqn.2024-11.dev.pollux:unit";
+
+    struct Keys {
+        _dir: tempfile::TempDir,
+        ring: Keyring,
+        host: Secret,
+        ctrl: Secret,
+    }
+
+    fn keys() -> Keys {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::default();
+        let host = Secret::new(Some(HashId::Sha256), &[0x5A; 32]).unwrap();
+        let ctrl = Secret::new(Some(HashId::Sha384), &[0xC3; 48]).unwrap();
+        for (name, s) in [("host", &host), ("ctrl", &ctrl)] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, s.to_text()).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            ring.add_file_key(name, &p).unwrap();
+        }
+        Keys {
+            _dir: dir,
+            ring,
+            host,
+            ctrl,
+        }
+    }
+
+    fn qpair(k: &Keys, bidi: bool) -> QpairAuth {
+        let hk = HostKeys {
+            key: k.ring.get("host").unwrap(),
+            ctrlr_key: bidi.then(|| k.ring.get("ctrl").unwrap()),
+        };
+        QpairAuth::new(hk, HOST, SUB, 1, 5000)
+    }
+
+    fn cmd(send: bool, len: usize) -> Sqe {
+        let mut sqe = Sqe::new(FABRICS_OPCODE, 9);
+        AuthCmd {
+            send,
+            secp: SECP_NVME,
+            spsp0: SPSP,
+            spsp1: SPSP,
+            len: len as u32,
+        }
+        .write(&mut sqe);
+        sqe
+    }
+
+    fn send(a: &mut QpairAuth, p: &Policy, msg: &[u8]) -> Next {
+        let mut req = request(cmd(true, msg.len()), msg.len());
+        req.put_c2h(msg);
+        let next = a.execute(&mut req, p);
+        assert!(req.status.is_success(), "{:?}", req.status);
+        next
+    }
+
+    fn recv(a: &mut QpairAuth, p: &Policy) -> (Vec<u8>, Next) {
+        let mut req = request(cmd(false, 4096), 4096);
+        let next = a.execute(&mut req, p);
+        assert!(req.status.is_success(), "{:?}", req.status);
+        (req.data().to_vec(), next)
+    }
+
+    fn negotiate(tid: u16) -> Vec<u8> {
+        let mut b = vec![0u8; 72];
+        Negotiate {
+            tid,
+            sc_c: 0,
+            dhchap: Some(DhchapProtocol::new(HashId::ALL, DhGroupId::ALL)),
+        }
+        .write(&mut b)
+        .unwrap();
+        b
+    }
+
+    /// A host as Linux's `drivers/nvme/host/auth.c` runs it, with secret
+    /// `host_key` and, for bidirectional mode, the controller's `ctrl_key`.
+    /// Returns whether the controller's response checked out.
+    fn host_transaction(
+        a: &mut QpairAuth,
+        p: &Policy,
+        host_key: &Secret,
+        ctrl_key: Option<&Secret>,
+    ) -> Result<bool, u8> {
+        let tid = 0x4242;
+        assert_eq!(send(a, p, &negotiate(tid)), Next::Complete);
+        let (buf, next) = recv(a, p);
+        if let Ok(f) = Failure::parse(&buf) {
+            assert!(matches!(next, Next::CompleteAndClose(_)));
+            return Err(f.rce);
+        }
+        let c = Challenge::parse(&buf).unwrap();
+        assert_eq!(c.tid, tid);
+        let kp = (c.dhgroup != DhGroupId::Null)
+            .then(|| KeyPair::generate(c.dhgroup, &[0x77; PRIVATE_KEY_LEN]).unwrap());
+        let dh = kp.as_ref().map(|k| k.shared_secret(c.dhv).unwrap());
+        let rp = ResponseParams {
+            hash: c.hash,
+            seqnum: c.seqnum,
+            tid,
+            scc: 0,
+            role: ROLE_HOST,
+            nqn1: HOST,
+            nqn2: SUB,
+        };
+        let r1 = response(
+            host_key.transformed(HOST).as_slice(),
+            &rp,
+            c.cval,
+            dh.as_deref(),
+        );
+        let c2 = vec![0x99u8; c.hash.hash_len()];
+        let mut out = vec![0u8; 4096];
+        let n = Reply {
+            tid,
+            rval: r1.as_slice(),
+            cvalid: ctrl_key.is_some(),
+            seqnum: if ctrl_key.is_some() { 77 } else { 0 },
+            cval: &c2,
+            dhv: kp.as_ref().map_or(&[][..], |k| k.public()),
+        }
+        .write(&mut out)
+        .unwrap();
+        assert_eq!(send(a, p, &out[..n]), Next::Complete);
+        let (buf, next) = recv(a, p);
+        if let Ok(f) = Failure::parse(&buf) {
+            assert!(matches!(next, Next::CompleteAndClose(_)));
+            return Err(f.rce);
+        }
+        let s1 = Success1::parse(&buf).unwrap();
+        assert_eq!(s1.hl as usize, c.hash.hash_len());
+        let Some(ck) = ctrl_key else {
+            assert_eq!(s1.rval, None);
+            return Ok(false);
+        };
+        let rp = ResponseParams {
+            seqnum: 77,
+            role: ROLE_CONTROLLER,
+            nqn1: SUB,
+            nqn2: HOST,
+            ..rp
+        };
+        let want = response(ck.transformed(SUB).as_slice(), &rp, &c2, dh.as_deref());
+        let ok = s1.rval.is_some_and(|r| want.ct_eq(r));
+        let n = if ok {
+            Success2 { tid }.write(&mut out).unwrap()
+        } else {
+            Failure {
+                id: AuthId::Failure2,
+                tid,
+                rc: 1,
+                rce: R::Failed.as_u8(),
+            }
+            .write(&mut out)
+            .unwrap()
+        };
+        let next = send(a, p, &out[..n]);
+        Ok(ok && next == Next::Complete)
+    }
+
+    fn policy(d: &[HashId], g: &[DhGroupId]) -> Policy {
+        let p = Policy::default();
+        p.set(Some(d), Some(g));
+        p
+    }
+
+    #[test]
+    fn unidirectional_with_each_hash_and_the_null_group() {
+        let k = keys();
+        for h in HashId::ALL {
+            let p = policy(&[*h], &[G::Null]);
+            let mut a = qpair(&k, false);
+            assert!(!a.authenticated());
+            assert_eq!(host_transaction(&mut a, &p, &k.host, None), Ok(false));
+            assert!(a.authenticated());
+            assert_eq!(a.hash, *h);
+        }
+    }
+
+    #[test]
+    fn bidirectional_with_ffdhe2048() {
+        let k = keys();
+        let p = policy(HashId::ALL, &[G::Ffdhe2048]);
+        let mut a = qpair(&k, true);
+        assert_eq!(host_transaction(&mut a, &p, &k.host, Some(&k.ctrl)), Ok(true));
+        assert!(a.authenticated());
+        assert_eq!((a.hash, a.dhgroup), (HashId::Sha512, G::Ffdhe2048));
+        // Re-authentication on the same queue works and keeps it usable.
+        assert_eq!(host_transaction(&mut a, &p, &k.host, Some(&k.ctrl)), Ok(true));
+        assert!(a.authenticated());
+    }
+
+    #[test]
+    fn wrong_secret_gets_failure1_and_the_queue_closes() {
+        let k = keys();
+        let p = policy(&[HashId::Sha256], &[G::Ffdhe2048]);
+        let wrong = Secret::new(Some(HashId::Sha256), &[0x11; 32]).unwrap();
+        let mut a = qpair(&k, false);
+        assert_eq!(
+            host_transaction(&mut a, &p, &wrong, None),
+            Err(R::Failed.as_u8())
+        );
+        assert!(!a.authenticated());
+    }
+
+    #[test]
+    fn host_refuses_a_controller_with_the_wrong_key() {
+        let k = keys();
+        let p = policy(&[HashId::Sha256], &[G::Null]);
+        let wrong = Secret::new(None, &[0x22; 48]).unwrap();
+        let mut a = qpair(&k, true);
+        assert_eq!(host_transaction(&mut a, &p, &k.host, Some(&wrong)), Ok(false));
+        assert_eq!(a.state, State::Error);
+        assert!(!a.authenticated());
+        // A host asking for bidirectional mode without a controller key
+        // configured is refused.
+        let mut a = qpair(&k, false);
+        assert_eq!(
+            host_transaction(&mut a, &p, &k.host, Some(&k.ctrl)),
+            Err(R::Failed.as_u8())
+        );
+    }
+
+    #[test]
+    fn negotiation_failures_and_protocol_errors() {
+        let k = keys();
+        let p = Policy::default();
+        // Receive before Negotiate: out of sequence.
+        let mut a = qpair(&k, false);
+        let (buf, next) = recv(&mut a, &p);
+        assert_eq!(
+            Failure::parse(&buf).unwrap().rce,
+            R::IncorrectProtocolMessage.as_u8()
+        );
+        assert!(matches!(next, Next::CompleteAndClose(_)));
+        // No common hash.
+        let mut a = qpair(&k, false);
+        let only = policy(&[HashId::Sha384], &[G::Null]);
+        let mut b = vec![0u8; 72];
+        Negotiate {
+            tid: 1,
+            sc_c: 0,
+            dhchap: Some(DhchapProtocol::new(&[HashId::Sha256], &[G::Null])),
+        }
+        .write(&mut b)
+        .unwrap();
+        send(&mut a, &only, &b);
+        let (buf, _) = recv(&mut a, &only);
+        assert_eq!(
+            Failure::parse(&buf).unwrap().rce,
+            R::HashUnusable.as_u8()
+        );
+        // Secure channel concatenation asked for.
+        let mut a = qpair(&k, false);
+        let mut b = negotiate(1);
+        b[6] = 1;
+        send(&mut a, &p, &b);
+        let (buf, _) = recv(&mut a, &p);
+        assert_eq!(Failure::parse(&buf).unwrap().rce, R::SccMismatch.as_u8());
+        // Truncated Negotiate.
+        let mut a = qpair(&k, false);
+        send(&mut a, &p, &negotiate(1)[..40]);
+        let (buf, _) = recv(&mut a, &p);
+        assert_eq!(
+            Failure::parse(&buf).unwrap().rce,
+            R::IncorrectPayload.as_u8()
+        );
+        // Wrong SECP, or TL not the data length: Invalid Field.
+        let mut a = qpair(&k, false);
+        let mut sqe = cmd(true, 72);
+        sqe.as_bytes_mut()[43] = 0xEA;
+        let mut req = request(sqe, 72);
+        a.execute(&mut req, &p);
+        assert_eq!(req.status, Status::INVALID_FIELD.with_dnr());
+        let mut req = request(cmd(true, 64), 72);
+        a.execute(&mut req, &p);
+        assert_eq!(req.status, Status::INVALID_FIELD.with_dnr());
+    }
+
+    #[test]
+    fn a_first_transaction_times_out_a_reauthentication_does_not() {
+        let k = keys();
+        let p = policy(&[HashId::Sha256], &[G::Null]);
+        let mut a = qpair(&k, false);
+        let later = Instant::now() + Duration::from_secs(6);
+        assert!(a.check_timeout(Instant::now()).is_ok());
+        assert_eq!(a.check_timeout(later), Err("authentication"));
+        let mut a = qpair(&k, false);
+        host_transaction(&mut a, &p, &k.host, None).unwrap();
+        send(&mut a, &p, &negotiate(5));
+        assert!(a.check_timeout(Instant::now() + Duration::from_secs(6)).is_ok());
+        assert!(a.authenticated());
+        assert_eq!(a.state, State::Completed);
+    }
+
+    #[test]
+    fn only_authentication_commands_pass_the_gate() {
+        assert!(is_auth_command(&cmd(true, 8)));
+        assert!(is_auth_command(&cmd(false, 8)));
+        assert!(!is_auth_command(&Sqe::new(0x06, 1)));
+        let mut req = request(Sqe::new(0x06, 1), 0);
+        refuse(&mut req);
+        assert_eq!(req.status, Status::AUTH_REQUIRED.with_dnr());
+    }
+}

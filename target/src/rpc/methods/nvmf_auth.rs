@@ -31,6 +31,11 @@ struct SetConfig {
     /// Pollux's discovery log lists every subsystem a host may reach on
     /// every listener, SPDK's `match_any`.
     discovery_filter: Option<String>,
+    /// The same as a list (SPDK 26.x).
+    discovery_filters: Option<Vec<String>>,
+    /// Pollux lets a host NQN connect through any listener
+    /// (SPDK's default, `allow`).
+    dup_host_policy: Option<String>,
 }
 
 fn nvmf_set_config(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
@@ -46,9 +51,15 @@ fn nvmf_set_config(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> 
             "poll_groups_mask: poll groups follow the configured reactors",
         ));
     }
-    if c.discovery_filter.as_deref().is_some_and(|f| f != "match_any") {
+    let filters = c.discovery_filter.iter().chain(c.discovery_filters.iter().flatten());
+    if filters.into_iter().any(|f| f != "match_any") {
         return Err(RpcError::invalid_params(
             "discovery_filter: only match_any is supported",
+        ));
+    }
+    if c.dup_host_policy.as_deref().is_some_and(|p| p != "allow") {
+        return Err(RpcError::invalid_params(
+            "dup_host_policy: only allow is supported",
         ));
     }
     let digests = c
