@@ -9,6 +9,13 @@
 //! verify; then a wrong secret, no secret at all, and a wrong controller
 //! secret are each refused.
 //!
+//! Debian bookworm's 6.1 kernel (vm-client's default) is built without
+//! `CONFIG_NVME_AUTH`, so this test boots bookworm-backports' 6.12 kernel
+//! (`CONFIG_NVME_HOST_AUTH=y`) from its own vm-client cache
+//! (`$POLLUX_AUTH_VM_CACHE`, default `~/.cache/vm-client-nvme-auth`; the
+//! first run downloads the kernel and builds the initramfs, about two
+//! minutes). `POLLUX_AUTH_KERNEL_PKG` names another kernel package.
+//!
 //! This test never skips: if the VM cannot run it fails and says why.
 
 mod support;
@@ -26,6 +33,58 @@ const HOST_A: &str = "nqn.2014-08.org.nvmexpress:uuid:a0a0a0a0-0000-4000-8000-00
 const HOSTID_A: &str = "a0a0a0a0-0000-4000-8000-000000000001";
 const HOST_B: &str = "nqn.2014-08.org.nvmexpress:uuid:b0b0b0b0-0000-4000-8000-000000000002";
 const HOSTID_B: &str = "b0b0b0b0-0000-4000-8000-000000000002";
+/// The backports kernel series with NVMe in-band authentication.
+const KERNEL_META: &str = "linux-image-6.12-amd64";
+/// Used when no package list can resolve [`KERNEL_META`] yet.
+const KERNEL_FALLBACK: &str = "linux-image-6.12.100+deb12-amd64";
+
+/// Points vm-client (a child of this one-test process) at a cache of its
+/// own with a kernel that can authenticate.
+fn use_auth_kernel() {
+    let cache = std::env::var("POLLUX_AUTH_VM_CACHE").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/vm-client-nvme-auth",
+            std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())
+        )
+    });
+    let pkg = std::env::var("POLLUX_AUTH_KERNEL_PKG").unwrap_or_else(|_| {
+        // The newest 6.12 package the cache's (or the default cache's)
+        // package lists know, as vm-client resolves its own 6.1 kernel.
+        let default = format!(
+            "{}/.cache/vm-client",
+            std::env::var("HOME").unwrap_or_default()
+        );
+        [cache.clone(), default]
+            .iter()
+            .find_map(|c| resolve_kernel(Path::new(c)))
+            .unwrap_or_else(|| KERNEL_FALLBACK.to_owned())
+    });
+    // Set before vm-client starts; this test binary has this one test,
+    // so no other thread reads the environment meanwhile.
+    std::env::set_var("VM_CLIENT_CACHE", &cache);
+    std::env::set_var("VM_CLIENT_KERNEL_PKG", &pkg);
+}
+
+fn resolve_kernel(cache: &Path) -> Option<String> {
+    let apt = cache.join("apt");
+    let out = std::process::Command::new("apt-cache")
+        .arg("-o")
+        .arg(format!(
+            "Dir::Etc::sourcelist={}",
+            apt.join("sources.list").display()
+        ))
+        .args(["-o", "Dir::Etc::sourceparts=-"])
+        .arg("-o")
+        .arg(format!("Dir::State::lists={}", apt.join("lists").display()))
+        .args(["-q", "depends", KERNEL_META])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|d| d.starts_with("linux-image-6.12.") && d.ends_with("-amd64"))
+        .map(str::to_owned)
+}
 
 fn secret(transform: Option<HashId>, len: usize) -> String {
     let mut key = vec![0u8; len];
@@ -44,6 +103,7 @@ fn key_file(dir: &Path, name: &str, text: &str) -> String {
 #[test]
 fn linux_host_authenticates_with_dhchap() {
     let vm = VmClient::find();
+    use_auth_kernel();
     let port = free_port();
     let daemon = Daemon::builder()
         .empty_target("[0]")
@@ -71,7 +131,13 @@ fn linux_host_authenticates_with_dhchap() {
     let mut add = vec!["nvmf_subsystem_add_listener", NQN];
     add.extend(tcp_listener(&port_s));
     rpc.run(&add);
-    rpc.run(&["nvmf_subsystem_add_host", NQN, HOST_A, "--dhchap-key", "key_a"]);
+    rpc.run(&[
+        "nvmf_subsystem_add_host",
+        NQN,
+        HOST_A,
+        "--dhchap-key",
+        "key_a",
+    ]);
     rpc.run(&[
         "nvmf_subsystem_add_host",
         NQN,
@@ -80,6 +146,15 @@ fn linux_host_authenticates_with_dhchap() {
         "key_b",
         "--dhchap-ctrlr-key",
         "ckey_b",
+    ]);
+    // A TCG guest takes seconds per ffdhe8192 exchange (the default pick):
+    // a smaller group keeps the test quick and still does DH.
+    rpc.run(&[
+        "nvmf_set_config",
+        "--dhchap-digests",
+        "sha256,sha384",
+        "--dhchap-dhgroups",
+        "null,ffdhe2048",
     ]);
     let subs = rpc.run(&["nvmf_get_subsystems"]);
     let hosts = &subs
@@ -169,6 +244,8 @@ fn linux_host_authenticates_with_dhchap() {
         "nvmf auth: bidirectional authentication done",
         "nvmf auth: wrong response (wrong secret)",
         "nvmf auth: the host refused the controller's response",
+        // nvmf_set_config's lists decided the negotiation.
+        "hash=\"sha384\" dhgroup=\"ffdhe2048\"",
     ] {
         assert!(log.contains(needle), "pollux log lacks {needle:?}:\n{log}");
     }

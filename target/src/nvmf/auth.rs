@@ -369,8 +369,13 @@ impl QpairAuth {
         else {
             return self.fail1(FailureReason::DhGroupUnusable);
         };
-        tracing::debug!(qid = self.qid, tid = n.tid, hash = hash.name(), dhgroup = dhgroup.name(),
-            "nvmf auth: negotiated");
+        tracing::debug!(
+            qid = self.qid,
+            tid = n.tid,
+            hash = hash.name(),
+            dhgroup = dhgroup.name(),
+            "nvmf auth: negotiated"
+        );
         self.hash = hash;
         self.dhgroup = dhgroup;
         self.state = State::Challenge;
@@ -390,9 +395,7 @@ impl QpairAuth {
         }
         let dh_secret = match (&self.dh, r.dhv.is_empty()) {
             (None, true) => None,
-            (None, false) | (Some(_), true) => {
-                return self.fail1(FailureReason::IncorrectPayload)
-            }
+            (None, false) | (Some(_), true) => return self.fail1(FailureReason::IncorrectPayload),
             (Some(kp), false) => match kp.shared_secret(r.dhv) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -421,7 +424,11 @@ impl QpairAuth {
             dh_secret.as_deref(),
         );
         if !expected.ct_eq(r.rval) {
-            tracing::warn!(hostnqn = self.hostnqn, qid = self.qid, "nvmf auth: wrong response (wrong secret)");
+            tracing::warn!(
+                hostnqn = self.hostnqn,
+                qid = self.qid,
+                "nvmf auth: wrong response (wrong secret)"
+            );
             return self.fail1(FailureReason::Failed);
         }
         self.ctrl_response = None;
@@ -459,7 +466,10 @@ impl QpairAuth {
         }
         match Success2::parse(data) {
             Ok(s) if s.tid == self.tid => {
-                tracing::debug!(qid = self.qid, "nvmf auth: bidirectional authentication done");
+                tracing::debug!(
+                    qid = self.qid,
+                    "nvmf auth: bidirectional authentication done"
+                );
                 self.finish();
             }
             _ => self.fail1(FailureReason::IncorrectPayload),
@@ -472,8 +482,13 @@ impl QpairAuth {
         }
         match Failure::parse(data) {
             Ok(f) if f.tid == self.tid && data.len() == pollux_nvme::auth::msg::FAILURE_LEN => {
-                tracing::warn!(hostnqn = self.hostnqn, qid = self.qid, rc = f.rc, rce = f.rce,
-                    "nvmf auth: the host refused the controller's response");
+                tracing::warn!(
+                    hostnqn = self.hostnqn,
+                    qid = self.qid,
+                    rc = f.rc,
+                    rce = f.rce,
+                    "nvmf auth: the host refused the controller's response"
+                );
                 self.state = State::Error;
             }
             _ => self.fail1(FailureReason::IncorrectPayload),
@@ -773,11 +788,17 @@ mod tests {
         let k = keys();
         let p = policy(HashId::ALL, &[G::Ffdhe2048]);
         let mut a = qpair(&k, true);
-        assert_eq!(host_transaction(&mut a, &p, &k.host, Some(&k.ctrl)), Ok(true));
+        assert_eq!(
+            host_transaction(&mut a, &p, &k.host, Some(&k.ctrl)),
+            Ok(true)
+        );
         assert!(a.authenticated());
         assert_eq!((a.hash, a.dhgroup), (HashId::Sha512, G::Ffdhe2048));
         // Re-authentication on the same queue works and keeps it usable.
-        assert_eq!(host_transaction(&mut a, &p, &k.host, Some(&k.ctrl)), Ok(true));
+        assert_eq!(
+            host_transaction(&mut a, &p, &k.host, Some(&k.ctrl)),
+            Ok(true)
+        );
         assert!(a.authenticated());
     }
 
@@ -800,7 +821,10 @@ mod tests {
         let p = policy(&[HashId::Sha256], &[G::Null]);
         let wrong = Secret::new(None, &[0x22; 48]).unwrap();
         let mut a = qpair(&k, true);
-        assert_eq!(host_transaction(&mut a, &p, &k.host, Some(&wrong)), Ok(false));
+        assert_eq!(
+            host_transaction(&mut a, &p, &k.host, Some(&wrong)),
+            Ok(false)
+        );
         assert_eq!(a.state, State::Error);
         assert!(!a.authenticated());
         // A host asking for bidirectional mode without a controller key
@@ -837,10 +861,7 @@ mod tests {
         .unwrap();
         send(&mut a, &only, &b);
         let (buf, _) = recv(&mut a, &only);
-        assert_eq!(
-            Failure::parse(&buf).unwrap().rce,
-            R::HashUnusable.as_u8()
-        );
+        assert_eq!(Failure::parse(&buf).unwrap().rce, R::HashUnusable.as_u8());
         // Secure channel concatenation asked for.
         let mut a = qpair(&k, false);
         let mut b = negotiate(1);
@@ -879,7 +900,9 @@ mod tests {
         let mut a = qpair(&k, false);
         host_transaction(&mut a, &p, &k.host, None).unwrap();
         send(&mut a, &p, &negotiate(5));
-        assert!(a.check_timeout(Instant::now() + Duration::from_secs(6)).is_ok());
+        assert!(a
+            .check_timeout(Instant::now() + Duration::from_secs(6))
+            .is_ok());
         assert!(a.authenticated());
         assert_eq!(a.state, State::Completed);
     }

@@ -495,6 +495,12 @@ impl Conn {
         }
         if let Some(a) = self.auth.as_deref_mut() {
             a.check_timeout(now).map_err(CloseReason::Auth)?;
+            // KATO counts from when the host may use the controller: the
+            // first transaction's own step deadline bounds it until then
+            // (Linux's nvmet, too, starts KATO only at CC.EN).
+            if let (false, QueuePhase::Admin(c)) = (a.authenticated(), &self.phase) {
+                c.state().last_keep_alive = now;
+            }
         }
         if self.stopping() && self.busy_requests() == 0 {
             let _ = self.flush();

@@ -803,11 +803,8 @@ fn nvmf_subsystem_add_host(d: &Dispatcher, p: Option<Value>) -> Result<Value, Rp
     if h.psk.is_some() {
         return Err(refuse("psk", "TLS is not supported"));
     }
-    let keys = super::nvmf_auth::host_keys(
-        d,
-        h.dhchap_key.as_deref(),
-        h.dhchap_ctrlr_key.as_deref(),
-    )?;
+    let keys =
+        super::nvmf_auth::host_keys(d, h.dhchap_key.as_deref(), h.dhchap_ctrlr_key.as_deref())?;
     target(d)?
         .add_host_with_keys(&h.nqn, &h.host, keys)
         .map_err(|e| errors::nvmf("host", e))?;

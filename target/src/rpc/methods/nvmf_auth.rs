@@ -51,7 +51,10 @@ fn nvmf_set_config(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> 
             "poll_groups_mask: poll groups follow the configured reactors",
         ));
     }
-    let filters = c.discovery_filter.iter().chain(c.discovery_filters.iter().flatten());
+    let filters = c
+        .discovery_filter
+        .iter()
+        .chain(c.discovery_filters.iter().flatten());
     if filters.into_iter().any(|f| f != "match_any") {
         return Err(RpcError::invalid_params(
             "discovery_filter: only match_any is supported",
@@ -100,9 +103,10 @@ pub(super) fn host_keys(
     ctrlr_key: Option<&str>,
 ) -> Result<Option<HostKeys>, RpcError> {
     let find = |name: &str, what: &str| {
-        d.ctx.keyring.get(name).ok_or_else(|| {
-            RpcError::invalid_params(format!("{what}: unable to find key {name:?}"))
-        })
+        d.ctx
+            .keyring
+            .get(name)
+            .ok_or_else(|| RpcError::invalid_params(format!("{what}: unable to find key {name:?}")))
     };
     match (key, ctrlr_key) {
         (None, None) => Ok(None),
