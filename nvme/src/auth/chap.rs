@@ -196,8 +196,10 @@ mod tests {
         assert_eq!(HashId::Sha512.hmac(b"Jefe", &[data]).as_slice().len(), 64);
         assert_eq!(
             HashId::Sha384.hmac(b"Jefe", &[data]).as_slice(),
-            hex("af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e\
-                 8e2240ca5e69e2c78b3239ecfab21649")
+            hex(
+                "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e\
+                 8e2240ca5e69e2c78b3239ecfab21649"
+            )
         );
     }
 

@@ -128,7 +128,10 @@ impl core::fmt::Debug for KeyPair {
 impl KeyPair {
     /// A key pair of `group` from `random` (at least
     /// [`PRIVATE_KEY_LEN`] bytes from a CSPRNG); `Err` for the null group.
-    pub fn generate(group_id: DhGroupId, random: &[u8; PRIVATE_KEY_LEN]) -> Result<KeyPair, DhError> {
+    pub fn generate(
+        group_id: DhGroupId,
+        random: &[u8; PRIVATE_KEY_LEN],
+    ) -> Result<KeyPair, DhError> {
         let g = group(group_id).ok_or(DhError::Null)?;
         let mut bytes = *random;
         // Top bit set: the exponent always has its full 512 bits.

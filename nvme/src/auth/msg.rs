@@ -538,10 +538,19 @@ mod tests {
         assert_eq!(p, n);
         let d = p.dhchap.unwrap();
         assert!(d.offers_hash(HashId::Sha384) && d.offers_dhgroup(DhGroupId::Ffdhe8192));
-        assert_eq!(Negotiate::parse(&b[..71]), Err(FailureReason::IncorrectPayload));
-        assert_eq!(Negotiate::parse(&b[..8]), Err(FailureReason::IncorrectPayload));
+        assert_eq!(
+            Negotiate::parse(&b[..71]),
+            Err(FailureReason::IncorrectPayload)
+        );
+        assert_eq!(
+            Negotiate::parse(&b[..8]),
+            Err(FailureReason::IncorrectPayload)
+        );
         b[8 + 2] = 31;
-        assert_eq!(Negotiate::parse(&b[..len]), Err(FailureReason::IncorrectPayload));
+        assert_eq!(
+            Negotiate::parse(&b[..len]),
+            Err(FailureReason::IncorrectPayload)
+        );
     }
 
     #[test]
@@ -559,7 +568,10 @@ mod tests {
         let mut b = vec![0u8; 4096];
         let len = c.write(&mut b).unwrap();
         assert_eq!(len, 16 + 48 + 384);
-        assert_eq!(&b[..16], &[1, 1, 0, 0, 7, 0, 48, 0, 2, 2, 0x80, 1, 0xDD, 0xCC, 0xBB, 0xAA]);
+        assert_eq!(
+            &b[..16],
+            &[1, 1, 0, 0, 7, 0, 48, 0, 2, 2, 0x80, 1, 0xDD, 0xCC, 0xBB, 0xAA]
+        );
         assert_eq!(Challenge::parse(&b).unwrap(), c);
 
         let r = Reply {

@@ -84,7 +84,10 @@ impl Secret {
     /// Parses the representation; surrounding white space (a key file's
     /// newline) is ignored.
     pub fn parse(text: &str) -> Result<Secret, SecretError> {
-        let rest = text.trim().strip_prefix(PREFIX).ok_or(SecretError::Format)?;
+        let rest = text
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(SecretError::Format)?;
         let (hh, rest) = rest.split_once(':').ok_or(SecretError::Format)?;
         let b64 = rest.strip_suffix(':').ok_or(SecretError::Format)?;
         let transform = match hh {
@@ -200,7 +203,10 @@ mod tests {
             Err(SecretError::Hash(_))
         ));
         assert_eq!(Secret::parse("DHHC-1:00:!!!!:"), Err(SecretError::Base64));
-        assert_eq!(Secret::parse("DHHC-1:00:AAAA:"), Err(SecretError::Length(3)));
+        assert_eq!(
+            Secret::parse("DHHC-1:00:AAAA:"),
+            Err(SecretError::Length(3))
+        );
         let long = format!("DHHC-1:00:{}:", "A".repeat(10_000));
         assert!(matches!(Secret::parse(&long), Err(SecretError::Length(_))));
         assert!(Secret::new(None, &[0; 31]).is_err());
