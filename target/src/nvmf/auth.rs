@@ -34,7 +34,14 @@ use pollux_nvme::fabrics::{fctype, FabricsType, FABRICS_OPCODE};
 use pollux_nvme::Status;
 use rand::RngCore;
 
-use super::request::Request;
+use std::cell::{Cell, RefCell};
+use std::rc::Weak;
+
+use pollux_poller::Reactor;
+
+use super::command::Outcome;
+use super::conn::{CloseReason, Conn};
+use super::request::{ReqState, Request};
 use super::{NvmfError, NvmfTarget};
 use crate::keyring::Key;
 
@@ -184,12 +191,80 @@ enum State {
 }
 
 /// What the driver does after an authentication command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum Next {
     /// Complete it.
     Complete,
     /// Complete it and close the queue pair (the transaction failed).
     CompleteAndClose(&'static str),
+    /// Run `Job` off the reactor (a modular exponentiation takes up to
+    /// ~75 ms with ffdhe8192, which would stall every queue pair of the
+    /// reactor), then [`QpairAuth::resume`] with its result.
+    Offload(Job),
+}
+
+/// A Diffie-Hellman computation, run on a worker thread.
+pub(super) enum Job {
+    /// The controller's key pair for the challenge.
+    KeyGen {
+        /// Group.
+        group: DhGroupId,
+        /// The private exponent's randomness.
+        random: Box<[u8; PRIVATE_KEY_LEN]>,
+    },
+    /// The shared secret with the host's public value.
+    Derive {
+        /// Our key pair.
+        kp: Arc<KeyPair>,
+        /// The host's value.
+        peer: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::KeyGen { group, .. } => write!(f, "KeyGen({})", group.name()),
+            Job::Derive { .. } => write!(f, "Derive"),
+        }
+    }
+}
+
+impl PartialEq for Job {
+    fn eq(&self, _: &Job) -> bool {
+        false
+    }
+}
+impl Eq for Job {}
+
+/// What a [`Job`] produced.
+pub(super) enum JobResult {
+    /// From [`Job::KeyGen`].
+    KeyGen(Result<KeyPair, pollux_nvme::auth::dh::DhError>),
+    /// From [`Job::Derive`].
+    Derive(Result<Vec<u8>, pollux_nvme::auth::dh::DhError>),
+}
+
+impl Job {
+    /// Does the computation (on any thread).
+    pub fn run(self) -> JobResult {
+        match self {
+            Job::KeyGen { group, mut random } => {
+                let r = KeyPair::generate(group, &random);
+                random.fill(0);
+                JobResult::KeyGen(r)
+            }
+            Job::Derive { kp, peer } => JobResult::Derive(kp.shared_secret(&peer)),
+        }
+    }
+}
+
+/// A Reply whose DH shared secret is being computed.
+struct PendingReply {
+    rval: Vec<u8>,
+    cvalid: bool,
+    seqnum: u32,
+    cval: Vec<u8>,
 }
 
 /// One queue pair's authentication.
@@ -209,8 +284,10 @@ pub(super) struct QpairAuth {
     cval: [u8; 64],
     /// S1.
     seqnum: u32,
-    dh: Option<KeyPair>,
-    /// The DH shared secret, once the Reply brought the host's value.
+    dh: Option<Arc<KeyPair>>,
+    /// The Reply waiting for its DH shared secret.
+    pending: Option<PendingReply>,
+    /// R2, for Success1 when the host asked for it.
     ctrl_response: Option<Mac64>,
     fail_reason: FailureReason,
     step_timeout: Duration,
@@ -254,6 +331,7 @@ impl QpairAuth {
             cval: [0; 64],
             seqnum: 0,
             dh: None,
+            pending: None,
             ctrl_response: None,
             fail_reason: FailureReason::Failed,
             step_timeout,
@@ -290,6 +368,7 @@ impl QpairAuth {
         self.state = State::Completed;
         self.authenticated = true;
         self.dh = None;
+        self.pending = None;
         self.ctrl_response = None;
     }
 
@@ -310,12 +389,56 @@ impl QpairAuth {
             }
         };
         if cmd.send {
-            self.send(req.data(), policy);
-            return match self.state {
-                State::Error => Next::CompleteAndClose("host refused the controller's response"),
-                _ => Next::Complete,
-            };
+            if let Some(job) = self.send(req.data(), policy) {
+                return Next::Offload(job);
+            }
+            return self.after_send();
         }
+        if self.state == State::Challenge && self.dhgroup != DhGroupId::Null && self.dh.is_none() {
+            let mut random = Box::new([0u8; PRIVATE_KEY_LEN]);
+            rand::rng().fill_bytes(&mut random[..]);
+            return Next::Offload(Job::KeyGen {
+                group: self.dhgroup,
+                random,
+            });
+        }
+        self.receive_into(req)
+    }
+
+    /// Continues the command that returned [`Next::Offload`] with its
+    /// job's result.
+    pub fn resume(&mut self, req: &mut Request, res: JobResult) -> Next {
+        match res {
+            JobResult::KeyGen(Ok(kp)) => {
+                self.dh = Some(Arc::new(kp));
+                self.receive_into(req)
+            }
+            JobResult::KeyGen(Err(_)) => {
+                self.fail1(FailureReason::Failed);
+                self.receive_into(req)
+            }
+            JobResult::Derive(r) => {
+                match (self.pending.take(), r) {
+                    (Some(p), Ok(secret)) => self.finish_reply(&p, Some(&secret)),
+                    (_, Err(e)) => {
+                        tracing::warn!(qid = self.qid, error = %e, "nvmf auth: host's DH value refused");
+                        self.fail1(FailureReason::Failed);
+                    }
+                    (None, Ok(_)) => self.fail1(FailureReason::IncorrectProtocolMessage),
+                }
+                self.after_send()
+            }
+        }
+    }
+
+    fn after_send(&self) -> Next {
+        match self.state {
+            State::Error => Next::CompleteAndClose("host refused the controller's response"),
+            _ => Next::Complete,
+        }
+    }
+
+    fn receive_into(&mut self, req: &mut Request) -> Next {
         let Some(buf) = req.buf.as_mut() else {
             req.fail(Status::INVALID_FIELD.with_dnr());
             return Next::CompleteAndClose("authentication receive without a buffer");
@@ -325,17 +448,21 @@ impl QpairAuth {
         self.receive(out)
     }
 
-    fn send(&mut self, data: &[u8], policy: &Policy) {
+    /// An AUTH message from the host; `Some` when its DH part must run
+    /// off the reactor first.
+    fn send(&mut self, data: &[u8], policy: &Policy) -> Option<Job> {
         let Some(h) = Header::parse(data) else {
-            return self.fail1(FailureReason::IncorrectPayload);
+            self.fail1(FailureReason::IncorrectPayload);
+            return None;
         };
         match h.kind() {
             Some((AuthType::Common, AuthId::Negotiate)) => self.negotiate(data, policy),
             Some((AuthType::Common, AuthId::Failure2)) => self.failure2(data),
-            Some((AuthType::Dhchap, AuthId::Reply)) => self.reply(data),
+            Some((AuthType::Dhchap, AuthId::Reply)) => return self.reply(data),
             Some((AuthType::Dhchap, AuthId::Success2)) => self.success2(data),
             _ => self.fail1(FailureReason::IncorrectProtocolMessage),
         }
+        None
     }
 
     fn negotiate(&mut self, data: &[u8], policy: &Policy) {
@@ -382,28 +509,45 @@ impl QpairAuth {
         self.rearm();
     }
 
-    fn reply(&mut self, data: &[u8]) {
+    fn reply(&mut self, data: &[u8]) -> Option<Job> {
         if self.state != State::Reply {
-            return self.fail1(FailureReason::IncorrectProtocolMessage);
+            self.fail1(FailureReason::IncorrectProtocolMessage);
+            return None;
         }
         let r = match Reply::parse(data, self.hash) {
             Ok(r) => r,
-            Err(e) => return self.fail1(e),
+            Err(e) => {
+                self.fail1(e);
+                return None;
+            }
         };
         if r.tid != self.tid {
-            return self.fail1(FailureReason::IncorrectPayload);
+            self.fail1(FailureReason::IncorrectPayload);
+            return None;
         }
-        let dh_secret = match (&self.dh, r.dhv.is_empty()) {
-            (None, true) => None,
-            (None, false) | (Some(_), true) => return self.fail1(FailureReason::IncorrectPayload),
-            (Some(kp), false) => match kp.shared_secret(r.dhv) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(qid = self.qid, error = %e, "nvmf auth: host's DH value refused");
-                    return self.fail1(FailureReason::Failed);
-                }
-            },
+        let p = PendingReply {
+            rval: r.rval.to_vec(),
+            cvalid: r.cvalid,
+            seqnum: r.seqnum,
+            cval: r.cval.to_vec(),
         };
+        match (&self.dh, r.dhv.is_empty()) {
+            (None, true) => self.finish_reply(&p, None),
+            (None, false) | (Some(_), true) => self.fail1(FailureReason::IncorrectPayload),
+            (Some(kp), false) => {
+                let job = Job::Derive {
+                    kp: kp.clone(),
+                    peer: r.dhv.to_vec(),
+                };
+                self.pending = Some(p);
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    /// The Reply's checks once the DH shared secret is known.
+    fn finish_reply(&mut self, r: &PendingReply, dh_secret: Option<&[u8]>) {
         let Some(key) = load_secret(&self.keys.key) else {
             return self.fail1(FailureReason::Failed);
         };
@@ -421,9 +565,9 @@ impl QpairAuth {
             key.transformed(&self.hostnqn).as_slice(),
             &p,
             &self.cval[..hl],
-            dh_secret.as_deref(),
+            dh_secret,
         );
-        if !expected.ct_eq(r.rval) {
+        if !expected.ct_eq(&r.rval) {
             tracing::warn!(
                 hostnqn = self.hostnqn,
                 qid = self.qid,
@@ -439,7 +583,7 @@ impl QpairAuth {
             };
             // A host that echoes our own challenge would get our
             // response to it for free (a reflection attack).
-            if r.cval == &self.cval[..hl] {
+            if r.cval == self.cval[..hl] {
                 return self.fail1(FailureReason::Failed);
             }
             let p = ResponseParams {
@@ -452,8 +596,8 @@ impl QpairAuth {
             self.ctrl_response = Some(response(
                 ckey.transformed(&self.subnqn).as_slice(),
                 &p,
-                r.cval,
-                dh_secret.as_deref(),
+                &r.cval,
+                dh_secret,
             ));
         }
         self.state = State::Success1;
@@ -537,17 +681,12 @@ impl QpairAuth {
 
     fn challenge(&mut self, out: &mut [u8]) -> Result<usize, FailureReason> {
         let hl = self.hash.hash_len();
+        // The key pair came from a Job (`execute`), except for the null
+        // group.
+        if (self.dhgroup == DhGroupId::Null) != self.dh.is_none() {
+            return Err(FailureReason::Failed);
+        }
         let mut rng = rand::rng();
-        self.dh = match self.dhgroup {
-            DhGroupId::Null => None,
-            g => {
-                let mut x = [0u8; PRIVATE_KEY_LEN];
-                rng.fill_bytes(&mut x);
-                let kp = KeyPair::generate(g, &x).map_err(|_| FailureReason::Failed)?;
-                x.fill(0);
-                Some(kp)
-            }
-        };
         rng.fill_bytes(&mut self.cval[..hl]);
         // S1 is never 0 (0 means "no sequence number" in a Reply).
         self.seqnum = rng.next_u32().max(1);
@@ -557,13 +696,138 @@ impl QpairAuth {
             dhgroup: self.dhgroup,
             seqnum: self.seqnum,
             cval: &self.cval[..hl],
-            dhv: self.dh.as_ref().map_or(&[][..], KeyPair::public),
+            dhv: self.dh.as_deref().map_or(&[][..], KeyPair::public),
         };
         let n = c.write(out)?;
         self.state = State::Reply;
         self.rearm();
         Ok(n)
     }
+}
+
+/// DH jobs in flight on this reactor: the connection each completes.
+/// Reactor-local, so only the token crosses threads.
+#[derive(Default)]
+struct Jobs {
+    next: Cell<u64>,
+    conns: RefCell<Vec<(u64, Weak<RefCell<Conn>>)>>,
+}
+
+/// How often a worker retries a full reactor inbox before giving up on
+/// the completion (the queue's step deadline then closes it).
+const SEND_RETRIES: u32 = 1000;
+
+impl Conn {
+    /// The authentication gate in front of the command sets: runs
+    /// Authentication Send/Receive and refuses everything else until the
+    /// queue authenticated. `None`: not this queue's business (no
+    /// authentication required, or already done).
+    pub(super) fn auth_gate(&mut self, r: &Reactor, slot: u16) -> Option<Outcome> {
+        let (Some(a), Some(ctrl)) = (self.auth.as_deref_mut(), self.phase.ctrl()) else {
+            return None;
+        };
+        let req = &mut self.reqs[slot as usize];
+        if !is_auth_command(&req.sqe) {
+            if a.authenticated() {
+                return None;
+            }
+            refuse(req);
+            return Some(Outcome::Complete);
+        }
+        // Authentication is admin-queue traffic too: it proves the host
+        // alive.
+        ctrl.state().last_keep_alive = Instant::now();
+        let next = a.execute(req, &self.shared.auth_policy);
+        Some(self.auth_next(r, slot, next))
+    }
+
+    fn auth_next(&mut self, r: &Reactor, slot: u16, next: Next) -> Outcome {
+        match next {
+            Next::Complete => Outcome::Complete,
+            Next::CompleteAndClose(why) => {
+                self.request_close(CloseReason::Auth(why));
+                Outcome::Complete
+            }
+            Next::Offload(job) => {
+                let jobs = r.local(|_| Jobs::default());
+                let token = jobs.next.get();
+                jobs.next.set(token + 1);
+                jobs.conns.borrow_mut().push((token, self.me.clone()));
+                let (handle, reactor) = (r.handle(), r.index());
+                let cell = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
+                let work = cell.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("pollux-dhchap".into())
+                    .spawn(move || {
+                        let Some(job) = work.lock().ok().and_then(|mut j| j.take()) else {
+                            return;
+                        };
+                        let res = std::sync::Arc::new(std::sync::Mutex::new(Some(job.run())));
+                        for _ in 0..SEND_RETRIES {
+                            let res = res.clone();
+                            let msg = move |r: &Reactor| {
+                                if let Some(res) = res.lock().ok().and_then(|mut g| g.take()) {
+                                    job_done(r, token, slot, res);
+                                }
+                            };
+                            if handle.send(reactor, msg).is_ok() {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    });
+                if spawned.is_err() {
+                    // No thread: compute here rather than fail the host.
+                    jobs.conns.borrow_mut().retain(|(t, _)| *t != token);
+                    let job = cell.lock().ok().and_then(|mut j| j.take());
+                    if let (Some(job), Some(a)) = (job, self.auth.as_deref_mut()) {
+                        let next = a.resume(&mut self.reqs[slot as usize], job.run());
+                        return self.auth_next(r, slot, next);
+                    }
+                    self.reqs[slot as usize].fail(Status::INTERNAL_ERROR);
+                    return Outcome::Complete;
+                }
+                self.reqs[slot as usize].outstanding = 1;
+                Outcome::Submitted
+            }
+        }
+    }
+}
+
+/// On the reactor: a DH job finished for the request in `slot` of the
+/// connection registered under `token` (gone if it closed meanwhile).
+fn job_done(r: &Reactor, token: u64, slot: u16, res: JobResult) {
+    let jobs = r.local(|_| Jobs::default());
+    let weak = {
+        let mut conns = jobs.conns.borrow_mut();
+        let Some(i) = conns.iter().position(|(t, _)| *t == token) else {
+            return;
+        };
+        conns.swap_remove(i).1
+    };
+    let Some(conn) = weak.upgrade() else {
+        return;
+    };
+    let mut c = conn.borrow_mut();
+    let Some(req) = c.reqs.get(slot as usize) else {
+        return;
+    };
+    if req.state() != ReqState::Executing || req.outstanding != 1 {
+        return;
+    }
+    let c = &mut *c;
+    let Some(a) = c.auth.as_deref_mut() else {
+        return;
+    };
+    let next = a.resume(&mut c.reqs[slot as usize], res);
+    c.reqs[slot as usize].outstanding = 0;
+    // `resume` never offloads again, so this completes the command.
+    if c.auth_next(r, slot, next) == Outcome::Complete {
+        let states = c.states.clone();
+        c.reqs[slot as usize].set_state(&states, ReqState::Executed);
+        c.process(r, slot);
+    }
+    c.wake_group();
 }
 
 fn load_secret(key: &Key) -> Option<Secret> {
@@ -652,17 +916,30 @@ mod tests {
         sqe
     }
 
+    /// Executes, running an offloaded DH job inline as the worker
+    /// thread would.
+    fn drive(a: &mut QpairAuth, p: &Policy, req: &mut Request) -> Next {
+        match a.execute(req, p) {
+            Next::Offload(job) => {
+                let next = a.resume(req, job.run());
+                assert!(!matches!(next, Next::Offload(_)), "resume never offloads");
+                next
+            }
+            next => next,
+        }
+    }
+
     fn send(a: &mut QpairAuth, p: &Policy, msg: &[u8]) -> Next {
         let mut req = request(cmd(true, msg.len()), msg.len());
         req.put_c2h(msg);
-        let next = a.execute(&mut req, p);
+        let next = drive(a, p, &mut req);
         assert!(req.status.is_success(), "{:?}", req.status);
         next
     }
 
     fn recv(a: &mut QpairAuth, p: &Policy) -> (Vec<u8>, Next) {
         let mut req = request(cmd(false, 4096), 4096);
-        let next = a.execute(&mut req, p);
+        let next = drive(a, p, &mut req);
         assert!(req.status.is_success(), "{:?}", req.status);
         (req.data().to_vec(), next)
     }

@@ -252,6 +252,9 @@ pub struct Conn {
     pub(super) phase: QueuePhase,
     /// DH-HMAC-CHAP state when the host must authenticate (`auth`).
     pub(super) auth: Option<Box<super::auth::QpairAuth>>,
+    /// This connection, for completions that come back from other
+    /// threads through the reactor (`auth`'s DH jobs).
+    pub(super) me: Weak<std::cell::RefCell<Conn>>,
     pub(super) created: Instant,
     limits: Limits,
     pub(super) tx_params: TxParams,
@@ -324,6 +327,7 @@ impl Conn {
                 sqflow_disabled: false,
                 phase: QueuePhase::AwaitIcReq,
                 auth: None,
+                me: weak.clone(),
                 created: Instant::now(),
                 limits: Limits::new(Role::Controller),
                 tx_params: TxParams::default(),
@@ -373,7 +377,7 @@ impl Conn {
     /// Puts the connection on its poll group's pending list if it has
     /// work no socket event will announce (a completion queued a
     /// response): without this the group would not poll it again.
-    fn wake_group(&self) {
+    pub(super) fn wake_group(&self) {
         if let Some(reg) = &self.reg {
             if self.needs_poll() {
                 reg.mark_pending();
@@ -1100,24 +1104,10 @@ impl Conn {
     /// READY_TO_EXECUTE: Connect on a new queue; otherwise the admin or
     /// I/O command set, on the request and its controller.
     fn execute(&mut self, r: &Reactor, slot: u16) -> Outcome {
-        let req = &mut self.reqs[slot as usize];
-        if let (Some(a), Some(ctrl)) = (self.auth.as_deref_mut(), self.phase.ctrl()) {
-            if super::auth::is_auth_command(&req.sqe) {
-                // Authentication is admin-queue traffic too: it proves the
-                // host alive.
-                ctrl.state().last_keep_alive = Instant::now();
-                if let super::auth::Next::CompleteAndClose(why) =
-                    a.execute(req, &self.shared.auth_policy)
-                {
-                    self.close = Some(CloseReason::Auth(why));
-                }
-                return Outcome::Complete;
-            }
-            if !a.authenticated() {
-                super::auth::refuse(req);
-                return Outcome::Complete;
-            }
+        if let Some(outcome) = self.auth_gate(r, slot) {
+            return outcome;
         }
+        let req = &mut self.reqs[slot as usize];
         match &self.phase {
             QueuePhase::Admin(ctrl) => {
                 let cx = AdminCtx {
