@@ -131,6 +131,34 @@ fn keyring_hosts_with_keys_and_set_config_over_rpc_py() {
     assert_eq!(methods(&cfg2, "keyring"), ring);
     assert_eq!(methods(&cfg2, "nvmf")[0], nvmf[0]);
 
+    // Key rotation: nvmf_subsystem_set_keys replaces both keys (an
+    // absent one is dropped); an unknown host is -EINVAL as in SPDK.
+    rpc.run(&["nvmf_subsystem_set_keys", NQN, HOST, "--dhchap-key", "c0"]);
+    let subs = rpc.run(&["nvmf_get_subsystems"]);
+    let h = &subs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["nqn"] == NQN)
+        .unwrap()["hosts"][0];
+    assert_eq!(h["dhchap_key"], "c0", "{subs}");
+    assert!(h.get("dhchap_ctrlr_key").is_none(), "{subs}");
+    let e = rpc.fails(&[
+        "nvmf_subsystem_set_keys",
+        NQN,
+        "nqn.2014-08.org.nvmexpress:other",
+    ]);
+    assert!(e.contains("-22"), "{e}");
+    rpc.run(&[
+        "nvmf_subsystem_set_keys",
+        NQN,
+        HOST,
+        "--dhchap-key",
+        "k0",
+        "--dhchap-ctrlr-key",
+        "c0",
+    ]);
+
     // Removing the host lets go of its keys; removing a key empties the
     // list.
     rpc.run(&["nvmf_subsystem_remove_host", NQN, HOST]);

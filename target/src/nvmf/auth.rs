@@ -161,6 +161,31 @@ impl NvmfTarget {
         Ok(())
     }
 
+    /// `nvmf_subsystem_set_keys`: replaces an allowed host's keys (`None`
+    /// drops them: the host then connects without authenticating). Queues
+    /// already authenticated stay; the next transaction uses the new keys.
+    pub fn set_host_keys(
+        &self,
+        nqn: &str,
+        host: &str,
+        keys: Option<HostKeys>,
+    ) -> Result<(), NvmfError> {
+        let _c = self.control()?;
+        let sub = self.get(nqn)?;
+        let mut a = sub.access();
+        if !a.hosts.iter().any(|h| h == host) {
+            return Err(NvmfError::NoSuchHost {
+                nqn: nqn.to_owned(),
+                host: host.to_owned(),
+            });
+        }
+        match keys {
+            Some(k) => a.dhchap.insert(host.to_owned(), k),
+            None => a.dhchap.remove(host),
+        };
+        Ok(())
+    }
+
     /// The target's DH-HMAC-CHAP digests and groups.
     pub fn auth_policy(&self) -> &Policy {
         &self.shared.auth_policy

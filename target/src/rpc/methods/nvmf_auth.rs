@@ -15,6 +15,47 @@ use crate::rpc::Dispatcher;
 
 pub(super) fn register(d: &mut Dispatcher) {
     d.register("nvmf_set_config", nvmf_set_config);
+    d.register("nvmf_subsystem_set_keys", nvmf_subsystem_set_keys);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetKeys {
+    nqn: String,
+    host: String,
+    tgt_name: Option<String>,
+    dhchap_key: Option<String>,
+    dhchap_ctrlr_key: Option<String>,
+}
+
+/// SPDK's `nvmf_subsystem_set_keys`: both keys are replaced (an absent one
+/// is removed), for key rotation while hosts stay connected.
+fn nvmf_subsystem_set_keys(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
+    let k: SetKeys = params(p)?;
+    if k.tgt_name.as_deref().is_some_and(|t| t != "nvmf_tgt") {
+        return Err(RpcError::invalid_params(format!(
+            "tgt_name: no target named {:?}",
+            k.tgt_name.unwrap_or_default()
+        )));
+    }
+    let einval = |why: String| RpcError::errno(-libc::EINVAL, why);
+    if k.dhchap_key.is_none() && k.dhchap_ctrlr_key.is_some() {
+        return Err(einval(
+            "a DH-HMAC-CHAP controller key requires a host key".into(),
+        ));
+    }
+    let keys = host_keys(d, k.dhchap_key.as_deref(), k.dhchap_ctrlr_key.as_deref())?;
+    let t = d
+        .ctx
+        .nvmf
+        .as_deref()
+        .ok_or_else(|| RpcError::failed("NVMe-oF is not available in this process"))?;
+    t.set_host_keys(&k.nqn, &k.host, keys)
+        .map_err(|e| match e {
+            crate::nvmf::NvmfError::NoSuchSubsystem(_) => RpcError::invalid_params(e.to_string()),
+            e => einval(e.to_string()),
+        })?;
+    Ok(json!(true))
 }
 
 #[derive(Deserialize)]
