@@ -315,6 +315,9 @@ pub(super) struct QpairAuth {
     /// R2, for Success1 when the host asked for it.
     ctrl_response: Option<Mac64>,
     fail_reason: FailureReason,
+    /// A DH job of this queue is in flight: the host must wait for its
+    /// command before sending another.
+    busy: bool,
     step_timeout: Duration,
     deadline: Instant,
 }
@@ -359,6 +362,7 @@ impl QpairAuth {
             pending: None,
             ctrl_response: None,
             fail_reason: FailureReason::Failed,
+            busy: false,
             step_timeout,
             deadline: Instant::now() + step_timeout,
         }
@@ -406,6 +410,18 @@ impl QpairAuth {
 
     /// Executes Authentication Send or Receive in `req`.
     pub fn execute(&mut self, req: &mut Request, policy: &Policy) -> Next {
+        // One transaction step at a time: a second command while a DH
+        // job runs would only race it (and spawn more work).
+        if self.busy {
+            req.fail(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+            return Next::Complete;
+        }
+        let next = self.execute_step(req, policy);
+        self.busy = matches!(next, Next::Offload(_));
+        next
+    }
+
+    fn execute_step(&mut self, req: &mut Request, policy: &Policy) -> Next {
         let cmd = match AuthCmd::parse(&req.sqe) {
             Ok(c) if c.is_dhchap() && c.len == req.xfer_len => c,
             _ => {
@@ -433,6 +449,7 @@ impl QpairAuth {
     /// Continues the command that returned [`Next::Offload`] with its
     /// job's result.
     pub fn resume(&mut self, req: &mut Request, res: JobResult) -> Next {
+        self.busy = false;
         match res {
             JobResult::KeyGen(Ok(kp)) => {
                 self.dh = Some(Arc::new(kp));
@@ -741,6 +758,31 @@ struct Jobs {
 /// How often a worker retries a full reactor inbox before giving up on
 /// the completion (the queue's step deadline then closes it).
 const SEND_RETRIES: u32 = 1000;
+/// DH jobs running on worker threads at once, target-wide: beyond this
+/// (hosts connecting en masse) a job runs on its reactor, as SPDK's do,
+/// rather than spawning without bound.
+const MAX_WORKERS: usize = 16;
+static WORKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Holds one of the [`MAX_WORKERS`] slots until dropped.
+struct WorkerSlot;
+
+impl WorkerSlot {
+    fn take() -> Option<WorkerSlot> {
+        WORKERS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_WORKERS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WorkerSlot)
+    }
+}
+
+impl Drop for WorkerSlot {
+    fn drop(&mut self) {
+        WORKERS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl Conn {
     /// The authentication gate in front of the command sets: runs
@@ -781,28 +823,35 @@ impl Conn {
                 let (handle, reactor) = (r.handle(), r.index());
                 let cell = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
                 let work = cell.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("pollux-dhchap".into())
-                    .spawn(move || {
-                        let Some(job) = work.lock().ok().and_then(|mut j| j.take()) else {
-                            return;
-                        };
-                        let res = std::sync::Arc::new(std::sync::Mutex::new(Some(job.run())));
-                        for _ in 0..SEND_RETRIES {
-                            let res = res.clone();
-                            let msg = move |r: &Reactor| {
-                                if let Some(res) = res.lock().ok().and_then(|mut g| g.take()) {
-                                    job_done(r, token, slot, res);
-                                }
-                            };
-                            if handle.send(reactor, msg).is_ok() {
+                let spawned = match WorkerSlot::take() {
+                    None => Err(()),
+                    Some(worker) => std::thread::Builder::new()
+                        .name("pollux-dhchap".into())
+                        .spawn(move || {
+                            let Some(job) = work.lock().ok().and_then(|mut j| j.take()) else {
                                 return;
+                            };
+                            let res = std::sync::Arc::new(std::sync::Mutex::new(Some(job.run())));
+                            drop(worker);
+                            for _ in 0..SEND_RETRIES {
+                                let res = res.clone();
+                                let msg = move |r: &Reactor| {
+                                    if let Some(res) = res.lock().ok().and_then(|mut g| g.take()) {
+                                        job_done(r, token, slot, res);
+                                    }
+                                };
+                                if handle.send(reactor, msg).is_ok() {
+                                    return;
+                                }
+                                std::thread::sleep(Duration::from_millis(1));
                             }
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                    });
+                        })
+                        .map(drop)
+                        .map_err(drop),
+                };
                 if spawned.is_err() {
-                    // No thread: compute here rather than fail the host.
+                    // No worker (all busy, or no thread): compute here
+                    // rather than fail the host.
                     jobs.conns.borrow_mut().retain(|(t, _)| *t != token);
                     let job = cell.lock().ok().and_then(|mut j| j.take());
                     if let (Some(job), Some(a)) = (job, self.auth.as_deref_mut()) {
@@ -1217,5 +1266,23 @@ mod tests {
         let mut req = request(Sqe::new(0x06, 1), 0);
         refuse(&mut req);
         assert_eq!(req.status, Status::AUTH_REQUIRED.with_dnr());
+    }
+
+    #[test]
+    fn one_step_at_a_time_while_a_dh_job_runs() {
+        let k = keys();
+        let p = policy(&[HashId::Sha256], &[G::Ffdhe2048]);
+        let mut a = qpair(&k, false);
+        send(&mut a, &p, &negotiate(3));
+        let mut first = request(cmd(false, 4096), 4096);
+        let Next::Offload(job) = a.execute(&mut first, &p) else {
+            panic!("a DH group's challenge is computed off the reactor");
+        };
+        let mut second = request(cmd(false, 4096), 4096);
+        assert_eq!(a.execute(&mut second, &p), Next::Complete);
+        assert_eq!(second.status, Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+        assert_eq!(a.resume(&mut first, job.run()), Next::Complete);
+        let c = Challenge::parse(first.data()).unwrap();
+        assert_eq!((c.tid, c.dhgroup, c.dhv.len()), (3, G::Ffdhe2048, 256));
     }
 }
