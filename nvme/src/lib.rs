@@ -27,6 +27,7 @@ mod macros;
 mod bytes;
 
 pub mod ana;
+pub mod auth;
 pub mod cqe;
 pub mod error;
 pub mod fabrics;

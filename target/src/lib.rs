@@ -20,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod exporter;
 pub mod logging;
+pub mod keyring;
 pub mod nvmf;
 pub mod perf;
 pub mod perf_nvmf;

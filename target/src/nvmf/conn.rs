@@ -139,6 +139,8 @@ pub enum CloseReason {
     Timeout(&'static str),
     /// The target is stopping.
     Stopping,
+    /// In-band authentication failed or timed out.
+    Auth(&'static str),
 }
 
 impl std::fmt::Display for CloseReason {
@@ -151,6 +153,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::ControllerGone => write!(f, "controller torn down"),
             CloseReason::Timeout(what) => write!(f, "timeout: {what}"),
             CloseReason::Stopping => write!(f, "target stopping"),
+            CloseReason::Auth(why) => write!(f, "authentication: {why}"),
         }
     }
 }
@@ -247,6 +250,11 @@ pub struct Conn {
     pub(super) sqflow_disabled: bool,
     /// How far the queue pair got: its controller and QID live here.
     pub(super) phase: QueuePhase,
+    /// DH-HMAC-CHAP state when the host must authenticate (`auth`).
+    pub(super) auth: Option<Box<super::auth::QpairAuth>>,
+    /// This connection, for completions that come back from other
+    /// threads through the reactor (`auth`'s DH jobs).
+    pub(super) me: Weak<std::cell::RefCell<Conn>>,
     pub(super) created: Instant,
     limits: Limits,
     pub(super) tx_params: TxParams,
@@ -318,6 +326,8 @@ impl Conn {
                 opts,
                 sqflow_disabled: false,
                 phase: QueuePhase::AwaitIcReq,
+                auth: None,
+                me: weak.clone(),
                 created: Instant::now(),
                 limits: Limits::new(Role::Controller),
                 tx_params: TxParams::default(),
@@ -367,7 +377,7 @@ impl Conn {
     /// Puts the connection on its poll group's pending list if it has
     /// work no socket event will announce (a completion queued a
     /// response): without this the group would not poll it again.
-    fn wake_group(&self) {
+    pub(super) fn wake_group(&self) {
         if let Some(reg) = &self.reg {
             if self.needs_poll() {
                 reg.mark_pending();
@@ -486,6 +496,15 @@ impl Conn {
         }
         if self.phase.ctrl().is_some_and(|c| c.is_dead()) {
             return Err(CloseReason::ControllerGone);
+        }
+        if let Some(a) = self.auth.as_deref_mut() {
+            a.check_timeout(now).map_err(CloseReason::Auth)?;
+            // KATO counts from when the host may use the controller: the
+            // first transaction's own step deadline bounds it until then
+            // (Linux's nvmet, too, starts KATO only at CC.EN).
+            if let (false, QueuePhase::Admin(c)) = (a.authenticated(), &self.phase) {
+                c.state().last_keep_alive = now;
+            }
         }
         if self.stopping() && self.busy_requests() == 0 {
             let _ = self.flush();
@@ -1085,6 +1104,9 @@ impl Conn {
     /// READY_TO_EXECUTE: Connect on a new queue; otherwise the admin or
     /// I/O command set, on the request and its controller.
     fn execute(&mut self, r: &Reactor, slot: u16) -> Outcome {
+        if let Some(outcome) = self.auth_gate(r, slot) {
+            return outcome;
+        }
         let req = &mut self.reqs[slot as usize];
         match &self.phase {
             QueuePhase::Admin(ctrl) => {

@@ -26,6 +26,7 @@
 
 mod admin;
 mod ana;
+mod auth;
 mod command;
 mod conn;
 mod connect;
@@ -174,6 +175,7 @@ pub enum NvmfError {
     Opts(#[from] OptsError),
 }
 
+pub use auth::{HostKeys, Policy as AuthPolicy};
 pub use introspect::{ControllerInfo, QpairInfo};
 pub use pollux_nvme::ana::AnaState;
 pub use subsystem::{Access, NsOptions, SubsystemSpec, DEFAULT_MAX_NSID};
@@ -203,6 +205,8 @@ pub struct Shared {
     /// Each live queue pair's requests per state, summed at scrape time
     /// (`request_states`); a closed queue pair's share goes with it.
     request_states: Mutex<Vec<Weak<StateCounts>>>,
+    /// DH-HMAC-CHAP digests and groups (`nvmf_set_config`).
+    auth_policy: auth::Policy,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -225,6 +229,7 @@ impl Shared {
             opts: Mutex::new(Arc::new(opts)),
             buffer_waits: AtomicU64::new(0),
             request_states: Mutex::new(Vec::new()),
+            auth_policy: auth::Policy::default(),
         }
     }
 
@@ -621,6 +626,7 @@ impl NvmfTarget {
                 });
             };
             a.hosts.remove(i);
+            a.dhchap.remove(host);
             a.allow_any_host
         };
         self.shared.discovery_changed();

@@ -139,6 +139,8 @@ pub struct Access {
     pub allow_any_host: bool,
     /// Allowed host NQNs otherwise.
     pub hosts: Vec<String>,
+    /// Hosts that must authenticate (DH-HMAC-CHAP), with their keys.
+    pub dhchap: std::collections::BTreeMap<String, super::auth::HostKeys>,
     /// Addresses actually bound for this subsystem (a configured port 0
     /// becomes the ephemeral port picked at bind time).
     pub ports: Vec<SocketAddr>,
@@ -325,6 +327,7 @@ impl Subsystem {
             access: Mutex::new(Access {
                 allow_any_host: spec.allow_any_host,
                 hosts: spec.hosts,
+                dhchap: Default::default(),
                 ports: Vec::new(),
             }),
             ana_reporting: AtomicBool::new(false),

@@ -50,6 +50,8 @@ pub struct RpcContext {
     /// The NVMe/TCP front-end, when the daemon runs one (`nvmf_*` methods
     /// answer that NVMe-oF is not available otherwise).
     pub nvmf: Option<Arc<NvmfTarget>>,
+    /// Named keys (`keyring_*`), which hosts' DH-HMAC-CHAP keys name.
+    pub keyring: Arc<crate::keyring::Keyring>,
     bdevs: Mutex<BTreeMap<String, BdevRecord>>,
     filters: Mutex<Vec<Value>>,
 }
@@ -62,6 +64,7 @@ impl RpcContext {
             handle,
             vhost: None,
             nvmf: None,
+            keyring: Arc::default(),
             bdevs: Mutex::default(),
             filters: Mutex::default(),
         }

@@ -3,11 +3,13 @@
 pub mod bdev;
 mod framework;
 mod graph;
+mod keyring;
 mod log;
 mod nvmf;
+mod nvmf_auth;
+mod nvmf_paths;
 mod nvmf_query;
 mod thread;
-mod nvmf_paths;
 mod vhost;
 
 use super::Dispatcher;
@@ -20,9 +22,12 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     // Before graph: filters are replayed last, above the bdevs the
     // controllers attached to.
     vhost::register(d);
+    // Before nvmf: hosts name their DH-HMAC-CHAP keys.
+    keyring::register(d);
     // After bdev, before graph (SPDK's order; filters replayed last).
     nvmf::register(d);
     nvmf_query::register(d);
     nvmf_paths::register(d);
+    nvmf_auth::register(d);
     graph::register(d);
 }

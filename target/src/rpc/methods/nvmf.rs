@@ -3,10 +3,10 @@
 //! while hosts are connected (over `crate::nvmf::NvmfTarget`).
 //!
 //! Pollux has one NVMe-oF target (SPDK's default `nvmf_tgt`) and one
-//! transport, TCP. Options Pollux cannot honour (TLS, DH-HMAC-CHAP,
-//! passthrough) are refused with -32602 naming the param rather than
-//! silently ignored. ANA and namespace visibility methods are in
-//! `nvmf_paths`.
+//! transport, TCP. Options Pollux cannot honour (TLS, passthrough) are
+//! refused with -32602 naming the param rather than silently ignored.
+//! ANA and namespace visibility methods are in `nvmf_paths`, the
+//! DH-HMAC-CHAP host keys in `nvmf_auth`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -506,7 +506,7 @@ fn describe(s: &SubsystemInfo) -> Value {
         "subtype": "NVMe",
         "listen_addresses": s.access.ports.iter().map(listen_address).collect::<Vec<_>>(),
         "allow_any_host": s.access.allow_any_host,
-        "hosts": s.access.hosts.iter().map(|h| json!({"nqn": h})).collect::<Vec<_>>(),
+        "hosts": s.access.hosts.iter().map(|h| super::nvmf_auth::host_json(&s.access, h)).collect::<Vec<_>>(),
         "serial_number": s.serial,
         "model_number": s.model,
         "max_namespaces": s.max_namespaces,
@@ -809,11 +809,10 @@ fn nvmf_subsystem_add_host(d: &Dispatcher, p: Option<Value>) -> Result<Value, Rp
     if h.psk.is_some() {
         return Err(refuse("psk", "TLS is not supported"));
     }
-    if h.dhchap_key.is_some() || h.dhchap_ctrlr_key.is_some() {
-        return Err(refuse("dhchap_key", "DH-HMAC-CHAP is not supported"));
-    }
+    let keys =
+        super::nvmf_auth::host_keys(d, h.dhchap_key.as_deref(), h.dhchap_ctrlr_key.as_deref())?;
     target(d)?
-        .add_host(&h.nqn, &h.host)
+        .add_host_with_keys(&h.nqn, &h.host, keys)
         .map_err(|e| errors::nvmf("host", e))?;
     Ok(json!(true))
 }
@@ -896,7 +895,7 @@ fn config_writer(d: &Dispatcher) -> Vec<Value> {
         return Vec::new();
     };
     let subs = t.subsystems();
-    let mut out = Vec::new();
+    let mut out: Vec<Value> = super::nvmf_auth::set_config_entry(d).into_iter().collect();
     // The options in force, so a replay creates the same transport; with
     // only TOML subsystems, the defaults they run with.
     if t.transport().is_some() || !subs.is_empty() {
@@ -919,10 +918,10 @@ fn config_writer(d: &Dispatcher) -> Vec<Value> {
             }}));
         }
         for h in &s.access.hosts {
-            out.push(json!({"method": "nvmf_subsystem_add_host", "params": {
-                "nqn": s.nqn,
-                "host": h,
-            }}));
+            let mut p = super::nvmf_auth::host_json(&s.access, h);
+            p["host"] = json!(h);
+            p["nqn"] = json!(s.nqn);
+            out.push(json!({"method": "nvmf_subsystem_add_host", "params": p}));
         }
         for n in &s.namespaces {
             let mut ns = json!({"bdev_name": n.bdev, "nsid": n.nsid});
