@@ -391,3 +391,47 @@ fn error_and_delay_filters_come_and_go_under_verified_io() {
     let st = d.stop();
     assert!(st.success(), "pollux exit status {st}; log:\n{}", d.log());
 }
+
+/// The TOML forms: an error bdev and a delay bdev on a ram disk, served to
+/// libblkio, and written back by save_config as the SPDK calls.
+#[test]
+fn toml_delay_and_error_bdevs_serve_and_save() {
+    let b = Daemon::builder();
+    let text = format!(
+        "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [vhost]\nsocket_dir = \"{}\"\n\
+         [[bdev]]\nname = \"d0\"\nkind = \"delay\"\nchild = \"EE_ram0\"\n\
+         avg_write_latency = 500\np99_write_latency = 5000\n\
+         [[bdev]]\nname = \"EE_ram0\"\nkind = \"error\"\nchild = \"ram0\"\n\
+         [[bdev]]\nname = \"ram0\"\nkind = \"ram\"\nsize = \"16MiB\"\nblock_size = 4096\n",
+        b.dir().display()
+    );
+    let mut d = b.config(text).start();
+    let rpc = d.spdk();
+    assert_eq!(names(&rpc), ["EE_ram0", "d0", "ram0"]);
+    let mut h = host(&d, &rpc, "vb.t", "d0");
+    let data = write_pattern(&mut h, 8192, 16384, 7);
+    assert_eq!(read_back(&mut h, 8192, 16384), data);
+    rpc.run(&[
+        "bdev_error_inject_error",
+        "EE_ram0",
+        "read",
+        "failure",
+        "-n",
+        "1",
+    ]);
+    assert_ne!(
+        h.try_io(0, false, 0, 0, 4096),
+        Some(0),
+        "injected through d0"
+    );
+    let saved = rpc.run(&["save_config"]).to_string();
+    assert!(
+        saved.contains(r#""method":"bdev_error_create","params":{"base_name":"ram0""#),
+        "{saved}"
+    );
+    assert!(saved.contains(r#""avg_write_latency":500"#), "{saved}");
+    drop(h);
+    let st = d.stop();
+    assert!(st.success(), "pollux exit status {st}; log:\n{}", d.log());
+}

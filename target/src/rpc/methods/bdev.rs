@@ -67,6 +67,16 @@ pub fn record_config_bdevs(ctx: &RpcContext, bdevs: &[BdevConfig]) {
                 "bdev_passthru_create",
                 json!({"name": b.name, "base_bdev_name": child}),
             ),
+            BdevKind::Delay {
+                child,
+                latencies_us: [ar, pr, aw, pw],
+            } => (
+                "bdev_delay_create",
+                json!({"name": b.name, "base_bdev_name": child,
+                    "avg_read_latency": ar, "p99_read_latency": pr,
+                    "avg_write_latency": aw, "p99_write_latency": pw}),
+            ),
+            BdevKind::Error { child } => ("bdev_error_create", json!({"base_name": child})),
         };
         record(ctx, &b.name, method, params, None);
     }
