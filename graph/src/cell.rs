@@ -23,6 +23,7 @@ pub(crate) trait DynNode: Send + Sync {
     fn check_children(&self, children: &[Geometry]) -> Result<(), String>;
     fn route(&self, io: &mut Io) -> Option<usize>;
     fn execute(&self, r: &Reactor, io: Io);
+    fn retiring(&self, handle: &pollux_poller::Handle);
     fn close(&self);
     /// Whether reactor `index` created its channel (control thread).
     fn has_channel(&self, index: usize) -> bool;
@@ -86,6 +87,9 @@ impl<N: BlockNode> DynNode for NodeCell<N> {
     fn execute(&self, r: &Reactor, io: Io) {
         let ch = self.channels.get_or_init(r, || self.node.create_channel(r));
         self.node.execute(r, ch, io);
+    }
+    fn retiring(&self, handle: &pollux_poller::Handle) {
+        self.node.retiring(handle);
     }
     fn close(&self) {
         self.node.close();
