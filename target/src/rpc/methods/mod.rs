@@ -4,13 +4,18 @@ pub mod bdev;
 mod filters;
 mod framework;
 mod graph;
+mod log;
 mod nvmf;
+mod nvmf_query;
+mod thread;
 mod vhost;
 
 use super::Dispatcher;
 
 pub(super) fn register_all(d: &mut Dispatcher) {
     framework::register(d);
+    log::register(d);
+    thread::register(d);
     bdev::register(d);
     filters::register(d);
     // Before graph: filters are replayed last, above the bdevs the
@@ -18,5 +23,6 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     vhost::register(d);
     // After bdev, before graph (SPDK's order; filters replayed last).
     nvmf::register(d);
+    nvmf_query::register(d);
     graph::register(d);
 }
