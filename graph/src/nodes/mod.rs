@@ -1,6 +1,9 @@
 //! The node kinds Pollux ships.
 
+pub mod delay;
+pub mod error;
 pub mod file;
 pub mod null;
 pub mod passthru;
 pub mod ram;
+pub mod split;

@@ -1,6 +1,7 @@
 //! The built-in methods, one module per SPDK method family.
 
 pub mod bdev;
+mod filters;
 mod framework;
 mod graph;
 mod keyring;
@@ -19,6 +20,7 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     log::register(d);
     thread::register(d);
     bdev::register(d);
+    filters::register(d);
     // Before graph: filters are replayed last, above the bdevs the
     // controllers attached to.
     vhost::register(d);
