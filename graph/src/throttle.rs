@@ -285,7 +285,10 @@ mod tests {
         let b = Budget::new(RateLimits([0, 10 << 20, 0, 0]));
         let n = saturate(&b, 2, 10_000, 1 << 20);
         // 100 MiB in 10 s; two reactors may each run one read ahead.
-        assert!((98..=102).contains(&n), "admitted {n} MiB reads for 100 MiB");
+        assert!(
+            (98..=102).contains(&n),
+            "admitted {n} MiB reads for 100 MiB"
+        );
     }
 
     #[test]

@@ -26,10 +26,12 @@ use serde::Deserialize;
 
 mod metrics;
 mod nvmf;
+mod qos;
 mod rpc;
 mod vhost;
 pub use metrics::MetricsConfig;
 pub use nvmf::{NvmfConfig, NvmfSubsystemConfig};
+pub use qos::{QosConfig, QosLimitConfig};
 pub use rpc::{RpcConfig, DEFAULT_SOCKET as DEFAULT_RPC_SOCKET};
 pub use vhost::{VhostBlkConfig, VhostConfig, MAX_NUM_QUEUES as MAX_VHOST_QUEUES};
 
@@ -56,6 +58,8 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// `[vhost]`: vhost-user-blk exports and where RPC-created sockets go.
     pub vhost: VhostConfig,
+    /// `[[throttle_group]]` and `[[qos]]`: rate limits on bdevs.
+    pub qos: QosConfig,
 }
 
 /// The `[reactors]` section.
@@ -242,6 +246,7 @@ impl Config {
         let metrics = metrics::validate_metrics(raw.metrics)?;
         let rpc = rpc::validate_rpc(raw.rpc)?;
         let vhost = vhost::validate_vhost(raw.vhost, &bdevs, &reactors)?;
+        let qos = qos::validate_qos(raw.throttle_group, raw.qos, &bdevs)?;
         Ok(Config {
             reactors,
             bdevs,
@@ -249,6 +254,7 @@ impl Config {
             metrics,
             rpc,
             vhost,
+            qos,
         })
     }
 
@@ -280,6 +286,7 @@ impl Config {
             metrics: MetricsConfig::default(),
             rpc: RpcConfig::default(),
             vhost: VhostConfig::default(),
+            qos: QosConfig::default(),
         }
     }
 }
@@ -305,6 +312,10 @@ struct RawConfig {
     rpc: rpc::RawRpc,
     #[serde(default)]
     vhost: vhost::RawVhost,
+    #[serde(default)]
+    throttle_group: Vec<qos::RawGroup>,
+    #[serde(default)]
+    qos: Vec<qos::RawQos>,
 }
 
 #[derive(Deserialize, Default)]
@@ -882,6 +893,7 @@ child = "disk0"
                 metrics: MetricsConfig::default(),
                 rpc: RpcConfig::default(),
                 vhost: VhostConfig::default(),
+                qos: QosConfig::default(),
             }
         );
     }

@@ -21,6 +21,7 @@ pub mod exporter;
 pub mod nvmf;
 pub mod perf;
 pub mod perf_nvmf;
+pub mod qos;
 pub mod rpc;
 #[cfg(test)]
 mod testing;

@@ -50,6 +50,8 @@ pub struct RpcContext {
     /// The NVMe/TCP front-end, when the daemon runs one (`nvmf_*` methods
     /// answer that NVMe-oF is not available otherwise).
     pub nvmf: Option<Arc<NvmfTarget>>,
+    /// Rate limits and throttle groups.
+    pub qos: Arc<crate::qos::Qos>,
     bdevs: Mutex<BTreeMap<String, BdevRecord>>,
     filters: Mutex<Vec<Value>>,
 }
@@ -62,6 +64,7 @@ impl RpcContext {
             handle,
             vhost: None,
             nvmf: None,
+            qos: Arc::default(),
             bdevs: Mutex::default(),
             filters: Mutex::default(),
         }
@@ -70,6 +73,13 @@ impl RpcContext {
     /// Gives the `vhost_*` methods the front-end to act on.
     pub fn with_vhost(mut self, vhost: Arc<VhostTargets>) -> Self {
         self.vhost = Some(vhost);
+        self
+    }
+
+    /// Shares the target's rate limits (those of its config) with the
+    /// methods.
+    pub fn with_qos(mut self, qos: Arc<crate::qos::Qos>) -> Self {
+        self.qos = qos;
         self
     }
 
