@@ -199,16 +199,17 @@ pub struct LocalBuckets {
 }
 
 impl LocalBuckets {
-    /// Admits an I/O of `cost` in timeslice `slice` if every limited kind
-    /// has tokens (taking chunks from `budget` as needed) and spends them;
+    /// Admits an I/O of `cost` if every limited kind has tokens (taking
+    /// chunks from `budget` as needed, in the timeslice `slice` returns:
+    /// asked only then, so the clock is not read per I/O) and spends them;
     /// false if it must wait for a later slice.
-    pub fn admit(&mut self, budget: &Budget, cost: &Cost, slice: u64) -> bool {
+    pub fn admit(&mut self, budget: &Budget, cost: &Cost, slice: &mut impl FnMut() -> u64) -> bool {
         for kind in 0..KINDS {
             if cost.0[kind] == 0 || !budget.limited(kind) {
                 continue;
             }
             while self.tokens[kind] <= 0 {
-                let got = budget.take(kind, slice);
+                let got = budget.take(kind, slice());
                 if got == 0 {
                     return false;
                 }
@@ -249,7 +250,7 @@ mod tests {
             while blocked.iter().any(|b| !b) {
                 for (i, l) in locals.iter_mut().enumerate() {
                     if !blocked[i] {
-                        if l.admit(budget, &cost, slice) {
+                        if l.admit(budget, &cost, &mut || slice) {
                             admitted += 1;
                         } else {
                             blocked[i] = true;
@@ -293,11 +294,11 @@ mod tests {
         let mut l = LocalBuckets::default();
         let write = Cost::rw(true, 1 << 20);
         for _ in 0..1000 {
-            assert!(l.admit(&b, &write, 0));
+            assert!(l.admit(&b, &write, &mut || 0));
         }
         let read = Cost::rw(false, 1 << 20);
-        assert!(l.admit(&b, &read, 0), "the first read goes on credit");
-        assert!(!l.admit(&b, &read, 0), "the second waits for the debt");
+        assert!(l.admit(&b, &read, &mut || 0), "the first read goes on credit");
+        assert!(!l.admit(&b, &read, &mut || 0), "the second waits for the debt");
     }
 
     #[test]
@@ -307,7 +308,7 @@ mod tests {
         let mut l = LocalBuckets::default();
         let cost = Cost::rw(false, 512);
         let mut n = 0;
-        while l.admit(&b, &cost, 1000) {
+        while l.admit(&b, &cost, &mut || 1000) {
             n += 1;
         }
         assert_eq!(n, 100, "one 1 ms slice of 100,000 IOPS");
@@ -320,7 +321,7 @@ mod tests {
         let cost = Cost::rw(false, 512);
         let per_slice = |l: &mut LocalBuckets, s| {
             let mut n = 0;
-            while l.admit(&b, &cost, s) {
+            while l.admit(&b, &cost, &mut || s) {
                 n += 1;
             }
             n
@@ -332,7 +333,7 @@ mod tests {
         b.set_limits(ios(0));
         assert!(b.limits().is_unlimited());
         for _ in 0..10_000 {
-            assert!(l.admit(&b, &cost, 2), "unlimited admits everything");
+            assert!(l.admit(&b, &cost, &mut || 2), "unlimited admits everything");
         }
     }
 
