@@ -297,8 +297,14 @@ mod tests {
             assert!(l.admit(&b, &write, &mut || 0));
         }
         let read = Cost::rw(false, 1 << 20);
-        assert!(l.admit(&b, &read, &mut || 0), "the first read goes on credit");
-        assert!(!l.admit(&b, &read, &mut || 0), "the second waits for the debt");
+        assert!(
+            l.admit(&b, &read, &mut || 0),
+            "the first read goes on credit"
+        );
+        assert!(
+            !l.admit(&b, &read, &mut || 0),
+            "the second waits for the debt"
+        );
     }
 
     #[test]
