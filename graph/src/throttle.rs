@@ -4,18 +4,20 @@
 //! A limit is enforced across every reactor without a lock or a shared
 //! write per I/O. Each [`Budget`] (one per rate-limited bdev, or one per
 //! throttle group that several bdevs share) holds a pool of tokens per
-//! limit kind, reset to one timeslice's quota when a new timeslice starts.
+//! limit kind, refilled with each timeslice's quota (and up to
+//! `BURST_SLICES` slices of unspent quota kept).
 //! Reactors keep their own [`LocalBuckets`] and take a chunk from the pool
 //! only when their local tokens run out, so the shared line is written
 //! about once per chunk (an eighth of a timeslice's quota), not per I/O.
 //!
 //! Why this keeps the rate: a token is spent exactly once, by the reactor
-//! that took it, and the pool never holds more than one timeslice's quota
-//! (unclaimed tokens are dropped at the reset, never accumulated), so over
-//! any run the admitted work is at most the quota per elapsed timeslice,
-//! plus one timeslice's quota of slack for the tokens still in local
-//! buckets. Under saturating load every timeslice's pool is drained, so
-//! the admitted rate is the limit. An I/O is admitted while every bucket
+//! that took it, and each timeslice adds one quota to a pool that holds at
+//! most `BURST_SLICES` quotas (a token bucket of that depth), so over any
+//! run the admitted work is at most the quota per elapsed timeslice, plus
+//! the bucket's depth and the tokens still in local buckets. Under
+//! saturating load the pool is drained every slice, so the admitted rate
+//! is the limit; the depth lets a reactor that was not scheduled for a few
+//! milliseconds catch up instead of losing those slices. An I/O is admitted while every bucket
 //! it draws from is positive and may drive it negative (SPDK's rule), so a
 //! large I/O under a small byte limit waits for the debt to be repaid
 //! instead of never fitting.
@@ -121,6 +123,14 @@ pub struct Budget {
     pool: [AtomicU64; KINDS],
 }
 
+/// How many timeslices of unspent quota a pool may carry into a new slice:
+/// the bucket's depth. A reactor that was not scheduled for a few
+/// milliseconds (a loaded host) then still gets its share, instead of the
+/// slices it missed being lost; and over any window W the admitted work
+/// exceeds the limit by at most this many slices' worth (50 ms over a
+/// 10 s window: 0.5%).
+const BURST_SLICES: u64 = 50;
+
 /// A pool word no slice has filled yet.
 const NEVER: u64 = u64::MAX;
 /// Most tokens one slice holds (so a full pool is never `NEVER`): 4 GiB
@@ -160,8 +170,8 @@ impl Budget {
     /// caller's clock, in units of `TIMESLICE_NS`); 0 if the slice's quota
     /// is spent.
     ///
-    /// The first taker of a slice later than the pool's fills it with one
-    /// slice's quota; unclaimed tokens of older slices are dropped, which
+    /// The first taker of a slice later than the pool's adds the quota of
+    /// every slice since, up to `BURST_SLICES` slices' worth in all, which
     /// is what bounds the rate. A taker whose clock lags the pool's slice
     /// takes from the newer slice (reactors read their clocks at slightly
     /// different times), so every slice hands out at most its quota.
@@ -175,8 +185,24 @@ impl Budget {
         let mut word = pool.load(Ordering::Relaxed);
         loop {
             let (owner, left) = ((word >> 32) as u32, word & u32::MAX as u64);
-            let newer = word == NEVER || (now.wrapping_sub(owner) as i32) > 0;
-            let (owner, left) = if newer { (now, quota) } else { (owner, left) };
+            let (owner, left) = if word == NEVER {
+                (now, quota)
+            } else {
+                match now.wrapping_sub(owner) as i32 {
+                    // Unspent quota of the slices since carries over, up
+                    // to `BURST_SLICES` of it.
+                    gap @ 1.. => {
+                        let banked = left + quota.saturating_mul(gap as u64);
+                        (
+                            now,
+                            banked
+                                .min(quota.saturating_mul(BURST_SLICES))
+                                .min(MAX_SLICE_TOKENS),
+                        )
+                    }
+                    _ => (owner, left),
+                }
+            };
             if left == 0 {
                 return 0;
             }
@@ -308,16 +334,23 @@ mod tests {
     }
 
     #[test]
-    fn unspent_quota_is_not_banked() {
-        // Idle for 1,000 slices, then a burst: only one slice's quota.
+    fn unspent_quota_is_banked_up_to_the_burst() {
         let b = Budget::new(ios(100_000));
         let mut l = LocalBuckets::default();
         let cost = Cost::rw(false, 512);
-        let mut n = 0;
-        while l.admit(&b, &cost, &mut || 1000) {
-            n += 1;
-        }
-        assert_eq!(n, 100, "one 1 ms slice of 100,000 IOPS");
+        let mut drain = |l: &mut LocalBuckets, s: u64| {
+            let mut n = 0;
+            while l.admit(&b, &cost, &mut || s) {
+                n += 1;
+            }
+            n
+        };
+        assert_eq!(drain(&mut l, 0), 100, "one 1 ms slice of 100,000 IOPS");
+        // Three slices missed (the reactor was not scheduled): their quota
+        // is still there.
+        assert_eq!(drain(&mut l, 4), 400);
+        // Idle for 1,000 slices: at most the burst.
+        assert_eq!(drain(&mut l, 1004), 100 * BURST_SLICES);
     }
 
     #[test]
