@@ -470,7 +470,7 @@ impl Graph {
             if s.root_id(name).is_some() {
                 return Err(GraphError::RootExists(name.into()));
             }
-            let target = lookup(s, node)?;
+            let target = bound_top(s, lookup(s, node)?);
             let entry = RootEntry {
                 name: name.into(),
                 node: target,
@@ -539,6 +539,16 @@ impl Graph {
         filter_name: &str,
         filter: N,
     ) -> Result<NodeId, GraphError> {
+        self.put_filter(node, filter_name, filter, false)
+    }
+
+    fn put_filter<N: BlockNode>(
+        &self,
+        node: &str,
+        filter_name: &str,
+        filter: N,
+        bound: bool,
+    ) -> Result<NodeId, GraphError> {
         let _span = tracing::info_span!("graph_insert_filter", node, filter_name).entered();
         if filter_name.is_empty() {
             return Err(GraphError::EmptyName);
@@ -560,8 +570,23 @@ impl Graph {
             check_children(s, &*cell, &[below])?;
             let f = insert_node(s, cell, vec![below]);
             redirect(s, below, f, Some(f));
+            if let Some(Some(e)) = s.nodes.get_mut(f.0 as usize) {
+                e.bound = bound;
+            }
             Ok(f)
         })
+    }
+
+    /// Like `insert_filter`, and the filter is bound to `node`: roots added
+    /// on `node` later go to the filter (a QoS limit that exports made
+    /// after it must not bypass).
+    pub fn insert_bound_filter<N: BlockNode>(
+        &self,
+        node: &str,
+        filter_name: &str,
+        filter: N,
+    ) -> Result<NodeId, GraphError> {
+        self.put_filter(node, filter_name, filter, true)
     }
 
     /// Removes a filter: its parents and roots point at its child again.
@@ -739,6 +764,7 @@ fn insert_node(s: &mut Snapshot, cell: Arc<dyn DynNode>, children: Vec<NodeId>) 
         geometry,
         children,
         histogram: OpMask::DEFAULT,
+        bound: false,
         retired: false,
     };
     let id = NodeId(put_in_free_slot(&mut s.nodes, entry));
@@ -803,6 +829,21 @@ fn put_in_free_slot<T>(slots: &mut Vec<Option<T>>, item: T) -> u32 {
             slots.len() as u32 - 1
         }
     }
+}
+
+/// The node a root added on `id` points at: the topmost filter bound to
+/// `id` (through a chain of bound filters), or `id` itself.
+fn bound_top(s: &Snapshot, mut id: NodeId) -> NodeId {
+    for _ in 0..MAX_DEPTH {
+        let above = s
+            .live_nodes()
+            .find(|(_, e)| e.bound && e.children.as_slice() == [id]);
+        match above {
+            Some((f, _)) => id = f,
+            None => break,
+        }
+    }
+    id
 }
 
 /// Every edge and root pointing at `from` now points at `to`, except the

@@ -12,10 +12,10 @@
 //! of filters that own their I/O: hold, forward, fan out, issue their
 //! own), `nodes` (the kinds), `uring` (the per-reactor
 //! io_uring the file node uses), `latency` (the latency histograms and their
-//! clock).
+//! clock), `throttle` (the shared rate budgets QoS filters draw from).
 //!
-//! Under `cfg(loom)` only the protocol rooms (`rcu`, `pin`, and `latency`
-//! whose counters `pin` holds) are built, with loom's atomics, for the
+//! Under `cfg(loom)` only the protocol rooms (`rcu`, `pin`, `throttle`, and
+//! `latency` whose counters `pin` holds) are built, with loom's atomics, for the
 //! models in their tests: the rest needs reactors, which loom cannot run.
 
 // Under loom the callers of the protocol rooms' production-only parts
@@ -26,6 +26,7 @@
 pub mod latency;
 mod pin;
 mod rcu;
+pub mod throttle;
 
 pub use latency::{LatencyHistogram, OpMask};
 

@@ -26,11 +26,13 @@ use serde::Deserialize;
 
 mod metrics;
 mod nvmf;
+mod qos;
 mod rpc;
 mod stacked;
 mod vhost;
 pub use metrics::MetricsConfig;
 pub use nvmf::{NvmfConfig, NvmfSubsystemConfig};
+pub use qos::{QosConfig, QosLimitConfig};
 pub use rpc::{RpcConfig, DEFAULT_SOCKET as DEFAULT_RPC_SOCKET};
 pub use vhost::{VhostBlkConfig, VhostConfig, MAX_NUM_QUEUES as MAX_VHOST_QUEUES};
 
@@ -57,6 +59,8 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// `[vhost]`: vhost-user-blk exports and where RPC-created sockets go.
     pub vhost: VhostConfig,
+    /// `[[throttle_group]]` and `[[qos]]`: rate limits on bdevs.
+    pub qos: QosConfig,
 }
 
 /// The `[reactors]` section.
@@ -268,6 +272,7 @@ impl Config {
         let metrics = metrics::validate_metrics(raw.metrics)?;
         let rpc = rpc::validate_rpc(raw.rpc)?;
         let vhost = vhost::validate_vhost(raw.vhost, &bdevs, &reactors)?;
+        let qos = qos::validate_qos(raw.throttle_group, raw.qos, &bdevs)?;
         Ok(Config {
             reactors,
             bdevs,
@@ -275,6 +280,7 @@ impl Config {
             metrics,
             rpc,
             vhost,
+            qos,
         })
     }
 
@@ -306,6 +312,7 @@ impl Config {
             metrics: MetricsConfig::default(),
             rpc: RpcConfig::default(),
             vhost: VhostConfig::default(),
+            qos: QosConfig::default(),
         }
     }
 }
@@ -331,6 +338,10 @@ struct RawConfig {
     rpc: rpc::RawRpc,
     #[serde(default)]
     vhost: vhost::RawVhost,
+    #[serde(default)]
+    throttle_group: Vec<qos::RawGroup>,
+    #[serde(default)]
+    qos: Vec<qos::RawQos>,
 }
 
 #[derive(Deserialize, Default)]
@@ -923,6 +934,7 @@ child = "disk0"
                 metrics: MetricsConfig::default(),
                 rpc: RpcConfig::default(),
                 vhost: VhostConfig::default(),
+                qos: QosConfig::default(),
             }
         );
     }

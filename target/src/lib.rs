@@ -24,6 +24,7 @@ pub mod keyring;
 pub mod nvmf;
 pub mod perf;
 pub mod perf_nvmf;
+pub mod qos;
 pub mod rpc;
 #[cfg(test)]
 mod testing;

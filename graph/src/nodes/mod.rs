@@ -5,5 +5,6 @@ pub mod error;
 pub mod file;
 pub mod null;
 pub mod passthru;
+pub mod qos;
 pub mod ram;
 pub mod split;

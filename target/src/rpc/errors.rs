@@ -19,6 +19,7 @@ use pollux_graph::GraphError;
 use super::jsonrpc::{code, RpcError};
 use crate::bdev::BdevError;
 use crate::nvmf::NvmfError;
+use crate::qos::QosError;
 use crate::vhost::ControlError;
 
 /// The negated errnos SPDK's bdev methods answer with.
@@ -101,6 +102,25 @@ impl From<BdevError> for RpcError {
                 };
                 RpcError::errno(code, e)
             }
+        }
+    }
+}
+
+/// A rate limit refused, with the codes of SPDK's `bdev_set_qos_limit`
+/// (-19 for a bdev it cannot open, -22 "No rate limits specified") and
+/// the bdev methods' codes for the throttle groups.
+impl From<QosError> for RpcError {
+    fn from(e: QosError) -> Self {
+        match e {
+            QosError::Graph(g) => g.into(),
+            QosError::NoLimits => RpcError {
+                code: errno::EINVAL,
+                message: e.to_string(),
+            },
+            QosError::NoSuchBdev(_) | QosError::NoSuchGroup(_) => RpcError::errno(errno::ENODEV, e),
+            QosError::GroupExists(_) => RpcError::errno(errno::EEXIST, e),
+            QosError::GroupInUse(..) => RpcError::errno(errno::EBUSY, e),
+            QosError::EmptyName => RpcError::invalid_params(e.to_string()),
         }
     }
 }

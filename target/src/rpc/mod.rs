@@ -55,6 +55,8 @@ pub struct RpcContext {
     pub nvmf: Option<Arc<NvmfTarget>>,
     /// Named keys (`keyring_*`), which hosts' DH-HMAC-CHAP keys name.
     pub keyring: Arc<crate::keyring::Keyring>,
+    /// Rate limits and throttle groups.
+    pub qos: Arc<crate::qos::Qos>,
     bdevs: Mutex<BTreeMap<String, BdevRecord>>,
     filters: Mutex<Vec<Value>>,
 }
@@ -68,6 +70,7 @@ impl RpcContext {
             vhost: None,
             nvmf: None,
             keyring: Arc::default(),
+            qos: Arc::default(),
             bdevs: Mutex::default(),
             filters: Mutex::default(),
         }
@@ -76,6 +79,13 @@ impl RpcContext {
     /// Gives the `vhost_*` methods the front-end to act on.
     pub fn with_vhost(mut self, vhost: Arc<VhostTargets>) -> Self {
         self.vhost = Some(vhost);
+        self
+    }
+
+    /// Shares the target's rate limits (those of its config) with the
+    /// methods.
+    pub fn with_qos(mut self, qos: Arc<crate::qos::Qos>) -> Self {
+        self.qos = qos;
         self
     }
 

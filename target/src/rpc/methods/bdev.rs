@@ -39,6 +39,7 @@ pub(super) fn register(d: &mut Dispatcher) {
                 .map(|(method, params)| json!({"method": method, "params": params}))
                 .collect();
             out.extend(histogram_config(d));
+            out.extend(super::qos::config(d));
             out
         },
     });
@@ -509,6 +510,7 @@ fn delete(d: &Dispatcher, p: Option<Value>, created_by: &str) -> Result<Value, R
         Some(m) if m == created_by => {}
         _ => return Err(RpcError::no_such_bdev(&p.name)),
     }
+    d.ctx.qos.forget(&d.ctx.graph, &p.name)?;
     d.ctx.graph.remove_node(&p.name)?;
     d.ctx.bdevs().remove(&p.name);
     Ok(json!(true))
@@ -562,6 +564,9 @@ const BDEV_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(10)
 /// after 60 s by default anyway.
 const BDEV_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// The node kind of QoS filters.
+const QOS_KIND: &str = pollux_graph::nodes::qos::KIND;
+
 fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: GetBdevs = params(p)?;
     if let (Some(name), Some(ms)) = (&p.name, p.timeout) {
@@ -574,15 +579,19 @@ fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     }
     let info = d.ctx.graph.describe();
     let records = d.ctx.bdevs().clone();
-    let claimed = |name: &str| {
+    // A bdev's QoS filter is part of the bdev, as SPDK's QoS is: it is not
+    // listed, and does not claim the bdev; what stands on the filter does.
+    let used_by = |name: &str| {
         info.nodes
             .iter()
-            .any(|n| n.children.iter().any(|c| c == name))
+            .any(|n| n.kind != QOS_KIND && n.children.iter().any(|c| c == name))
             || info.roots.iter().any(|r| r.node == name)
     };
+    let claimed = |name: &str| used_by(name) || used_by(&crate::qos::filter_name(name));
     let list: Vec<Value> = info
         .nodes
         .iter()
+        .filter(|n| n.kind != QOS_KIND)
         .filter(|n| p.name.as_deref().is_none_or(|want| want == n.name))
         .map(|n| {
             let rec = records.get(&n.name);
@@ -594,10 +603,8 @@ fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
                 "block_size": n.geometry.block_size,
                 "num_blocks": n.geometry.block_count,
                 "uuid": rec.map(|r| r.uuid.clone()),
-                "assigned_rate_limits": {
-                    "rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0,
-                    "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0
-                },
+                "assigned_rate_limits":
+                    super::qos::limits_object(&d.ctx.qos.limits_of(&n.name).limits, true),
                 "claimed": claimed(&n.name),
                 "zoned": false,
                 "supported_io_types": {

@@ -11,6 +11,7 @@ mod nvmf_auth;
 mod nvmf_paths;
 mod nvmf_query;
 mod thread;
+pub mod qos;
 mod vhost;
 
 use super::Dispatcher;
@@ -21,6 +22,7 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     thread::register(d);
     bdev::register(d);
     filters::register(d);
+    qos::register(d);
     // Before graph: filters are replayed last, above the bdevs the
     // controllers attached to.
     vhost::register(d);
