@@ -156,7 +156,9 @@ impl std::fmt::Debug for Controller {
 }
 
 fn ascii(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim_end_matches([' ', '\0']).to_owned()
+    String::from_utf8_lossy(b)
+        .trim_end_matches([' ', '\0'])
+        .to_owned()
 }
 
 impl Admin {

@@ -13,7 +13,9 @@ pub enum AttachError {
         bdf: String,
     },
     /// The PCI address is malformed.
-    #[error("nvme {bdf}: not a PCI address; write it as DOMAIN:BUS:DEVICE.FUNCTION, e.g. 0000:00:02.0")]
+    #[error(
+        "nvme {bdf}: not a PCI address; write it as DOMAIN:BUS:DEVICE.FUNCTION, e.g. 0000:00:02.0"
+    )]
     BadAddress {
         /// What was given.
         bdf: String,

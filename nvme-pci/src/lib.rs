@@ -25,6 +25,10 @@ use std::sync::Arc;
 pub use ctrl::{Controller, CtrlInfo, CtrlOpts, Namespace, QpStats, DEFAULT_IO_QUEUE_DEPTH};
 pub use error::AttachError;
 pub use node::{NvmeChannel, NvmeNamespace};
+pub use vfio::valid_bdf as is_pci_address;
+
+/// An attached controller and its namespace nodes with their bdev names.
+pub type Attached = (Arc<Controller>, Vec<(String, NvmeNamespace)>);
 
 /// Attaches the controller at `bdf` as `name` with one I/O queue pair for
 /// each of `reactors`, and returns it with its namespaces as graph nodes
@@ -34,7 +38,7 @@ pub fn attach(
     bdf: &str,
     opts: CtrlOpts,
     reactors: usize,
-) -> Result<(Arc<Controller>, Vec<(String, NvmeNamespace)>), AttachError> {
+) -> Result<Attached, AttachError> {
     let queues = u16::try_from(reactors).unwrap_or(u16::MAX).max(1);
     let ctrl = Controller::attach(name, bdf, opts, queues)?;
     let nodes = ctrl

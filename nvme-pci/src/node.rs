@@ -139,15 +139,16 @@ impl BlockNode for NvmeNamespace {
     }
 
     fn execute(&self, r: &Reactor, ch: &NvmeChannel, io: Io) {
-        let qp = if ch.ok { find(&local(r), &self.ctrl) } else { None };
+        let qp = if ch.ok {
+            find(&local(r), &self.ctrl)
+        } else {
+            None
+        };
         let Some(qp) = qp else {
             io.complete_later(r, Err(IoError::Backend(libc::EIO)));
             return;
         };
-        let res = qp.borrow_mut().submit(self.ns.nsid, self.ns.block_size, io);
-        if let Err((io, e)) = res {
-            io.complete_later(r, Err(e));
-        }
+        qp.borrow_mut().submit(self.ns.nsid, self.ns.block_size, io);
     }
 
     fn close(&self) {

@@ -59,8 +59,15 @@ pub fn build_prp(
         if s.len == 0 {
             return Err(DptrError::Empty);
         }
-        let end = s.iova.checked_add(s.len as u64).ok_or(DptrError::Unaligned)?;
-        let start_ok = if i == 0 { s.iova % 4 == 0 } else { s.iova % page == 0 };
+        let end = s
+            .iova
+            .checked_add(s.len as u64)
+            .ok_or(DptrError::Unaligned)?;
+        let start_ok = if i == 0 {
+            s.iova % 4 == 0
+        } else {
+            s.iova % page == 0
+        };
         if !start_ok || (i != last && end % page != 0) {
             return Err(DptrError::Unaligned);
         }
@@ -70,7 +77,7 @@ pub fn build_prp(
                 0 => prp1 = p,
                 1 => second = p,
                 _ => {
-                    if n - 1 >= PRP_LIST_ENTRIES {
+                    if n > PRP_LIST_ENTRIES {
                         return Err(DptrError::TooLong);
                     }
                     if n == 2 {

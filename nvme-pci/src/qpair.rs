@@ -127,9 +127,8 @@ impl QueuePair {
         let info = ctrl.info();
         let depth = info.io_queue_depth;
         let node = info.numa_node;
-        let mem = |len| {
-            DmaMem::new(ctrl.iommu(), len, node).map_err(|e| format!("DMA allocation: {e}"))
-        };
+        let mem =
+            |len| DmaMem::new(ctrl.iommu(), len, node).map_err(|e| format!("DMA allocation: {e}"));
         let sqm = mem(depth as usize * Sqe::SIZE)?;
         let cqm = mem(depth as usize * Cqe::SIZE)?;
         let slots = depth - 1;
@@ -143,7 +142,13 @@ impl QueuePair {
             ..Default::default()
         });
         ctrl.register_stats(stats.clone());
-        tracing::debug!(name = ctrl.name(), qid, reactor, depth, "I/O queue pair created");
+        tracing::debug!(
+            name = ctrl.name(),
+            qid,
+            reactor,
+            depth,
+            "I/O queue pair created"
+        );
         Ok(QueuePair {
             sq_db: ctrl.cap().sq_doorbell(qid),
             cq_db: ctrl.cap().cq_doorbell(qid),
@@ -171,9 +176,17 @@ impl QueuePair {
         &self.ctrl
     }
 
-    /// Queues `io` for namespace `nsid` (blocks of `bs` bytes). Errors that
-    /// are known at once are returned with the I/O.
-    pub fn submit(&mut self, nsid: u32, bs: u32, io: Io) -> Result<(), (Io, IoError)> {
+    /// Queues `io` for namespace `nsid` (blocks of `bs` bytes). An I/O that
+    /// fails at once completes at the next poll, never inside this call
+    /// (so a sink that resubmits cannot recurse).
+    pub fn submit(&mut self, nsid: u32, bs: u32, io: Io) {
+        if let Err((io, e)) = self.enqueue(nsid, bs, io) {
+            self.early.push((io, Err(e)));
+        }
+    }
+
+    #[allow(clippy::result_large_err)] // the I/O goes back with its error
+    fn enqueue(&mut self, nsid: u32, bs: u32, io: Io) -> Result<(), (Io, IoError)> {
         if self.ctrl.is_failed() {
             return Err((io, IoError::Backend(EIO)));
         }
@@ -215,7 +228,11 @@ impl QueuePair {
         let mut at = 0;
         for _ in 0..n {
             let l = (len - at).min(max);
-            self.pending.push_back(Chunk { req: idx, at, len: l });
+            self.pending.push_back(Chunk {
+                req: idx,
+                at,
+                len: l,
+            });
             at += l;
         }
         self.pump();
@@ -379,7 +396,9 @@ impl QueuePair {
         if let Some(t) = self.sq.take_doorbell() {
             self.ctrl.bar().write32(self.sq_db, t);
         }
-        self.stats.in_use.store(self.cmds.in_use() as u64, Ordering::Relaxed);
+        self.stats
+            .in_use
+            .store(self.cmds.in_use() as u64, Ordering::Relaxed);
         self.stats.commands.store(self.commands, Ordering::Relaxed);
         self.stats.errors.store(self.errors, Ordering::Relaxed);
     }
@@ -437,9 +456,9 @@ impl QueuePair {
         }
     }
 
-    /// Requests in flight or waiting.
+    /// Requests in flight, waiting, or failed and not yet handed out.
     pub fn outstanding(&self) -> usize {
-        self.reqs.len() - self.free_reqs.len()
+        self.reqs.len() - self.free_reqs.len() + self.early.len()
     }
 }
 

@@ -306,7 +306,10 @@ mod tests {
         assert!(sq.set_head(8).is_err(), "outside the ring");
         assert!(sq.set_head(5).is_err(), "past the tail");
         sq.set_head(3).unwrap();
-        assert!(sq.set_head(1).is_err(), "backwards, past entries never submitted");
+        assert!(
+            sq.set_head(1).is_err(),
+            "backwards, past entries never submitted"
+        );
         sq.set_head(3).unwrap();
     }
 

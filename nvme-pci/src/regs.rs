@@ -64,7 +64,7 @@ impl Cap {
     /// Decodes the register.
     pub fn parse(v: u64) -> Cap {
         let mqes = (v & 0xffff) as u32;
-        let to = ((v >> 24) & 0xff) as u64;
+        let to = (v >> 24) & 0xff;
         let dstrd = ((v >> 32) & 0xf) as u32;
         let css = (v >> 37) & 0xff;
         let mpsmin = ((v >> 48) & 0xf) as u32;

@@ -57,7 +57,7 @@ pub struct PciFunction {
 }
 
 /// Checks a PCI address's shape: DDDD:BB:DD.F in hex.
-fn valid_bdf(bdf: &str) -> bool {
+pub fn valid_bdf(bdf: &str) -> bool {
     let b = bdf.as_bytes();
     b.len() == 12
         && b[4] == b':'
@@ -76,7 +76,10 @@ fn link_name(p: &Path) -> Option<String> {
 /// The device's NUMA node from sysfs (-1, absent or unreadable: none).
 pub fn numa_node(dev: &Path) -> Option<u32> {
     let s = std::fs::read_to_string(dev.join("numa_node")).ok()?;
-    s.trim().parse::<i64>().ok().and_then(|n| u32::try_from(n).ok())
+    s.trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
 }
 
 /// Opens `bdf`: it must be bound to vfio-pci, behind an IOMMU, in a viable
@@ -111,9 +114,8 @@ pub fn open(bdf: &str) -> Result<PciFunction, AttachError> {
             source: io::Error::other(e),
         }
     };
-    let container = Arc::new(
-        VfioContainer::new(None).map_err(os("cannot open the VFIO container", &bdf))?,
-    );
+    let container =
+        Arc::new(VfioContainer::new(None).map_err(os("cannot open the VFIO container", &bdf))?);
     let ops: Arc<dyn VfioOps> = container.clone();
     let device = VfioDevice::new(&dev, ops, false).map_err(|e| match e {
         VfioError::GroupViable => AttachError::GroupNotViable {
@@ -187,6 +189,8 @@ mod tests {
     fn a_missing_device_says_so() {
         let e = open("ffff:ff:1f.7").err().unwrap();
         assert!(matches!(e, AttachError::NoDevice { .. }), "{e}");
-        assert!(e.to_string().starts_with("nvme ffff:ff:1f.7: no such PCI device"));
+        assert!(e
+            .to_string()
+            .starts_with("nvme ffff:ff:1f.7: no such PCI device"));
     }
 }

@@ -67,6 +67,9 @@ pub fn record_config_bdevs(ctx: &RpcContext, bdevs: &[BdevConfig]) {
                 "bdev_passthru_create",
                 json!({"name": b.name, "base_bdev_name": child}),
             ),
+            // Controllers are replayed by the bdev_nvme methods' own
+            // records (`bdev_nvme::record`), not as one bdev.
+            BdevKind::Nvme { .. } => continue,
         };
         record(ctx, &b.name, method, params, None);
     }

@@ -1,6 +1,7 @@
 //! The built-in methods, one module per SPDK method family.
 
 pub mod bdev;
+mod bdev_nvme;
 mod framework;
 mod graph;
 mod nvmf;
@@ -11,6 +12,7 @@ use super::Dispatcher;
 pub(super) fn register_all(d: &mut Dispatcher) {
     framework::register(d);
     bdev::register(d);
+    bdev_nvme::register(d);
     // Before graph: filters are replayed last, above the bdevs the
     // controllers attached to.
     vhost::register(d);
