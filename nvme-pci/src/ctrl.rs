@@ -129,7 +129,6 @@ struct Admin {
 /// A controller attached through VFIO.
 pub struct Controller {
     name: String,
-    pci: PciFunction,
     cap: Cap,
     admin: Mutex<Admin>,
     info: CtrlInfo,
@@ -144,6 +143,9 @@ pub struct Controller {
     admin_commands: AtomicU64,
     async_events: AtomicU64,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    /// Last: the device (and with it the IOMMU domain) closes after the
+    /// admin queue memory above is unmapped.
+    pci: PciFunction,
 }
 
 impl std::fmt::Debug for Controller {

@@ -47,6 +47,12 @@ pub(super) fn validate(
     })
 }
 
+/// True if the config creates a bdev named `name`: one of its `[[bdev]]`
+/// entries, or a namespace of one of its NVMe controllers.
+pub(super) fn bdev_exists(bdevs: &[BdevConfig], name: &str) -> bool {
+    bdevs.iter().any(|b| b.name == name) || is_namespace_of(bdevs, name)
+}
+
 /// True if `name` is a namespace bdev (`{controller}n{nsid}`) of one of the
 /// configured NVMe controllers: those exist only once the controller is
 /// attached, so a passthru may name them.
