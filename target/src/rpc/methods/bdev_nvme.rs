@@ -21,10 +21,9 @@ pub(super) fn register(d: &mut Dispatcher) {
 }
 
 /// `bdev_nvme_attach_controller`'s params. The fabrics-only ones (what
-/// rpc.py sends for TCP/RDMA) are accepted and must be left unset or at
-/// their defaults for PCIe, as SPDK ignores them there.
+/// rpc.py sends for TCP/RDMA) are accepted and ignored, as SPDK ignores
+/// them for PCIe.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // fabrics-only params: accepted, not used over PCIe
 struct AttachParams {
     name: String,
@@ -60,6 +59,11 @@ struct AttachParams {
     /// Pollux extension: entries per I/O queue (the config's
     /// `io_queue_depth`). SPDK sets it with `bdev_nvme_set_options`.
     io_queue_size: Option<u32>,
+    /// Params of newer SPDK releases. rpc.py sends every flag it knows,
+    /// unset ones as `false`: those ask for nothing and are accepted; any
+    /// other value asks for a feature this driver lacks.
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
 }
 
 fn attach(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
@@ -68,6 +72,15 @@ fn attach(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
         return Err(RpcError::invalid_params(format!(
             "trtype: {:?} is not supported; this daemon attaches local SSDs over PCIe (-t pcie)",
             p.trtype
+        )));
+    }
+    if let Some((k, _)) = p
+        .rest
+        .iter()
+        .find(|(_, v)| !matches!(v, Value::Null | Value::Bool(false)))
+    {
+        return Err(RpcError::invalid_params(format!(
+            "{k}: not supported by this daemon's NVMe driver"
         )));
     }
     if p.prchk_reftag || p.prchk_guard {
