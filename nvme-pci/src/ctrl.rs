@@ -66,6 +66,8 @@ pub struct Namespace {
     pub block_size: u32,
     /// Size in blocks.
     pub blocks: u64,
+    /// Deallocated blocks read back as zeroes (DLFEAT bits 2:0 = 001b).
+    pub dealloc_reads_zeroes: bool,
 }
 
 /// What identify said about the controller, for RPCs and the data path.
@@ -369,10 +371,12 @@ impl Controller {
                 );
                 continue;
             }
+            tracing::debug!(bdf = %bdf, nsid, nsze = ns.nsze, dlfeat = ns.dlfeat, "namespace");
             namespaces.push(Namespace {
                 nsid,
                 block_size: 1 << lbaf.lbads,
                 blocks: ns.nsze,
+                dealloc_reads_zeroes: ns.dlfeat & 0b111 == 0b001,
             });
         }
 

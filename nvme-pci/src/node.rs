@@ -148,7 +148,7 @@ impl BlockNode for NvmeNamespace {
             io.complete_later(r, Err(IoError::Backend(libc::EIO)));
             return;
         };
-        qp.borrow_mut().submit(self.ns.nsid, self.ns.block_size, io);
+        qp.borrow_mut().submit(&self.ns, io);
     }
 
     fn close(&self) {

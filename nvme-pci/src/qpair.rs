@@ -13,7 +13,7 @@ use pollux_nvme::identify::oncs;
 use pollux_nvme::opcode::IoOpcode;
 use pollux_nvme::sqe::{Psdt, Sqe};
 
-use crate::ctrl::{set_prp, Controller, QpStats};
+use crate::ctrl::{set_prp, Controller, Namespace, QpStats};
 use crate::dma::DmaMem;
 use crate::prp::{build_prp, build_sgl, Seg};
 use crate::queue::{CidTable, CompQueue, SubQueue};
@@ -25,6 +25,8 @@ const MAX_ZEROES_BLOCKS: u64 = 1 << 16;
 const MAX_DSM_BLOCKS: u64 = u32::MAX as u64;
 /// Size classes of bounce buffers: 4 KiB << n up to `prp::MAX_XFER`.
 const BOUNCE_CLASSES: usize = 10;
+/// Write Zeroes CDW12.DEAC: deallocate the blocks if the device can.
+const WZ_DEAC: u32 = 1 << 25;
 /// DSM attribute: deallocate.
 const DSM_AD: u32 = 1 << 2;
 /// errno for a command the device failed (NVMe error status).
@@ -36,6 +38,10 @@ struct Req {
     nsid: u32,
     /// Block size of the namespace.
     bs: u32,
+    /// A discard goes out as Write Zeroes with DEAC: the namespace does
+    /// not promise that deallocated blocks read as zeroes, and the graph
+    /// does.
+    discard_as_zeroes: bool,
     remaining: u32,
     result: IoResult,
 }
@@ -179,24 +185,34 @@ impl QueuePair {
     /// Queues `io` for namespace `nsid` (blocks of `bs` bytes). An I/O that
     /// fails at once completes at the next poll, never inside this call
     /// (so a sink that resubmits cannot recurse).
-    pub fn submit(&mut self, nsid: u32, bs: u32, io: Io) {
-        if let Err((io, e)) = self.enqueue(nsid, bs, io) {
+    pub fn submit(&mut self, ns: &Namespace, io: Io) {
+        if let Err((io, e)) = self.enqueue(ns, io) {
             self.early.push((io, Err(e)));
         }
     }
 
     #[allow(clippy::result_large_err)] // the I/O goes back with its error
-    fn enqueue(&mut self, nsid: u32, bs: u32, io: Io) -> Result<(), (Io, IoError)> {
+    fn enqueue(&mut self, ns: &Namespace, io: Io) -> Result<(), (Io, IoError)> {
         if self.ctrl.is_failed() {
             return Err((io, IoError::Backend(EIO)));
         }
+        let (nsid, bs) = (ns.nsid, ns.block_size);
         let info = self.ctrl.info();
+        let zeroes = info.oncs & oncs::WRITE_ZEROES != 0;
+        // The graph promises that a discarded range reads back as zeroes.
+        // A DSM deallocate is only advisory (the device may keep the data,
+        // as QEMU's does with discard=ignore while reporting DLFEAT 001b),
+        // so a discard is Write Zeroes with DEAC, which zeroes for sure and
+        // deallocates where the device can; DSM only for a device without
+        // Write Zeroes that says deallocated blocks read as zeroes.
+        let dsm = !zeroes && info.oncs & oncs::DSM != 0 && ns.dealloc_reads_zeroes;
         let bs64 = bs as u64;
         let max = match io.op {
             IoOp::Read | IoOp::Write => info.max_xfer as u64,
             IoOp::Flush => u64::MAX,
-            IoOp::WriteZeroes if info.oncs & oncs::WRITE_ZEROES != 0 => MAX_ZEROES_BLOCKS * bs64,
-            IoOp::Discard if info.oncs & oncs::DSM != 0 => MAX_DSM_BLOCKS * bs64,
+            IoOp::WriteZeroes if zeroes => MAX_ZEROES_BLOCKS * bs64,
+            IoOp::Discard if dsm => MAX_DSM_BLOCKS * bs64,
+            IoOp::Discard if zeroes => MAX_ZEROES_BLOCKS * bs64,
             op => return Err((io, IoError::Unsupported(op.name()))),
         };
         let len = io.len;
@@ -212,6 +228,7 @@ impl QueuePair {
             io,
             nsid,
             bs,
+            discard_as_zeroes: !dsm,
             remaining: n32,
             result: Ok(()),
         };
@@ -258,6 +275,7 @@ impl QueuePair {
             return Err(IoError::NoDevice);
         };
         let (nsid, bs) = (req.nsid, req.bs);
+        let discard_as_zeroes = req.discard_as_zeroes;
         let op = req.io.op;
         let slba = (req.io.offset + chunk.at) / bs as u64;
         let nlb = chunk.len / bs as u64;
@@ -294,6 +312,7 @@ impl QueuePair {
             IoOp::Write => IoOpcode::Write,
             IoOp::Flush => IoOpcode::Flush,
             IoOp::WriteZeroes => IoOpcode::WriteZeroes,
+            IoOp::Discard if discard_as_zeroes => IoOpcode::WriteZeroes,
             IoOp::Discard => IoOpcode::DatasetManagement,
         };
         let mut sqe = Sqe::new(opcode as u8, cid);
@@ -303,6 +322,11 @@ impl QueuePair {
                 sqe.set_cdw10(slba as u32);
                 sqe.set_cdw11((slba >> 32) as u32);
                 sqe.set_cdw12((nlb - 1) as u32 & 0xffff);
+            }
+            IoOp::Discard if discard_as_zeroes => {
+                sqe.set_cdw10(slba as u32);
+                sqe.set_cdw11((slba >> 32) as u32);
+                sqe.set_cdw12(((nlb - 1) as u32 & 0xffff) | WZ_DEAC);
             }
             IoOp::Discard => {
                 // One range: context attributes 0, NLB, SLBA.

@@ -130,7 +130,7 @@ rpc spdk_get_version > /dev/null && echo RPC_ALIVE
 echo $bdf > /sys/bus/pci/drivers/vfio-pci/bind
 echo ATTACH $(rpc bdev_nvme_attach_controller '{{"name":"Nvme0","trtype":"PCIe","traddr":"'$bdf'"}}' | tr -d ' \n')
 echo CTRLS $(rpc bdev_nvme_get_controllers '{{"name":"Nvme0"}}' | tr -d ' \n')
-echo DETACH $(rpc bdev_nvme_detach_controller '{{"name":"Nvme0"}}')
+echo DETACH_RT $(rpc bdev_nvme_detach_controller '{{"name":"Nvme0"}}')
 kill $rt; wait $rt && echo RT_EXIT_OK
 
 # 3. On the SSD from the config, exported over NVMe/TCP.
@@ -151,6 +151,7 @@ nvme write-zeroes $d --namespace-id=1 --start-block=8192 --block-count=2047
 nvme dsm $d --namespace-id=1 --ad --slbs=10240 --blocks=2048
 nvme flush $d --namespace-id=1
 echo ZERO_MD5 $(dd if=$d bs=1M skip=4 count=2 iflag=direct 2>/dev/null | md5sum)
+
 echo ZEROS_MD5 $(dd if=/dev/zero bs=1M count=2 2>/dev/null | md5sum)
 for job in 4k:8 64k:12 128k:16; do
   bs=${{job%%:*}}; off=${{job##*:}}
@@ -164,9 +165,9 @@ wget -qO- http://127.0.0.1:9469/metrics | grep '^pollux_nvme_' | sed 's/^/METRIC
 echo GET_CTRL $(rpc bdev_nvme_get_controllers | tr -d ' \n')
 set +e
 rpc bdev_nvme_detach_controller '{{"name":"nvme0"}}' > /tmp/det.out 2>&1
-echo DETACH_BUSY_STATUS $?
+echo BUSY_STATUS $?
 set -e
-echo DETACH_BUSY $(cat /tmp/det.out)
+echo BUSY_ERR $(cat /tmp/det.out)
 nvme disconnect-all
 kill $pid
 wait $pid && echo EXIT_OK
@@ -206,7 +207,9 @@ fn guest_ssd_over_vfio_exported_to_the_kernel_initiator() {
     assert_eq!(m("START_LINES"), "1", "{}", report());
     let err = m("START_ERR");
     assert!(
-        err.starts_with(&format!("pollux: nvme {bdf}: bound to no driver, not vfio-pci")),
+        err.starts_with(&format!(
+            "pollux: nvme {bdf}: bound to no driver, not vfio-pci"
+        )),
         "{}",
         report()
     );
@@ -229,11 +232,16 @@ fn guest_ssd_over_vfio_exported_to_the_kernel_initiator() {
         "{}",
         report()
     );
-    assert_eq!(m("DETACH"), "true", "{}", report());
+    assert_eq!(m("DETACH_RT"), "true", "{}", report());
     assert!(out.stdout.contains("RT_EXIT_OK"), "{}", report());
 
     // The data path, checked by the initiator...
-    let first = |k: &str| m(k).split_whitespace().next().unwrap_or_default().to_owned();
+    let first = |k: &str| {
+        m(k).split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
     assert_eq!(first("PAT_MD5"), first("READ_MD5"), "{}", report());
     assert_eq!(first("ZERO_MD5"), first("ZEROS_MD5"), "{}", report());
     for bs in ["4k", "64k", "128k"] {
@@ -245,7 +253,12 @@ fn guest_ssd_over_vfio_exported_to_the_kernel_initiator() {
     }
     // ...and by the SSD's backing file on the host.
     assert_eq!(host_md5(&img, 1024, 1024), first("PAT_MD5"), "{}", report());
-    assert_eq!(host_md5(&img, 4096, 2048), first("ZEROS_MD5"), "{}", report());
+    assert_eq!(
+        host_md5(&img, 4096, 2048),
+        first("ZEROS_MD5"),
+        "{}",
+        report()
+    );
 
     let metric = |name: &str| -> f64 {
         out.stdout
@@ -255,13 +268,22 @@ fn guest_ssd_over_vfio_exported_to_the_kernel_initiator() {
             .and_then(|l| l.split_whitespace().last()?.parse().ok())
             .unwrap_or_else(|| panic!("no {name}:\n{}", report()))
     };
-    assert!(metric("pollux_nvme_commands_total") > 1000.0, "{}", report());
+    assert!(
+        metric("pollux_nvme_commands_total") > 1000.0,
+        "{}",
+        report()
+    );
     assert_eq!(metric("pollux_nvme_errors_total"), 0.0, "{}", report());
-    assert_eq!(metric("pollux_nvme_queue_slots_in_use"), 0.0, "{}", report());
+    assert_eq!(
+        metric("pollux_nvme_queue_slots_in_use"),
+        0.0,
+        "{}",
+        report()
+    );
     let get = m("GET_CTRL");
     assert!(get.contains(r#""name":"nvme0""#) && get.contains(r#""bdevs":["nvme0n1"]"#));
-    assert_eq!(m("DETACH_BUSY_STATUS"), "1", "{}", report());
-    assert!(m("DETACH_BUSY").contains("\"code\":-16"), "{}", report());
+    assert_eq!(m("BUSY_STATUS"), "1", "{}", report());
+    assert!(m("BUSY_ERR").contains("\"code\":-16"), "{}", report());
     assert!(out.stdout.contains("EXIT_OK"), "{}", report());
     assert_eq!(m("SHUTDOWN_LOGGED"), "1", "{}", report());
 }
@@ -299,9 +321,20 @@ fn rpc_py_attach_errors_and_listing() {
         "nqn.x",
     ]);
     assert!(err.contains("trtype"), "{err}");
-    let err = rpc.fails(&["bdev_nvme_attach_controller", "-b", "N", "-t", "pcie", "-a", "00:02.0"]);
+    let err = rpc.fails(&[
+        "bdev_nvme_attach_controller",
+        "-b",
+        "N",
+        "-t",
+        "pcie",
+        "-a",
+        "00:02.0",
+    ]);
     assert!(err.contains("not a PCI address"), "{err}");
-    assert_eq!(rpc.run(&["bdev_nvme_get_controllers"]), serde_json::json!([]));
+    assert_eq!(
+        rpc.run(&["bdev_nvme_get_controllers"]),
+        serde_json::json!([])
+    );
     let err = rpc.fails(&["bdev_nvme_get_controllers", "-n", "Nvme0"]);
     assert!(err.contains("No such device"), "{err}");
     let err = rpc.fails(&["bdev_nvme_detach_controller", "Nvme0"]);
