@@ -145,6 +145,8 @@ pub struct Controller {
     admin_commands: AtomicU64,
     async_events: AtomicU64,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    /// A software device (`sim`): no admin queue commands are sent.
+    simulated: bool,
     /// Last: the device (and with it the IOMMU domain) closes after the
     /// admin queue memory above is unmapped.
     pci: PciFunction,
@@ -431,6 +433,7 @@ impl Controller {
             admin_commands: AtomicU64::new(0),
             async_events: AtomicU64::new(0),
             watcher: Mutex::default(),
+            simulated: false,
             pci,
         });
         let weak = Arc::downgrade(&ctrl);
@@ -449,6 +452,44 @@ impl Controller {
             .map_err(os("cannot start the admin thread"))?;
         *ctrl.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
         Ok(ctrl)
+    }
+
+    /// A controller over the software device of `sim`: not brought up,
+    /// I/O queue creation and deletion are no-ops, nothing watches it.
+    pub(crate) fn simulated(
+        pci: PciFunction,
+        namespaces: Vec<Namespace>,
+        info: CtrlInfo,
+        io_queues: u16,
+    ) -> Result<Arc<Controller>, String> {
+        let cap = Cap::parse(u64::from(info.io_queue_depth - 1) | (1 << 37));
+        let iommu = pci.iommu.clone();
+        let mem = |n| DmaMem::new(&iommu, n, None).map_err(|e| e.to_string());
+        let admin = Admin {
+            sq: SubQueue::new(mem(PAGE)?, 2),
+            cq: CompQueue::new(mem(PAGE)?, 2),
+            cids: CidTable::new(1),
+            buf: mem(PAGE)?,
+            events: Vec::new(),
+        };
+        Ok(Arc::new(Controller {
+            name: "sim".into(),
+            cap,
+            admin: Mutex::new(admin),
+            info,
+            namespaces,
+            free_qids: Mutex::new((1..=io_queues).rev().collect()),
+            failed: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+            shut_down: AtomicBool::new(true),
+            open_namespaces: AtomicUsize::new(0),
+            stats: Mutex::default(),
+            admin_commands: AtomicU64::new(0),
+            async_events: AtomicU64::new(0),
+            watcher: Mutex::default(),
+            simulated: true,
+            pci,
+        }))
     }
 
     /// The controller's name (the bdev prefix).
@@ -500,6 +541,12 @@ impl Controller {
     pub fn fail(&self, why: &str) {
         if !self.failed.swap(true, Ordering::AcqRel) {
             tracing::error!(name = %self.name, bdf = %self.pci.bdf, why, "NVMe controller failed; its I/O now fails");
+            // Disabled, it stops its DMA before the queue pairs drop the
+            // memory of the commands they fail (unmapped first anyway).
+            let bar = self.bar();
+            if bar.read32(regs::CSTS) != regs::REMOVED {
+                bar.write32(regs::CC, bar.read32(regs::CC) & !regs::CC_EN);
+            }
         }
     }
 
@@ -553,6 +600,9 @@ impl Controller {
         cq: u64,
         sq: u64,
     ) -> Result<(), String> {
+        if self.simulated {
+            return Ok(());
+        }
         let mut c = Sqe::new(AdminOpcode::CreateIoCq as u8, 0);
         set_prp(&mut c, cq, 0);
         c.set_cdw10((u32::from(depth - 1) << 16) | u32::from(qid));
@@ -607,8 +657,6 @@ impl Controller {
         }
         if csts & regs::CSTS_CFS != 0 {
             self.fail("controller fatal status (CSTS.CFS)");
-            // Stop the controller's DMA before its queue memory is freed.
-            self.bar().write32(regs::CC, 0);
             return;
         }
         let Ok(mut admin) = self.admin.try_lock() else {
@@ -643,7 +691,7 @@ impl Controller {
     /// Normal shutdown (CC.SHN) then disable; the controller does no more
     /// DMA after this, so queue memory may be freed.
     pub fn shutdown(&self) {
-        if self.shut_down.swap(true, Ordering::AcqRel) {
+        if self.simulated || self.shut_down.swap(true, Ordering::AcqRel) {
             return;
         }
         self.detached.store(true, Ordering::Release);

@@ -18,6 +18,7 @@ pub mod prp;
 mod qpair;
 pub mod queue;
 mod regs;
+pub mod sim;
 mod vfio;
 
 use std::sync::Arc;

@@ -54,6 +54,26 @@ impl Bar {
         Ok(Bar { ptr, len })
     }
 
+    /// Plain memory standing in for a BAR (the software device of `sim`).
+    pub fn anonymous(len: usize) -> io::Result<Bar> {
+        // SAFETY: a fresh private anonymous mapping chosen by the kernel.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Bar { ptr, len })
+    }
+
     /// Size of the mapping in bytes.
     pub fn len(&self) -> usize {
         self.len

@@ -480,6 +480,21 @@ impl QueuePair {
         }
     }
 
+    /// The SQ ring memory (for `sim`, which plays the device).
+    pub(crate) fn sq_mem(&self) -> &DmaMem {
+        self.sq.mem()
+    }
+
+    /// The CQ ring memory (for `sim`).
+    pub(crate) fn cq_mem(&self) -> &DmaMem {
+        self.cq.mem()
+    }
+
+    /// The per-CID list pages (for `sim`).
+    pub(crate) fn list_mem(&self) -> &DmaMem {
+        &self.lists
+    }
+
     /// Requests in flight, waiting, or failed and not yet handed out.
     pub fn outstanding(&self) -> usize {
         self.reqs.len() - self.free_reqs.len() + self.early.len()

@@ -58,6 +58,11 @@ impl SubQueue {
         self.mem.iova()
     }
 
+    /// The ring memory.
+    pub fn mem(&self) -> &DmaMem {
+        &self.mem
+    }
+
     /// Number of entries.
     pub fn size(&self) -> u16 {
         self.size
@@ -144,6 +149,11 @@ impl CompQueue {
     /// The ring's bus address.
     pub fn iova(&self) -> u64 {
         self.mem.iova()
+    }
+
+    /// The ring memory.
+    pub fn mem(&self) -> &DmaMem {
+        &self.mem
     }
 
     /// The entry at the head, if the device has posted it (its phase tag

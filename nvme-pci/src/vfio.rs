@@ -52,8 +52,23 @@ pub struct PciFunction {
     pub iommu: Arc<dyn Iommu>,
     /// The device's NUMA node, if the platform reports one.
     pub numa_node: Option<u32>,
-    /// Kept open for the life of the controller (and dropped after `bar`).
-    _device: VfioDevice,
+    /// Kept open for the life of the controller (and dropped after `bar`);
+    /// none for the software device of `sim`.
+    _device: Option<VfioDevice>,
+}
+
+impl PciFunction {
+    /// A function with no hardware behind it: BAR0 is plain memory and DMA
+    /// needs no IOMMU. For `sim`, which plays the device.
+    pub(crate) fn simulated(bar_len: usize) -> io::Result<PciFunction> {
+        Ok(PciFunction {
+            bdf: "0000:00:00.0".into(),
+            bar: Bar::anonymous(bar_len)?,
+            iommu: Arc::new(crate::dma::NoIommu),
+            numa_node: None,
+            _device: None,
+        })
+    }
 }
 
 /// Checks a PCI address's shape: DDDD:BB:DD.F in hex.
@@ -152,7 +167,7 @@ pub fn open(bdf: &str) -> Result<PciFunction, AttachError> {
         bdf,
         bar,
         iommu: Arc::new(VfioIommu(container)),
-        _device: device,
+        _device: Some(device),
     })
 }
 
