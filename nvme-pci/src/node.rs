@@ -123,6 +123,22 @@ impl BlockNode for NvmeNamespace {
         if find(&l, &self.ctrl).is_some() {
             return NvmeChannel { ok: true };
         }
+        let dev_node = self.ctrl.info().numa_node;
+        let reactor_node = pollux_poller::cpu::numa_node_of(r.core());
+        if let (Some(d), Some(c)) = (dev_node, reactor_node) {
+            if d != c {
+                // Every command then crosses the interconnect twice.
+                tracing::warn!(
+                    name = self.ctrl.name(),
+                    reactor = r.index(),
+                    core = r.core(),
+                    device_node = d,
+                    reactor_node = c,
+                    "NVMe queue pair on a reactor outside the device's NUMA node; \
+                     pin a reactor of that node to use it"
+                );
+            }
+        }
         match QueuePair::create(&self.ctrl, r.index()) {
             Ok(q) => {
                 l.qps.borrow_mut().push(Rc::new(RefCell::new(q)));

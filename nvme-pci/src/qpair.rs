@@ -258,7 +258,9 @@ impl QueuePair {
 
     /// Issues waiting commands while CIDs are free.
     fn pump(&mut self) {
-        while !self.cmds.is_full() {
+        // The SQ can be full with CIDs free when the device reports a head
+        // that lags its completions: commands then wait for it to advance.
+        while !self.cmds.is_full() && !self.sq.is_full() {
             let Some(chunk) = self.pending.pop_front() else {
                 break;
             };
@@ -343,9 +345,15 @@ impl QueuePair {
         if let Some(seg) = dptr {
             self.set_data(&mut sqe, &[seg], list_off, list_iova);
         }
-        // Cannot fail: at most `depth - 1` CIDs exist, the SQ's capacity.
-        let pushed = self.sq.push(&sqe);
-        debug_assert!(pushed);
+        // `pump` checked the SQ has room; should it not, the command waits.
+        if !self.sq.push(&sqe) {
+            if let Ok(cmd) = self.cmds.take(cid) {
+                if let Some(b) = cmd.bounce {
+                    self.pool.put(b);
+                }
+            }
+            self.pending.push_front(chunk);
+        }
         Ok(())
     }
 
