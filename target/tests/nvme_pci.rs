@@ -163,6 +163,7 @@ for job in 4k:8 64k:12 128k:16; do
 done
 wget -qO- http://127.0.0.1:9469/metrics | grep '^pollux_nvme_' | sed 's/^/METRIC /'
 echo GET_CTRL $(rpc bdev_nvme_get_controllers | tr -d ' \n')
+echo SAVED $(rpc save_config | tr -d ' \n' | grep -o '"method":"bdev_nvme_attach_controller","params":{{[^}}]*}}')
 set +e
 rpc bdev_nvme_detach_controller '{{"name":"nvme0"}}' > /tmp/det.out 2>&1
 echo BUSY_STATUS $?
@@ -277,6 +278,15 @@ fn guest_ssd_over_vfio_exported_to_the_kernel_initiator() {
     assert_eq!(
         metric("pollux_nvme_queue_slots_in_use"),
         0.0,
+        "{}",
+        report()
+    );
+    let saved = m("SAVED");
+    assert!(
+        saved.contains(r#""name":"nvme0""#)
+            && saved.contains(&format!(r#""traddr":"{bdf}""#))
+            && saved.contains(r#""trtype":"PCIe""#)
+            && saved.contains(r#""io_queue_size":64"#),
         "{}",
         report()
     );

@@ -34,10 +34,14 @@ pub(super) fn register(d: &mut Dispatcher) {
         name: "bdev",
         depends_on: &[],
         writer: |d| {
-            let mut out: Vec<Value> = creation_order(d)
-                .into_iter()
-                .map(|(method, params)| json!({"method": method, "params": params}))
-                .collect();
+            // NVMe controllers first: their namespaces may be the base of
+            // bdevs below.
+            let mut out = super::bdev_nvme::config_entries();
+            out.extend(
+                creation_order(d)
+                    .into_iter()
+                    .map(|(method, params)| json!({"method": method, "params": params})),
+            );
             out.extend(histogram_config(d));
             out
         },

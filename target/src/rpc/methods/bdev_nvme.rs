@@ -201,3 +201,19 @@ fn get_controllers(_d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError>
         .collect();
     Ok(Value::Array(out))
 }
+
+/// save_config's entries for the attached controllers, as SPDK writes
+/// them in the bdev subsystem (`io_queue_size` only when not the default).
+pub(super) fn config_entries() -> Vec<Value> {
+    nvme_bdev::list()
+        .into_iter()
+        .map(|(name, ctrl, _)| {
+            let mut params = json!({"name": name, "trtype": PCIE, "traddr": ctrl.bdf()});
+            let depth = ctrl.info().io_queue_depth;
+            if depth != pollux_nvme_pci::DEFAULT_IO_QUEUE_DEPTH {
+                params["io_queue_size"] = json!(depth);
+            }
+            json!({"method": "bdev_nvme_attach_controller", "params": params})
+        })
+        .collect()
+}
