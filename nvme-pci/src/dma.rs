@@ -26,6 +26,21 @@ pub trait Iommu: Send + Sync {
     fn unmap(&self, va: u64, len: usize) -> io::Result<()>;
 }
 
+/// The VFIO container as the DMA code sees it.
+pub struct VfioIommu(pub Arc<vfio_ioctls::VfioContainer>);
+
+impl Iommu for VfioIommu {
+    unsafe fn map(&self, va: u64, len: usize) -> io::Result<()> {
+        // SAFETY: forwarded from our caller's contract: the range stays
+        // mapped until `unmap` and is accessed only through raw pointers.
+        unsafe { self.0.vfio_dma_map(va, len, va as *mut u8) }.map_err(io::Error::other)
+    }
+
+    fn unmap(&self, va: u64, len: usize) -> io::Result<()> {
+        self.0.vfio_dma_unmap(va, len).map_err(io::Error::other)
+    }
+}
+
 /// No IOMMU at all: for tests that play the device themselves.
 pub struct NoIommu;
 

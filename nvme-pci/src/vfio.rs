@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioError, VfioOps};
 
-use crate::dma::Iommu;
+use crate::dma::{Iommu, VfioIommu};
 use crate::error::AttachError;
 use crate::mmio::Bar;
 
@@ -26,21 +26,6 @@ const PCI_COMMAND: u64 = 0x04;
 /// Memory space enable, bus master enable, INTx disable: the controller
 /// decodes BAR0 and may DMA; the driver polls, so no legacy interrupt.
 const PCI_COMMAND_BITS: u16 = (1 << 1) | (1 << 2) | (1 << 10);
-
-/// The VFIO container as the DMA code sees it.
-pub struct VfioIommu(pub Arc<VfioContainer>);
-
-impl Iommu for VfioIommu {
-    unsafe fn map(&self, va: u64, len: usize) -> io::Result<()> {
-        // SAFETY: forwarded from our caller's contract: the range stays
-        // mapped until `unmap` and is accessed only through raw pointers.
-        unsafe { self.0.vfio_dma_map(va, len, va as *mut u8) }.map_err(io::Error::other)
-    }
-
-    fn unmap(&self, va: u64, len: usize) -> io::Result<()> {
-        self.0.vfio_dma_unmap(va, len).map_err(io::Error::other)
-    }
-}
 
 /// An opened controller function.
 pub struct PciFunction {
