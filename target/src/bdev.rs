@@ -35,6 +35,10 @@ pub enum BdevError {
         /// Why.
         source: FileError,
     },
+    /// An NVMe controller could not be attached (the message names the
+    /// device and says what to do).
+    #[error(transparent)]
+    Nvme(#[from] crate::nvme_bdev::NvmeBdevError),
     /// A passthru's base bdev does not exist.
     #[error("bdev {name:?}: no bdev named {child:?}")]
     NoSuchBase {
@@ -135,6 +139,12 @@ pub fn build(graph: &Arc<Graph>, b: &BdevConfig) -> Result<(), BdevError> {
         BdevKind::Error { child } => {
             let geo = base_geometry(graph, name, child)?;
             graph.add_node(name, ErrorNode::new(geo), &[child])?;
+        }
+        BdevKind::Nvme {
+            pci,
+            io_queue_depth,
+        } => {
+            crate::nvme_bdev::attach(graph, name, pci, *io_queue_depth)?;
         }
     }
     tracing::info!(bdev = name, kind = ?b.kind, "bdev created");

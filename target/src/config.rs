@@ -25,6 +25,7 @@ use pollux_poller::cpu::{self, CpuError, CpuSet};
 use serde::Deserialize;
 
 mod metrics;
+mod nvme;
 mod nvmf;
 mod qos;
 mod rpc;
@@ -42,7 +43,7 @@ pub(crate) const DEFAULT_IDLE_AFTER_US: u64 = 200;
 const DEFAULT_BLOCK_SIZE: u32 = 512;
 const BLOCK_SIZES: [u32; 2] = [512, 4096];
 const SIZE_HINT: &str = r#"use e.g. 4096, "512MiB", "4GiB""#;
-const KINDS: &str = "null, ram, file, passthru, delay, error";
+const KINDS: &str = "null, ram, file, passthru, delay, error, nvme";
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +136,14 @@ pub enum BdevKind {
     Passthru {
         /// Name of the bdev below; exists and forms no cycle.
         child: String,
+    },
+    /// An NVMe SSD driven from userspace over VFIO; the bdev name is the
+    /// controller's, its namespaces become bdevs `{name}n{nsid}`.
+    Nvme {
+        /// The controller's PCI address (DDDD:BB:DD.F), bound to vfio-pci.
+        pci: String,
+        /// Entries per I/O queue.
+        io_queue_depth: u16,
     },
     /// Adds latency to reads and writes, as `bdev_delay_create`.
     Delay {
@@ -369,6 +378,8 @@ struct RawBdev {
     p99_read_latency: Option<u64>,
     avg_write_latency: Option<u64>,
     p99_write_latency: Option<u64>,
+    pci: Option<String>,
+    io_queue_depth: Option<u32>,
 }
 
 impl RawReactors {
@@ -442,6 +453,8 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
         "file" => &["path", "direct", "block_size"],
         "passthru" | "error" => &["child"],
         "delay" => &stacked::DELAY_KEYS,
+        "passthru" => &["child"],
+        "nvme" => &["pci", "io_queue_depth"],
         _ => &[],
     }
 }
@@ -483,7 +496,7 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
                 format!("missing (use one of {KINDS})"),
             ))
         }
-        Some(k @ ("null" | "ram" | "file" | "passthru" | "delay" | "error")) => k,
+        Some(k @ ("null" | "ram" | "file" | "passthru" | "delay" | "error" | "nvme")) => k,
         Some(other) => {
             return Err(ConfigError::invalid(
                 field("kind"),
@@ -502,6 +515,8 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
         ("p99_read_latency", raw.p99_read_latency.is_some()),
         ("avg_write_latency", raw.avg_write_latency.is_some()),
         ("p99_write_latency", raw.p99_write_latency.is_some()),
+        ("pci", raw.pci.is_some()),
+        ("io_queue_depth", raw.io_queue_depth.is_some()),
     ];
     let allowed = allowed_keys(kind);
     if let Some((bad, _)) = present
@@ -545,6 +560,7 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
                 block_size,
             }
         }
+        "nvme" => nvme::validate(&field, raw.pci, raw.io_queue_depth)?,
         _ => match raw.child {
             Some(child) if !child.trim().is_empty() && kind != "passthru" => {
                 let us = [
@@ -650,7 +666,7 @@ fn check_children(
             continue;
         };
         let key = format!("{}.child", bdev_key(i, Some(&bdev.name)));
-        if !index_of.contains_key(&child) {
+        if !index_of.contains_key(&child) && !nvme::is_namespace_of(bdevs, &child) {
             return Err(ConfigError::invalid(
                 key,
                 format!("no bdev named {child:?}"),
@@ -1165,8 +1181,8 @@ child = "disk0"
         );
         assert!(err("[[bdev]]\nname = \"a\"\n").starts_with(r#"bdev[0] ("a").kind: missing"#));
         assert_eq!(
-            err("[[bdev]]\nname = \"a\"\nkind = \"nvme\"\n"),
-            r#"bdev[0] ("a").kind: "nvme" is not a bdev kind (use one of null, ram, file, passthru, delay, error)"#
+            err("[[bdev]]\nname = \"a\"\nkind = \"iscsi\"\n"),
+            r#"bdev[0] ("a").kind: "iscsi" is not a bdev kind (use one of null, ram, file, passthru, delay, error, nvme)"#
         );
     }
 

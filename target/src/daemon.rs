@@ -122,6 +122,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
                     .collect()
             })?
     };
+    let nvme_metrics = crate::nvme_bdev::register_metrics(&exporter.metrics)?;
     let rpc_ctx = Arc::new(
         crate::rpc::RpcContext::new(target.graph.clone(), target.runtime.handle().clone())
             .with_vhost(vhost.clone())
@@ -157,9 +158,12 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     drop(nvmf_gauge);
     drop(nvmf_requests_gauge);
     drop(vhost_gauge);
+    drop(nvme_metrics);
     vhost.stop();
     exporter.shutdown();
     target.shutdown();
+    // The graph closed (shut down) every controller; now free them.
+    crate::nvme_bdev::clear();
     tracing::info!("stopped");
     Ok(())
 }

@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod exporter;
 pub mod logging;
 pub mod keyring;
+pub mod nvme_bdev;
 pub mod nvmf;
 pub mod perf;
 pub mod perf_nvmf;

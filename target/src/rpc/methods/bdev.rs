@@ -34,10 +34,14 @@ pub(super) fn register(d: &mut Dispatcher) {
         name: "bdev",
         depends_on: &[],
         writer: |d| {
-            let mut out: Vec<Value> = creation_order(d)
-                .into_iter()
-                .map(|(method, params)| json!({"method": method, "params": params}))
-                .collect();
+            // NVMe controllers first: their namespaces may be the base of
+            // bdevs below.
+            let mut out = super::bdev_nvme::config_entries();
+            out.extend(
+                creation_order(d)
+                    .into_iter()
+                    .map(|(method, params)| json!({"method": method, "params": params})),
+            );
             out.extend(histogram_config(d));
             out.extend(super::qos::config(d));
             out
@@ -78,6 +82,9 @@ pub fn record_config_bdevs(ctx: &RpcContext, bdevs: &[BdevConfig]) {
                     "avg_write_latency": aw, "p99_write_latency": pw}),
             ),
             BdevKind::Error { child } => ("bdev_error_create", json!({"base_name": child})),
+            // Controllers are replayed by the bdev_nvme methods' own
+            // records (`bdev_nvme::record`), not as one bdev.
+            BdevKind::Nvme { .. } => continue,
         };
         record(ctx, &b.name, method, params, None);
     }

@@ -2,6 +2,7 @@
 
 pub mod bdev;
 mod filters;
+mod bdev_nvme;
 mod framework;
 mod graph;
 mod keyring;
@@ -23,6 +24,7 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     bdev::register(d);
     filters::register(d);
     qos::register(d);
+    bdev_nvme::register(d);
     // Before graph: filters are replayed last, above the bdevs the
     // controllers attached to.
     vhost::register(d);
