@@ -38,6 +38,8 @@ name = "null0"
 kind = "null"
 size = "4GiB"
 block_size = 4096
+# As SPDK's null bdev: reads do not touch the buffer.
+read_zeroes = false
 [[vhost.blk]]
 socket = "$sock"
 bdev = "null0"
