@@ -38,6 +38,7 @@ mod request;
 mod status;
 mod subsystem;
 mod transport;
+mod txq;
 
 #[cfg(test)]
 mod tests;
