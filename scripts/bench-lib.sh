@@ -23,6 +23,8 @@ SECS=${SECS:-5}
 # Client seconds not measured by the server's CPU figure are the client's
 # own start-up; the ratio of server CPU to wall time absorbs them.
 CLK_TCK=$(getconf CLK_TCK)
+# A client that cannot connect or hangs must not stall an unattended run.
+CLIENT_TIMEOUT=$((SECS + 60))
 
 bench_dir=$(mktemp -d /tmp/pollux-bench.XXXXXX)
 bench_pids=()

@@ -28,7 +28,7 @@ JSON
 for run in $(seq "$RUNS"); do
     for bdev in $bdevs; do
         out=$(bench_run_rusage "$bench_dir/pollux.log" \
-            env POLLUX_LOG=warn taskset -c 0 "$POLLUX_BIN" perf local --config "$cfg" \
+            timeout "$CLIENT_TIMEOUT" env POLLUX_LOG=warn taskset -c 0 "$POLLUX_BIN" perf local --config "$cfg" \
             --bdev "$bdev" --rw randread --bs 4096 --qd "$qd" --time "$SECS" --json)
         read -r ticks wall <<<"$out"
         iops=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["iops"])' \
@@ -37,7 +37,7 @@ for run in $(seq "$RUNS"); do
     done
     if [ -n "$have_spdk" ]; then
         out=$(bench_run_rusage "$bench_dir/bdevperf.log" \
-            taskset -c 0 "$SPDK_EXAMPLES/bdevperf" -m 0x1 --disable-cpumask-locks \
+            timeout "$CLIENT_TIMEOUT" taskset -c 0 "$SPDK_EXAMPLES/bdevperf" -m 0x1 --disable-cpumask-locks \
             --no-rpc-server --json "$bench_dir/bdevperf.json" \
             -q "$qd" -o 4096 -w randread -t "$SECS")
         read -r ticks wall <<<"$out"

@@ -79,13 +79,13 @@ run_client() {
     if [ -n "$have_spdk" ]; then
         # -c 0x2: DPDK's default core mask would pin perf to core 0,
         # whatever taskset says.
-        taskset -c 1 "$SPDK_BIN/spdk_nvme_perf" -c 0x2 \
+        timeout "$CLIENT_TIMEOUT" taskset -c 1 "$SPDK_BIN/spdk_nvme_perf" -c 0x2 \
             -r "trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:$port subnqn:$nqn" \
             -q "$qd" -o 4096 -w randread -t "$SECS" >"$log" 2>&1 \
             || { cat "$log" >&2; exit 1; }
         iops=$(spdk_total_iops "$log")
     else
-        taskset -c 1 "$POLLUX_BIN" perf nvmf --addr "127.0.0.1:$port" --nqn "$nqn" \
+        timeout "$CLIENT_TIMEOUT" taskset -c 1 "$POLLUX_BIN" perf nvmf --addr "127.0.0.1:$port" --nqn "$nqn" \
             --rw randread --bs 4096 --qd "$qd" --time "$SECS" --json >"$log" \
             || { cat "$log" >&2; exit 1; }
         iops=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["iops"])' "$log")

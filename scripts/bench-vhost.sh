@@ -78,13 +78,13 @@ run_client() {
 JSON
         # -g: one huge page file, so that the guest memory the client
         # shares fits vhost-user's few memory regions.
-        taskset -c 1 "$SPDK_EXAMPLES/bdevperf" -m 0x2 -g --disable-cpumask-locks \
+        timeout "$CLIENT_TIMEOUT" taskset -c 1 "$SPDK_EXAMPLES/bdevperf" -m 0x2 -g --disable-cpumask-locks \
             --no-rpc-server --json "$bench_dir/bdevperf.json" \
             -q "$qd" -o 4096 -w randread -t "$SECS" >"$log" 2>&1 \
             || { cat "$log" >&2; exit 1; }
         iops=$(spdk_total_iops "$log")
     else
-        taskset -c 1 build/release/examples/blkio_perf --socket "$sock" --queues "$queues" \
+        timeout "$CLIENT_TIMEOUT" taskset -c 1 build/release/examples/blkio_perf --socket "$sock" --queues "$queues" \
             --qd "$qd" --time "$SECS" --json >"$log" || { cat "$log" >&2; exit 1; }
         iops=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["iops"])' "$log")
     fi
