@@ -53,9 +53,24 @@ fn null_node_reads_zeroes_and_drops_writes() {
     io(&g, root, IoOp::Write, 0, 4096, Some(vec![1; 4096]))
         .0
         .unwrap();
-    let (res, back) = io(&g, root, IoOp::Read, 0, 4096, None);
+    // A buffer that is not zero: the read must zero it.
+    let (res, back) = io(&g, root, IoOp::Read, 0, 4096, Some(vec![2; 4096]));
     res.unwrap();
     assert!(back.iter().all(|b| *b == 0));
+}
+
+/// `read_zeroes = false` (SPDK's null bdev): the read succeeds and leaves
+/// the caller's buffer as it was.
+#[test]
+fn null_node_without_read_zeroes_leaves_the_buffer() {
+    let rt = runtime(1);
+    let g = Graph::new(rt.handle());
+    let node = NullNode::new(MIB, 4096).with_read_zeroes(false);
+    g.add_node("null0", node, &[]).unwrap();
+    let root = g.add_root("r", "null0").unwrap();
+    let (res, back) = io(&g, root, IoOp::Read, 0, 4096, Some(vec![5; 4096]));
+    res.unwrap();
+    assert!(back.iter().all(|b| *b == 5));
 }
 
 #[test]

@@ -96,8 +96,13 @@ fn base_geometry(
 pub fn build(graph: &Arc<Graph>, b: &BdevConfig) -> Result<(), BdevError> {
     let name = b.name.as_str();
     match &b.kind {
-        BdevKind::Null { size, block_size } => {
-            graph.add_node(name, NullNode::new(*size, *block_size), &[])?;
+        BdevKind::Null {
+            size,
+            block_size,
+            read_zeroes,
+        } => {
+            let node = NullNode::new(*size, *block_size).with_read_zeroes(*read_zeroes);
+            graph.add_node(name, node, &[])?;
         }
         BdevKind::Ram { size, block_size } => {
             let node = RamNode::new(*size, *block_size).map_err(|source| BdevError::Alloc {

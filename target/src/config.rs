@@ -115,6 +115,10 @@ pub enum BdevKind {
         size: u64,
         /// 512 or 4096.
         block_size: u32,
+        /// `read_zeroes` (default true): reads fill the buffer with zeroes.
+        /// False leaves it as it was, as SPDK's null bdev and qemu's
+        /// null-co with read-zeroes=off do: no memory is touched per read.
+        read_zeroes: bool,
     },
     /// Memory-backed disk.
     Ram {
@@ -380,6 +384,7 @@ struct RawBdev {
     p99_write_latency: Option<u64>,
     pci: Option<String>,
     io_queue_depth: Option<u32>,
+    read_zeroes: Option<bool>,
 }
 
 impl RawReactors {
@@ -449,7 +454,8 @@ fn parse_cores(value: &toml::Value) -> Result<Vec<usize>, ConfigError> {
 /// misplaced keys with a message naming the kind.
 fn allowed_keys(kind: &str) -> &'static [&'static str] {
     match kind {
-        "null" | "ram" => &["size", "block_size"],
+        "null" => &["size", "block_size", "read_zeroes"],
+        "ram" => &["size", "block_size"],
         "file" => &["path", "direct", "block_size"],
         "passthru" | "error" => &["child"],
         "delay" => &stacked::DELAY_KEYS,
@@ -517,6 +523,7 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
         ("p99_write_latency", raw.p99_write_latency.is_some()),
         ("pci", raw.pci.is_some()),
         ("io_queue_depth", raw.io_queue_depth.is_some()),
+        ("read_zeroes", raw.read_zeroes.is_some()),
     ];
     let allowed = allowed_keys(kind);
     if let Some((bad, _)) = present
@@ -547,7 +554,11 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
         "null" | "ram" => {
             let size = validate_size(&field("size"), raw.size.as_ref(), block_size)?;
             if kind == "null" {
-                BdevKind::Null { size, block_size }
+                BdevKind::Null {
+                    size,
+                    block_size,
+                    read_zeroes: raw.read_zeroes.unwrap_or(true),
+                }
             } else {
                 BdevKind::Ram { size, block_size }
             }
@@ -928,7 +939,8 @@ child = "disk0"
                         name: "null0".into(),
                         kind: BdevKind::Null {
                             size: 4 << 30,
-                            block_size: 4096
+                            block_size: 4096,
+                            read_zeroes: true,
                         },
                     },
                     BdevConfig {
@@ -1030,11 +1042,30 @@ child = "disk0"
     }
 
     #[test]
+    fn null_read_zeroes_defaults_on() {
+        let kind = |extra: &str| {
+            let text = format!("[[bdev]]\nname = \"n\"\nkind = \"null\"\nsize = 4096\n{extra}");
+            parse(&text).unwrap().bdevs[0].kind.clone()
+        };
+        let zeroes = |k: BdevKind| match k {
+            BdevKind::Null { read_zeroes, .. } => read_zeroes,
+            other => panic!("{other:?}"),
+        };
+        assert!(zeroes(kind("")));
+        assert!(!zeroes(kind("read_zeroes = false\n")));
+    }
+
+    #[test]
     fn key_for_wrong_kind_is_rejected() {
         let msg = err("[[bdev]]\nname = \"null0\"\nkind = \"null\"\nsize = 4096\npath = \"/x\"\n");
         assert_eq!(
             msg,
-            r#"bdev[0] ("null0").path: not valid for kind null (kind null takes: size, block_size)"#
+            r#"bdev[0] ("null0").path: not valid for kind null (kind null takes: size, block_size, read_zeroes)"#
+        );
+        let msg = err("[[bdev]]\nname = \"r\"\nkind = \"ram\"\nsize = 4096\nread_zeroes = false\n");
+        assert!(
+            msg.starts_with(r#"bdev[0] ("r").read_zeroes: not valid for kind ram"#),
+            "{msg}"
         );
         let msg =
             err("[[bdev]]\nname = \"p\"\nkind = \"passthru\"\nchild = \"x\"\nblock_size = 512\n");

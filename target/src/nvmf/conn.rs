@@ -9,7 +9,7 @@
 //! the socket takes; while that queue is above a high-water mark the
 //! connection stops parsing new commands (back-pressure, not growth).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
@@ -43,7 +43,7 @@ const RX_BUF: usize = 64 * 1024;
 /// Stop parsing new PDUs while this much response data waits for the
 /// socket: the host is not reading, so taking more commands would only
 /// grow the queue.
-const TX_HIGH_WATER: usize = 1024 * 1024;
+pub(super) const TX_HIGH_WATER: usize = 1024 * 1024;
 /// Reads per poll, so one busy connection cannot starve the others on the
 /// reactor (level-triggered epoll brings us back).
 const READS_PER_POLL: usize = 8;
@@ -262,8 +262,7 @@ pub struct Conn {
     rx_start: usize,
     rx_end: usize,
     rx_state: RxState,
-    tx: Vec<u8>,
-    tx_off: usize,
+    tx: super::txq::TxQueue,
     pub(super) reqs: Vec<Request>,
     /// Requests per state (the `pollux_nvmf_requests` gauge's share of
     /// this queue pair); `Request::set_state` keeps it.
@@ -335,8 +334,7 @@ impl Conn {
                 rx_start: 0,
                 rx_end: 0,
                 rx_state: RxState::Header,
-                tx: Vec::new(),
-                tx_off: 0,
+                tx: super::txq::TxQueue::default(),
                 reqs: (0..PRE_CONNECT_SLOTS).map(|_| Request::free()).collect(),
                 states,
                 free: (0..PRE_CONNECT_SLOTS as u16).rev().collect(),
@@ -371,7 +369,7 @@ impl Conn {
             || !self.buf_wait.is_empty()
             // Responses queued by completions since the last pass: one
             // write per pass for all of them.
-            || (self.tx_off < self.tx.len() && !self.interest.contains(EV_OUT))
+            || (!self.tx.is_empty() && !self.interest.contains(EV_OUT))
     }
 
     /// Puts the connection on its poll group's pending list if it has
@@ -398,7 +396,7 @@ impl Conn {
         } else {
             EV_IN
         };
-        let write = if self.tx_off < self.tx.len() {
+        let write = if !self.tx.is_empty() {
             EV_OUT
         } else {
             Events::EMPTY
@@ -421,7 +419,7 @@ impl Conn {
     }
 
     fn backpressured(&self) -> bool {
-        self.tx.len() - self.tx_off > TX_HIGH_WATER
+        self.tx.pending() > TX_HIGH_WATER
     }
 
     /// Requests being executed (I/O in flight or AER held).
@@ -882,38 +880,52 @@ impl Conn {
         } else {
             frame.header_len()
         };
-        self.tx.extend_from_slice(&hdr[..hl]);
+        self.tx.push_bytes(&hdr[..hl]);
         if frame.data_len > 0 {
-            self.tx.extend_from_slice(data);
+            self.tx.push_bytes(data);
             if frame.ddgst {
-                self.tx.extend_from_slice(&data_digest(&[data]));
+                self.tx.push_bytes(&data_digest(&[data]));
             }
+        }
+    }
+
+    /// Queues one PDU whose data is the first `len` bytes of `buf`, sent
+    /// from `buf` itself (no copy); `buf` goes back to the buffer cache
+    /// once the socket took it.
+    fn send_pdu_buf(&mut self, pdu: &Pdu, buf: AlignedBuf, len: usize) {
+        let len = len.min(buf.len());
+        let mut hdr = [0u8; 256];
+        let frame = match pdu.encode(&self.tx_params, len as u32, &mut hdr) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "nvmf: cannot encode {:?}", pdu.pdu_type());
+                self.close = Some(CloseReason::Fatal(format!("encode: {e}")));
+                self.bufs.give(buf);
+                return;
+            }
+        };
+        if frame.data_len == 0 {
+            self.tx.push_bytes(&hdr[..frame.header_len()]);
+            self.bufs.give(buf);
+            return;
+        }
+        self.tx.push_bytes(&hdr[..frame.data_offset as usize]);
+        let digest = frame.ddgst.then(|| data_digest(&[&buf.as_slice()[..len]]));
+        self.tx.push_buf(buf, len);
+        if let Some(d) = digest {
+            self.tx.push_bytes(&d);
         }
     }
 
     /// Writes queued bytes. `Ok(true)` if anything was written.
     pub(super) fn flush(&mut self) -> Result<bool, CloseReason> {
-        let mut work = false;
-        while self.tx_off < self.tx.len() {
-            match self.sock.write(&self.tx[self.tx_off..]) {
-                Ok(0) => return Err(CloseReason::PeerClosed),
-                Ok(n) => {
-                    self.tx_off += n;
-                    work = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(CloseReason::Io(e)),
-            }
-        }
-        if self.tx_off == self.tx.len() {
-            self.tx.clear();
-            self.tx_off = 0;
-        } else if self.tx_off > TX_HIGH_WATER {
-            self.tx.drain(..self.tx_off);
-            self.tx_off = 0;
-        }
-        Ok(work)
+        let bufs = &mut self.bufs;
+        self.tx
+            .flush(&mut self.sock, |b| bufs.give(b))
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::WriteZero => CloseReason::PeerClosed,
+                _ => CloseReason::Io(e),
+            })
     }
 
     /// Sends a C2HTermReq and marks the connection for closing.
@@ -1196,9 +1208,6 @@ impl Conn {
             let len = req.c2h_len;
             let cid = req.cid();
             req.set_state(&self.states, ReqState::TransferringControllerToHost);
-            let data = buf
-                .as_ref()
-                .map_or(&[][..], |b| &b.as_slice()[..len as usize]);
             let pdu = Pdu::C2HData {
                 hdr: pollux_nvme::tcp::DataHdr {
                     cccid: cid,
@@ -1211,12 +1220,12 @@ impl Conn {
             };
             self.stats.c2h += 1;
             self.stats.c2h_success += u64::from(success);
-            self.send_pdu(&pdu, data);
+            match buf {
+                Some(b) => self.send_pdu_buf(&pdu, b, len as usize),
+                None => self.send_pdu(&pdu, &[]),
+            }
             if !success {
                 self.send_pdu(&Pdu::CapsuleResp(cqe), &[]);
-            }
-            if let Some(b) = buf {
-                self.bufs.give(b);
             }
         } else {
             req.set_state(&self.states, ReqState::Completed);

@@ -42,6 +42,7 @@ mod status;
 mod subsystem;
 mod transport;
 mod visibility;
+mod txq;
 
 #[cfg(test)]
 mod tests;

@@ -399,7 +399,7 @@ impl VirtQueue {
         }
         let segments = st.spare_segments.pop().unwrap_or_default();
         let parsed = request::parse(
-            &Guest(&st.mem),
+            &Guest::new(&st.mem),
             st.ring,
             head,
             &st.limits,

@@ -54,7 +54,9 @@ pub(super) fn register(d: &mut Dispatcher) {
 pub fn record_config_bdevs(ctx: &RpcContext, bdevs: &[BdevConfig]) {
     for b in bdevs {
         let (method, params) = match &b.kind {
-            BdevKind::Null { size, block_size } => (
+            BdevKind::Null {
+                size, block_size, ..
+            } => (
                 "bdev_null_create",
                 json!({"name": b.name, "num_blocks": size / u64::from(*block_size), "block_size": block_size}),
             ),
@@ -411,7 +413,11 @@ fn bdev_null_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError>
         p.num_blocks,
         bs,
         p.uuid,
-        |size, block_size| BdevKind::Null { size, block_size },
+        |size, block_size| BdevKind::Null {
+            size,
+            block_size,
+            read_zeroes: true,
+        },
     )
 }
 
