@@ -338,7 +338,7 @@ mod tests {
         let b = Budget::new(ios(100_000));
         let mut l = LocalBuckets::default();
         let cost = Cost::rw(false, 512);
-        let mut drain = |l: &mut LocalBuckets, s: u64| {
+        let drain = |l: &mut LocalBuckets, s: u64| {
             let mut n = 0;
             while l.admit(&b, &cost, &mut || s) {
                 n += 1;

@@ -459,7 +459,6 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
         "file" => &["path", "direct", "block_size"],
         "passthru" | "error" => &["child"],
         "delay" => &stacked::DELAY_KEYS,
-        "passthru" => &["child"],
         "nvme" => &["pci", "io_queue_depth"],
         _ => &[],
     }
