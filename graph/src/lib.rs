@@ -8,7 +8,9 @@
 //! `graph` (the published graph and the control-plane operations), `pin`
 //! (the per-node in-flight pins an I/O holds and the drain that waits for
 //! them), `completion` (completions deferred to the next loop iteration),
-//! `cell` (type erasure), `nodes` (the kinds), `uring` (the per-reactor
+//! `cell` (type erasure and the per-reactor channels), `filter` (the API
+//! of filters that own their I/O: hold, forward, fan out, issue their
+//! own), `nodes` (the kinds), `uring` (the per-reactor
 //! io_uring the file node uses), `latency` (the latency histograms and their
 //! clock).
 //!
@@ -38,6 +40,7 @@ with_reactors! {
     pub mod buf;
     mod cell;
     mod completion;
+    pub mod filter;
     mod graph;
     pub mod io;
     pub mod node;
@@ -46,6 +49,7 @@ with_reactors! {
     pub mod uring;
 
     pub use buf::{AlignedBuf, IoBuf, RawSegment};
+    pub use filter::{NodeLink, Parent};
     pub use graph::{Graph, GraphError, GraphInfo, GraphStats, NodeInfo, NodeStats, RootInfo};
     pub use io::{Io, IoError, IoOp, IoResult, IoSink};
     pub use node::{BlockNode, Geometry};
