@@ -19,6 +19,7 @@ pub(crate) trait DynNode: Send + Sync {
     fn geometry(&self) -> Geometry;
     fn same_geometry_as_children(&self) -> bool;
     fn check_children(&self, children: &[Geometry]) -> Result<(), String>;
+    fn control(&self) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>;
     fn route(&self, io: &mut Io) -> Option<usize>;
     fn execute(&self, r: &Reactor, io: Io);
     fn close(&self);
@@ -72,6 +73,9 @@ impl<N: BlockNode> DynNode for NodeCell<N> {
     }
     fn check_children(&self, children: &[Geometry]) -> Result<(), String> {
         self.node.check_children(children)
+    }
+    fn control(&self) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
+        self.node.control()
     }
     #[inline]
     fn route(&self, io: &mut Io) -> Option<usize> {
