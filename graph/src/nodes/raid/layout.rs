@@ -128,9 +128,7 @@ impl Layout {
             });
         }
         let strip = u64::from(strip_kb) * 1024;
-        if level.has_strip() != (strip_kb != 0) || (strip_kb != 0 && !strip_kb.is_power_of_two()) {
-            return Err(LayoutError::StripSize(strip_kb, level.name()));
-        }
+        Layout::check_strip(level, strip_kb)?;
         if level.has_strip() && strip < u64::from(block_size) {
             return Err(LayoutError::StripBelowBlock {
                 strip_kb,
@@ -174,6 +172,15 @@ impl Layout {
             starts,
             size,
         })
+    }
+
+    /// raid0 and concat need a power-of-two strip, raid1 none (SPDK's
+    /// first check in `raid_bdev_create`, before it looks at members).
+    pub fn check_strip(level: Level, strip_kb: u32) -> Result<(), LayoutError> {
+        if level.has_strip() != (strip_kb != 0) || (strip_kb != 0 && !strip_kb.is_power_of_two()) {
+            return Err(LayoutError::StripSize(strip_kb, level.name()));
+        }
+        Ok(())
     }
 
     /// The level.
@@ -242,6 +249,27 @@ impl Layout {
             pos += e.len;
             f(e);
         }
+    }
+
+    /// The one piece of a range that stays inside one strip (raid0) or
+    /// one member (concat), or `None` if it does not (or for raid1): what
+    /// the node routes without splitting.
+    #[inline]
+    pub fn single_extent(&self, offset: u64, len: u64) -> Option<Extent> {
+        let last = offset + len.max(1) - 1;
+        let one = match self.level {
+            Level::Raid1 => false,
+            Level::Raid0 => offset / self.strip == last / self.strip,
+            Level::Concat => {
+                let m = self.starts.partition_point(|&s| s <= offset) - 1;
+                last < self.starts[m] + self.member_size[m]
+            }
+        };
+        let mut e = None;
+        if one {
+            self.for_each_extent(offset, len, |x| e = Some(x));
+        }
+        e
     }
 
     /// Number of pieces `for_each_extent` makes for the range.
@@ -466,6 +494,24 @@ mod tests {
                     let mut got = ranges(&l, off, len);
                     got.sort();
                     assert_eq!(got, want, "n={n} off={off} len={len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn single_extents_are_the_ranges_that_do_not_split() {
+        let r0 = Layout::new(Level::Raid0, 4, 512, &[64 << 10; 3]).unwrap();
+        let cc = Layout::new(Level::Concat, 4, 512, &[8192, 12288, 4096]).unwrap();
+        for l in [&r0, &cc] {
+            for off in (0..l.size()).step_by(512) {
+                for len in [512, 1024, 4096, 8192] {
+                    if off + len > l.size() {
+                        continue;
+                    }
+                    let all = extents(l, off, len);
+                    let want = (all.len() == 1).then(|| all[0]);
+                    assert_eq!(l.single_extent(off, len), want, "off={off} len={len}");
                 }
             }
         }

@@ -45,6 +45,19 @@ pub struct Ticket {
     parity: usize,
 }
 
+impl Ticket {
+    /// The ticket of a write counted in the epoch of `parity`, rebuilt from
+    /// `parity()` (filters keep it in a parent's user value).
+    pub fn from_parity(parity: usize) -> Ticket {
+        Ticket { parity: parity & 1 }
+    }
+
+    /// 0 or 1.
+    pub fn parity(self) -> usize {
+        self.parity
+    }
+}
+
 /// How the rebuild ended, or that it has not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
