@@ -4,6 +4,7 @@ use std::io;
 use std::sync::Arc;
 
 use pollux_graph::nodes::file::{FileError, FileNode};
+use pollux_graph::nodes::raid::{Array, RaidError};
 use pollux_graph::nodes::{null::NullNode, passthru::PassthruNode, ram::RamNode};
 use pollux_graph::{Graph, GraphError};
 
@@ -33,6 +34,14 @@ pub enum BdevError {
         /// Why.
         source: FileError,
     },
+    /// A RAID array could not be built.
+    #[error("bdev {name:?}: {source}")]
+    Raid {
+        /// The array.
+        name: String,
+        /// Why.
+        source: RaidError,
+    },
     /// A passthru's base bdev does not exist.
     #[error("bdev {name:?}: no bdev named {child:?}")]
     NoSuchBase {
@@ -53,6 +62,10 @@ pub fn build_all(graph: &Arc<Graph>, bdevs: &[BdevConfig]) -> Result<(), BdevErr
         for b in pending {
             let ready = match &b.kind {
                 BdevKind::Passthru { child } => graph.node_geometry(child).is_some(),
+                BdevKind::Raid(r) => r
+                    .base_bdevs
+                    .iter()
+                    .all(|m| graph.node_geometry(m).is_some()),
                 _ => true,
             };
             if ready {
@@ -107,6 +120,15 @@ pub fn build(graph: &Arc<Graph>, b: &BdevConfig) -> Result<(), BdevError> {
                     child: child.clone(),
                 })?;
             graph.add_node(name, PassthruNode::new(geo), &[child])?;
+        }
+        BdevKind::Raid(r) => {
+            let members: Vec<&str> = r.base_bdevs.iter().map(String::as_str).collect();
+            Array::create(graph, name, r.level, r.strip_size_kb, &members).map_err(|source| {
+                BdevError::Raid {
+                    name: name.to_owned(),
+                    source,
+                }
+            })?;
         }
     }
     tracing::info!(bdev = name, kind = ?b.kind, "bdev created");

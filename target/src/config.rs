@@ -26,10 +26,12 @@ use serde::Deserialize;
 
 mod metrics;
 mod nvmf;
+mod raid;
 mod rpc;
 mod vhost;
 pub use metrics::MetricsConfig;
 pub use nvmf::{NvmfConfig, NvmfSubsystemConfig};
+pub use raid::RaidConfig;
 pub use rpc::{RpcConfig, DEFAULT_SOCKET as DEFAULT_RPC_SOCKET};
 pub use vhost::{VhostBlkConfig, VhostConfig, MAX_NUM_QUEUES as MAX_VHOST_QUEUES};
 
@@ -39,7 +41,7 @@ pub(crate) const DEFAULT_IDLE_AFTER_US: u64 = 200;
 const DEFAULT_BLOCK_SIZE: u32 = 512;
 const BLOCK_SIZES: [u32; 2] = [512, 4096];
 const SIZE_HINT: &str = r#"use e.g. 4096, "512MiB", "4GiB""#;
-const KINDS: &str = "null, ram, file, passthru";
+const KINDS: &str = "null, ram, file, passthru, raid";
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +133,8 @@ pub enum BdevKind {
         /// Name of the bdev below; exists and forms no cycle.
         child: String,
     },
+    /// A RAID array over other bdevs (raid0, raid1, concat).
+    Raid(RaidConfig),
 }
 
 /// A configuration error. Its `Display` is one line; callers prefix the
@@ -328,6 +332,9 @@ struct RawBdev {
     path: Option<String>,
     direct: Option<bool>,
     child: Option<String>,
+    raid_level: Option<String>,
+    base_bdevs: Option<Vec<String>>,
+    strip_size_kb: Option<u32>,
 }
 
 impl RawReactors {
@@ -400,6 +407,7 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
         "null" | "ram" => &["size", "block_size"],
         "file" => &["path", "direct", "block_size"],
         "passthru" => &["child"],
+        "raid" => &["raid_level", "base_bdevs", "strip_size_kb"],
         _ => &[],
     }
 }
@@ -418,6 +426,7 @@ fn validate_bdevs(raw: Vec<RawBdev>) -> Result<Vec<BdevConfig>, ConfigError> {
         bdevs.push(config);
     }
     check_children(&bdevs, &index_of)?;
+    raid::check_members(&bdevs, &index_of)?;
     Ok(bdevs)
 }
 
@@ -441,7 +450,7 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
                 format!("missing (use one of {KINDS})"),
             ))
         }
-        Some(k @ ("null" | "ram" | "file" | "passthru")) => k,
+        Some(k @ ("null" | "ram" | "file" | "passthru" | "raid")) => k,
         Some(other) => {
             return Err(ConfigError::invalid(
                 field("kind"),
@@ -456,6 +465,9 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
         ("path", raw.path.is_some()),
         ("direct", raw.direct.is_some()),
         ("child", raw.child.is_some()),
+        ("raid_level", raw.raid_level.is_some()),
+        ("base_bdevs", raw.base_bdevs.is_some()),
+        ("strip_size_kb", raw.strip_size_kb.is_some()),
     ];
     let allowed = allowed_keys(kind);
     if let Some((bad, _)) = present
@@ -499,6 +511,14 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
                 block_size,
             }
         }
+        "raid" => raid::validate(
+            raid::RawRaid {
+                raid_level: raw.raid_level,
+                base_bdevs: raw.base_bdevs,
+                strip_size_kb: raw.strip_size_kb,
+            },
+            field,
+        )?,
         _ => match raw.child {
             Some(child) if !child.trim().is_empty() => BdevKind::Passthru { child },
             Some(_) => return Err(ConfigError::invalid(field("child"), "must not be empty")),

@@ -52,6 +52,8 @@ pub struct RpcContext {
     pub nvmf: Option<Arc<NvmfTarget>>,
     bdevs: Mutex<BTreeMap<String, BdevRecord>>,
     filters: Mutex<Vec<Value>>,
+    /// `bdev_raid_set_options`: what the next rebuild uses.
+    pub(crate) raid_options: Mutex<pollux_graph::nodes::raid::RaidOptions>,
 }
 
 impl RpcContext {
@@ -64,6 +66,7 @@ impl RpcContext {
             nvmf: None,
             bdevs: Mutex::default(),
             filters: Mutex::default(),
+            raid_options: Mutex::default(),
         }
     }
 

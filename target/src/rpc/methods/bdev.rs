@@ -34,10 +34,12 @@ pub(super) fn register(d: &mut Dispatcher) {
         name: "bdev",
         depends_on: &[],
         writer: |d| {
-            let mut out: Vec<Value> = creation_order(d)
-                .into_iter()
-                .map(|(method, params)| json!({"method": method, "params": params}))
-                .collect();
+            let mut out = vec![super::raid::options_config(&d.ctx)];
+            out.extend(
+                creation_order(d)
+                    .into_iter()
+                    .map(|(method, params)| json!({"method": method, "params": params})),
+            );
             out.extend(histogram_config(d));
             out
         },
@@ -67,6 +69,10 @@ pub fn record_config_bdevs(ctx: &RpcContext, bdevs: &[BdevConfig]) {
                 "bdev_passthru_create",
                 json!({"name": b.name, "base_bdev_name": child}),
             ),
+            BdevKind::Raid(_) => {
+                super::raid::record(ctx, b, None);
+                continue;
+            }
         };
         record(ctx, &b.name, method, params, None);
     }
@@ -103,7 +109,7 @@ fn record(
 }
 
 /// A random (version 4) UUID.
-fn new_uuid() -> String {
+pub(super) fn new_uuid() -> String {
     let b: [u8; 16] = rand::random();
     let mut b = b;
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -160,7 +166,7 @@ fn lacks(param: &str, asked: bool, what: &str) -> Result<(), RpcError> {
 
 /// A `uuid` param: SPDK decodes it with `spdk_json_decode_uuid` and answers
 /// "Invalid parameters" for anything but a UUID. Returned in lower case.
-fn check_uuid(uuid: Option<String>) -> Result<Option<String>, RpcError> {
+pub(super) fn check_uuid(uuid: Option<String>) -> Result<Option<String>, RpcError> {
     let Some(u) = uuid else { return Ok(None) };
     let groups: Vec<&str> = u.split('-').collect();
     let shape = groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
@@ -511,8 +517,14 @@ fn creation_order(d: &Dispatcher) -> Vec<(&'static str, Value)> {
         let before = pending.len();
         pending.retain(|(name, r)| {
             let base = r.params.get("base_bdev_name").and_then(Value::as_str);
-            let ready =
-                base.is_none_or(|b| done.iter().any(|n| n == b) || !records.contains_key(b));
+            // An array's members (`base_bdevs`) come before it too.
+            let members = r.params.get("base_bdevs").and_then(Value::as_array);
+            let bases = base
+                .into_iter()
+                .chain(members.into_iter().flatten().filter_map(Value::as_str));
+            let ready = bases
+                .into_iter()
+                .all(|b| done.iter().any(|n| n == b) || !records.contains_key(b));
             if ready {
                 out.push((r.method, r.params.clone()));
                 done.push((*name).clone());
@@ -590,6 +602,11 @@ fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
                     json!({"pollux": {"kind": n.kind}})
                 } else if n.kind == "passthru" {
                     json!({"passthru": {"name": n.name, "base_bdev_name": n.children.first()}})
+                } else if let Some(a) = (n.kind == "raid")
+                    .then(|| pollux_graph::nodes::raid::Array::find(&d.ctx.graph, &n.name))
+                    .flatten()
+                {
+                    json!({"raid": super::raid::info_json(&a.info(), &records)})
                 } else {
                     json!({"pollux": {"kind": n.kind}})
                 },
