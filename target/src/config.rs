@@ -1133,7 +1133,7 @@ child = "disk0"
         assert!(err("[[bdev]]\nname = \"a\"\n").starts_with(r#"bdev[0] ("a").kind: missing"#));
         assert_eq!(
             err("[[bdev]]\nname = \"a\"\nkind = \"nvme\"\n"),
-            r#"bdev[0] ("a").kind: "nvme" is not a bdev kind (use one of null, ram, file, passthru)"#
+            r#"bdev[0] ("a").kind: "nvme" is not a bdev kind (use one of null, ram, file, passthru, raid)"#
         );
     }
 
