@@ -19,7 +19,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{json, Value};
 use support::blkio_host::BlkioHost;
-use support::{pattern, Daemon, SpdkRpc};
+use support::{pattern, scrape, series, Daemon, SpdkRpc};
 
 /// Each member: 16 MiB of 4 KiB blocks (rpc.py takes MiB).
 const DISK_MIB: u64 = 16;
@@ -425,6 +425,31 @@ fn raid0_raid1_and_toml_concat_verified_through_libblkio() {
     );
     assert!(st["bdevs"][0]["num_read_ops"].as_u64().unwrap() > 0);
     assert!(st4["bdevs"][0]["num_read_ops"].as_u64().unwrap() > 0);
+    // Every array has the pollux_bdev_* series of any node.
+    let m = scrape(d.metrics_addr());
+    for array in ["r0", "r1", "cat"] {
+        let w = series(
+            &m,
+            &format!("pollux_bdev_ops_total{{bdev=\"{array}\",op=\"write\"}}"),
+        );
+        assert!(w >= 300.0, "{array}: {w} writes counted");
+    }
+    // The graph shows the arrays and their members.
+    let g = rpc.call("pollux_graph_get", json!({}));
+    let kind = |n: &str| {
+        g["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == n)
+            .unwrap()["kind"]
+            .clone()
+    };
+    assert_eq!((kind("r0"), kind("cat")), (json!("raid"), json!("raid")));
+    assert!(g["edges"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"parent": "cat", "child": "c1"})));
     // raid0 with 4 KiB strips spread the writes over all three members.
     for m in ["M0", "M1", "M2"] {
         let s = rpc.call("bdev_get_iostat", json!({"name": m}));

@@ -429,9 +429,9 @@ impl Array {
                 l.member_size(slot)
             )));
         }
-        // Only raid1 can rebuild; raid0 and concat never have an empty
-        // slot (their members cannot be removed), but a failed one is
-        // refilled as is: its data is gone either way.
+        // Only raid1 has a slot to refill: raid0 and concat members can
+        // neither be removed nor marked failed (their errors go to the
+        // array's I/O, as in SPDK), so they never get here.
         let rebuild = (l.level() == Level::Raid1).then(|| RebuildSlot {
             slot,
             fence: Arc::new(Fence::new(
