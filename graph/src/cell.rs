@@ -17,6 +17,8 @@ pub(crate) trait DynNode: Send + Sync {
     fn core(&self) -> &NodeCore;
     fn kind(&self) -> &'static str;
     fn geometry(&self) -> Geometry;
+    /// The node itself, for control-plane calls on its own API.
+    fn as_any(&self) -> &dyn std::any::Any;
     fn same_geometry_as_children(&self) -> bool;
     fn check_children(&self, children: &[Geometry]) -> Result<(), String>;
     fn control(&self) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>;
@@ -67,6 +69,9 @@ impl<N: BlockNode> DynNode for NodeCell<N> {
     }
     fn geometry(&self) -> Geometry {
         self.node.geometry()
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        &self.node
     }
     fn same_geometry_as_children(&self) -> bool {
         self.node.same_geometry_as_children()

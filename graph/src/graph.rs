@@ -670,6 +670,17 @@ impl Graph {
         })
     }
 
+    /// Runs `f` on the node called `name` if it is an `N`: for control-plane
+    /// calls on a kind's own API (changing a delay's latencies, arming an
+    /// error injection) while the node is in the graph. Holds the writer
+    /// lock meanwhile: `f` must not change the graph.
+    pub fn with_node<N: BlockNode, R>(&self, name: &str, f: impl FnOnce(&N) -> R) -> Option<R> {
+        self.read(|s| {
+            let e = s.entry(s.node_id(name)?)?;
+            e.cell.as_any().downcast_ref::<N>().map(f)
+        })
+    }
+
     /// Geometry of the node called `name`.
     pub fn node_geometry(&self, name: &str) -> Option<Geometry> {
         self.read(|s| Some(s.entry(s.node_id(name)?)?.cell.geometry()))

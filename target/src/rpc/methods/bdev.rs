@@ -84,11 +84,14 @@ fn product_name(method: &str) -> &'static str {
         "bdev_null_create" => "Null disk",
         "bdev_aio_create" => "AIO disk",
         "bdev_uring_create" => "URING bdev",
+        "bdev_split_create" => "Split Disk",
+        "bdev_error_create" => "Error Injection Disk",
+        "bdev_delay_create" => "delay",
         _ => "passthru",
     }
 }
 
-fn record(
+pub(super) fn record(
     ctx: &RpcContext,
     name: &str,
     method: &'static str,
@@ -104,6 +107,7 @@ fn record(
             params,
             uuid,
             product_name: product_name(method),
+            replay: true,
         },
     );
 }
@@ -156,7 +160,7 @@ fn create(
 /// Pollux's nodes lack. Callers pass `asked = false` for the param's
 /// default (absent, 0, false, -1 for NUMA ids): rpc.py sends several of
 /// those unasked, and they must never fail a call.
-fn lacks(param: &str, asked: bool, what: &str) -> Result<(), RpcError> {
+pub(super) fn lacks(param: &str, asked: bool, what: &str) -> Result<(), RpcError> {
     if asked {
         Err(RpcError::invalid_params(format!("{param}: {what}")))
     } else {
@@ -516,7 +520,9 @@ fn creation_order(d: &Dispatcher) -> Vec<(&'static str, Value)> {
     while !pending.is_empty() {
         let before = pending.len();
         pending.retain(|(name, r)| {
-            let base = r.params.get("base_bdev_name").and_then(Value::as_str);
+            let base = ["base_bdev_name", "base_bdev", "base_name"]
+                .iter()
+                .find_map(|k| r.params.get(*k).and_then(Value::as_str));
             // An array's members (`base_bdevs`) come before it too.
             let members = r.params.get("base_bdevs").and_then(Value::as_array);
             let bases = base
@@ -526,7 +532,11 @@ fn creation_order(d: &Dispatcher) -> Vec<(&'static str, Value)> {
                 .into_iter()
                 .all(|b| done.iter().any(|n| n == b) || !records.contains_key(b));
             if ready {
-                out.push((r.method, r.params.clone()));
+                // A bdev another one's call makes (a split's later parts)
+                // is built by that call, not replayed on its own.
+                if r.replay {
+                    out.push((r.method, r.params.clone()));
+                }
                 done.push((*name).clone());
             }
             !ready

@@ -1,6 +1,7 @@
 //! The built-in methods, one module per SPDK method family.
 
 pub mod bdev;
+mod filters;
 mod framework;
 mod graph;
 mod nvmf;
@@ -12,6 +13,7 @@ use super::Dispatcher;
 pub(super) fn register_all(d: &mut Dispatcher) {
     framework::register(d);
     bdev::register(d);
+    filters::register(d);
     raid::register(d);
     // Before graph: filters are replayed last, above the bdevs the
     // controllers attached to.

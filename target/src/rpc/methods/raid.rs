@@ -158,6 +158,7 @@ pub fn record(ctx: &RpcContext, cfg: &BdevConfig, uuid: Option<String>) {
             params,
             uuid,
             product_name: "Raid Volume",
+            replay: true,
         },
     );
 }
