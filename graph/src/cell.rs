@@ -21,7 +21,6 @@ pub(crate) trait DynNode: Send + Sync {
     fn as_any(&self) -> &dyn std::any::Any;
     fn same_geometry_as_children(&self) -> bool;
     fn check_children(&self, children: &[Geometry]) -> Result<(), String>;
-    fn control(&self) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>;
     fn route(&self, io: &mut Io) -> Option<usize>;
     fn execute(&self, r: &Reactor, io: Io);
     fn close(&self);
@@ -78,9 +77,6 @@ impl<N: BlockNode> DynNode for NodeCell<N> {
     }
     fn check_children(&self, children: &[Geometry]) -> Result<(), String> {
         self.node.check_children(children)
-    }
-    fn control(&self) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
-        self.node.control()
     }
     #[inline]
     fn route(&self, io: &mut Io) -> Option<usize> {

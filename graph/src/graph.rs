@@ -498,11 +498,6 @@ impl Graph {
         })
     }
 
-    /// The control handle of node `name` (`BlockNode::control`).
-    pub fn node_control(&self, name: &str) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        self.read(|s| s.entry(s.node_id(name)?)?.cell.control())
-    }
-
     /// Removes a node. Refused while a parent or a root references it.
     pub fn remove_node(&self, name: &str) -> Result<(), GraphError> {
         let _span = tracing::info_span!("graph_remove_node", name).entered();

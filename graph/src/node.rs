@@ -97,14 +97,6 @@ pub trait BlockNode: Send + Sync + 'static {
         true
     }
 
-    /// The node's control handle, for the control plane to find the state
-    /// it changes at run time (a RAID's members, an error injector's
-    /// settings) from the node's name: `Graph::node_control`. Downcast it
-    /// to the type the node kind documents. `None` for nodes without one.
-    fn control(&self) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
-        None
-    }
-
     /// Checks the children's geometries (in slot order) when the node is
     /// added and when one of its children is replaced; an `Err` refuses
     /// the change with its reason. Checked under the graph's writer lock,

@@ -5,7 +5,6 @@
 //! old membership or the new one, never a mix, and the old one drains
 //! while the new one already serves I/O.
 
-use std::any::Any;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::copy::Copy;
@@ -233,8 +232,7 @@ impl Array {
 
     /// The array called `name`, if that node is one.
     pub fn find(graph: &Graph, name: &str) -> Option<Arc<Array>> {
-        let c: Arc<dyn Any + Send + Sync> = graph.node_control(name)?;
-        c.downcast::<Array>().ok()
+        graph.with_node(name, |n: &RaidNode| n.array.clone())
     }
 
     /// Every array in the graph, by name.

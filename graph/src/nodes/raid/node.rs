@@ -126,8 +126,8 @@ impl Shape {
 pub struct RaidNode {
     shape: Arc<Shape>,
     geometry: Geometry,
-    /// The control plane's handle, for `BlockNode::control`.
-    array: Arc<super::array::Array>,
+    /// The control plane's handle (`Array::find`).
+    pub(crate) array: Arc<super::array::Array>,
 }
 
 impl RaidNode {
@@ -279,9 +279,6 @@ impl BlockNode for RaidNode {
         false
     }
 
-    fn control(&self) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        Some(self.array.clone())
-    }
 
     fn check_children(&self, children: &[Geometry]) -> Result<(), String> {
         for (edge, g) in children.iter().enumerate() {
