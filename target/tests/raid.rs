@@ -561,3 +561,89 @@ fn raid1_member_swap_and_rebuild_under_verified_load() {
     let shadow = shadow.lock().unwrap();
     read_all_matches(&mut host, &shadow).unwrap();
 }
+
+#[test]
+fn raid1_degrades_with_no_failed_io_when_an_error_bdev_member_fails_under_load() {
+    let d = start("");
+    let rpc = d.spdk();
+    for m in ["M0", "M1", "M2"] {
+        malloc(&rpc, m);
+    }
+    // SPDK's error bdev over M1 is the member that will go bad.
+    assert_eq!(rpc.run(&["bdev_error_create", "M1"]), json!("EE_M1"));
+    rpc.run(&[
+        "bdev_raid_create",
+        "-n",
+        "r1",
+        "-r",
+        "raid1",
+        "-b",
+        "M0 EE_M1",
+    ]);
+    rpc.run(&[
+        "vhost_create_blk_controller",
+        "--cpumask",
+        "0x3",
+        "v.r1",
+        "r1",
+    ]);
+    let size = DISK_MIB << 20;
+    let mut host = BlkioHost::connect(&d.dir().join("v.r1"), 2, 2 * MAX_IO);
+    let tally = Arc::new(IoTally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let shadow = Arc::new(Mutex::new(vec![0u8; size as usize]));
+    let io = {
+        let (stop, tally, shadow) = (stop.clone(), tally.clone(), shadow.clone());
+        std::thread::spawn(move || {
+            verify_loop(&mut host, size, 5, &stop, &tally, &shadow);
+            host
+        })
+    };
+    let wait_pairs = |n: u64| {
+        let target = tally.verified.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tally.verified.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "I/O stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_pairs(50);
+    // Every I/O of the member fails from now on: the array degrades.
+    rpc.run(&[
+        "bdev_error_inject_error",
+        "EE_M1",
+        "all",
+        "failure",
+        "-n",
+        "1000000",
+    ]);
+    wait_pairs(100);
+    let r = raid(&rpc, "r1");
+    assert_eq!(r["state"], "online", "{r}");
+    assert_eq!(r["num_base_bdevs_operational"], 1, "{r}");
+    let bad = &r["base_bdevs_list"][1];
+    assert_eq!(
+        (&bad["name"], &bad["failed"], &bad["is_configured"]),
+        (&json!("EE_M1"), &json!(true), &json!(false)),
+        "{r}"
+    );
+    // The failed member goes, a new one comes and is rebuilt, all under
+    // the load; the error bdev can then be deleted.
+    rpc.run(&["bdev_raid_remove_base_bdev", "EE_M1"]);
+    rpc.run(&["bdev_error_delete", "EE_M1"]);
+    rpc.run(&["bdev_raid_add_base_bdev", "r1", "M2"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while raid(&rpc, "r1")["num_base_bdevs_operational"] != 2 {
+        assert!(Instant::now() < deadline, "rebuild never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_pairs(50);
+    stop.store(true, Ordering::Relaxed);
+    let mut host = io.join().unwrap();
+    assert_eq!(tally.errors.load(Ordering::Relaxed), 0, "I/O errors");
+    assert_eq!(tally.mismatches.load(Ordering::Relaxed), 0, "data differs");
+    // The rebuilt member alone holds every byte.
+    rpc.run(&["bdev_raid_remove_base_bdev", "M0"]);
+    let shadow = shadow.lock().unwrap();
+    read_all_matches(&mut host, &shadow).unwrap();
+}
