@@ -647,3 +647,69 @@ fn raid1_degrades_with_no_failed_io_when_an_error_bdev_member_fails_under_load()
     let shadow = shadow.lock().unwrap();
     read_all_matches(&mut host, &shadow).unwrap();
 }
+
+#[test]
+fn raid1_inserted_above_a_live_export_mirrors_it_and_leaves_on_the_copy() {
+    let d = start("");
+    let rpc = d.spdk();
+    for m in ["M0", "M1"] {
+        malloc(&rpc, m);
+    }
+    rpc.run(&[
+        "vhost_create_blk_controller",
+        "--cpumask",
+        "0x3",
+        "v.m0",
+        "M0",
+    ]);
+    let size = DISK_MIB << 20;
+    let mut host = BlkioHost::connect(&d.dir().join("v.m0"), 2, 2 * MAX_IO);
+    let tally = Arc::new(IoTally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let shadow = Arc::new(Mutex::new(vec![0u8; size as usize]));
+    let io = {
+        let (stop, tally, shadow) = (stop.clone(), tally.clone(), shadow.clone());
+        std::thread::spawn(move || {
+            verify_loop(&mut host, size, 3, &stop, &tally, &shadow);
+            host
+        })
+    };
+    let wait_pairs = |n: u64| {
+        let target = tally.verified.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tally.verified.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "I/O stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_pairs(50);
+    // In above the live export, out again on the copy: a live migration.
+    rpc.call(
+        "pollux_graph_insert_filter",
+        json!({"node": "M0", "filter": {"name": "mir0", "kind": "raid1"}}),
+    );
+    let r = raid(&rpc, "mir0");
+    assert_eq!(r["base_bdevs_list"][0]["name"], "M0", "{r}");
+    assert_eq!(r["base_bdevs_list"][1]["name"], Value::Null, "{r}");
+    wait_pairs(50);
+    rpc.run(&["bdev_raid_add_base_bdev", "mir0", "M1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while raid(&rpc, "mir0")["num_base_bdevs_operational"] != 2 {
+        assert!(Instant::now() < deadline, "rebuild never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_pairs(50);
+    rpc.run(&["bdev_raid_remove_base_bdev", "M0"]);
+    rpc.call("pollux_graph_remove_filter", json!({"name": "mir0"}));
+    let g = rpc.call("pollux_graph_get", json!({}));
+    assert_eq!(g["roots"][0]["node"], "M1", "{g}");
+    wait_pairs(50);
+    stop.store(true, Ordering::Relaxed);
+    let mut host = io.join().unwrap();
+    assert_eq!(tally.errors.load(Ordering::Relaxed), 0, "I/O errors");
+    assert_eq!(tally.mismatches.load(Ordering::Relaxed), 0, "data differs");
+    // M0 is free: delete it; M1 alone holds every byte.
+    rpc.run(&["bdev_malloc_delete", "M0"]);
+    let shadow = shadow.lock().unwrap();
+    read_all_matches(&mut host, &shadow).unwrap();
+}

@@ -230,6 +230,36 @@ impl Array {
         Ok(array)
     }
 
+    /// Puts a RAID1 array `name` above the live node `node`, in one
+    /// publication: `node` is its only member, with an empty slot beside
+    /// it, and every parent and export of `node` now goes through the
+    /// array (`Graph::insert_filter`). `add_member` then mirrors `node`
+    /// onto another while I/O goes on; once the array stands on one member
+    /// again it can leave the graph as any filter does.
+    pub fn insert_above(graph: &Arc<Graph>, node: &str, name: &str) -> Result<Arc<Array>, RaidError> {
+        let g = graph
+            .node_geometry(node)
+            .ok_or_else(|| RaidError::NoSuchBdev(node.into()))?;
+        if let Some(owner) = member_of(graph, node) {
+            return Err(RaidError::Claimed {
+                array: owner,
+                member: node.into(),
+            });
+        }
+        // The empty slot takes a member of at least this size.
+        let layout = Layout::new(Level::Raid1, 0, g.block_size, &[g.size(), g.size()])?;
+        let slots = vec![Some(Arc::new(Member::new(node.into()))), None];
+        let shape = Arc::new(membership(name, layout, slots, None));
+        let array = Arc::new(Array {
+            name: name.into(),
+            ctl: Mutex::new(Ctl {
+                shape: shape.clone(),
+            }),
+        });
+        graph.insert_filter(node, name, RaidNode::new(shape, array.clone()))?;
+        Ok(array)
+    }
+
     /// The array called `name`, if that node is one.
     pub fn find(graph: &Graph, name: &str) -> Option<Arc<Array>> {
         graph.with_node(name, |n: &RaidNode| n.array.clone())

@@ -166,8 +166,19 @@ pub fn record(ctx: &RpcContext, cfg: &BdevConfig, uuid: Option<String>) {
 /// Keeps the record's `base_bdevs` (what save_config replays) in step with
 /// the array's members.
 fn update_record(ctx: &RpcContext, array: &Array) {
+    let members = array.members();
     if let Some(rec) = ctx.bdevs().get_mut(array.name()) {
-        rec.params["base_bdevs"] = json!(array.members());
+        rec.params["base_bdevs"] = json!(members);
+    }
+    // An array put above a node with pollux_graph_insert_filter is
+    // replayed above its first member (its other members are not: a
+    // replayed mirror starts with one copy).
+    for f in ctx.filters().iter_mut() {
+        if f["params"]["filter"]["name"].as_str() == Some(array.name()) {
+            if let Some(first) = members.first() {
+                f["params"]["node"] = json!(first);
+            }
+        }
     }
 }
 
