@@ -4,14 +4,19 @@ pub mod bdev;
 mod filters;
 mod framework;
 mod graph;
+mod log;
 mod nvmf;
+mod nvmf_query;
 mod raid;
+mod thread;
 mod vhost;
 
 use super::Dispatcher;
 
 pub(super) fn register_all(d: &mut Dispatcher) {
     framework::register(d);
+    log::register(d);
+    thread::register(d);
     bdev::register(d);
     filters::register(d);
     raid::register(d);
@@ -20,5 +25,6 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     vhost::register(d);
     // After bdev, before graph (SPDK's order; filters replayed last).
     nvmf::register(d);
+    nvmf_query::register(d);
     graph::register(d);
 }
