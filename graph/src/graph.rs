@@ -446,6 +446,61 @@ impl Graph {
         })
     }
 
+    /// Swaps node `name` for `node` standing on `children`, in one
+    /// publication: the new node takes the name, and every parent edge and
+    /// root that pointed at the old one points at it. The old node is
+    /// retired and drains like a removed one (I/O it holds still reaches
+    /// its old children), so an I/O sees the old node or the new one, never
+    /// a mix. For a node whose children change (a RAID's members): the new
+    /// node must present the same geometry, which its parents and exports
+    /// were checked against.
+    pub fn replace_node<N: BlockNode>(
+        &self,
+        name: &str,
+        node: N,
+        children: &[&str],
+    ) -> Result<NodeId, GraphError> {
+        let _span = tracing::info_span!("graph_replace_node", name).entered();
+        if node.num_children() != children.len() {
+            return Err(GraphError::Children {
+                name: name.into(),
+                kind: node.kind(),
+                expected: node.num_children(),
+                got: children.len(),
+            });
+        }
+        let cell: Arc<dyn DynNode> = Arc::new(NodeCell::new(
+            name.into(),
+            node,
+            &self.handle,
+            self.rcu_ptr(),
+        ));
+        self.update(|s| {
+            let old = lookup(s, name)?;
+            let kids = children
+                .iter()
+                .map(|c| lookup(s, c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let e = s.entry(old).expect("looked up");
+            let (was, now) = (e.geometry, cell.geometry());
+            if was.block_size != now.block_size || was.block_count != now.block_count {
+                return Err(GraphError::Geometry {
+                    filter: name.into(),
+                    child: name.into(),
+                    expected: was,
+                    got: now,
+                });
+            }
+            let histogram = e.histogram;
+            check_children(s, &*cell, &kids)?;
+            retire(s, old);
+            let new = insert_node(s, cell, kids);
+            s.nodes[new.0 as usize].as_mut().expect("inserted").histogram = histogram;
+            redirect(s, old, new, None);
+            Ok(new)
+        })
+    }
+
     /// Removes a node. Refused while a parent or a root references it.
     pub fn remove_node(&self, name: &str) -> Result<(), GraphError> {
         let _span = tracing::info_span!("graph_remove_node", name).entered();

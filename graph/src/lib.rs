@@ -14,9 +14,10 @@
 //! io_uring the file node uses), `latency` (the latency histograms and their
 //! clock), `throttle` (the shared rate budgets QoS filters draw from).
 //!
-//! Under `cfg(loom)` only the protocol rooms (`rcu`, `pin`, `throttle`, and
-//! `latency` whose counters `pin` holds) are built, with loom's atomics, for the
-//! models in their tests: the rest needs reactors, which loom cannot run.
+//! Under `cfg(loom)` only the protocol rooms (`rcu`, `pin`, `throttle`,
+//! the RAID rebuild fence, and `latency` whose counters `pin` holds) are
+//! built, with loom's atomics, for the models in their tests: the rest
+//! needs reactors, which loom cannot run.
 
 // Under loom the callers of the protocol rooms' production-only parts
 // (statistics, names, teardown) are not built.
@@ -27,6 +28,11 @@ pub mod latency;
 mod pin;
 mod rcu;
 pub mod throttle;
+// The RAID rebuild fence is a protocol room too; in ordinary builds it is
+// `nodes::raid::rebuild`.
+#[cfg(loom)]
+#[path = "nodes/raid/rebuild.rs"]
+mod raid_fence;
 
 pub use latency::{LatencyHistogram, OpMask};
 

@@ -218,3 +218,49 @@ fn unknown_root_fails_the_io() {
     let (res, _) = io(&g, root, IoOp::Read, 0, 512, None);
     assert_eq!(res, Err(IoError::NoDevice));
 }
+
+#[test]
+fn replace_node_swaps_a_node_in_place_under_its_name_parents_and_roots() {
+    let rt = runtime(1);
+    let g = Graph::new(rt.handle());
+    for n in ["a", "b"] {
+        g.add_node(n, RamNode::new(MIB, 512).unwrap(), &[]).unwrap();
+    }
+    let geo = g.node_geometry("a").unwrap();
+    g.add_node("mid", PassthruNode::new(geo), &["a"]).unwrap();
+    g.add_node("top", PassthruNode::new(geo), &["mid"]).unwrap();
+    let root = g.add_root("r", "mid").unwrap();
+    let ra = g.add_root("ra", "a").unwrap();
+    io(&g, ra, IoOp::Write, 0, 512, Some(vec![7; 512]))
+        .0
+        .unwrap();
+    // The same name now stands on b: the root and the parent follow.
+    g.replace_node("mid", PassthruNode::new(geo), &["b"])
+        .unwrap();
+    let info = g.describe();
+    let mid = info.nodes.iter().find(|n| n.name == "mid").unwrap();
+    assert_eq!(mid.children, ["b"]);
+    let top = info.nodes.iter().find(|n| n.name == "top").unwrap();
+    assert_eq!(top.children, ["mid"]);
+    assert_eq!(
+        info.roots.iter().find(|r| r.name == "r").unwrap().node,
+        "mid"
+    );
+    let (res, back) = io(&g, root, IoOp::Read, 0, 512, None);
+    res.unwrap();
+    assert!(back.iter().all(|b| *b == 0), "read went to the old child");
+    // a is free again; a node of another size cannot take mid's place.
+    g.remove_root("ra").unwrap();
+    g.remove_node("a").unwrap();
+    g.add_node("big", RamNode::new(2 * MIB, 512).unwrap(), &[])
+        .unwrap();
+    let big = g.node_geometry("big").unwrap();
+    assert!(matches!(
+        g.replace_node("mid", PassthruNode::new(big), &["big"]),
+        Err(GraphError::Geometry { .. })
+    ));
+    assert!(matches!(
+        g.replace_node("nope", PassthruNode::new(geo), &["b"]),
+        Err(GraphError::NoSuchNode(_))
+    ));
+}

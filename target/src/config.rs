@@ -28,12 +28,14 @@ mod metrics;
 mod nvme;
 mod nvmf;
 mod qos;
+mod raid;
 mod rpc;
 mod stacked;
 mod vhost;
 pub use metrics::MetricsConfig;
 pub use nvmf::{NvmfConfig, NvmfSubsystemConfig};
 pub use qos::{QosConfig, QosLimitConfig};
+pub use raid::RaidConfig;
 pub use rpc::{RpcConfig, DEFAULT_SOCKET as DEFAULT_RPC_SOCKET};
 pub use vhost::{VhostBlkConfig, VhostConfig, MAX_NUM_QUEUES as MAX_VHOST_QUEUES};
 
@@ -43,7 +45,7 @@ pub(crate) const DEFAULT_IDLE_AFTER_US: u64 = 200;
 const DEFAULT_BLOCK_SIZE: u32 = 512;
 const BLOCK_SIZES: [u32; 2] = [512, 4096];
 const SIZE_HINT: &str = r#"use e.g. 4096, "512MiB", "4GiB""#;
-const KINDS: &str = "null, ram, file, passthru, delay, error, nvme";
+const KINDS: &str = "null, ram, file, passthru, delay, error, nvme, raid";
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +143,8 @@ pub enum BdevKind {
         /// Name of the bdev below; exists and forms no cycle.
         child: String,
     },
+    /// A RAID array over other bdevs (raid0, raid1, concat).
+    Raid(RaidConfig),
     /// An NVMe SSD driven from userspace over VFIO; the bdev name is the
     /// controller's, its namespaces become bdevs `{name}n{nsid}`.
     Nvme {
@@ -385,6 +389,9 @@ struct RawBdev {
     pci: Option<String>,
     io_queue_depth: Option<u32>,
     read_zeroes: Option<bool>,
+    raid_level: Option<String>,
+    base_bdevs: Option<Vec<String>>,
+    strip_size_kb: Option<u32>,
 }
 
 impl RawReactors {
@@ -460,6 +467,7 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
         "passthru" | "error" => &["child"],
         "delay" => &stacked::DELAY_KEYS,
         "nvme" => &["pci", "io_queue_depth"],
+        "raid" => &["raid_level", "base_bdevs", "strip_size_kb"],
         _ => &[],
     }
 }
@@ -478,6 +486,7 @@ fn validate_bdevs(raw: Vec<RawBdev>) -> Result<Vec<BdevConfig>, ConfigError> {
         bdevs.push(config);
     }
     check_children(&bdevs, &index_of)?;
+    raid::check_members(&bdevs, &index_of)?;
     Ok(bdevs)
 }
 
@@ -501,7 +510,7 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
                 format!("missing (use one of {KINDS})"),
             ))
         }
-        Some(k @ ("null" | "ram" | "file" | "passthru" | "delay" | "error" | "nvme")) => k,
+        Some(k @ ("null" | "ram" | "file" | "passthru" | "delay" | "error" | "nvme" | "raid")) => k,
         Some(other) => {
             return Err(ConfigError::invalid(
                 field("kind"),
@@ -523,6 +532,9 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
         ("pci", raw.pci.is_some()),
         ("io_queue_depth", raw.io_queue_depth.is_some()),
         ("read_zeroes", raw.read_zeroes.is_some()),
+        ("raid_level", raw.raid_level.is_some()),
+        ("base_bdevs", raw.base_bdevs.is_some()),
+        ("strip_size_kb", raw.strip_size_kb.is_some()),
     ];
     let allowed = allowed_keys(kind);
     if let Some((bad, _)) = present
@@ -571,6 +583,14 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
             }
         }
         "nvme" => nvme::validate(&field, raw.pci, raw.io_queue_depth)?,
+        "raid" => raid::validate(
+            raid::RawRaid {
+                raid_level: raw.raid_level,
+                base_bdevs: raw.base_bdevs,
+                strip_size_kb: raw.strip_size_kb,
+            },
+            field,
+        )?,
         _ => match raw.child {
             Some(child) if !child.trim().is_empty() && kind != "passthru" => {
                 let us = [
@@ -1212,7 +1232,7 @@ child = "disk0"
         assert!(err("[[bdev]]\nname = \"a\"\n").starts_with(r#"bdev[0] ("a").kind: missing"#));
         assert_eq!(
             err("[[bdev]]\nname = \"a\"\nkind = \"iscsi\"\n"),
-            r#"bdev[0] ("a").kind: "iscsi" is not a bdev kind (use one of null, ram, file, passthru, delay, error, nvme)"#
+            r#"bdev[0] ("a").kind: "iscsi" is not a bdev kind (use one of null, ram, file, passthru, delay, error, nvme, raid)"#
         );
     }
 

@@ -6,5 +6,6 @@ pub mod file;
 pub mod null;
 pub mod passthru;
 pub mod qos;
+pub mod raid;
 pub mod ram;
 pub mod split;

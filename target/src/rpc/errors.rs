@@ -90,6 +90,7 @@ impl From<BdevError> for RpcError {
             BdevError::Alloc { .. } => RpcError::errno(errno::ENOMEM, e),
             BdevError::NoSuchBase { .. } => RpcError::errno(errno::ENODEV, e),
             BdevError::Nvme(e) => e.into(),
+            BdevError::Raid { source, .. } => source.into(),
             BdevError::File { ref source, .. } => {
                 let code = match source {
                     // The OS's own answer, as bdev_aio_create passes on

@@ -59,6 +59,8 @@ pub struct RpcContext {
     pub qos: Arc<crate::qos::Qos>,
     bdevs: Mutex<BTreeMap<String, BdevRecord>>,
     filters: Mutex<Vec<Value>>,
+    /// `bdev_raid_set_options`: what the next rebuild uses.
+    pub(crate) raid_options: Mutex<pollux_graph::nodes::raid::RaidOptions>,
 }
 
 impl RpcContext {
@@ -73,6 +75,7 @@ impl RpcContext {
             qos: Arc::default(),
             bdevs: Mutex::default(),
             filters: Mutex::default(),
+            raid_options: Mutex::default(),
         }
     }
 

@@ -34,9 +34,10 @@ pub(super) fn register(d: &mut Dispatcher) {
         name: "bdev",
         depends_on: &[],
         writer: |d| {
-            // NVMe controllers first: their namespaces may be the base of
-            // bdevs below.
-            let mut out = super::bdev_nvme::config_entries();
+            // RAID options first, then NVMe controllers: their namespaces
+            // may be the base of bdevs below.
+            let mut out = vec![super::raid::options_config(&d.ctx)];
+            out.extend(super::bdev_nvme::config_entries());
             out.extend(
                 creation_order(d)
                     .into_iter()
@@ -87,6 +88,10 @@ pub fn record_config_bdevs(ctx: &RpcContext, bdevs: &[BdevConfig]) {
             // Controllers are replayed by the bdev_nvme methods' own
             // records (`bdev_nvme::record`), not as one bdev.
             BdevKind::Nvme { .. } => continue,
+            BdevKind::Raid(_) => {
+                super::raid::record(ctx, b, None);
+                continue;
+            }
         };
         record(ctx, &b.name, method, params, None);
     }
@@ -127,7 +132,7 @@ pub(super) fn record(
 }
 
 /// A random (version 4) UUID.
-fn new_uuid() -> String {
+pub(super) fn new_uuid() -> String {
     let b: [u8; 16] = rand::random();
     let mut b = b;
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -542,8 +547,14 @@ fn creation_order(d: &Dispatcher) -> Vec<(&'static str, Value)> {
             let base = ["base_bdev_name", "base_bdev", "base_name"]
                 .iter()
                 .find_map(|k| r.params.get(*k).and_then(Value::as_str));
-            let ready =
-                base.is_none_or(|b| done.iter().any(|n| n == b) || !records.contains_key(b));
+            // An array's members (`base_bdevs`) come before it too.
+            let members = r.params.get("base_bdevs").and_then(Value::as_array);
+            let bases = base
+                .into_iter()
+                .chain(members.into_iter().flatten().filter_map(Value::as_str));
+            let ready = bases
+                .into_iter()
+                .all(|b| done.iter().any(|n| n == b) || !records.contains_key(b));
             if ready {
                 // A bdev another one's call makes (a split's later parts)
                 // is built by that call, not replayed on its own.
@@ -630,6 +641,11 @@ fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
                     json!({"pollux": {"kind": n.kind}})
                 } else if n.kind == "passthru" {
                     json!({"passthru": {"name": n.name, "base_bdev_name": n.children.first()}})
+                } else if let Some(a) = (n.kind == "raid")
+                    .then(|| pollux_graph::nodes::raid::Array::find(&d.ctx.graph, &n.name))
+                    .flatten()
+                {
+                    json!({"raid": super::raid::info_json(&a.info(), &records)})
                 } else {
                     json!({"pollux": {"kind": n.kind}})
                 },

@@ -11,6 +11,7 @@ mod nvmf;
 mod nvmf_auth;
 mod nvmf_paths;
 mod nvmf_query;
+mod raid;
 mod thread;
 pub mod qos;
 mod vhost;
@@ -25,6 +26,7 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     filters::register(d);
     qos::register(d);
     bdev_nvme::register(d);
+    raid::register(d);
     // Before graph: filters are replayed last, above the bdevs the
     // controllers attached to.
     vhost::register(d);
