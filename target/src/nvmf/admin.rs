@@ -356,7 +356,11 @@ fn get_log_page(req: &mut Request, ctrl: &Controller, cx: &AdminCtx<'_>) -> Resu
             ] {
                 log.acs[op.as_u8() as usize] = effects::CSUPP;
             }
-            for op in [IoOpcode::Read, IoOpcode::Compare, IoOpcode::ReservationReport] {
+            for op in [
+                IoOpcode::Read,
+                IoOpcode::Compare,
+                IoOpcode::ReservationReport,
+            ] {
                 log.iocs[op.as_u8() as usize] = effects::CSUPP;
             }
             for op in [
@@ -541,7 +545,8 @@ fn identify_controller(ctrl: &Controller) -> IdentifyController {
     id.cqes = 0x44;
     id.maxcmd = opts.max_queue_depth as u16;
     id.nn = nn;
-    id.oncs = (oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES | oncs::RESERVATIONS) & !opts.masked_oncs;
+    id.oncs =
+        (oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES | oncs::RESERVATIONS) & !opts.masked_oncs;
     if let CtrlKind::Io(s) = &ctrl.kind {
         if s.ana_reporting() {
             ana_identify(&mut id, s);

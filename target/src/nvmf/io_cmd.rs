@@ -13,8 +13,8 @@ use pollux_nvme::fabrics::{FabricsCmd, FABRICS_OPCODE};
 use pollux_nvme::identify::oncs;
 use pollux_nvme::io::{DsmCmd, DsmRange, LbaRangeCmd, DSM_ATTR_DEALLOCATE};
 use pollux_nvme::opcode::IoOpcode;
-use pollux_nvme::sqe::Fuse;
 use pollux_nvme::reservation::{ResvCdw10, REPORT_EDS};
+use pollux_nvme::sqe::Fuse;
 use pollux_nvme::Status;
 use pollux_poller::Reactor;
 

@@ -41,8 +41,8 @@ mod reservation;
 mod status;
 mod subsystem;
 mod transport;
-mod visibility;
 mod txq;
+mod visibility;
 
 #[cfg(test)]
 mod tests;

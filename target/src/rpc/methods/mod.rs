@@ -1,8 +1,8 @@
 //! The built-in methods, one module per SPDK method family.
 
 pub mod bdev;
-mod filters;
 mod bdev_nvme;
+mod filters;
 mod framework;
 mod graph;
 mod keyring;
@@ -11,9 +11,9 @@ mod nvmf;
 mod nvmf_auth;
 mod nvmf_paths;
 mod nvmf_query;
+pub mod qos;
 mod raid;
 mod thread;
-pub mod qos;
 mod vhost;
 
 use super::Dispatcher;
