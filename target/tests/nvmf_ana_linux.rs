@@ -39,8 +39,11 @@ path_of() {{
     grep -q "trsvcid=$1" $c/device/address && {{ basename $c; return; }}
   done
 }}
-P1=$(path_of {p1}); P2=$(path_of {p2})
-[ -n "$P1" ] && [ -n "$P2" ] || {{ ls /sys/block; exit 1; }}
+# The head node can appear before the second path's device does.
+i=0
+while P1=$(path_of {p1}); P2=$(path_of {p2}); [ -z "$P1" ] || [ -z "$P2" ]; do
+  i=$((i+1)); [ $i -gt 300 ] && {{ echo NO_PATHS; ls /sys/block; exit 1; }}; sleep 0.1
+done
 state() {{ cat /sys/block/$1/ana_state; }}
 # Completed I/Os of a path: reads + writes of its stat file.
 ios() {{ set -- $(cat /sys/block/$1/stat); echo $(($1 + $5)); }}
