@@ -14,6 +14,9 @@ pub(crate) trait DynNode: Send + Sync {
     fn route(&self, io: &mut Io) -> Option<usize>;
     fn execute(&self, r: &Reactor, io: Io);
     fn close(&self);
+    fn resize(&self, block_count: u64) -> bool;
+    fn backend_size(&self) -> Option<std::io::Result<u64>>;
+    fn child_resized(&self, slot: usize, child: Geometry, current: Geometry) -> Option<Geometry>;
 }
 
 pub(crate) struct NodeCell<N: BlockNode> {
@@ -53,5 +56,14 @@ impl<N: BlockNode> DynNode for NodeCell<N> {
     }
     fn close(&self) {
         self.node.close();
+    }
+    fn resize(&self, block_count: u64) -> bool {
+        self.node.resize(block_count)
+    }
+    fn backend_size(&self) -> Option<std::io::Result<u64>> {
+        self.node.backend_size()
+    }
+    fn child_resized(&self, slot: usize, child: Geometry, current: Geometry) -> Option<Geometry> {
+        self.node.child_resized(slot, child, current)
     }
 }

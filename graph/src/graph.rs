@@ -94,6 +94,47 @@ pub enum GraphError {
     /// Node names must not be empty.
     #[error("empty node name")]
     EmptyName,
+    /// The node's kind has a fixed size.
+    #[error("{0:?} cannot be resized")]
+    NotResizable(String),
+    /// A shrink while I/O is in flight on the node: that I/O may end past
+    /// the new end, so the old size stays.
+    #[error("{name:?} has {inflight} I/O in flight; a shrink could cut under it")]
+    ShrinkInFlight {
+        /// The node.
+        name: String,
+        /// I/O in flight when the shrink was refused.
+        inflight: u64,
+    },
+    /// A size of zero blocks.
+    #[error("{0:?} cannot be resized to zero blocks")]
+    ZeroSize(String),
+}
+
+/// A root whose geometry a publication changed (a resize below it, or a
+/// change of what it points at), as `Graph::watch_roots` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootChange {
+    /// The root.
+    pub root: RootId,
+    /// Its name.
+    pub name: String,
+    /// Its geometry now.
+    pub geometry: Geometry,
+}
+
+/// A watcher of root geometry changes (`Graph::watch_roots`).
+type RootWatcher = Arc<dyn Fn(&[RootChange]) + Send + Sync>;
+
+/// Why a rescan failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RescanError {
+    /// The graph refused the new size.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// The backend's size could not be read.
+    #[error("cannot read the backend's size: {0}")]
+    Backend(std::io::Error),
 }
 
 /// A node as `Graph::describe` reports it.
@@ -183,6 +224,8 @@ pub struct Graph {
     /// The published snapshot, whose readers are the reactors of `handle`.
     snapshots: Rcu<Snapshot>,
     counters: Counters,
+    /// Told after each publication that changed a root's geometry.
+    watchers: Mutex<Vec<RootWatcher>>,
 }
 
 impl Graph {
@@ -194,6 +237,7 @@ impl Graph {
             handle: handle.clone(),
             snapshots: Rcu::new(Snapshot::empty()),
             counters: Counters::default(),
+            watchers: Mutex::default(),
         })
     }
 
@@ -240,6 +284,44 @@ impl Graph {
         &self,
         change: impl FnOnce(&mut Snapshot) -> Result<T, GraphError>,
     ) -> Result<T, GraphError> {
+        self.update_checked(change, || Ok(()))
+    }
+
+    /// `update`, with `verify` run once the grace period has passed (no
+    /// reactor routes by the old snapshot any more) and before removed nodes
+    /// are drained: if it fails, the old snapshot is published again, and
+    /// nothing changed.
+    fn update_checked<T>(
+        &self,
+        change: impl FnOnce(&mut Snapshot) -> Result<T, GraphError>,
+        verify: impl FnOnce() -> Result<(), GraphError>,
+    ) -> Result<T, GraphError> {
+        let changed = self.publish_checked(change, verify)?;
+        if !changed.1.is_empty() {
+            let watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for w in watchers {
+                w(&changed.1);
+            }
+        }
+        Ok(changed.0)
+    }
+
+    /// Registers `f`, called on the control thread after each publication
+    /// that changed the geometry of a root (resize, pivot), outside the
+    /// writer lock: front-ends tell their hosts (an NVMe AEN, a virtio
+    /// config-change interrupt).
+    pub fn watch_roots(&self, f: impl Fn(&[RootChange]) + Send + Sync + 'static) {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(f));
+    }
+
+    fn publish_checked<T>(
+        &self,
+        change: impl FnOnce(&mut Snapshot) -> Result<T, GraphError>,
+        verify: impl FnOnce() -> Result<(), GraphError>,
+    ) -> Result<(T, Vec<RootChange>), GraphError> {
         let mut w = self.snapshots.lock();
         let old = w.current();
         let mut next = old.fork();
@@ -257,6 +339,7 @@ impl Graph {
             .map(|(_, e)| e.cell.clone())
             .collect();
 
+        let changed = root_changes(old, &next);
         let mut grace = Duration::ZERO;
         // `Handle::synchronize` is the grace period `publish` asks for: the
         // reactors of this runtime are the snapshot's only readers without
@@ -276,13 +359,26 @@ impl Graph {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(grace.as_nanos() as u64);
+        if let Err(e) = verify() {
+            // Back to the old version: same nodes, so nothing is drained.
+            let mut back = old.fork();
+            back.generation = old.generation + 2;
+            let newer = w.publish(back, || {
+                self.counters.publishes.fetch_add(1, Ordering::Relaxed);
+                self.handle.synchronize();
+            });
+            drop(newer);
+            drop(old);
+            self.counters.reclaimed.fetch_add(2, Ordering::Relaxed);
+            return Err(e);
+        }
         drop(old);
         self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
 
         for node in removed {
             self.drain_and_close(&node);
         }
-        Ok(out)
+        Ok((out, changed))
     }
 
     /// Waits until no reactor has I/O in flight on `node`, then closes it.
@@ -422,6 +518,101 @@ impl Graph {
         })
     }
 
+    /// Gives leaf `name` `block_count` blocks, published like any graph
+    /// change: the new size is in the snapshot each reactor reads for the
+    /// range check, and every node above that follows its child's size
+    /// (`BlockNode::child_resized`: the filters) takes it in the same
+    /// publication. Roots whose size changed are reported to the watchers
+    /// (`watch_roots`). Returns the old count.
+    ///
+    /// A shrink is refused while any I/O is in flight on the node: an I/O's
+    /// path records the nodes it pinned, not its range, so the graph cannot
+    /// tell an in-flight I/O below the new end from one past it (SPDK
+    /// refuses every shrink of an open bdev). It is checked twice: before
+    /// publishing, and after the grace period, when every I/O still in
+    /// flight that was routed by the old size is counted; if some is, the
+    /// old size is published again.
+    pub fn resize(&self, name: &str, block_count: u64) -> Result<u64, GraphError> {
+        let _span = tracing::info_span!("graph_resize", name, block_count).entered();
+        if block_count == 0 {
+            return Err(GraphError::ZeroSize(name.into()));
+        }
+        let (cell, old) = self.read(|s| {
+            let e = s.entry(lookup(s, name)?).expect("looked up");
+            Ok::<_, GraphError>((e.cell.clone(), e.geometry.block_count))
+        })?;
+        if old == block_count {
+            return Ok(old);
+        }
+        let shrink = block_count < old;
+        let busy = |cell: &dyn DynNode| match cell.core().inflight() {
+            0 => Ok(()),
+            inflight => Err(GraphError::ShrinkInFlight {
+                name: name.into(),
+                inflight,
+            }),
+        };
+        if shrink {
+            busy(&*cell)?;
+        }
+        // A grow is served by the node before the snapshot routes I/O to
+        // the new blocks; a shrink only once no I/O routed by the old size
+        // is left (in `verify`), so none of it fails the node's own range
+        // check. Asking for the current size tells whether it can resize.
+        if !cell.resize(if shrink { old } else { block_count }) {
+            return Err(GraphError::NotResizable(name.into()));
+        }
+        let result = self.update_checked(
+            |s| {
+                let id = lookup(s, name)?;
+                let e = s.nodes[id.0 as usize].as_mut().expect("looked up");
+                if !Arc::ptr_eq(&e.cell, &cell) {
+                    // Replaced by a node of the same name meanwhile.
+                    return Err(GraphError::NoSuchNode(name.into()));
+                }
+                e.geometry.block_count = block_count;
+                propagate_resize(s, id);
+                Ok(())
+            },
+            || {
+                if shrink {
+                    busy(&*cell)?;
+                    cell.resize(block_count);
+                }
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => {
+                tracing::info!(node = name, old, new = block_count, "node resized");
+                Ok(old)
+            }
+            Err(e) => {
+                if !shrink {
+                    cell.resize(old);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `resize` to what leaf `name`'s backend holds now (a file that grew
+    /// or shrank), rounded down to whole blocks. Returns the old and new
+    /// block counts. A node without a backend size cannot be rescanned.
+    pub fn rescan(&self, name: &str) -> Result<(u64, u64), RescanError> {
+        let (cell, geo) = self.read(|s| {
+            let e = s.entry(lookup(s, name)?).expect("looked up");
+            Ok::<_, GraphError>((e.cell.clone(), e.geometry))
+        })?;
+        let size = cell
+            .backend_size()
+            .ok_or_else(|| GraphError::NotResizable(name.into()))?
+            .map_err(RescanError::Backend)?;
+        let new = size / u64::from(geo.block_size);
+        let old = self.resize(name, new)?;
+        Ok((old, new))
+    }
+
     /// Puts `filter` above `node` in one publication: every parent edge and
     /// every root that pointed at `node` now points at the filter, whose one
     /// child is `node`.
@@ -478,7 +669,7 @@ impl Graph {
                 .map(|(_, e)| NodeInfo {
                     name: e.cell.core().name.clone(),
                     kind: e.cell.kind(),
-                    geometry: e.cell.geometry(),
+                    geometry: e.geometry,
                     children: e.children.iter().filter_map(|c| name_of(*c)).collect(),
                     histogram: e.histogram,
                 })
@@ -504,7 +695,7 @@ impl Graph {
 
     /// Geometry of the node called `name`.
     pub fn node_geometry(&self, name: &str) -> Option<Geometry> {
-        self.read(|s| Some(s.entry(s.node_id(name)?)?.cell.geometry()))
+        self.read(|s| Some(s.entry(s.node_id(name)?)?.geometry))
     }
 
     /// Counters of a node, summed over reactors.
@@ -661,7 +852,7 @@ fn check_filter_geometry(
     child: NodeId,
 ) -> Result<(), GraphError> {
     let c = s.entry(child).expect("looked up");
-    let (expected, got) = (c.cell.geometry(), filter.geometry());
+    let (expected, got) = (c.geometry, filter.geometry());
     if expected.block_size != got.block_size || expected.block_count != got.block_count {
         return Err(GraphError::Geometry {
             filter: filter.core().name.clone(),
@@ -671,6 +862,48 @@ fn check_filter_geometry(
         });
     }
     Ok(())
+}
+
+/// After node `id`'s geometry changed in `s`: every parent that follows
+/// its children's size takes its new geometry, and so on up.
+fn propagate_resize(s: &mut Snapshot, id: NodeId) {
+    let mut work = vec![id];
+    // Bounded: the graph has no cycles (checked at every publication) and
+    // a node is pushed again only when its geometry changed.
+    while let Some(c) = work.pop() {
+        let child = s.entry(c).expect("live").geometry;
+        for (i, n) in s.nodes.iter_mut().enumerate() {
+            let Some(n) = n else { continue };
+            for (slot, k) in n.children.iter().enumerate() {
+                if *k != c {
+                    continue;
+                }
+                if let Some(g) = n.cell.child_resized(slot, child, n.geometry) {
+                    if g != n.geometry {
+                        n.geometry = g;
+                        work.push(NodeId(i as u32));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The roots of `next` whose geometry differs from what they had in `old`.
+fn root_changes(old: &Snapshot, next: &Snapshot) -> Vec<RootChange> {
+    next.live_roots()
+        .filter_map(|(id, r)| {
+            let now = next.entry(r.node)?.geometry;
+            let before = old.roots.get(id.0 as usize)?.as_ref()?;
+            let was = old.entry(before.node)?.geometry;
+            (before.name == r.name && (was.block_count, was.block_size) != (now.block_count, now.block_size))
+                .then(|| RootChange {
+                    root: id,
+                    name: r.name.clone(),
+                    geometry: now,
+                })
+        })
+        .collect()
 }
 
 /// No cycles and no path deeper than `MAX_DEPTH`.

@@ -46,7 +46,10 @@ with_reactors! {
     pub mod uring;
 
     pub use buf::{AlignedBuf, IoBuf, RawSegment};
-    pub use graph::{Graph, GraphError, GraphInfo, GraphStats, NodeInfo, NodeStats, RootInfo};
+    pub use graph::{
+        Graph, GraphError, GraphInfo, GraphStats, NodeInfo, NodeStats, RescanError, RootChange,
+        RootInfo,
+    };
     pub use io::{Io, IoError, IoOp, IoResult, IoSink};
     pub use node::{BlockNode, Geometry};
     pub use snapshot::{NodeId, RootId, Snapshot, SnapshotGuard};

@@ -95,6 +95,36 @@ pub trait BlockNode: Send + Sync + 'static {
     /// `Io::complete_later` when the work was done synchronously.
     fn execute(&self, r: &Reactor, ch: &Self::Channel, io: Io);
 
+    /// A leaf is about to present `block_count` blocks (`Graph::resize`):
+    /// called on the control thread before the new size is published, and
+    /// again with the old count if the change is refused afterwards. Nodes
+    /// that check ranges themselves start accepting the new range here.
+    /// `false`: this kind cannot change size (nothing is published).
+    fn resize(&self, _block_count: u64) -> bool {
+        false
+    }
+
+    /// The size of the backing store now, in bytes, for a rescan
+    /// (`Graph::rescan`): what a file whose length changed behind the
+    /// node's back holds. `None`: the node has no backend that can change
+    /// size (its size changes only through `Graph::resize`).
+    fn backend_size(&self) -> Option<std::io::Result<u64>> {
+        None
+    }
+
+    /// For nodes with children: the geometry this node presents once child
+    /// `slot` took geometry `child` (a resize below it), given its own
+    /// `current` one; `None` if the node keeps its size. The default fits
+    /// the one-child filters that forward I/O unchanged (they must look
+    /// exactly like their child); a node that composes children (split,
+    /// RAID) computes its own.
+    fn child_resized(&self, _slot: usize, child: Geometry, current: Geometry) -> Option<Geometry> {
+        (self.num_children() == 1).then_some(Geometry {
+            block_count: child.block_count,
+            ..current
+        })
+    }
+
     /// Called on the control thread once the node has left the graph and
     /// its in-flight I/O has drained on every reactor, and at shutdown:
     /// make data durable and release backend resources.
