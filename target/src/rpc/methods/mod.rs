@@ -4,6 +4,7 @@ pub mod bdev;
 mod framework;
 mod graph;
 mod nvmf;
+mod resize;
 mod vhost;
 
 use super::Dispatcher;
@@ -11,6 +12,7 @@ use super::Dispatcher;
 pub(super) fn register_all(d: &mut Dispatcher) {
     framework::register(d);
     bdev::register(d);
+    resize::register(d);
     // Before graph: filters are replayed last, above the bdevs the
     // controllers attached to.
     vhost::register(d);
