@@ -126,6 +126,10 @@ pub struct RootChange {
 /// A watcher of root geometry changes (`Graph::watch_roots`).
 type RootWatcher = Arc<dyn Fn(&[RootChange]) + Send + Sync>;
 
+/// Names a watcher registered with `Graph::watch_roots`, to remove it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchId(u64);
+
 /// Why a rescan failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RescanError {
@@ -225,7 +229,8 @@ pub struct Graph {
     snapshots: Rcu<Snapshot>,
     counters: Counters,
     /// Told after each publication that changed a root's geometry.
-    watchers: Mutex<Vec<RootWatcher>>,
+    watchers: Mutex<Vec<(WatchId, RootWatcher)>>,
+    next_watch: AtomicU64,
 }
 
 impl Graph {
@@ -238,6 +243,7 @@ impl Graph {
             snapshots: Rcu::new(Snapshot::empty()),
             counters: Counters::default(),
             watchers: Mutex::default(),
+            next_watch: AtomicU64::new(0),
         })
     }
 
@@ -298,8 +304,12 @@ impl Graph {
     ) -> Result<T, GraphError> {
         let changed = self.publish_checked(change, verify)?;
         if !changed.1.is_empty() {
-            let watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            for w in watchers {
+            let watchers = self
+                .watchers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            for (_, w) in watchers {
                 w(&changed.1);
             }
         }
@@ -310,11 +320,21 @@ impl Graph {
     /// that changed the geometry of a root (resize, pivot), outside the
     /// writer lock: front-ends tell their hosts (an NVMe AEN, a virtio
     /// config-change interrupt).
-    pub fn watch_roots(&self, f: impl Fn(&[RootChange]) + Send + Sync + 'static) {
+    pub fn watch_roots(&self, f: impl Fn(&[RootChange]) + Send + Sync + 'static) -> WatchId {
+        let id = WatchId(self.next_watch.fetch_add(1, Ordering::Relaxed));
         self.watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::new(f));
+            .push((id, Arc::new(f)));
+        id
+    }
+
+    /// Removes a watcher (it may still be running one last call).
+    pub fn unwatch_roots(&self, id: WatchId) {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(w, _)| *w != id);
     }
 
     fn publish_checked<T>(

@@ -48,7 +48,7 @@ with_reactors! {
     pub use buf::{AlignedBuf, IoBuf, RawSegment};
     pub use graph::{
         Graph, GraphError, GraphInfo, GraphStats, NodeInfo, NodeStats, RescanError, RootChange,
-        RootInfo,
+        RootInfo, WatchId,
     };
     pub use io::{Io, IoError, IoOp, IoResult, IoSink};
     pub use node::{BlockNode, Geometry};

@@ -3,7 +3,10 @@
 //! NVMe/TCP initiator, in a guest started by `../shared/vm/vm-client`, gets
 //! the Namespace Attribute Changed AEN, reads the Changed Namespace List
 //! and the new size (`/sys/block/nvme0nX/size`) without reconnecting, and
-//! does I/O past the old end.
+//! does I/O past the old end; its virtio-blk driver, on QEMU's
+//! vhost-user-blk, gets the config-change interrupt Pollux asks for with
+//! VHOST_USER_BACKEND_CONFIG_CHANGE_MSG and reads the new capacity
+//! (`/sys/block/vda/size`).
 //!
 //! The VM test never skips: if the VM cannot run it fails and says why.
 
@@ -12,16 +15,19 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{free_port, sparse_file, Daemon, Ready, VmClient};
+use support::{free_port, sparse_file, Daemon, VmClient};
 
 const NQN: &str = "nqn.2024-11.dev.pollux:resize";
 const MIB: u64 = 1 << 20;
 
-fn config(disk: &std::path::Path, port: u16) -> String {
+fn config(disk: &std::path::Path, port: u16, sock: &std::path::Path) -> String {
     format!(
         r#"[reactors]
 cores = [0]
 idle = "adaptive"
+
+[metrics]
+listen = "127.0.0.1:0"
 
 [[bdev]]
 name = "null0"
@@ -40,8 +46,19 @@ nqn = "{NQN}"
 namespaces = ["null0", "file0"]
 allow_any_host = true
 listen = ["127.0.0.1:{port}"]
+
+[[bdev]]
+name = "null1"
+kind = "null"
+size = "64MiB"
+block_size = 512
+
+[[vhost.blk]]
+socket = "{}"
+bdev = "null1"
 "#,
-        disk.display()
+        disk.display(),
+        sock.display()
     )
 }
 
@@ -58,8 +75,7 @@ fn resize_rpcs_follow_spdk() {
     sparse_file(&disk, 32 * MIB);
     let d = Daemon::builder()
         .in_dir(dir)
-        .config(config(&disk, free_port()))
-        .ready(Ready::LogLine("nvmf: listening"))
+        .config(config(&disk, free_port(), &disk.with_extension("sock")))
         .start();
     let rpc = d.spdk();
 
@@ -106,10 +122,10 @@ fn linux_nvme_tcp_host_sees_the_new_size() {
     let disk = dir.path().join("disk.img");
     sparse_file(&disk, 32 * MIB);
     let port = free_port();
+    let sock = dir.path().join("vhost.sock");
     let d = Daemon::builder()
         .in_dir(dir)
-        .config(config(&disk, port))
-        .ready(Ready::LogLine("nvmf: listening"))
+        .config(config(&disk, port, &sock))
         .start();
 
     // The guest reports its sizes, then writes one block to null0: the
@@ -125,13 +141,14 @@ fn linux_nvme_tcp_host_sees_the_new_size() {
         "set -e\n\
          nvme connect -t tcp -a 10.0.2.2 -s {port} -n {NQN}\n\
          {w1}{w2}\
-         echo OLD_SIZES $(cat /sys/block/nvme0n1/size) $(cat /sys/block/nvme0n2/size)\n\
+         echo OLD_SIZES $(cat /sys/block/nvme0n1/size) $(cat /sys/block/nvme0n2/size) $(cat /sys/block/vda/size)\n\
          dd if=/dev/zero of=/dev/nvme0n1 bs=4k count=1 oflag=direct 2>/dev/null\n\
-         a=$(cat /sys/block/nvme0n1/size); b=$(cat /sys/block/nvme0n2/size); i=0\n\
-         while [ $a -eq {n1} ] || [ $b -eq {n2} ]; do i=$((i+1)); \
-           [ $i -gt 600 ] && {{ echo NO_RESIZE $a $b; exit 1; }}; sleep 0.1; \
-           a=$(cat /sys/block/nvme0n1/size); b=$(cat /sys/block/nvme0n2/size); done\n\
-         echo NEW_SIZES $a $b\n\
+         a=$(cat /sys/block/nvme0n1/size); b=$(cat /sys/block/nvme0n2/size); c=$(cat /sys/block/vda/size); i=0\n\
+         while [ $a -eq {n1} ] || [ $b -eq {n2} ] || [ $c -eq {n1} ]; do i=$((i+1)); \
+           [ $i -gt 600 ] && {{ echo NO_RESIZE $a $b $c; exit 1; }}; sleep 0.1; \
+           a=$(cat /sys/block/nvme0n1/size); b=$(cat /sys/block/nvme0n2/size); c=$(cat /sys/block/vda/size); done\n\
+         echo NEW_SIZES $a $b $c\n\
+         dd if=/dev/vda of=/dev/null bs=4k skip=$(( (150 << 20) / 4096 )) count=1 iflag=direct 2>/dev/null && echo VDA_TAIL_OK\n\
          nvme get-log /dev/nvme0 --log-id=4 --log-len=16 2>&1 | head -3 || true\n\
          dd if=/dev/urandom of=/tmp/blk bs=4k count=1 2>/dev/null\n\
          dd if=/tmp/blk of=/dev/nvme0n2 bs=4k seek=$(( (40 << 20) / 4096 )) count=1 oflag=direct 2>/dev/null\n\
@@ -145,9 +162,9 @@ fn linux_nvme_tcp_host_sees_the_new_size() {
         n2 = 32 * MIB / 512,
     );
 
-    let sock = d.rpc_socket().to_owned();
+    let rpc_sock = d.rpc_socket().to_owned();
     let resizer = std::thread::spawn(move || {
-        let rpc = support::SpdkRpc::new(&sock);
+        let rpc = support::SpdkRpc::new(&rpc_sock);
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let st = rpc.run(&["bdev_get_iostat", "--names", "null0"]);
@@ -158,6 +175,7 @@ fn linux_nvme_tcp_host_sees_the_new_size() {
             std::thread::sleep(Duration::from_millis(200));
         }
         rpc.run(&["bdev_null_resize", "null0", "128"]);
+        rpc.run(&["bdev_null_resize", "null1", "160"]);
         std::fs::OpenOptions::new()
             .write(true)
             .open(&disk)
@@ -167,7 +185,11 @@ fn linux_nvme_tcp_host_sees_the_new_size() {
         rpc.run(&["bdev_uring_rescan", "file0"]);
         disk
     });
-    let out = vm.run(&[], 900, &script);
+    let out = vm.run(
+        &["--cpus", "1", "--vhost-user-blk", sock.to_str().unwrap()],
+        900,
+        &script,
+    );
     let report = || out.report(&d.log());
     assert!(
         resizer.is_finished(),
@@ -181,18 +203,19 @@ fn linux_nvme_tcp_host_sees_the_new_size() {
     assert!(out.status.success(), "guest script failed:\n{}", report());
     assert_eq!(
         out.marker("OLD_SIZES"),
-        Some(format!("{} {}", 64 * MIB / 512, 32 * MIB / 512).as_str()),
+        Some(format!("{} {} {}", 64 * MIB / 512, 32 * MIB / 512, 64 * MIB / 512).as_str()),
         "{}",
         report()
     );
     assert_eq!(
         out.marker("NEW_SIZES"),
-        Some(format!("{} {}", 128 * MIB / 512, 48 * MIB / 512).as_str()),
+        Some(format!("{} {} {}", 128 * MIB / 512, 48 * MIB / 512, 160 * MIB / 512).as_str()),
         "{}",
         report()
     );
     let tail = out.marker("TAIL_MD5").unwrap_or("none");
     assert_eq!(out.marker("READ_MD5"), Some(tail), "{}", report());
+    assert!(out.stdout.contains("VDA_TAIL_OK"), "{}", report());
     assert!(out.stdout.contains("ALL_OK"), "{}", report());
     // The write past the old end is in the file.
     let data = std::fs::read(&disk).unwrap();
