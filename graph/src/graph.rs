@@ -663,6 +663,81 @@ impl Graph {
         })
     }
 
+    /// `insert_filter` for a filter with more children than the node it
+    /// stands above: `node` is its child slot 0, `others` the next slots
+    /// (a mirror's target). One publication.
+    pub fn insert_filter_with<N: BlockNode>(
+        &self,
+        node: &str,
+        filter_name: &str,
+        filter: N,
+        others: &[&str],
+    ) -> Result<NodeId, GraphError> {
+        let _span = tracing::info_span!("graph_insert_filter_with", node, filter_name).entered();
+        if filter_name.is_empty() {
+            return Err(GraphError::EmptyName);
+        }
+        if filter.num_children() != 1 + others.len() {
+            return Err(GraphError::Children {
+                name: filter_name.into(),
+                kind: filter.kind(),
+                expected: filter.num_children(),
+                got: 1 + others.len(),
+            });
+        }
+        let cell: Arc<dyn DynNode> =
+            Arc::new(NodeCell::new(filter_name.into(), filter, &self.handle));
+        self.update(|s| {
+            if s.names.contains_key(filter_name) {
+                return Err(GraphError::NameExists(filter_name.into()));
+            }
+            let below = lookup(s, node)?;
+            check_filter_geometry(s, &*cell, below)?;
+            let mut kids = vec![below];
+            for o in others {
+                kids.push(lookup(s, o)?);
+            }
+            let f = insert_node(s, cell, kids);
+            redirect(s, below, f, Some(f));
+            Ok(f)
+        })
+    }
+
+    /// Every parent edge and root that points at `old` points at `new`
+    /// instead, and `old` leaves the graph, in one publication (a mirror's
+    /// pivot). `new` must have `old`'s geometry. `after_grace` runs once no
+    /// reactor routes by the old snapshot and before `old` is drained (it
+    /// may need to finish I/O that `old` holds); if it fails, the old
+    /// snapshot is published again.
+    pub fn replace_node(
+        &self,
+        old: &str,
+        new: &str,
+        after_grace: impl FnOnce() -> Result<(), GraphError>,
+    ) -> Result<(), GraphError> {
+        let _span = tracing::info_span!("graph_replace_node", old, new).entered();
+        self.update_checked(
+            |s| {
+                let o = lookup(s, old)?;
+                let n = lookup(s, new)?;
+                let (go, gn) = (s.entry(o).expect("live").geometry, s.entry(n).expect("live").geometry);
+                if (go.block_size, go.block_count) != (gn.block_size, gn.block_count) {
+                    return Err(GraphError::Geometry {
+                        filter: old.into(),
+                        child: new.into(),
+                        expected: go,
+                        got: gn,
+                    });
+                }
+                redirect(s, o, n, Some(o));
+                s.nodes[o.0 as usize] = None;
+                s.names.remove(old);
+                Ok(())
+            },
+            after_grace,
+        )
+    }
+
     /// Removes a filter: its parents and roots point at its child again.
     pub fn remove_filter(&self, name: &str) -> Result<(), GraphError> {
         let _span = tracing::info_span!("graph_remove_filter", name).entered();

@@ -182,16 +182,26 @@ impl<'r> SnapshotGuard<'r> {
     /// Routes `io` from `root` down to a leaf and starts it there. Any
     /// failure completes the I/O with an error; it never panics.
     #[inline]
-    pub fn submit(&self, r: &Reactor, root: RootId, mut io: Io) {
+    pub fn submit(&self, r: &Reactor, root: RootId, io: Io) {
+        match self.snap.root_node(root) {
+            Some(id) => self.submit_node(r, id, io),
+            None => io.complete_later(r, Err(IoError::NoDevice)),
+        }
+    }
+
+    /// Routes `io` from node `id` down to a leaf: how a node that issues
+    /// its own I/O (a mirror's fan-out and copier) reaches its children.
+    /// The I/O pins the nodes it passes from here, on top of what its path
+    /// already holds, so a parent I/O resubmitted below keeps its parent
+    /// pinned until it completes.
+    #[inline]
+    pub fn submit_node(&self, r: &Reactor, id: NodeId, mut io: Io) {
         let s = self.snap;
         // This op's bit in each node's histogram mask: a node times the I/O
         // only if its bit is set, and the clock is read only once a node on
         // the path does (with every histogram off, never).
         let op_bit = crate::latency::OpMask::of(io.op);
-        let Some(mut id) = s.root_node(root) else {
-            io.complete_later(r, Err(IoError::NoDevice));
-            return;
-        };
+        let mut id = id;
         loop {
             let Some(entry) = s.entry(id) else {
                 io.complete_later(r, Err(IoError::NoDevice));

@@ -3,4 +3,5 @@
 pub mod file;
 pub mod null;
 pub mod passthru;
+pub mod mirror;
 pub mod ram;
