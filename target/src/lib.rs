@@ -18,6 +18,7 @@ pub mod bdev;
 pub mod config;
 pub mod daemon;
 pub mod exporter;
+pub mod jobs;
 pub mod nvmf;
 pub mod perf;
 pub mod perf_nvmf;

@@ -52,6 +52,8 @@ pub struct RpcContext {
     pub nvmf: Option<Arc<NvmfTarget>>,
     bdevs: Mutex<BTreeMap<String, BdevRecord>>,
     filters: Mutex<Vec<Value>>,
+    /// Block jobs (`pollux_mirror_start`, `pollux_job_*`).
+    pub jobs: crate::jobs::Jobs,
 }
 
 impl RpcContext {
@@ -64,6 +66,7 @@ impl RpcContext {
             nvmf: None,
             bdevs: Mutex::default(),
             filters: Mutex::default(),
+            jobs: crate::jobs::Jobs::default(),
         }
     }
 

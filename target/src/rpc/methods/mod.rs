@@ -3,6 +3,7 @@
 pub mod bdev;
 mod framework;
 mod graph;
+mod jobs;
 mod nvmf;
 mod resize;
 mod vhost;
@@ -19,4 +20,5 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     // After bdev, before graph (SPDK's order; filters replayed last).
     nvmf::register(d);
     graph::register(d);
+    jobs::register(d);
 }
