@@ -20,8 +20,8 @@ const MIB: u64 = 1 << 20;
 const DISK_MB: u64 = 16;
 
 fn config(dir: &std::path::Path, port: u16) -> String {
-    let mut c = format!(
-        "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n"
+    let mut c = String::from(
+        "[reactors]\ncores = [0, 1]\nidle = \"adaptive\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n",
     );
     for i in 0..2 {
         let path = dir.join(format!("dst{i}.img"));
@@ -157,7 +157,7 @@ fn mirror_and_pivot_under_linux_fio_verify() {
         format!(
             "fio --name={name} --filename={dev} --rw=randwrite --bs=4k --size={DISK_MB}m \
              --iodepth=8 --ioengine=libaio --direct=1 --verify=crc32c --verify_backlog=512 \
-             --verify_fatal=1 --do_verify=1 --time_based --runtime=25 --randrepeat=0 \
+             --verify_fatal=1 --do_verify=1 --time_based --runtime=20 --randrepeat=0 \
              --output-format=terse >/tmp/{name}.out 2>&1 && echo FIO_OK {name} || \
              {{ cat /tmp/{name}.out; echo FIO_FAILED {name}; }}\n"
         )
