@@ -207,6 +207,11 @@ fn mirror_and_pivot_under_linux_fio_verify() {
             let j = wait_state(&rpc, &format!("m{i}"), "completed");
             log.push(j.to_string());
         }
+        // The exports now name the targets (what save_config replays).
+        let subs = rpc.run(&["nvmf_get_subsystems"]).to_string();
+        assert!(subs.contains("\"bdev_name\":\"dst0\""), "{subs}");
+        let ctrls = rpc.run(&["vhost_get_controllers"]).to_string();
+        assert!(ctrls.contains("dst1") && !ctrls.contains("src1"), "{ctrls}");
         // The sources go while fio still runs: the guest is on the targets.
         rpc.run(&["bdev_malloc_delete", "src0"]);
         rpc.run(&["bdev_malloc_delete", "src1"]);

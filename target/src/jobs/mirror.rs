@@ -184,7 +184,9 @@ impl MirrorJob {
     /// flushes the target, then points every parent and root of the source
     /// (through the filter) at the target in one publication, and sends the
     /// held writes there. The source stays in the graph, unused.
-    pub fn complete(&self) -> Result<(), JobError> {
+    /// `pivoted(source, target)` then tells the front-ends which bdev their
+    /// exports now stand on.
+    pub fn complete(&self, pivoted: impl FnOnce(&str, &str)) -> Result<(), JobError> {
         self.state();
         {
             let mut st = self.state_lock();
@@ -215,6 +217,7 @@ impl MirrorJob {
                 *st = JobState::Completed;
                 drop(st);
                 self.mirror.forget();
+                pivoted(&self.source, &self.target);
                 tracing::info!(job = %self.name, target = %self.target, "mirror job completed: pivoted");
                 Ok(())
             }

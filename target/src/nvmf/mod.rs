@@ -733,6 +733,14 @@ impl NvmfTarget {
         }
     }
 
+    /// Namespaces exporting bdev `old` now export `new` (a mirror job's
+    /// pivot moved their roots).
+    pub fn rename_bdev(&self, old: &str, new: &str) {
+        for s in self.shared.subsystem_list() {
+            s.rename_bdev(old, new);
+        }
+    }
+
     /// Stops accepting, lets in-flight commands finish (queue pairs stop
     /// taking new commands and close once idle), then tears down every
     /// controller and removes the namespaces' roots. Idempotent.

@@ -286,6 +286,16 @@ impl VhostTargets {
             .collect()
     }
 
+    /// Controllers exporting bdev `old` now export `new` (a mirror job's
+    /// pivot moved their roots): what listings and `save_config` name.
+    pub fn rename_bdev(&self, old: &str, new: &str) {
+        for d in lock(&self.devices).values_mut() {
+            if d.config.bdev == old {
+                d.config.bdev = new.to_owned();
+            }
+        }
+    }
+
     /// Disconnects every front-end (draining its queues), removes the
     /// sockets and the graph roots.
     pub fn stop(&self) {

@@ -109,7 +109,14 @@ fn pollux_job_list(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> 
 
 fn pollux_job_complete(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: JobName = params(p)?;
-    d.ctx.jobs.get(&p.job)?.complete()?;
+    d.ctx.jobs.get(&p.job)?.complete(|source, target| {
+        if let Some(n) = &d.ctx.nvmf {
+            n.rename_bdev(source, target);
+        }
+        if let Some(v) = &d.ctx.vhost {
+            v.rename_bdev(source, target);
+        }
+    })?;
     Ok(json!(true))
 }
 
