@@ -8,7 +8,7 @@
 //! `graph` (the published graph and the control-plane operations), `pin`
 //! (the per-node in-flight pins an I/O holds and the drain that waits for
 //! them), `completion` (completions deferred to the next loop iteration),
-//! `cell` (type erasure), `nodes` (the kinds), `uring` (the per-reactor
+//! `cell` (type erasure), `gate` (the mirror's write gate), `nodes` (the kinds), `uring` (the per-reactor
 //! io_uring the file node uses), `latency` (the latency histograms and their
 //! clock).
 //!
@@ -21,6 +21,7 @@
 #![cfg_attr(loom, allow(dead_code))]
 
 // The protocol rooms, built everywhere.
+mod gate;
 pub mod latency;
 mod pin;
 mod rcu;

@@ -34,9 +34,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::CachePadded;
 use pollux_poller::Reactor;
 
+use crate::gate::WriteGate;
 use crate::io::{Io, IoError, IoOp, IoResult, IoSink};
 use crate::node::{BlockNode, Geometry};
 use crate::{Graph, NodeId};
@@ -72,11 +72,8 @@ pub struct Mirror {
     target: NodeId,
     geometry: Geometry,
     bitmap: DirtyBitmap,
-    /// Writes sent to the source and not yet completed, per reactor
-    /// (written only by that reactor).
-    writes: Box<[CachePadded<AtomicU64>]>,
-    /// New writes are held instead of sent (pivot in progress).
-    frozen: AtomicBool,
+    /// Counts writes sent to the source; frozen, holds new ones (pivot).
+    gate: WriteGate,
     /// The filter left the graph for the target: anything it still sees
     /// goes to the target.
     pivoted: AtomicBool,
@@ -116,8 +113,7 @@ impl Mirror {
             target,
             geometry,
             bitmap,
-            writes: (0..reactors).map(|_| CachePadded::default()).collect(),
-            frozen: AtomicBool::new(false),
+            gate: WriteGate::new(reactors),
             pivoted: AtomicBool::new(false),
             copied: AtomicU64::new(0),
             copies: AtomicU64::new(0),
@@ -160,16 +156,16 @@ impl Mirror {
     }
 
     fn writes_in_flight(&self) -> u64 {
-        self.writes.iter().map(|w| w.load(Ordering::Acquire)).sum()
+        self.gate.in_flight()
     }
 
     /// First half of the pivot: holds new writes, waits for the ones sent
     /// to the source and for the copier to copy what they dirtied, then
     /// flushes the target. On error the mirror is unfrozen.
     pub fn freeze(self: &Arc<Self>) -> Result<(), MirrorError> {
-        self.frozen.store(true, Ordering::SeqCst);
-        // Every reactor now sees `frozen`: a write that missed it was
-        // counted in `writes` before the reactor's quiescent point.
+        self.gate.freeze();
+        // Every reactor now sees the gate frozen: a write that found it open
+        // was counted before the reactor's quiescent point (`gate`).
         self.graph.handle().synchronize();
         let deadline = Instant::now() + PIVOT_WAIT;
         loop {
@@ -200,7 +196,7 @@ impl Mirror {
 
     /// Lets writes through again, those held first (a pivot that failed).
     pub fn thaw(self: &Arc<Self>) {
-        self.frozen.store(false, Ordering::SeqCst);
+        self.gate.thaw();
         let m = self.clone();
         self.graph.handle().on_each_reactor(move |r| {
             for io in m.local(r).take_held() {
@@ -284,12 +280,10 @@ impl Mirror {
             return;
         }
         let local = self.local(r);
-        if self.frozen.load(Ordering::SeqCst) {
+        if !self.gate.enter(r.index()) {
             local.held.borrow_mut().push(io);
             return;
         }
-        let w = &self.writes[r.index()];
-        pollux_poller::sync::single_writer_add(w, 1);
         let buf = std::mem::replace(&mut io.buf, crate::IoBuf::None);
         let (op, offset, len) = (io.op, io.offset, io.len);
         let tag = {
@@ -368,10 +362,8 @@ impl IoSink for WriteSink {
         // Marked whatever the result: a failed write may have changed part
         // of the region.
         m.bitmap.mark(r.index(), child.offset, child.len);
-        let w = &m.writes[r.index()];
-        let n = w.load(Ordering::Relaxed);
-        // Release: the pivot reads zero only after the mark above.
-        w.store(n.saturating_sub(1), Ordering::Release);
+        // After the mark: the pivot reads zero only once it is visible.
+        m.gate.exit(r.index());
         if let Some(mut parent) = parent {
             parent.buf = std::mem::replace(&mut child.buf, crate::IoBuf::None);
             parent.complete(r, result);
