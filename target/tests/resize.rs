@@ -12,6 +12,8 @@
 
 mod support;
 
+use support::blkio_host::BlkioHost;
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -227,4 +229,24 @@ fn linux_nvme_tcp_host_sees_the_new_size() {
         "{}",
         report()
     );
+}
+
+#[test]
+fn libblkio_reads_the_new_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    sparse_file(&disk, 32 * MIB);
+    let sock = dir.path().join("vhost.sock");
+    let d = Daemon::builder()
+        .in_dir(dir)
+        .config(config(&disk, free_port(), &sock))
+        .start();
+    let mut c = BlkioHost::connect(&sock, 1, 1 << 20);
+    assert_eq!(c.blkio().get_u64("capacity").unwrap(), 64 * MIB);
+    // Past the old end: refused (virtio IOERR) before the resize.
+    assert!(c.write(0, 100 * MIB, 0, 4096) < 0);
+    d.spdk().run(&["bdev_null_resize", "null1", "160"]);
+    assert_eq!(c.blkio().get_u64("capacity").unwrap(), 160 * MIB);
+    assert_eq!(c.write(0, 100 * MIB, 0, 4096), 0);
+    assert_eq!(c.read(0, 100 * MIB, 0, 4096), 0);
 }
