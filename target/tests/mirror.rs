@@ -33,7 +33,8 @@ fn config(dir: &std::path::Path, port: u16) -> String {
         );
     }
     c += &format!(
-        "[[nvmf.subsystem]]\nnqn = \"{NQN}\"\nnamespaces = [\"src0\"]\nallow_any_host = true\n\
+        "[[bdev]]\nname = \"sig\"\nkind = \"null\"\nsize = \"1MiB\"\nblock_size = 512\n\n\
+         [[nvmf.subsystem]]\nnqn = \"{NQN}\"\nnamespaces = [\"src0\", \"sig\"]\nallow_any_host = true\n\
          listen = [\"127.0.0.1:{port}\"]\n\n[[vhost.blk]]\nsocket = \"{}\"\nbdev = \"src1\"\n",
         dir.join("vhost.sock").display()
     );
@@ -153,22 +154,33 @@ fn mirror_and_pivot_under_linux_fio_verify() {
         .collect();
     let mut d = Daemon::builder().in_dir(dir).config(cfg).start();
 
+    // fio rounds (write with verify backlog, then verify) run on both
+    // disks until the host signals that the pivots are done: it resizes
+    // the `sig` namespace, which the guest sees through the Namespace
+    // Attribute Changed AEN.
     let fio = |name: &str, dev: &str| {
         format!(
             "fio --name={name} --filename={dev} --rw=randwrite --bs=4k --size={DISK_MB}m \
              --iodepth=8 --ioengine=libaio --direct=1 --verify=crc32c --verify_backlog=512 \
-             --verify_fatal=1 --do_verify=1 --time_based --runtime=20 --randrepeat=0 \
+             --verify_fatal=1 --do_verify=1 --time_based --runtime=4 --randrepeat=0 \
              --output-format=terse >/tmp/{name}.out 2>&1 && echo FIO_OK {name} || \
-             {{ cat /tmp/{name}.out; echo FIO_FAILED {name}; }}\n"
+             {{ cat /tmp/{name}.out; echo FIO_FAILED {name}; touch /tmp/failed; }}"
         )
     };
     let script = format!(
         "set -e\n\
          nvme connect -t tcp -a 10.0.2.2 -s {port} -n {NQN}\n\
-         i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done\n\
-         ( {f1} ) &\n\
-         ( {f2} ) &\n\
-         wait\n\
+         for dev in nvme0n1 nvme0n2; do i=0; while [ ! -b /dev/$dev ]; do i=$((i+1)); \
+           [ $i -gt 100 ] && exit 1; sleep 0.1; done; done\n\
+         sig=$(cat /sys/block/nvme0n2/size); rounds=0\n\
+         while [ $(cat /sys/block/nvme0n2/size) -eq $sig ]; do\n\
+           ( {f1} ) &\n\
+           ( {f2} ) &\n\
+           wait\n\
+           [ -e /tmp/failed ] && exit 1\n\
+           rounds=$((rounds+1)); [ $rounds -gt 60 ] && {{ echo NO_SIGNAL; exit 1; }}\n\
+         done\n\
+         echo ROUNDS $rounds\n\
          echo NVME_MD5 $(dd if=/dev/nvme0n1 bs=1M iflag=direct 2>/dev/null | md5sum)\n\
          echo VDA_MD5 $(dd if=/dev/vda bs=1M iflag=direct 2>/dev/null | md5sum)\n\
          nvme disconnect -n {NQN}\n\
@@ -192,6 +204,7 @@ fn mirror_and_pivot_under_linux_fio_verify() {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        let started = Instant::now();
         let mut log = Vec::new();
         for i in 0..2 {
             rpc.call(
@@ -224,6 +237,9 @@ fn mirror_and_pivot_under_linux_fio_verify() {
         std::thread::sleep(Duration::from_secs(1));
         let after = (writes("dst0"), writes("dst1"));
         log.push(format!("target writes {before:?} -> {after:?}"));
+        log.push(format!("pivots done {:?} after start", started.elapsed()));
+        // Let the guest's current round finish on the targets, then stop it.
+        rpc.run(&["bdev_null_resize", "sig", "2"]);
         assert!(
             after.0 > before.0 && after.1 > before.1,
             "the guest does not write the targets: {log:?}"
@@ -247,7 +263,12 @@ fn mirror_and_pivot_under_linux_fio_verify() {
         Err(_) => panic!("the job driver failed:\n{}", report()),
     };
     assert!(out.status.success(), "guest script failed:\n{}", report());
-    for m in ["FIO_OK nvme", "FIO_OK vda", "ALL_OK"] {
+    eprintln!(
+        "job driver: {log:?}; guest fio rounds: {:?}",
+        out.marker("ROUNDS")
+    );
+    assert!(!out.stdout.contains("FIO_FAILED"), "{}", report());
+    for m in ["FIO_OK nvme", "FIO_OK vda", "ROUNDS", "ALL_OK"] {
         assert!(
             out.stdout.contains(m),
             "missing {m} ({log:?}):\n{}",
