@@ -111,8 +111,18 @@ fn mirror_rpcs_states_and_refusals() {
         )
         .unwrap_err();
     assert!(e.contains("another job"), "{e}");
-    // The target cannot be deleted under the job.
+    // The target cannot be deleted under the job, nor a null source resized.
     assert!(rpc.try_run(&["bdev_malloc_delete", "b"]).is_err());
+    rpc.run(&["bdev_null_create", "n0", "8", "512"]);
+    rpc.run(&["bdev_null_create", "n1", "8", "512"]);
+    rpc.call(
+        "pollux_mirror_start",
+        json!({"job": "n", "source": "n0", "target": "n1"}),
+    );
+    let e = rpc.fails(&["bdev_null_resize", "n0", "16"]);
+    assert!(e.contains("mirror job"), "{e}");
+    rpc.call("pollux_job_cancel", json!({"job": "n"}));
+    rpc.run(&["bdev_null_resize", "n0", "16"]);
 
     let j = wait_state(&rpc, "j", "ready");
     assert_eq!(j["bytes_done"], json!(8 * MIB), "{j}");

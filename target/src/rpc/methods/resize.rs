@@ -36,8 +36,21 @@ struct Named {
     name: String,
 }
 
+/// A mirror job copies a fixed size: its source and target keep theirs
+/// until it ends.
+fn not_in_a_job(d: &Dispatcher, name: &str) -> Result<(), RpcError> {
+    if d.ctx.jobs.uses(name) {
+        return Err(RpcError::errno(
+            errno::EBUSY,
+            format!("{name:?} is the source or target of a mirror job"),
+        ));
+    }
+    Ok(())
+}
+
 fn bdev_null_resize(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: NullResize = params(p)?;
+    not_in_a_job(d, &p.name)?;
     let created_by = d.ctx.bdevs().get(&p.name).map(|r| r.method);
     let geo = d.ctx.graph.node_geometry(&p.name);
     let (Some("bdev_null_create"), Some(geo)) = (created_by, geo) else {
@@ -69,6 +82,7 @@ fn bdev_null_resize(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError>
 
 fn rescan(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: Named = params(p)?;
+    not_in_a_job(d, &p.name)?;
     let created_by = d.ctx.bdevs().get(&p.name).map(|r| r.method);
     // The file node serves both SPDK names, whichever created it (a file
     // bdev from the TOML config is recorded as a uring one).
