@@ -9,6 +9,7 @@
 //! `pin::NodeCore`: both are model-checked with loom.
 
 use std::collections::HashSet;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +22,10 @@ use crate::latency::{self, LatencyHistogram, OpMask};
 use crate::node::{BlockNode, Geometry};
 use crate::rcu::Rcu;
 use crate::snapshot::{NodeEntry, NodeId, RootEntry, RootId, Snapshot, SnapshotGuard};
+
+/// How long closing a node waits for its reactors to drop their channels:
+/// a message round trip, far longer only if a reactor is stuck.
+const CHANNEL_DROP_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a graph change was refused. Nothing was published then.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -91,6 +96,14 @@ pub enum GraphError {
     /// Only filters (one child) can be removed with `remove_filter`.
     #[error("{0:?} is not a filter")]
     NotAFilter(String),
+    /// The node refused its children (`BlockNode::check_children`).
+    #[error("{name:?} cannot stand on its children: {reason}")]
+    BadChildren {
+        /// The node.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// Node names must not be empty.
     #[error("empty node name")]
     EmptyName,
@@ -206,6 +219,10 @@ pub struct GraphStats {
     pub reclaimed: u64,
     /// Nodes closed after leaving the graph and draining.
     pub nodes_closed: u64,
+    /// Versions published only to drop the entries of drained nodes (one
+    /// per change that removed nodes): not graph changes, so not counted
+    /// in `publishes`, `reclaimed` or the grace-period figures.
+    pub sweeps: u64,
     /// Total time spent waiting for grace periods.
     pub grace_total: Duration,
     /// Distribution of the grace-period waits.
@@ -217,6 +234,7 @@ struct Counters {
     publishes: AtomicU64,
     reclaimed: AtomicU64,
     nodes_closed: AtomicU64,
+    sweeps: AtomicU64,
     grace_ns: AtomicU64,
     /// Control path only (one record per publication): a mutex is fine.
     grace_hist: Mutex<LatencyHistogram>,
@@ -226,7 +244,10 @@ struct Counters {
 pub struct Graph {
     handle: Handle,
     /// The published snapshot, whose readers are the reactors of `handle`.
-    snapshots: Rcu<Snapshot>,
+    /// Boxed so its address outlives the graph when the graph is dropped
+    /// with I/O in flight: nodes point at it (`filter::Home`) for the I/O
+    /// they hold, and `Drop` leaks it then rather than free it.
+    snapshots: ManuallyDrop<Box<Rcu<Snapshot>>>,
     counters: Counters,
     /// Told after each publication that changed a root's geometry.
     watchers: Mutex<Vec<(WatchId, RootWatcher)>>,
@@ -240,7 +261,7 @@ impl Graph {
         latency::init_clock();
         Arc::new(Graph {
             handle: handle.clone(),
-            snapshots: Rcu::new(Snapshot::empty()),
+            snapshots: ManuallyDrop::new(Box::new(Rcu::new(Snapshot::empty()))),
             counters: Counters::default(),
             watchers: Mutex::default(),
             next_watch: AtomicU64::new(0),
@@ -286,6 +307,12 @@ impl Graph {
 
     /// Builds a new snapshot with `change`, publishes it, waits for a grace
     /// period, frees the old one, then drains and closes removed nodes.
+    ///
+    /// Removed nodes are not dropped from the new snapshot but retired
+    /// (`NodeEntry::retired`): I/O a filter holds still reaches the filter's
+    /// children through the entry until the node drained. The order of the
+    /// drain is argued in `crate::filter`'s documentation; retired entries
+    /// of earlier changes are all closed and are dropped here.
     fn update<T>(
         &self,
         change: impl FnOnce(&mut Snapshot) -> Result<T, GraphError>,
@@ -348,24 +375,68 @@ impl Graph {
         let out = change(&mut next)?;
         validate(&next)?;
         next.generation = old.generation + 1;
-
         let kept: HashSet<*const ()> = next
-            .live_nodes()
+            .all_nodes()
             .map(|(_, e)| Arc::as_ptr(&e.cell) as *const ())
             .collect();
-        let removed: Vec<Arc<dyn DynNode>> = old
+        // A change retires what it removes; anything it dropped outright
+        // would lose the edges its held I/O needs.
+        debug_assert!(old
             .live_nodes()
-            .filter(|(_, e)| !kept.contains(&(Arc::as_ptr(&e.cell) as *const ())))
-            .map(|(_, e)| e.cell.clone())
+            .all(|(_, e)| kept.contains(&(Arc::as_ptr(&e.cell) as *const ()))));
+        let removed: Vec<(NodeId, Arc<dyn DynNode>)> = next
+            .all_nodes()
+            .filter(|(_, e)| e.retired)
+            .map(|(id, e)| (id, e.cell.clone()))
             .collect();
-
+        let order = parents_first(&next, &removed);
         let changed = root_changes(old, &next);
+        self.publish(&mut w, next, verify)?;
+        if !order.is_empty() {
+            for node in &order {
+                self.wait_drained(node);
+            }
+            // Drained: drop the retired entries in a version of their own,
+            // so that the nodes are freed now rather than at the next
+            // change. It looks the same from outside (retired entries are
+            // invisible), so it keeps the generation and is counted apart
+            // (`GraphStats::sweeps`). Its grace period is also the one the
+            // drain rule needs before closing: the code of a node may still
+            // run until the end of the callback in which its last pin went
+            // (a child's completion completing its parent).
+            let mut swept = w.current().fork();
+            for n in swept.nodes.iter_mut() {
+                if n.as_ref().is_some_and(|e| e.retired) {
+                    *n = None;
+                }
+            }
+            drop(w.publish(swept, || {
+                self.handle.synchronize();
+            }));
+            self.counters.sweeps.fetch_add(1, Ordering::Relaxed);
+            for node in &order {
+                self.close(node);
+            }
+        }
+        Ok((out, changed))
+    }
+
+    /// Publishes `next`, waits for the grace period, runs `verify` and
+    /// frees the version it replaced; if `verify` fails, the replaced
+    /// version is published again (its nodes live again: nothing retired
+    /// in `next` is drained) and the error returned.
+    fn publish(
+        &self,
+        w: &mut crate::rcu::Writer<'_, Snapshot>,
+        next: Snapshot,
+        verify: impl FnOnce() -> Result<(), GraphError>,
+    ) -> Result<(), GraphError> {
         let mut grace = Duration::ZERO;
         // `Handle::synchronize` is the grace period `publish` asks for: the
         // reactors of this runtime are the snapshot's only readers without
         // the lock (`snapshot`), and it returns once each of them passed a
         // quiescent point, i.e. left every callback that could borrow the old
-        // snapshot. The removed nodes stay alive meanwhile (`removed` holds
+        // snapshot. Removed nodes stay alive meanwhile (the caller holds
         // them), so I/O that pinned them can still complete.
         let old = w.publish(next, || {
             self.counters.publishes.fetch_add(1, Ordering::Relaxed);
@@ -394,16 +465,12 @@ impl Graph {
         }
         drop(old);
         self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
-
-        for node in removed {
-            self.drain_and_close(&node);
-        }
-        Ok((out, changed))
+        Ok(())
     }
 
-    /// Waits until no reactor has I/O in flight on `node`, then closes it.
-    /// Only this node's I/O is waited for: the rest of the graph keeps going.
-    fn drain_and_close(&self, node: &Arc<dyn DynNode>) {
+    /// Waits until no reactor has I/O in flight on `node`. Only this node's
+    /// I/O is waited for: the rest of the graph keeps going.
+    fn wait_drained(&self, node: &Arc<dyn DynNode>) {
         let start = Instant::now();
         let mut logged = false;
         node.core().wait_drained(|| {
@@ -413,9 +480,53 @@ impl Graph {
             }
             std::thread::sleep(Duration::from_micros(50));
         });
+    }
+
+    /// Closes a drained node and has each reactor that made a channel for
+    /// it drop that channel, on its own thread.
+    fn close(&self, node: &Arc<dyn DynNode>) {
         node.close();
         self.counters.nodes_closed.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(node = %node.core().name, "node closed");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut asked = 0;
+        for i in 0..self.handle.num_reactors() {
+            if !node.has_channel(i) || self.handle.is_stopping() {
+                continue;
+            }
+            let (n, tx) = (node.clone(), tx.clone());
+            // A full inbox leaves the channel to be leaked with the node
+            // (`ChannelSlots`' drop) rather than block the control plane.
+            let sent = self.handle.send(i, move |r: &Reactor| {
+                // SAFETY: a top-level message callback of `r`, for a closed
+                // node: drained, a grace period after its last pin.
+                unsafe { n.drop_channel(r) };
+                // Our clone goes before the answer, so the node is freed
+                // by the caller's last reference, on the control thread.
+                drop(n);
+                let _ = tx.send(());
+            });
+            asked += usize::from(sent.is_ok());
+        }
+        drop(tx);
+        for _ in 0..asked {
+            // A reactor that stops before answering drops the message, and
+            // with it the sender: no hang.
+            if rx.recv_timeout(CHANNEL_DROP_WAIT).is_err() {
+                tracing::warn!(node = %node.core().name, "a reactor did not drop its channel");
+                break;
+            }
+        }
+    }
+
+    /// A node's own way into the graph (`NodeLink::submit`), for I/O it
+    /// issues itself; `None` if there is no node by that name.
+    pub fn link(self: &Arc<Self>, name: &str) -> Option<crate::filter::NodeLink> {
+        self.read(|s| {
+            let id = s.node_id(name)?;
+            let e = s.entry(id)?;
+            Some(crate::filter::NodeLink::new(self.clone(), id, &e.cell))
+        })
     }
 
     /// Adds a node with edges to `children` (by name, in slot order).
@@ -437,7 +548,12 @@ impl Graph {
                 got: children.len(),
             });
         }
-        let cell: Arc<dyn DynNode> = Arc::new(NodeCell::new(name.into(), node, &self.handle));
+        let cell: Arc<dyn DynNode> = Arc::new(NodeCell::new(
+            name.into(),
+            node,
+            &self.handle,
+            self.rcu_ptr(),
+        ));
         self.update(|s| {
             if s.names.contains_key(name) {
                 return Err(GraphError::NameExists(name.into()));
@@ -446,9 +562,7 @@ impl Graph {
                 .iter()
                 .map(|c| lookup(s, c))
                 .collect::<Result<Vec<_>, _>>()?;
-            for k in &kids {
-                check_filter_geometry(s, &*cell, *k)?;
-            }
+            check_children(s, &*cell, &kids)?;
             Ok(insert_node(s, cell, kids))
         })
     }
@@ -465,8 +579,7 @@ impl Graph {
                     users: users.join(", "),
                 });
             }
-            s.nodes[id.0 as usize] = None;
-            s.names.remove(name);
+            retire(s, id);
             Ok(())
         })
     }
@@ -514,8 +627,8 @@ impl Graph {
                 }
             })?;
             entry.children[slot] = n;
-            let cell = entry.cell.clone();
-            check_filter_geometry(s, &*cell, n)?;
+            let (cell, kids) = (entry.cell.clone(), entry.children.clone());
+            check_children(s, &*cell, &kids)?;
             Ok(())
         })
     }
@@ -649,14 +762,18 @@ impl Graph {
         if filter.num_children() != 1 {
             return Err(GraphError::NotAFilter(filter_name.into()));
         }
-        let cell: Arc<dyn DynNode> =
-            Arc::new(NodeCell::new(filter_name.into(), filter, &self.handle));
+        let cell: Arc<dyn DynNode> = Arc::new(NodeCell::new(
+            filter_name.into(),
+            filter,
+            &self.handle,
+            self.rcu_ptr(),
+        ));
         self.update(|s| {
             if s.names.contains_key(filter_name) {
                 return Err(GraphError::NameExists(filter_name.into()));
             }
             let below = lookup(s, node)?;
-            check_filter_geometry(s, &*cell, below)?;
+            check_children(s, &*cell, &[below])?;
             let f = insert_node(s, cell, vec![below]);
             redirect(s, below, f, Some(f));
             Ok(f)
@@ -686,17 +803,22 @@ impl Graph {
             });
         }
         let cell: Arc<dyn DynNode> =
-            Arc::new(NodeCell::new(filter_name.into(), filter, &self.handle));
+            Arc::new(NodeCell::new(
+                filter_name.into(),
+                filter,
+                &self.handle,
+                self.rcu_ptr(),
+            ));
         self.update(|s| {
             if s.names.contains_key(filter_name) {
                 return Err(GraphError::NameExists(filter_name.into()));
             }
             let below = lookup(s, node)?;
-            check_filter_geometry(s, &*cell, below)?;
             let mut kids = vec![below];
             for o in others {
                 kids.push(lookup(s, o)?);
             }
+            check_children(s, &*cell, &kids)?;
             let f = insert_node(s, cell, kids);
             redirect(s, below, f, Some(f));
             Ok(f)
@@ -730,8 +852,10 @@ impl Graph {
                     });
                 }
                 redirect(s, o, n, Some(o));
-                s.nodes[o.0 as usize] = None;
-                s.names.remove(old);
+                // Retired, not dropped: writes the node still holds (a
+                // mirror's, frozen for the pivot) and writes on their way
+                // to its children reach them until it drained.
+                retire(s, o);
                 Ok(())
             },
             after_grace,
@@ -749,8 +873,7 @@ impl Graph {
             }
             let child = entry.children[0];
             redirect(s, f, child, None);
-            s.nodes[f.0 as usize] = None;
-            s.names.remove(name);
+            retire(s, f);
             Ok(())
         })
     }
@@ -788,6 +911,17 @@ impl Graph {
         })
     }
 
+    /// Runs `f` on the node called `name` if it is an `N`: for control-plane
+    /// calls on a kind's own API (changing a delay's latencies, arming an
+    /// error injection) while the node is in the graph. Holds the writer
+    /// lock meanwhile: `f` must not change the graph.
+    pub fn with_node<N: BlockNode, R>(&self, name: &str, f: impl FnOnce(&N) -> R) -> Option<R> {
+        self.read(|s| {
+            let e = s.entry(s.node_id(name)?)?;
+            e.cell.as_any().downcast_ref::<N>().map(f)
+        })
+    }
+
     /// Geometry of the node called `name`.
     pub fn node_geometry(&self, name: &str) -> Option<Geometry> {
         self.read(|s| Some(s.entry(s.node_id(name)?)?.geometry))
@@ -822,6 +956,7 @@ impl Graph {
             publishes: self.counters.publishes.load(Ordering::Relaxed),
             reclaimed: self.counters.reclaimed.load(Ordering::Relaxed),
             nodes_closed: self.counters.nodes_closed.load(Ordering::Relaxed),
+            sweeps: self.counters.sweeps.load(Ordering::Relaxed),
             grace_total: Duration::from_nanos(self.counters.grace_ns.load(Ordering::Relaxed)),
             grace_periods: *self
                 .counters
@@ -836,9 +971,20 @@ impl Graph {
     pub fn shutdown(&self) {
         let _span = tracing::info_span!("graph_shutdown").entered();
         let _ = self.update(|s| {
-            *s = Snapshot::empty();
+            s.roots.clear();
+            let ids: Vec<NodeId> = s.live_nodes().map(|(id, _)| id).collect();
+            for id in ids {
+                retire(s, id);
+            }
             Ok(())
         });
+    }
+}
+
+impl Graph {
+    /// The publication nodes point at (`filter::Home`).
+    fn rcu_ptr(&self) -> *const Rcu<Snapshot> {
+        &**self.snapshots
     }
 }
 
@@ -846,30 +992,34 @@ impl Drop for Graph {
     fn drop(&mut self) {
         // Exclusive (&mut self): no guard or `read` borrows the graph any more.
         let last = self.snapshots.get_mut();
-        // Nodes still published at drop are closed too (their reactors are
-        // gone or the graph is unreachable from them), unless I/O is still in
-        // flight on them: that I/O's `Path` points at the node and writes
-        // its counters when it completes, and nothing can wait for it here
-        // (this may run on the reactor that will complete it). Such nodes are
-        // leaked instead of freed. The count read is final: every pin was
-        // made through a guard borrowing this graph, so before the last
-        // `Arc<Graph>` was dropped, which orders it before this drop.
+        // I/O still in flight on a node (its reactors are gone, or the graph
+        // is unreachable from them) points at the node, which writes its
+        // counters when it completes, and may be held by a filter that will
+        // forward it through this publication (`filter::Home`). Nothing can
+        // wait for it here (this may run on the reactor that will complete
+        // it), so then the publication and every node are leaked instead of
+        // freed. The count read is final: every pin was made through a guard
+        // borrowing this graph (so before the last `Arc<Graph>` was dropped,
+        // which orders it before this drop) or by I/O already pinned on one
+        // of its nodes, which this finds pinned.
+        let inflight: u64 = last.all_nodes().map(|(_, e)| e.cell.core().inflight()).sum();
+        if inflight != 0 {
+            tracing::warn!(
+                inflight,
+                "graph dropped with I/O in flight; its nodes are leaked, not closed"
+            );
+            return;
+        }
+        // Retired nodes are closed already; the rest are closed now, unless
+        // someone else still holds them.
         for (_, e) in last.live_nodes() {
-            if Arc::strong_count(&e.cell) != 1 {
-                continue;
-            }
-            let inflight = e.cell.core().inflight();
-            if inflight == 0 {
+            if Arc::strong_count(&e.cell) == 1 {
                 e.cell.close();
-            } else {
-                tracing::warn!(
-                    node = %e.cell.core().name,
-                    inflight,
-                    "graph dropped with I/O in flight; the node is leaked, not closed"
-                );
-                std::mem::forget(Arc::clone(&e.cell));
             }
         }
+        // SAFETY: dropped once, here; nothing reads it after (`&mut self`,
+        // and no I/O in flight could reach it through a node's `Home`).
+        unsafe { ManuallyDrop::drop(&mut self.snapshots) };
     }
 }
 
@@ -881,15 +1031,61 @@ fn lookup(s: &Snapshot, name: &str) -> Result<NodeId, GraphError> {
 fn insert_node(s: &mut Snapshot, cell: Arc<dyn DynNode>, children: Vec<NodeId>) -> NodeId {
     let name = cell.core().name.clone();
     let geometry = cell.geometry();
+    let core: *const crate::pin::NodeCore = cell.core();
     let entry = NodeEntry {
         cell,
         geometry,
         children,
         histogram: OpMask::DEFAULT,
+        retired: false,
     };
     let id = NodeId(put_in_free_slot(&mut s.nodes, entry));
+    // SAFETY: `core` points into the cell the entry just took, alive.
+    unsafe { &*core }.home.set_id(id);
     s.names.insert(name, id);
     id
+}
+
+/// Takes node `id` out of the graph in this version: its name is free,
+/// its entry stays (children and all) for the I/O it still holds, until
+/// `Graph::update` drained and closed it.
+fn retire(s: &mut Snapshot, id: NodeId) {
+    if let Some(e) = s.nodes[id.0 as usize].as_mut() {
+        e.retired = true;
+        let name = e.cell.core().name.clone();
+        if s.names.get(&name) == Some(&id) {
+            s.names.remove(&name);
+        }
+    }
+}
+
+/// The retired nodes in drain order: each after every retired node that
+/// routes to it, so that no retired node still forwards I/O to a child
+/// that is being closed.
+fn parents_first(s: &Snapshot, retired: &[(NodeId, Arc<dyn DynNode>)]) -> Vec<Arc<dyn DynNode>> {
+    let mut left: Vec<&(NodeId, Arc<dyn DynNode>)> = retired.iter().collect();
+    let mut out = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let before = left.len();
+        let mut i = 0;
+        while i < left.len() {
+            let id = left[i].0;
+            let has_parent = left.iter().any(|(p, _)| {
+                *p != id && s.entry(*p).is_some_and(|e| e.children.contains(&id))
+            });
+            if has_parent {
+                i += 1;
+            } else {
+                out.push(left.remove(i).1.clone());
+            }
+        }
+        if left.len() == before {
+            // A cycle cannot be published (`validate`); drain the rest in
+            // any order rather than loop.
+            out.extend(left.drain(..).map(|(_, c)| c.clone()));
+        }
+    }
+    out
 }
 
 /// Stores `item` in the first empty slot (ids are reused so the tables do
@@ -940,23 +1136,32 @@ fn users_of(s: &Snapshot, id: NodeId) -> Vec<String> {
     parents.chain(roots).collect()
 }
 
-/// A filter forwards I/O unchanged, so it must look exactly like its child.
-fn check_filter_geometry(
-    s: &Snapshot,
-    filter: &dyn DynNode,
-    child: NodeId,
-) -> Result<(), GraphError> {
-    let c = s.entry(child).expect("looked up");
-    let (expected, got) = (c.geometry, filter.geometry());
-    if expected.block_size != got.block_size || expected.block_count != got.block_count {
-        return Err(GraphError::Geometry {
-            filter: filter.core().name.clone(),
-            child: c.cell.core().name.clone(),
-            expected,
-            got,
-        });
+/// A filter that forwards I/O unchanged must look exactly like its
+/// children; any node may refuse its children (`check_children`).
+fn check_children(s: &Snapshot, node: &dyn DynNode, kids: &[NodeId]) -> Result<(), GraphError> {
+    let mut geos = Vec::with_capacity(kids.len());
+    for k in kids {
+        let c = s.entry(*k).expect("looked up");
+        // The published geometry: a resized leaf's cell may still report
+        // its old size (`Graph::resize`).
+        let (expected, got) = (c.geometry, node.geometry());
+        if node.same_geometry_as_children()
+            && (expected.block_size != got.block_size || expected.block_count != got.block_count)
+        {
+            return Err(GraphError::Geometry {
+                filter: node.core().name.clone(),
+                child: c.cell.core().name.clone(),
+                expected,
+                got,
+            });
+        }
+        geos.push(expected);
     }
-    Ok(())
+    node.check_children(&geos)
+        .map_err(|reason| GraphError::BadChildren {
+            name: node.core().name.clone(),
+            reason,
+        })
 }
 
 /// After node `id`'s geometry changed in `s`: every parent that follows
@@ -1036,6 +1241,11 @@ fn validate(s: &Snapshot) -> Result<(), GraphError> {
         memo.insert(id, d + 1);
         Ok(d + 1)
     }
+    // Live nodes route only to live nodes and roots point at live nodes:
+    // retired entries are reachable only by I/O already pinned on them.
+    let live = |id: &NodeId| s.entry(*id).is_some_and(|e| !e.retired);
+    debug_assert!(s.live_nodes().all(|(_, e)| e.children.iter().all(live)));
+    debug_assert!(s.live_roots().all(|(_, r)| live(&r.node)));
     let mut memo = std::collections::HashMap::new();
     for (id, _) in s.live_nodes() {
         if depth(s, id, &mut Vec::new(), &mut memo)? > MAX_DEPTH {

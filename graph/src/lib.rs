@@ -8,7 +8,10 @@
 //! `graph` (the published graph and the control-plane operations), `pin`
 //! (the per-node in-flight pins an I/O holds and the drain that waits for
 //! them), `completion` (completions deferred to the next loop iteration),
-//! `cell` (type erasure), `gate` (the mirror's write gate), `nodes` (the kinds), `uring` (the per-reactor
+//! `cell` (type erasure and the per-reactor channels), `filter` (the API
+//! of filters that own their I/O: hold, forward, fan out, issue their
+//! own), `gate` (the mirror's write gate), `nodes` (the kinds), `uring`
+//! (the per-reactor
 //! io_uring the file node uses), `latency` (the latency histograms and their
 //! clock).
 //!
@@ -39,6 +42,7 @@ with_reactors! {
     pub mod buf;
     mod cell;
     mod completion;
+    pub mod filter;
     mod graph;
     pub mod io;
     pub mod node;
@@ -51,6 +55,7 @@ with_reactors! {
         Graph, GraphError, GraphInfo, GraphStats, NodeInfo, NodeStats, RescanError, RootChange,
         RootInfo, WatchId,
     };
+    pub use filter::{NodeLink, Parent};
     pub use io::{Io, IoError, IoOp, IoResult, IoSink};
     pub use node::{BlockNode, Geometry};
     pub use snapshot::{NodeId, RootId, Snapshot, SnapshotGuard};

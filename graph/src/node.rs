@@ -60,15 +60,22 @@ impl Geometry {
 }
 
 /// A block device in the graph: a leaf that executes I/O (null, ram, file)
-/// or a filter that forwards it to a child (passthru).
+/// or a filter that forwards it to its children (passthru, split, error,
+/// delay, RAID).
 ///
 /// Nodes are shared by every reactor. Whatever a reactor needs for itself
-/// (a ring, buffers, counters) goes in its `Channel`, created the first time
-/// that reactor submits to the node (SPDK's io_channel model), and only ever
-/// touched by that reactor.
+/// (a ring, buffers, counters, the I/O a filter holds) goes in its
+/// `Channel`, created the first time that reactor submits to the node
+/// (SPDK's io_channel model), and only ever touched, and dropped, by that
+/// reactor: it need not be `Send`.
+///
+/// A filter either rewrites and routes each I/O synchronously (`route`,
+/// the fast path: passthru, split), or takes it over in `execute` and owns
+/// it: forwards it now or later, splits it into child I/Os, or issues I/O
+/// of its own. See [`crate::filter`] for that API and its rules.
 pub trait BlockNode: Send + Sync + 'static {
     /// Per-reactor state.
-    type Channel: Send + 'static;
+    type Channel: 'static;
 
     /// The node kind, as written in configs (`null`, `ram`, `file`, ...).
     fn kind(&self) -> &'static str;
@@ -81,8 +88,26 @@ pub trait BlockNode: Send + Sync + 'static {
         0
     }
 
+    /// Whether the node must present exactly its children's size (block
+    /// size and count), checked whenever it gets a child: true for filters
+    /// that pass I/O through unchanged. Nodes whose geometry derives from
+    /// their children (split, RAID, concat) return false and check them in
+    /// `check_children`.
+    fn same_geometry_as_children(&self) -> bool {
+        true
+    }
+
+    /// Checks the children's geometries (in slot order) when the node is
+    /// added and when one of its children is replaced; an `Err` refuses
+    /// the change with its reason. Checked under the graph's writer lock,
+    /// so the geometries are the ones the change publishes.
+    fn check_children(&self, _children: &[Geometry]) -> Result<(), String> {
+        Ok(())
+    }
+
     /// For filters: which child (index into the node's edges) `io` goes to,
-    /// after any rewriting of the request. Leaves return `None` and execute.
+    /// after any rewriting of the request. Leaves, and filters that take
+    /// the I/O over, return `None`: the graph then calls `execute`.
     fn route(&self, _io: &mut Io) -> Option<usize> {
         None
     }
@@ -92,7 +117,9 @@ pub trait BlockNode: Send + Sync + 'static {
 
     /// Runs `io` (already range-checked against `geometry`). Must complete it
     /// exactly once, with `Io::complete` from an asynchronous completion or
-    /// `Io::complete_later` when the work was done synchronously.
+    /// `Io::complete_later` when the work was done synchronously. A filter
+    /// may instead pass it on with `Io::forward`, now or from a later
+    /// callback on this reactor, which then completes it.
     fn execute(&self, r: &Reactor, ch: &Self::Channel, io: Io);
 
     /// A leaf is about to present `block_count` blocks (`Graph::resize`):
@@ -116,10 +143,11 @@ pub trait BlockNode: Send + Sync + 'static {
     /// `slot` took geometry `child` (a resize below it), given its own
     /// `current` one; `None` if the node keeps its size. The default fits
     /// the one-child filters that forward I/O unchanged (they must look
-    /// exactly like their child); a node that composes children (split,
-    /// RAID) computes its own.
+    /// exactly like their child: `same_geometry_as_children`); a node whose
+    /// geometry derives from its children (split, RAID) keeps its size
+    /// unless it computes its own.
     fn child_resized(&self, _slot: usize, child: Geometry, current: Geometry) -> Option<Geometry> {
-        (self.num_children() == 1).then_some(Geometry {
+        (self.num_children() == 1 && self.same_geometry_as_children()).then_some(Geometry {
             block_count: child.block_count,
             ..current
         })

@@ -65,6 +65,10 @@ impl NodeCounters {
 pub(crate) struct NodeCore {
     pub(crate) name: String,
     pub(crate) counters: Box<[CachePadded<NodeCounters>]>,
+    /// Where the node sits in its graph, for I/O it holds to find its
+    /// children later (`Io::forward`).
+    #[cfg(not(loom))]
+    pub(crate) home: crate::filter::Home,
     /// Model-only fault: `wait_drained` returns at once, which the models
     /// must catch.
     #[cfg(loom)]
@@ -76,6 +80,8 @@ impl NodeCore {
         NodeCore {
             name,
             counters: (0..reactors).map(|_| CachePadded::default()).collect(),
+            #[cfg(not(loom))]
+            home: crate::filter::Home::default(),
             #[cfg(loom)]
             skip_drain_wait: false,
         }
@@ -155,6 +161,12 @@ impl Path {
         self.timed |= u32::from(timed) << self.len;
         self.len += 1;
         Ok(())
+    }
+
+    /// The node the I/O reached last: the one holding it, for a filter.
+    #[inline]
+    pub(crate) fn last(&self) -> Option<NonNull<NodeCore>> {
+        self.nodes[..self.len as usize].last().copied().flatten()
     }
 
     /// True once a node on the path records the I/O's latency (the clock
@@ -305,6 +317,163 @@ mod tests {
 
             reader.join().unwrap();
         });
+    }
+
+    /// The filter drain rule (`crate::filter`): a filter holds an I/O that
+    /// pinned it, and later forwards it through the filter's entry in the
+    /// *current* version to its child. The writer removes the filter
+    /// (retires it: entry kept, unreachable), drains it, drops the entry,
+    /// then removes the child. The held I/O must find the filter's entry
+    /// and must never reach a closed child.
+    struct FilterVersion {
+        /// The filter's entry and whether it is retired; its one child
+        /// is `child`.
+        filter: Option<(Arc<Node>, bool)>,
+        child: Option<Arc<Node>>,
+    }
+
+    #[derive(Clone, Copy)]
+    enum FilterFault {
+        None,
+        /// The writer does not wait for the retired filter to drain before
+        /// removing its child.
+        SkipFilterDrain,
+        /// Removing the filter drops its entry at once (the rule before
+        /// filters could hold I/O).
+        DropEntryAtRemoval,
+    }
+
+    fn node(name: &str, skip_drain: bool) -> Arc<Node> {
+        Arc::new(Node {
+            core: if skip_drain {
+                NodeCore::skipping_drain_wait(name.into(), 1)
+            } else {
+                NodeCore::new(name.into(), 1)
+            },
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn filter_model(fault: FilterFault) {
+        let mut b = loom::model::Builder::new();
+        // Two preemptions reach the forward racing the retirement and the
+        // child's removal racing the forward, in a run of seconds.
+        b.preemption_bound = Some(2);
+        b.check(move || {
+            let f = node("f", matches!(fault, FilterFault::SkipFilterDrain));
+            let c = node("c", false);
+            let rcu = Arc::new(Rcu::new(FilterVersion {
+                filter: Some((f.clone(), false)),
+                child: Some(c.clone()),
+            }));
+            let qs = Arc::new(QsCounter::new());
+
+            let (r2, q2) = (rcu.clone(), qs.clone());
+            let reader = thread::spawn(move || {
+                // Iteration 1: an I/O reaches the live filter, which holds it.
+                // SAFETY: between two quiescent points of `q2`.
+                let v = unsafe { r2.read_unchecked() };
+                let f: *const Node = match &v.filter {
+                    Some((f, false)) => {
+                        f.core.counters[0].pin();
+                        &**f
+                    }
+                    _ => {
+                        q2.go_offline();
+                        return;
+                    }
+                };
+                q2.quiescent();
+                // Iteration 2: the filter forwards it, through its entry in
+                // the version published now, to its child.
+                // SAFETY: as above.
+                let v = unsafe { r2.read_unchecked() };
+                let Some((fe, _)) = &v.filter else {
+                    panic!("held I/O lost its filter's entry");
+                };
+                assert!(std::ptr::eq(&**fe, f));
+                let Some(child) = v.child.as_deref() else {
+                    panic!("held I/O found no child");
+                };
+                assert!(
+                    !child.closed.load(Ordering::Relaxed),
+                    "held I/O reached a closed node"
+                );
+                child.core.counters[0].pin();
+                let child: *const Node = child;
+                q2.quiescent();
+                // Iteration 3: the I/O completes on the child, then unpins
+                // both.
+                // SAFETY: the writer's `Arc`s keep the memory until the
+                // join; whether the nodes are usable is what is checked.
+                let (f, child) = unsafe { (&*f, &*child) };
+                assert!(
+                    !child.closed.load(Ordering::Relaxed),
+                    "held I/O reached a closed node"
+                );
+                assert!(
+                    !f.closed.load(Ordering::Relaxed),
+                    "held I/O reached a closed node"
+                );
+                child.core.counters[0].unpin();
+                f.core.counters[0].unpin();
+                q2.quiescent();
+                q2.go_offline();
+            });
+
+            let grace = || GracePeriod::wait(|| std::iter::once(&*qs), |_| thread::yield_now());
+            // remove_filter: retire (or, faulty, drop) the entry, drain,
+            // drop the entry, close.
+            let retired = match fault {
+                FilterFault::DropEntryAtRemoval => None,
+                _ => Some((f.clone(), true)),
+            };
+            drop(rcu.lock().publish(
+                FilterVersion {
+                    filter: retired,
+                    child: Some(c.clone()),
+                },
+                grace,
+            ));
+            f.core.wait_drained(thread::yield_now);
+            drop(rcu.lock().publish(
+                FilterVersion {
+                    filter: None,
+                    child: Some(c.clone()),
+                },
+                grace,
+            ));
+            f.closed.store(true, Ordering::Relaxed);
+            // remove_node on the child, now that no entry routes to it.
+            drop(rcu.lock().publish(
+                FilterVersion {
+                    filter: None,
+                    child: None,
+                },
+                grace,
+            ));
+            c.core.wait_drained(thread::yield_now);
+            c.closed.store(true, Ordering::Relaxed);
+
+            reader.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_held_io_reaches_the_child_of_a_removed_filter() {
+        filter_model(FilterFault::None);
+    }
+
+    #[test]
+    #[should_panic(expected = "held I/O")]
+    fn loom_finds_child_closed_before_the_filter_drained() {
+        filter_model(FilterFault::SkipFilterDrain);
+    }
+
+    #[test]
+    #[should_panic(expected = "held I/O")]
+    fn loom_finds_filter_entry_dropped_at_removal() {
+        filter_model(FilterFault::DropEntryAtRemoval);
     }
 
     #[test]

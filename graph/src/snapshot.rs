@@ -31,6 +31,14 @@ pub(crate) struct NodeEntry {
     /// check, and so that flipping it is a publication like any other
     /// graph change: no flag is shared, and none is written per I/O.
     pub(crate) histogram: crate::latency::OpMask,
+    /// The node left the graph in this version's publication (or it is
+    /// closed and waits for the next publication to drop the entry). Its
+    /// entry stays addressable by `NodeId`, children and all, but nothing
+    /// live points at it: no root, no live parent, no name. I/O that
+    /// already pinned it (held by it, or fanned out from it) still routes
+    /// through it to its children; new I/O cannot reach it (`NodeLink`
+    /// refuses retired nodes). See `Graph::update` for the drain rule.
+    pub(crate) retired: bool,
 }
 
 #[derive(Clone)]
@@ -183,58 +191,61 @@ impl<'r> SnapshotGuard<'r> {
     /// failure completes the I/O with an error; it never panics.
     #[inline]
     pub fn submit(&self, r: &Reactor, root: RootId, io: Io) {
-        match self.snap.root_node(root) {
-            Some(id) => self.submit_node(r, id, io),
-            None => io.complete_later(r, Err(IoError::NoDevice)),
-        }
+        let Some(id) = self.snap.root_node(root) else {
+            io.complete_later(r, Err(IoError::NoDevice));
+            return;
+        };
+        walk(self.snap, r, id, io);
     }
+}
 
-    /// Routes `io` from node `id` down to a leaf: how a node that issues
-    /// its own I/O (a mirror's fan-out and copier) reaches its children.
-    /// The I/O pins the nodes it passes from here, on top of what its path
-    /// already holds, so a parent I/O resubmitted below keeps its parent
-    /// pinned until it completes.
-    #[inline]
-    pub fn submit_node(&self, r: &Reactor, id: NodeId, mut io: Io) {
-        let s = self.snap;
-        // This op's bit in each node's histogram mask: a node times the I/O
-        // only if its bit is set, and the clock is read only once a node on
-        // the path does (with every histogram off, never).
-        let op_bit = crate::latency::OpMask::of(io.op);
-        let mut id = id;
-        loop {
-            let Some(entry) = s.entry(id) else {
-                io.complete_later(r, Err(IoError::NoDevice));
+/// Routes `io` from node `id` down: pins each node it reaches, checks the
+/// range against it, and follows `route` until a node executes it (a leaf,
+/// or a filter that takes the I/O over). `SnapshotGuard::submit` starts it
+/// at a root's node; `Io::forward` and `Io::submit_child` at a child of the
+/// filter holding the I/O.
+///
+/// `s` must be the snapshot published for this reactor's current callback
+/// (or one still protected by it): the nodes pinned here are pinned before
+/// the reactor's next quiescent point, which is what the drain relies on.
+#[inline(always)]
+pub(crate) fn walk(s: &Snapshot, r: &Reactor, mut id: NodeId, mut io: Io) {
+    // This op's bit in each node's histogram mask: a node times the I/O
+    // only if its bit is set, and the clock is read only once a node on
+    // the path does (with every histogram off, never).
+    let op_bit = crate::latency::OpMask::of(io.op);
+    loop {
+        let Some(entry) = s.entry(id) else {
+            io.complete_later(r, Err(IoError::NoDevice));
+            return;
+        };
+        let cell = &*entry.cell;
+        let timed = entry.histogram.has(op_bit);
+        if timed && !io.path.timed() {
+            // The first timed node on the path: the time from here is what
+            // its caller, and every node below, would measure.
+            io.submitted = crate::latency::now_raw();
+        }
+        if let Err(e) = io.path.push(r, cell.core(), timed) {
+            io.complete_later(r, Err(e));
+            return;
+        }
+        if let Err(e) = entry.geometry.check(&io) {
+            io.complete_later(r, Err(e));
+            return;
+        }
+        match cell.route(&mut io) {
+            None => {
+                cell.execute(r, io);
                 return;
-            };
-            let cell = &*entry.cell;
-            let timed = entry.histogram.has(op_bit);
-            if timed && !io.path.timed() {
-                // The first timed node on the path: the time from here is what
-                // its caller, and every node below, would measure.
-                io.submitted = crate::latency::now_raw();
             }
-            if let Err(e) = io.path.push(r, cell.core(), timed) {
-                io.complete_later(r, Err(e));
-                return;
-            }
-            if let Err(e) = entry.geometry.check(&io) {
-                io.complete_later(r, Err(e));
-                return;
-            }
-            match cell.route(&mut io) {
+            Some(slot) => match entry.children.get(slot) {
+                Some(child) => id = *child,
                 None => {
-                    cell.execute(r, io);
+                    io.complete_later(r, Err(IoError::NoDevice));
                     return;
                 }
-                Some(slot) => match entry.children.get(slot) {
-                    Some(child) => id = *child,
-                    None => {
-                        io.complete_later(r, Err(IoError::NoDevice));
-                        return;
-                    }
-                },
-            }
+            },
         }
     }
 }
@@ -317,7 +328,13 @@ impl Snapshot {
         None
     }
 
+    /// The nodes in the graph (not the retired ones).
     pub(crate) fn live_nodes(&self) -> impl Iterator<Item = (NodeId, &NodeEntry)> {
+        self.all_nodes().filter(|(_, e)| !e.retired)
+    }
+
+    /// Every entry, retired ones included.
+    pub(crate) fn all_nodes(&self) -> impl Iterator<Item = (NodeId, &NodeEntry)> {
         self.nodes
             .iter()
             .enumerate()

@@ -112,11 +112,10 @@ fn mirror_and_pivot_under_writes_lose_nothing() {
         });
     }
 
-    let (src, dst) = g.read(|s| (s.node_id("src").unwrap(), s.node_id("dst").unwrap()));
-    let m = Mirror::new(&g, src, dst, g.node_geometry("src").unwrap(), 64 * 1024, 1);
+    let m = Mirror::new(&g, g.node_geometry("src").unwrap(), 64 * 1024, 1);
     g.insert_filter_with("src", "mirror0", m.node(), &["dst"])
         .unwrap();
-    m.start_copier();
+    m.start_copier(g.link("mirror0").unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !m.in_sync() {
         assert!(

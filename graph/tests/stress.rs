@@ -1,5 +1,7 @@
 //! Two reactors run random, verified I/O on a `ram` node while the control
-//! thread inserts and removes a `passthru` filter above it 10,000 times.
+//! thread inserts and removes a `passthru` filter above it 10,000 times,
+//! and the same, fewer times, with filters that own their I/O: one that
+//! holds every I/O on a timer, one that splits every I/O into child I/Os.
 //! Required: zero failed I/Os, zero mismatches, and every superseded
 //! snapshot reclaimed.
 
@@ -11,8 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::filters::{DelayFilter, HalvesFilter};
 use pollux_graph::nodes::{passthru::PassthruNode, ram::RamNode};
-use pollux_graph::{AlignedBuf, Graph, Io, IoBuf, IoOp, IoResult, IoSink, RootId};
+use pollux_graph::{
+    AlignedBuf, BlockNode, Geometry, Graph, Io, IoBuf, IoOp, IoResult, IoSink, RootId,
+};
 use pollux_poller::Reactor;
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -114,10 +119,36 @@ impl IoSink for Worker {
 
 #[test]
 fn filter_churn_under_verified_io() {
+    churn(CYCLES, 4096, PassthruNode::new);
+}
+
+/// A filter that holds every I/O (on a reactor timer) is inserted and
+/// removed while it holds some: each is released to the child it had.
+#[test]
+fn holding_filter_churn_under_verified_io() {
+    churn(HOLDING_CYCLES, 4096, |geometry| DelayFilter {
+        geometry,
+        delay: Duration::from_micros(20),
+    });
+}
+
+/// A filter that splits every I/O into two child I/Os is inserted and
+/// removed while parents and children are in flight.
+#[test]
+fn fan_out_filter_churn_under_verified_io() {
+    // 512-byte blocks, so each 4 KiB I/O splits.
+    churn(HOLDING_CYCLES, 512, |geometry| HalvesFilter { geometry });
+}
+
+/// Fewer cycles for the filters that own their I/O: each removal waits for
+/// what they hold, and what they do is the same every cycle.
+const HOLDING_CYCLES: usize = 1_000;
+
+fn churn<F: BlockNode>(cycles: usize, block_size: u32, filter: impl Fn(Geometry) -> F) {
     let rt = common::runtime(2);
     let g = Graph::new(rt.handle());
     let size = 2 * SLOTS_PER_REACTOR * BLOCKS_PER_SLOT * BLOCK;
-    g.add_node("ram0", RamNode::new(size, 4096).unwrap(), &[])
+    g.add_node("ram0", RamNode::new(size, block_size).unwrap(), &[])
         .unwrap();
     let root = g.add_root("vol", "ram0").unwrap();
     let geo = g.describe().nodes[0].geometry;
@@ -154,9 +185,8 @@ fn filter_churn_under_verified_io() {
 
     let before = g.stats();
     let t = Instant::now();
-    for _ in 0..CYCLES {
-        g.insert_filter("ram0", "pt0", PassthruNode::new(geo))
-            .unwrap();
+    for _ in 0..cycles {
+        g.insert_filter("ram0", "pt0", filter(geo)).unwrap();
         g.remove_filter("pt0").unwrap();
     }
     let churn = t.elapsed();
@@ -170,9 +200,9 @@ fn filter_churn_under_verified_io() {
     }
     let after = g.stats();
     eprintln!(
-        "{CYCLES} insert/remove cycles in {churn:?}, {ios_during} verified I/Os meanwhile, \
+        "{cycles} insert/remove cycles in {churn:?}, {ios_during} verified I/Os meanwhile, \
          mean grace period {:?}",
-        (after.grace_total - before.grace_total) / (2 * CYCLES as u32)
+        (after.grace_total - before.grace_total) / (2 * cycles as u32)
     );
 
     assert_eq!(totals.failed.load(Ordering::Relaxed), 0, "failed I/Os");
@@ -183,11 +213,11 @@ fn filter_churn_under_verified_io() {
     );
     assert!(ios_during > 0, "no I/O ran during the churn");
     let published = after.publishes - before.publishes;
-    assert_eq!(published, 2 * CYCLES as u64);
+    assert_eq!(published, 2 * cycles as u64);
     assert_eq!(
         after.reclaimed, after.publishes,
         "every superseded snapshot must be reclaimed"
     );
-    assert_eq!(after.nodes_closed - before.nodes_closed, CYCLES as u64);
+    assert_eq!(after.nodes_closed - before.nodes_closed, cycles as u64);
     assert_eq!(g.node_stats("ram0").unwrap().inflight, 0);
 }

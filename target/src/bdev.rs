@@ -3,6 +3,8 @@
 use std::io;
 use std::sync::Arc;
 
+use pollux_graph::nodes::delay::{DelayLatencies, DelayNode};
+use pollux_graph::nodes::error::ErrorNode;
 use pollux_graph::nodes::file::{FileError, FileNode};
 use pollux_graph::nodes::{null::NullNode, passthru::PassthruNode, ram::RamNode};
 use pollux_graph::{Graph, GraphError};
@@ -51,10 +53,10 @@ pub fn build_all(graph: &Arc<Graph>, bdevs: &[BdevConfig]) -> Result<(), BdevErr
         let before = pending.len();
         let mut rest = Vec::new();
         for b in pending {
-            let ready = match &b.kind {
-                BdevKind::Passthru { child } => graph.node_geometry(child).is_some(),
-                _ => true,
-            };
+            let ready = b
+                .kind
+                .child()
+                .is_none_or(|c| graph.node_geometry(c).is_some());
             if ready {
                 build(graph, b)?;
             } else {
@@ -70,6 +72,20 @@ pub fn build_all(graph: &Arc<Graph>, bdevs: &[BdevConfig]) -> Result<(), BdevErr
         pending = rest;
     }
     Ok(())
+}
+
+/// The geometry of `child`, the base of bdev `name`.
+fn base_geometry(
+    graph: &Graph,
+    name: &str,
+    child: &str,
+) -> Result<pollux_graph::Geometry, BdevError> {
+    graph
+        .node_geometry(child)
+        .ok_or_else(|| BdevError::NoSuchBase {
+            name: name.to_owned(),
+            child: child.to_owned(),
+        })
 }
 
 /// Adds one bdev.
@@ -107,6 +123,18 @@ pub fn build(graph: &Arc<Graph>, b: &BdevConfig) -> Result<(), BdevError> {
                     child: child.clone(),
                 })?;
             graph.add_node(name, PassthruNode::new(geo), &[child])?;
+        }
+        BdevKind::Delay {
+            child,
+            latencies_us,
+        } => {
+            let geo = base_geometry(graph, name, child)?;
+            let lat = Arc::new(DelayLatencies::new(*latencies_us));
+            graph.add_node(name, DelayNode::new(geo, lat), &[child])?;
+        }
+        BdevKind::Error { child } => {
+            let geo = base_geometry(graph, name, child)?;
+            graph.add_node(name, ErrorNode::new(geo), &[child])?;
         }
     }
     tracing::info!(bdev = name, kind = ?b.kind, "bdev created");

@@ -27,6 +27,7 @@ use serde::Deserialize;
 mod metrics;
 mod nvmf;
 mod rpc;
+mod stacked;
 mod vhost;
 pub use metrics::MetricsConfig;
 pub use nvmf::{NvmfConfig, NvmfSubsystemConfig};
@@ -39,7 +40,7 @@ pub(crate) const DEFAULT_IDLE_AFTER_US: u64 = 200;
 const DEFAULT_BLOCK_SIZE: u32 = 512;
 const BLOCK_SIZES: [u32; 2] = [512, 4096];
 const SIZE_HINT: &str = r#"use e.g. 4096, "512MiB", "4GiB""#;
-const KINDS: &str = "null, ram, file, passthru";
+const KINDS: &str = "null, ram, file, passthru, delay, error";
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +132,31 @@ pub enum BdevKind {
         /// Name of the bdev below; exists and forms no cycle.
         child: String,
     },
+    /// Adds latency to reads and writes, as `bdev_delay_create`.
+    Delay {
+        /// Name of the bdev below.
+        child: String,
+        /// `[avg_read, p99_read, avg_write, p99_write]` latencies in µs.
+        latencies_us: [u64; 4],
+    },
+    /// Injects errors when `bdev_error_inject_error` says so, as
+    /// `bdev_error_create`; named `EE_<child>` as SPDK names it.
+    Error {
+        /// Name of the bdev below.
+        child: String,
+    },
+}
+
+impl BdevKind {
+    /// The bdev below, for the kinds stacked on one.
+    pub fn child(&self) -> Option<&str> {
+        match self {
+            BdevKind::Passthru { child }
+            | BdevKind::Delay { child, .. }
+            | BdevKind::Error { child } => Some(child),
+            _ => None,
+        }
+    }
 }
 
 /// A configuration error. Its `Display` is one line; callers prefix the
@@ -328,6 +354,10 @@ struct RawBdev {
     path: Option<String>,
     direct: Option<bool>,
     child: Option<String>,
+    avg_read_latency: Option<u64>,
+    p99_read_latency: Option<u64>,
+    avg_write_latency: Option<u64>,
+    p99_write_latency: Option<u64>,
 }
 
 impl RawReactors {
@@ -399,7 +429,8 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "null" | "ram" => &["size", "block_size"],
         "file" => &["path", "direct", "block_size"],
-        "passthru" => &["child"],
+        "passthru" | "error" => &["child"],
+        "delay" => &stacked::DELAY_KEYS,
         _ => &[],
     }
 }
@@ -441,7 +472,7 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
                 format!("missing (use one of {KINDS})"),
             ))
         }
-        Some(k @ ("null" | "ram" | "file" | "passthru")) => k,
+        Some(k @ ("null" | "ram" | "file" | "passthru" | "delay" | "error")) => k,
         Some(other) => {
             return Err(ConfigError::invalid(
                 field("kind"),
@@ -456,6 +487,10 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
         ("path", raw.path.is_some()),
         ("direct", raw.direct.is_some()),
         ("child", raw.child.is_some()),
+        ("avg_read_latency", raw.avg_read_latency.is_some()),
+        ("p99_read_latency", raw.p99_read_latency.is_some()),
+        ("avg_write_latency", raw.avg_write_latency.is_some()),
+        ("p99_write_latency", raw.p99_write_latency.is_some()),
     ];
     let allowed = allowed_keys(kind);
     if let Some((bad, _)) = present
@@ -500,6 +535,15 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
             }
         }
         _ => match raw.child {
+            Some(child) if !child.trim().is_empty() && kind != "passthru" => {
+                let us = [
+                    raw.avg_read_latency,
+                    raw.p99_read_latency,
+                    raw.avg_write_latency,
+                    raw.p99_write_latency,
+                ];
+                stacked::validate(kind, &name, child, us, &field)?
+            }
             Some(child) if !child.trim().is_empty() => BdevKind::Passthru { child },
             Some(_) => return Err(ConfigError::invalid(field("child"), "must not be empty")),
             None => {
@@ -589,10 +633,7 @@ fn check_children(
     bdevs: &[BdevConfig],
     index_of: &HashMap<String, usize>,
 ) -> Result<(), ConfigError> {
-    let child_of = |b: &BdevConfig| match &b.kind {
-        BdevKind::Passthru { child } => Some(child.clone()),
-        _ => None,
-    };
+    let child_of = |b: &BdevConfig| b.kind.child().map(str::to_owned);
     for (i, bdev) in bdevs.iter().enumerate() {
         let Some(child) = child_of(bdev) else {
             continue;
@@ -1113,7 +1154,7 @@ child = "disk0"
         assert!(err("[[bdev]]\nname = \"a\"\n").starts_with(r#"bdev[0] ("a").kind: missing"#));
         assert_eq!(
             err("[[bdev]]\nname = \"a\"\nkind = \"nvme\"\n"),
-            r#"bdev[0] ("a").kind: "nvme" is not a bdev kind (use one of null, ram, file, passthru)"#
+            r#"bdev[0] ("a").kind: "nvme" is not a bdev kind (use one of null, ram, file, passthru, delay, error)"#
         );
     }
 

@@ -1,7 +1,10 @@
 //! The node kinds Pollux ships.
 
+pub mod delay;
+pub mod error;
 pub mod file;
 pub mod null;
 pub mod passthru;
 pub mod mirror;
 pub mod ram;
+pub mod split;

@@ -94,7 +94,7 @@ impl MirrorJob {
         let (Some(src_id), Some(dst_id)) = (src_id, dst_id) else {
             return Err(pollux_graph::GraphError::NoSuchNode(source.into()).into());
         };
-        let mirror = Mirror::new(graph, src_id, dst_id, src_geo, granularity, copier_reactor);
+        let mirror = Mirror::new(graph, src_geo, granularity, copier_reactor);
         let filter = format!("mirror:{name}");
         graph.insert_filter_with(source, &filter, mirror.node(), &[target])?;
         // The ids were read before the insertion: had a node of either name
@@ -107,7 +107,12 @@ impl MirrorJob {
                 "source or target was replaced while the job started".into(),
             ));
         }
-        mirror.start_copier();
+        let Some(link) = graph.link(&filter) else {
+            return Err(JobError::Invalid(
+                "the mirror filter left the graph while the job started".into(),
+            ));
+        };
+        mirror.start_copier(link);
         tracing::info!(
             job = name,
             source,

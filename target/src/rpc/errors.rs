@@ -79,6 +79,7 @@ impl From<GraphError> for RpcError {
             | GraphError::TooDeep
             | GraphError::NotAChild { .. }
             | GraphError::Geometry { .. }
+            | GraphError::BadChildren { .. }
             | GraphError::NotAFilter(_)
             | GraphError::EmptyName => RpcError::invalid_params(e.to_string()),
         }

@@ -36,6 +36,9 @@ pub struct BdevRecord {
     pub uuid: String,
     /// SPDK's product name for the kind.
     pub product_name: &'static str,
+    /// Whether `save_config` replays `method` for this bdev: false for the
+    /// bdevs one call made beside the first (the parts of a split).
+    pub replay: bool,
 }
 
 /// What the methods act on.

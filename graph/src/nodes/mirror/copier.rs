@@ -79,7 +79,7 @@ fn fill(r: &Reactor, c: &Rc<Copier>) {
             .unwrap_or_else(|| AlignedBuf::zeroed(len as usize));
         let sink = c.me.borrow().clone().expect("set at start");
         let io = Io::new(IoOp::Read, offset, len, IoBuf::Owned(buf), sink, bit);
-        m.graph.snapshot(r).submit_node(r, m.source, io);
+        m.link().submit(r, super::SOURCE, io);
     }
     if c.active.get() == 0 {
         if m.stop.load(Ordering::Relaxed) || m.error().is_some() {
@@ -120,7 +120,7 @@ impl IoSink for CopySink {
             let buf = std::mem::replace(&mut io.buf, IoBuf::None);
             let sink = c.me.borrow().clone().expect("set while copies run");
             let w = Io::new(IoOp::Write, io.offset, io.len, buf, sink, bit | WRITE_PHASE);
-            m.graph.snapshot(r).submit_node(r, m.target, w);
+            m.link().submit(r, super::TARGET, w);
             return;
         }
         m.copied.fetch_add(io.len, Ordering::Relaxed);

@@ -18,9 +18,18 @@
 //!   writes go to the target. No write is lost or failed, and none is
 //!   acknowledged before it is on the device that ends up exported.
 //!
-//! The per-reactor state (writes on their way to the source, held writes)
-//! lives in a reactor-local table keyed by the mirror's id: a node's
-//! `Channel` must be `Send`, and `Io` is not.
+//! The node is a filter on the graph's filter API (`crate::filter`): a
+//! write is the `Parent` of its write to the source, held writes are
+//! forwarded to the target with `Io::forward`, and the copier's and the
+//! pivot's flush go through the mirror's `NodeLink`. So a mirror removed
+//! from the graph (pivot or cancel) while it holds or copies is retired
+//! and drained like any filter, and what it still holds reaches its
+//! children.
+//!
+//! The held writes live in a reactor-local table keyed by the mirror's id
+//! rather than in the node's channel: the control thread's thaw and pivot
+//! reach every reactor's held writes (`on_each_reactor`), and a channel is
+//! reachable only from the node's own I/O.
 
 mod bitmap;
 mod copier;
@@ -31,15 +40,21 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pollux_poller::Reactor;
 
 use crate::gate::WriteGate;
+use crate::filter::{NodeLink, Parent};
 use crate::io::{Io, IoError, IoOp, IoResult, IoSink};
 use crate::node::{BlockNode, Geometry};
-use crate::{Graph, NodeId};
+use crate::Graph;
+
+/// Child slot of the source.
+const SOURCE: usize = 0;
+/// Child slot of the target.
+const TARGET: usize = 1;
 
 /// Ids of the mirrors of this process, for the reactor-local tables.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -68,8 +83,6 @@ pub enum MirrorError {
 pub struct Mirror {
     id: u64,
     graph: Arc<Graph>,
-    source: NodeId,
-    target: NodeId,
     geometry: Geometry,
     bitmap: DirtyBitmap,
     /// Counts writes sent to the source; frozen, holds new ones (pivot).
@@ -90,15 +103,17 @@ pub struct Mirror {
     error: Mutex<Option<String>>,
     /// Reactor the copier runs on.
     copier_reactor: usize,
+    /// The filter's own way to its children (copier, target flush), set
+    /// by `start_copier` once the filter is in the graph.
+    link: OnceLock<NodeLink>,
 }
 
 impl Mirror {
-    /// A mirror of node `source` onto `target` (both in `graph`, of the
-    /// same geometry), `granularity` bytes per dirty bit, everything dirty.
+    /// A mirror of `geometry` in `graph`, `granularity` bytes per dirty
+    /// bit, everything dirty. Its node (`node`) is inserted above the
+    /// source with the target as child slot 1 (`Graph::insert_filter_with`).
     pub fn new(
         graph: &Arc<Graph>,
-        source: NodeId,
-        target: NodeId,
         geometry: Geometry,
         granularity: u64,
         copier_reactor: usize,
@@ -109,8 +124,6 @@ impl Mirror {
         Arc::new(Mirror {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             graph: graph.clone(),
-            source,
-            target,
             geometry,
             bitmap,
             gate: WriteGate::new(reactors),
@@ -121,6 +134,7 @@ impl Mirror {
             stopped: AtomicBool::new(false),
             error: Mutex::new(None),
             copier_reactor,
+            link: OnceLock::new(),
         })
     }
 
@@ -129,8 +143,10 @@ impl Mirror {
         MirrorNode(self.clone())
     }
 
-    /// Starts the copier on its reactor.
-    pub fn start_copier(self: &Arc<Self>) {
+    /// Starts the copier on its reactor, issuing its I/O through `link`
+    /// (`Graph::link` of the inserted filter).
+    pub fn start_copier(self: &Arc<Self>, link: NodeLink) {
+        let _ = self.link.set(link);
         let m = self.clone();
         self.graph
             .handle()
@@ -153,6 +169,11 @@ impl Mirror {
     /// The copier's error, if it stopped on one.
     pub fn error(&self) -> Option<String> {
         self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Set before the copier starts, which is the only user.
+    fn link(&self) -> &NodeLink {
+        self.link.get().expect("set by start_copier")
     }
 
     fn writes_in_flight(&self) -> u64 {
@@ -213,7 +234,9 @@ impl Mirror {
         let m = self.clone();
         self.graph.handle().on_each_reactor(move |r| {
             for io in m.local(r).take_held() {
-                m.graph.snapshot(r).submit_node(r, m.target, io);
+                // Held, so pinned on the filter: reaches the target even
+                // though the filter is retired now.
+                io.forward(r, TARGET);
             }
         });
         self.stop_copier();
@@ -240,9 +263,8 @@ impl Mirror {
     }
 
     fn flush_target(&self) -> Result<(), IoError> {
+        let link = self.link.get().ok_or(IoError::NoDevice)?.clone();
         let (tx, rx) = std::sync::mpsc::channel();
-        let graph = self.graph.clone();
-        let target = self.target;
         self.graph.handle().send_blocking(self.copier_reactor, move |r| {
             let io = Io::new(
                 IoOp::Flush,
@@ -252,7 +274,7 @@ impl Mirror {
                 Rc::new(copier::OnceSink(RefCell::new(Some(tx)))),
                 0,
             );
-            graph.snapshot(r).submit_node(r, target, io);
+            link.submit(r, TARGET, io);
         });
         rx.recv_timeout(PIVOT_WAIT)
             .map_err(|_| IoError::Busy)
@@ -266,7 +288,6 @@ impl Mirror {
             .or_insert_with(|| {
                 Rc::new(Local {
                     held: RefCell::default(),
-                    pending: RefCell::default(),
                     sink: RefCell::default(),
                 })
             })
@@ -274,9 +295,9 @@ impl Mirror {
     }
 
     /// A write-like I/O reaches the filter.
-    fn write(self: &Arc<Self>, r: &Reactor, mut io: Io) {
+    fn write(self: &Arc<Self>, r: &Reactor, io: Io) {
         if self.pivoted.load(Ordering::Relaxed) {
-            self.graph.snapshot(r).submit_node(r, self.target, io);
+            io.forward(r, TARGET);
             return;
         }
         let local = self.local(r);
@@ -284,15 +305,15 @@ impl Mirror {
             local.held.borrow_mut().push(io);
             return;
         }
-        let buf = std::mem::replace(&mut io.buf, crate::IoBuf::None);
         let (op, offset, len) = (io.op, io.offset, io.len);
-        let tag = {
-            let mut p = local.pending.borrow_mut();
-            p.insert(io)
-        };
-        let sink = local.sink(self);
-        let child = Io::new(op, offset, len, buf, sink, tag);
-        self.graph.snapshot(r).submit_node(r, self.source, child);
+        let parent = Parent::new(io);
+        // The child's data is a view of the parent's buffer; the parent
+        // stays pinned on the filter until the child completed.
+        let child = parent.child(op, offset, len, 0, local.sink(self), 0);
+        parent.submit(r, SOURCE, child);
+        // If the child already completed, this completes the parent;
+        // otherwise the child's completion does.
+        parent.complete_if_last(r);
     }
 }
 
@@ -304,8 +325,6 @@ struct Locals(RefCell<HashMap<u64, Rc<Local>>>);
 struct Local {
     /// Writes held while frozen.
     held: RefCell<Vec<Io>>,
-    /// Parent writes whose child write is at the source, by child tag.
-    pending: RefCell<Slab>,
     /// Where child writes complete.
     sink: RefCell<Option<Rc<WriteSink>>>,
 }
@@ -323,50 +342,24 @@ impl Local {
     }
 }
 
-/// Parent I/Os by index, reusing free slots.
-#[derive(Default)]
-struct Slab {
-    slots: Vec<Option<Io>>,
-    free: Vec<usize>,
-}
-
-impl Slab {
-    fn insert(&mut self, io: Io) -> u64 {
-        match self.free.pop() {
-            Some(i) => {
-                self.slots[i] = Some(io);
-                i as u64
-            }
-            None => {
-                self.slots.push(Some(io));
-                self.slots.len() as u64 - 1
-            }
-        }
-    }
-
-    fn remove(&mut self, tag: u64) -> Option<Io> {
-        let io = self.slots.get_mut(tag as usize)?.take()?;
-        self.free.push(tag as usize);
-        Some(io)
-    }
-}
-
 /// Completes a parent write when its child write at the source completes.
 struct WriteSink(Arc<Mirror>);
 
 impl IoSink for WriteSink {
-    fn io_done(&self, r: &Reactor, mut child: Io, result: IoResult) {
+    fn io_done(&self, r: &Reactor, child: Io, result: IoResult) {
         let m = &self.0;
-        let local = m.local(r);
-        let parent = local.pending.borrow_mut().remove(child.tag);
         // Marked whatever the result: a failed write may have changed part
         // of the region.
         m.bitmap.mark(r.index(), child.offset, child.len);
         // After the mark: the pivot reads zero only once it is visible.
         m.gate.exit(r.index());
-        if let Some(mut parent) = parent {
-            parent.buf = std::mem::replace(&mut child.buf, crate::IoBuf::None);
-            parent.complete(r, result);
+        let parent = Parent::of(&child);
+        // The child keeps the parent: it goes first, so that the parent
+        // can complete.
+        drop(child);
+        if let Some(parent) = parent {
+            parent.record(result);
+            parent.complete_if_last(r);
         }
     }
 }
@@ -398,7 +391,7 @@ impl BlockNode for MirrorNode {
     #[inline]
     fn route(&self, io: &mut Io) -> Option<usize> {
         match io.op {
-            IoOp::Read | IoOp::Flush => Some(0),
+            IoOp::Read | IoOp::Flush => Some(SOURCE),
             IoOp::Write | IoOp::WriteZeroes | IoOp::Discard => None,
         }
     }

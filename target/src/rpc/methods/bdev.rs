@@ -67,6 +67,16 @@ pub fn record_config_bdevs(ctx: &RpcContext, bdevs: &[BdevConfig]) {
                 "bdev_passthru_create",
                 json!({"name": b.name, "base_bdev_name": child}),
             ),
+            BdevKind::Delay {
+                child,
+                latencies_us: [ar, pr, aw, pw],
+            } => (
+                "bdev_delay_create",
+                json!({"name": b.name, "base_bdev_name": child,
+                    "avg_read_latency": ar, "p99_read_latency": pr,
+                    "avg_write_latency": aw, "p99_write_latency": pw}),
+            ),
+            BdevKind::Error { child } => ("bdev_error_create", json!({"base_name": child})),
         };
         record(ctx, &b.name, method, params, None);
     }
@@ -78,11 +88,14 @@ fn product_name(method: &str) -> &'static str {
         "bdev_null_create" => "Null disk",
         "bdev_aio_create" => "AIO disk",
         "bdev_uring_create" => "URING bdev",
+        "bdev_split_create" => "Split Disk",
+        "bdev_error_create" => "Error Injection Disk",
+        "bdev_delay_create" => "delay",
         _ => "passthru",
     }
 }
 
-fn record(
+pub(super) fn record(
     ctx: &RpcContext,
     name: &str,
     method: &'static str,
@@ -98,6 +111,7 @@ fn record(
             params,
             uuid,
             product_name: product_name(method),
+            replay: true,
         },
     );
 }
@@ -150,7 +164,7 @@ fn create(
 /// Pollux's nodes lack. Callers pass `asked = false` for the param's
 /// default (absent, 0, false, -1 for NUMA ids): rpc.py sends several of
 /// those unasked, and they must never fail a call.
-fn lacks(param: &str, asked: bool, what: &str) -> Result<(), RpcError> {
+pub(super) fn lacks(param: &str, asked: bool, what: &str) -> Result<(), RpcError> {
     if asked {
         Err(RpcError::invalid_params(format!("{param}: {what}")))
     } else {
@@ -160,7 +174,7 @@ fn lacks(param: &str, asked: bool, what: &str) -> Result<(), RpcError> {
 
 /// A `uuid` param: SPDK decodes it with `spdk_json_decode_uuid` and answers
 /// "Invalid parameters" for anything but a UUID. Returned in lower case.
-fn check_uuid(uuid: Option<String>) -> Result<Option<String>, RpcError> {
+pub(super) fn check_uuid(uuid: Option<String>) -> Result<Option<String>, RpcError> {
     let Some(u) = uuid else { return Ok(None) };
     let groups: Vec<&str> = u.split('-').collect();
     let shape = groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
@@ -510,11 +524,17 @@ fn creation_order(d: &Dispatcher) -> Vec<(&'static str, Value)> {
     while !pending.is_empty() {
         let before = pending.len();
         pending.retain(|(name, r)| {
-            let base = r.params.get("base_bdev_name").and_then(Value::as_str);
+            let base = ["base_bdev_name", "base_bdev", "base_name"]
+                .iter()
+                .find_map(|k| r.params.get(*k).and_then(Value::as_str));
             let ready =
                 base.is_none_or(|b| done.iter().any(|n| n == b) || !records.contains_key(b));
             if ready {
-                out.push((r.method, r.params.clone()));
+                // A bdev another one's call makes (a split's later parts)
+                // is built by that call, not replayed on its own.
+                if r.replay {
+                    out.push((r.method, r.params.clone()));
+                }
                 done.push((*name).clone());
             }
             !ready

@@ -6,7 +6,6 @@ use serde_json::{json, Value};
 
 use crate::rpc::jsonrpc::{params, NoParams, RpcError};
 use crate::rpc::Dispatcher;
-use pollux_graph::nodes::passthru::PassthruNode;
 use pollux_graph::GraphError;
 
 pub(super) fn register(d: &mut Dispatcher) {
@@ -60,6 +59,10 @@ fn pollux_graph_get(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError>
 struct FilterSpec {
     name: String,
     kind: String,
+    /// The kind's own settings (`delay`: the four `bdev_delay_create`
+    /// latencies, default 0); none for `passthru` and `error`.
+    #[serde(default)]
+    params: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -71,23 +74,26 @@ struct InsertFilter {
 
 fn pollux_graph_insert_filter(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: InsertFilter = params(p)?;
-    if p.filter.kind != "passthru" {
-        return Err(RpcError::invalid_params(format!(
-            "filter.kind: {:?} is not a filter kind (known: passthru)",
-            p.filter.kind
-        )));
-    }
     let geo = d
         .ctx
         .graph
         .node_geometry(&p.node)
         .ok_or_else(|| GraphError::NoSuchNode(p.node.clone()))?;
-    d.ctx
-        .graph
-        .insert_filter(&p.node, &p.filter.name, PassthruNode::new(geo))?;
+    super::filters::insert_filter(
+        d,
+        &p.node,
+        &p.filter.name,
+        &p.filter.kind,
+        p.filter.params.clone(),
+        geo,
+    )?;
+    let mut filter = json!({"name": p.filter.name, "kind": p.filter.kind});
+    if let Some(fp) = &p.filter.params {
+        filter["params"] = fp.clone();
+    }
     d.ctx.filters().push(json!({
         "method": "pollux_graph_insert_filter",
-        "params": {"node": p.node, "filter": {"name": p.filter.name, "kind": p.filter.kind}},
+        "params": {"node": p.node, "filter": filter},
     }));
     Ok(json!(true))
 }
@@ -100,6 +106,7 @@ struct RemoveFilter {
 
 fn pollux_graph_remove_filter(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: RemoveFilter = params(p)?;
+    super::filters::before_remove(d, &p.name);
     d.ctx.graph.remove_filter(&p.name)?;
     d.ctx
         .filters()

@@ -1,6 +1,7 @@
 //! The built-in methods, one module per SPDK method family.
 
 pub mod bdev;
+mod filters;
 mod framework;
 mod graph;
 mod jobs;
@@ -14,6 +15,7 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     framework::register(d);
     bdev::register(d);
     resize::register(d);
+    filters::register(d);
     // Before graph: filters are replayed last, above the bdevs the
     // controllers attached to.
     vhost::register(d);
