@@ -23,6 +23,7 @@ pub(crate) trait DynNode: Send + Sync {
     fn check_children(&self, children: &[Geometry]) -> Result<(), String>;
     fn route(&self, io: &mut Io) -> Option<usize>;
     fn execute(&self, r: &Reactor, io: Io);
+    fn retiring(&self, handle: &pollux_poller::Handle);
     fn close(&self);
     fn resize(&self, block_count: u64) -> bool;
     fn backend_size(&self) -> Option<std::io::Result<u64>>;
@@ -89,6 +90,9 @@ impl<N: BlockNode> DynNode for NodeCell<N> {
     fn execute(&self, r: &Reactor, io: Io) {
         let ch = self.channels.get_or_init(r, || self.node.create_channel(r));
         self.node.execute(r, ch, io);
+    }
+    fn retiring(&self, handle: &pollux_poller::Handle) {
+        self.node.retiring(handle);
     }
     fn close(&self) {
         self.node.close();

@@ -394,6 +394,9 @@ impl Graph {
         self.publish(&mut w, next, verify)?;
         if !order.is_empty() {
             for node in &order {
+                node.retiring(&self.handle);
+            }
+            for node in &order {
                 self.wait_drained(node);
             }
             // Drained: drop the retired entries in a version of their own,

@@ -153,6 +153,13 @@ pub trait BlockNode: Send + Sync + 'static {
         })
     }
 
+    /// Called on the control thread once the node has left the graph (it
+    /// is retired: nothing new reaches it), before the graph waits for the
+    /// I/O pinned on it to drain. A filter holding I/O that would otherwise
+    /// never complete (error injection's `pending`) completes or forwards
+    /// it here, on its reactors (`handle`), or the removal waits forever.
+    fn retiring(&self, _handle: &pollux_poller::Handle) {}
+
     /// Called on the control thread once the node has left the graph and
     /// its in-flight I/O has drained on every reactor, and at shutdown:
     /// make data durable and release backend resources.

@@ -215,3 +215,44 @@ fn split_parts_map_onto_their_base_and_stay_inside_it() {
         Err(IoError::OutOfRange { .. })
     ));
 }
+
+/// Removing an error filter that holds `pending` I/O fails that I/O
+/// instead of waiting for it forever.
+#[test]
+fn removing_an_error_filter_fails_its_pending_io() {
+    let rt = runtime(2);
+    let (g, root) = ram_graph(&rt);
+    let geo = g.node_geometry("ram0").unwrap();
+    g.insert_filter("ram0", "EE_ram0", ErrorNode::new(geo))
+        .unwrap();
+    g.with_node("EE_ram0", |n: &ErrorNode| {
+        n.injection().arm(
+            ErrorIoType::Read,
+            Injection {
+                error_type: ErrorType::Pending,
+                count: 1,
+                corrupt_offset: 0,
+                corrupt_value: 0,
+            },
+        )
+    })
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let g2 = g.clone();
+    rt.handle().send_blocking(1, move |r: &Reactor| {
+        let b = AlignedBuf::zeroed(4096);
+        let io = Io::new(
+            IoOp::Read,
+            0,
+            4096,
+            IoBuf::Owned(b),
+            Rc::new(ChanSink(tx)),
+            0,
+        );
+        g2.snapshot(r).submit(r, root, io);
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "held");
+    g.remove_filter("EE_ram0").unwrap();
+    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap().0.is_err());
+    assert_eq!(io(&g, root, IoOp::Read, 0, 4096, None).0, Ok(()));
+}

@@ -142,7 +142,7 @@ fn fan_out_filter_churn_under_verified_io() {
 
 /// Fewer cycles for the filters that own their I/O: each removal waits for
 /// what they hold, and what they do is the same every cycle.
-const HOLDING_CYCLES: usize = 1_000;
+const HOLDING_CYCLES: usize = 300;
 
 fn churn<F: BlockNode>(cycles: usize, block_size: u32, filter: impl Fn(Geometry) -> F) {
     let rt = common::runtime(2);

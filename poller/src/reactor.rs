@@ -65,6 +65,9 @@ pub struct Reactor {
     timers: RefCell<Timers>,
     pollers_added: RefCell<Vec<(PollerId, Box<dyn Poller>)>>,
     pollers_removed: RefCell<Vec<PollerId>>,
+    /// Pollers the loop runs (its own list is not reachable from
+    /// callbacks), for `num_pollers`.
+    pollers_running: Cell<usize>,
     next_poller: Cell<u64>,
     /// Messages for reactors whose inbox was full, retried every iteration
     /// (in order per target) instead of being dropped or blocking.
@@ -94,6 +97,7 @@ impl Reactor {
             timers: RefCell::default(),
             pollers_added: RefCell::default(),
             pollers_removed: RefCell::default(),
+            pollers_running: Cell::new(0),
             next_poller: Cell::new(0),
             overflow: RefCell::default(),
             locals: RefCell::default(),
@@ -147,6 +151,17 @@ impl Reactor {
     /// Removes a poller (it is dropped on this thread after the iteration).
     pub fn unregister_poller(&self, id: PollerId) {
         self.pollers_removed.borrow_mut().push(id);
+    }
+
+    /// Pollers registered and not removed (SPDK's active pollers).
+    pub fn num_pollers(&self) -> usize {
+        let pending = self.pollers_added.borrow().len();
+        (self.pollers_running.get() + pending).saturating_sub(self.pollers_removed.borrow().len())
+    }
+
+    /// Timers waiting to run (SPDK's timed pollers).
+    pub fn num_timers(&self) -> usize {
+        self.timers.borrow().len()
     }
 
     /// Runs `f` on this reactor once `delay` has passed.
@@ -395,6 +410,7 @@ impl Reactor {
         if !added.is_empty() {
             pollers.append(&mut added);
         }
+        self.pollers_running.set(pollers.len());
     }
 }
 

@@ -82,6 +82,11 @@ impl Timers {
     /// Cancels a timer: true if it was armed, or is the periodic timer
     /// running now (which then is not re-armed); false if it already ran, was
     /// cancelled, or is a one-shot timer running now.
+    /// Timers not yet run or cancelled (a periodic one counts once).
+    pub(crate) fn len(&self) -> usize {
+        self.callbacks.len()
+    }
+
     pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
         if self.callbacks.remove(&id.0).is_some() {
             return true;

@@ -260,3 +260,29 @@ fn reactor_locals_are_singletons() {
     });
     assert_eq!(same, 7);
 }
+
+#[test]
+fn poller_and_timer_counts_follow_registration() {
+    let rt = Runtime::start(RuntimeConfig::new(cores(1), adaptive())).unwrap();
+    let h = rt.handle();
+    let counts = || h.call(0, |r: &Reactor| (r.num_pollers(), r.num_timers()));
+    assert_eq!(counts(), (0, 0));
+    let id = h.call(0, |r: &Reactor| {
+        r.register_poller(|_: &Reactor| PollStatus::Idle)
+    });
+    // Counted at once, and still once it runs.
+    assert_eq!(counts().0, 1);
+    assert_eq!(counts().0, 1);
+    let timer = h.call(0, |r: &Reactor| {
+        r.add_timer(Duration::from_secs(60), |_| ())
+    });
+    h.call(0, |r: &Reactor| {
+        r.add_periodic(Duration::from_secs(60), |_| true)
+    });
+    assert_eq!(counts(), (1, 2));
+    h.call(0, move |r: &Reactor| {
+        r.unregister_poller(id);
+        r.cancel_timer(timer);
+    });
+    assert_eq!(counts(), (0, 1));
+}

@@ -10,6 +10,7 @@
 //! - `nvmf`: the NVMe/TCP target front-end;
 //! - `vhost`: the vhost-user-blk front-end;
 //! - `rpc`: SPDK-compatible JSON-RPC (server, method table, error mapping);
+//! - `logging`: the log filter the log RPCs change at run time;
 //! - `exporter`: the Prometheus endpoint fed by reactors, graph and
 //!   front-ends;
 //! - `perf`, `perf_nvmf`: the `pollux perf` load generators.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod exporter;
 pub mod jobs;
+pub mod logging;
 pub mod nvmf;
 pub mod perf;
 pub mod perf_nvmf;

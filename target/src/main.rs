@@ -156,15 +156,6 @@ fn rpc_client(socket: &Path, method: &str, params: Option<&str>) -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POLLUX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 /// Loads `path` (or the embedded default), printing one error line naming
 /// the file and key on failure.
 fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
@@ -179,7 +170,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    pollux_target::logging::init();
     if let Some(path) = &cli.check_config {
         return match load_config(Some(path)) {
             Ok(_) => {

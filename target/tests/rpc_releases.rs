@@ -163,6 +163,18 @@ fn drive(version: &str) {
         .unwrap()
         .contains(&json!("framework_start_init")));
 
+    // Logs and threads, as orchestrators look at them (issue 13).
+    assert_eq!(cli.run(&["log_get_print_level"]), json!("INFO"));
+    cli.run(&["log_set_flag", "nvmf"]);
+    assert_eq!(cli.run(&["log_get_flags"])["nvmf"], json!(true));
+    cli.run(&["log_clear_flag", "nvmf"]);
+    // (Not log_set_level: in 25.09 JSONRPCClient's own log_set_level,
+    // its Python logger's, shadows the method, and the CLI fails.)
+    cli.run(&["log_set_print_level", "NOTICE"]);
+    assert_eq!(cli.run(&["log_get_print_level"]), json!("NOTICE"));
+    let t = cli.run(&["thread_get_stats"]);
+    assert_eq!(t["threads"][0]["name"], json!("reactor_0"), "{t}");
+
     // Bdevs, as rpc.py's CLI creates them (malloc and null sizes in MiB).
     assert_eq!(
         cli.run(&["bdev_malloc_create", "-b", "Malloc0", "16", "512"]),
@@ -321,6 +333,12 @@ fn drive(version: &str) {
         cli.run(&["nvmf_subsystem_get_controllers", NQN2]),
         json!([])
     );
+    // Its queue pairs and the subsystem's listener (issue 13).
+    let q = cli.run(&["nvmf_subsystem_get_qpairs", NQN]);
+    assert_eq!(q.as_array().unwrap().len(), 1 + PERF_QUEUES as usize, "{q}");
+    assert_eq!(q[0]["hostnqn"], json!(HOST), "{q}");
+    let l = cli.run(&["nvmf_subsystem_get_listeners", NQN]);
+    assert_eq!(l[0]["address"]["trsvcid"], json!(port_s), "{l}");
     host.shutdown();
     wait_for(&d, 20, "the controller goes with its host", || {
         (cli.run(&["nvmf_subsystem_get_controllers", NQN]) == json!([])).then_some(())

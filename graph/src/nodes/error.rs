@@ -307,6 +307,18 @@ impl BlockNode for ErrorNode {
 
     fn create_channel(&self, _r: &Reactor) {}
 
+    fn retiring(&self, handle: &pollux_poller::Handle) {
+        // Nothing is injected any more, and what `pending` holds fails, as
+        // an SPDK reset aborts it: the removal would wait for it forever.
+        self.injection.clear();
+        if !handle.is_stopping() {
+            let id = self.id;
+            handle.on_each_reactor(move |r| {
+                fail_pending(r, id);
+            });
+        }
+    }
+
     fn execute(&self, r: &Reactor, _ch: &(), mut io: Io) {
         let taken = ErrorIoType::of(io.op).and_then(|c| self.injection.take(c));
         match taken {

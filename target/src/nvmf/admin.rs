@@ -294,7 +294,9 @@ fn get_log_page(req: &mut Request, ctrl: &Controller, cx: &AdminCtx<'_>) -> Resu
             ] {
                 log.acs[op.as_u8() as usize] = effects::CSUPP;
             }
-            log.iocs[IoOpcode::Read.as_u8() as usize] = effects::CSUPP;
+            for op in [IoOpcode::Read, IoOpcode::Compare] {
+                log.iocs[op.as_u8() as usize] = effects::CSUPP;
+            }
             for op in [
                 IoOpcode::Write,
                 IoOpcode::Flush,
@@ -459,7 +461,7 @@ fn identify_controller(ctrl: &Controller) -> IdentifyController {
     id.cqes = 0x44;
     id.maxcmd = opts.max_queue_depth as u16;
     id.nn = nn;
-    id.oncs = (oncs::DSM | oncs::WRITE_ZEROES) & !opts.masked_oncs;
+    id.oncs = (oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES) & !opts.masked_oncs;
     // A volatile cache is reported so hosts send Flush (the file node
     // buffers, and Flush is what makes its data durable); broadcast flush
     // (NSID FFFFFFFFh) is not supported.

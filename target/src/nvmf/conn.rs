@@ -1217,7 +1217,10 @@ impl Conn {
             }
         }
         if let pollux_graph::IoBuf::Owned(b) = io.buf {
-            if io.op == pollux_graph::IoOp::Read {
+            if io.op == pollux_graph::IoOp::Read && super::io_cmd::is_compare(req) {
+                super::io_cmd::compare_done(req, b.as_slice());
+                self.bufs.give(b);
+            } else if io.op == pollux_graph::IoOp::Read {
                 req.buf = Some(b);
             } else {
                 self.bufs.give(b);

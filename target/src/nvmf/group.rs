@@ -382,6 +382,22 @@ impl PollGroup {
     }
 }
 
+/// Calls `f` with each live connection of target `target_id` on this
+/// reactor (control-plane queries; a connection busy in its own callback
+/// cannot be, as this runs between callbacks).
+pub(super) fn for_each_conn(r: &Reactor, target_id: u64, mut f: impl FnMut(&Conn)) {
+    let reg = r.local(|_| Registry::default());
+    let groups = reg.groups.borrow();
+    let Some((_, g)) = groups.iter().find(|(id, _)| *id == target_id) else {
+        return;
+    };
+    for s in g.conns.borrow().iter().flatten() {
+        if let Ok(c) = s.conn.try_borrow() {
+            f(&c);
+        }
+    }
+}
+
 /// Each live connection of target `target_id` on this reactor, by peer
 /// address, with the number of passes that polled it.
 #[cfg(test)]

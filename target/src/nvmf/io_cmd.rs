@@ -1,5 +1,5 @@
 //! NVM I/O commands on a request and its controller: Read, Write, Flush,
-//! Write Zeroes and Dataset Management (deallocate), submitted to the
+//! Write Zeroes, Dataset Management (deallocate) and Compare, submitted to the
 //! namespace's graph root. Range and length checks happen here so the
 //! graph only sees well-formed requests; what it still reports is mapped
 //! in `status.rs`. Nothing here knows the transport: the I/O completes to
@@ -7,11 +7,12 @@
 
 use std::rc::Rc;
 
-use pollux_graph::{Graph, Io, IoBuf, IoOp, IoSink};
+use pollux_graph::{AlignedBuf, Graph, Io, IoBuf, IoOp, IoSink};
 use pollux_nvme::fabrics::{FabricsCmd, FABRICS_OPCODE};
 use pollux_nvme::identify::oncs;
 use pollux_nvme::io::{DsmCmd, DsmRange, LbaRangeCmd, DSM_ATTR_DEALLOCATE};
 use pollux_nvme::opcode::IoOpcode;
+use pollux_nvme::sqe::Fuse;
 use pollux_nvme::Status;
 use pollux_poller::Reactor;
 
@@ -62,10 +63,16 @@ fn dispatch(req: &mut Request, ctrl: &Controller, cx: &mut IoCtx<'_>) -> Result<
     let Some(op) = IoOpcode::from_u8(sqe.opcode()) else {
         return Err(Status::INVALID_OPCODE.with_dnr());
     };
+    // Identify reports FUSES 0: fused compare-and-write needs the range
+    // held against every other queue's I/O, which the graph cannot do yet.
+    if sqe.fuse() != Fuse::Normal {
+        return Err(Status::INVALID_FIELD.with_dnr());
+    }
     // Commands `masked_oncs` hid from Identify are not offered at all.
     let oncs_bit = match op {
         IoOpcode::DatasetManagement => oncs::DSM,
         IoOpcode::WriteZeroes => oncs::WRITE_ZEROES,
+        IoOpcode::Compare => oncs::COMPARE,
         _ => 0,
     };
     if ctrl.opts.masked_oncs & oncs_bit != 0 {
@@ -116,6 +123,24 @@ fn dispatch(req: &mut Request, ctrl: &Controller, cx: &mut IoCtx<'_>) -> Result<
                 io(gop, offset, len, IoBuf::Owned(buf))
             }
         }
+        IoOpcode::Compare => {
+            let cmd = LbaRangeCmd::parse(&sqe);
+            if !cmd.in_range(geo.block_count) {
+                return Err(Status::LBA_OUT_OF_RANGE.with_dnr());
+            }
+            let len = cmd.byte_len(shift);
+            if len > u64::from(ctrl.opts.max_io_size) {
+                return Err(Status::INVALID_FIELD.with_dnr());
+            }
+            if len != u64::from(req.xfer_len) || req.data().len() as u64 != len {
+                return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
+            }
+            // The host's data stays in the request for `compare_done`; the
+            // blocks are read beside it (at most max_io_size per request,
+            // so a queue holds at most its depth of these).
+            let read = AlignedBuf::zeroed(len as usize);
+            io(IoOp::Read, cmd.slba * bs, len, IoBuf::Owned(read))
+        }
         IoOpcode::Flush => io(IoOp::Flush, 0, 0, IoBuf::None),
         IoOpcode::DatasetManagement => {
             let cmd = DsmCmd::parse(&sqe);
@@ -159,6 +184,22 @@ fn dispatch(req: &mut Request, ctrl: &Controller, cx: &mut IoCtx<'_>) -> Result<
     req.outstanding = 1;
     snap.submit(cx.reactor, root, one);
     Ok(Outcome::Submitted)
+}
+
+/// Whether `req` is a Compare, whose read completes in `compare_done`
+/// instead of becoming C2H data.
+#[inline]
+pub fn is_compare(req: &Request) -> bool {
+    req.sqe.opcode() == IoOpcode::Compare.as_u8()
+}
+
+/// Finishes a Compare once its blocks are read: Compare Failure (media
+/// and data integrity errors, 85h; DNR, as retrying cannot change the
+/// answer) unless they equal the host's data.
+pub fn compare_done(req: &mut Request, read: &[u8]) {
+    if req.status.is_success() && req.data() != read {
+        req.status = Status::COMPARE_FAILURE.with_dnr();
+    }
 }
 
 #[cfg(test)]

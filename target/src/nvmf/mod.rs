@@ -165,7 +165,7 @@ pub enum NvmfError {
     Opts(#[from] OptsError),
 }
 
-pub use introspect::ControllerInfo;
+pub use introspect::{ControllerInfo, QpairInfo};
 pub use subsystem::{Access, SubsystemSpec, DEFAULT_MAX_NSID};
 pub use transport::{OptsError, TransportOpts};
 

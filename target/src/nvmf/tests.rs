@@ -1262,3 +1262,52 @@ fn masked_oncs_hides_and_refuses_the_command() {
     assert_status(r.cqe.status(), Status::INVALID_OPCODE);
     good_host_io(&fx);
 }
+
+/// Compare of `data` against namespace 1 at `slba`: its status.
+fn compare(q: &mut host::QueuePair, slba: u64, data: &[u8]) -> Status {
+    let nlb = (data.len() / RAM_BLOCK_SIZE as usize) as u32;
+    let mut sqe = host::rw_sqe(true, 1, slba, nlb);
+    sqe.set_opcode(IoOpcode::Compare.as_u8());
+    q.execute(sqe, data.to_vec(), true, TIMEOUT)
+        .unwrap()
+        .cqe
+        .status()
+}
+
+#[test]
+fn compare_matches_written_data_and_reports_a_miscompare() {
+    use pollux_nvme::identify::{fuses, oncs};
+    let fx = Fixture::new(true);
+    let mut c = host::Controller::connect(fx.host()).unwrap();
+    assert_ne!(c.identify.oncs & oncs::COMPARE, 0, "ONCS offers Compare");
+    assert_eq!(c.identify.fuses & fuses::COMPARE_AND_WRITE, 0);
+    c.set_num_queues(1).unwrap();
+    let mut q = c.io_queue(1, 32).unwrap();
+    let data: Vec<u8> = (0..16384u32).map(|i| (i * 13 + 5) as u8).collect();
+    write(&mut q, 64, &data);
+    // Equal: in-capsule (4 KiB) and through R2T (16 KiB).
+    assert_status(compare(&mut q, 64, &data[..4096]), Status::SUCCESS);
+    assert_status(compare(&mut q, 64, &data), Status::SUCCESS);
+    // One byte off in the last block: Compare Failure, DNR.
+    let mut off = data.clone();
+    off[16383] ^= 1;
+    let st = compare(&mut q, 64, &off);
+    assert_status(st, Status::COMPARE_FAILURE);
+    assert!(st.dnr, "{st:?}");
+    // The data is unchanged by either.
+    assert!(read(&mut q, 64, data.len()) == data);
+    // Out of range and a fused command are refused before any I/O.
+    assert_status(
+        compare(&mut q, BLOCKS - 1, &data[..1024]),
+        Status::LBA_OUT_OF_RANGE,
+    );
+    let mut fused = host::rw_sqe(true, 1, 64, 8);
+    fused.set_opcode(IoOpcode::Compare.as_u8());
+    fused.set_fuse(pollux_nvme::Fuse::First);
+    let r = q
+        .execute(fused, data[..4096].to_vec(), true, TIMEOUT)
+        .unwrap();
+    assert_status(r.cqe.status(), Status::INVALID_FIELD);
+    drop(q);
+    c.shutdown().unwrap();
+}

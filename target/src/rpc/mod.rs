@@ -164,6 +164,8 @@ impl Dispatcher {
         };
         let span = tracing::info_span!("rpc", method);
         let _g = span.enter();
+        // What `log_set_flag rpc` with print level DEBUG shows.
+        tracing::debug!(?params, "RPC call");
         let result = handler(self, params);
         if let Err(e) = &result {
             tracing::info!(code = e.code, message = %e.message, "RPC failed");

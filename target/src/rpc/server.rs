@@ -5,6 +5,7 @@
 //! size of a pending request are bounded.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -27,7 +28,8 @@ const MAX_CLIENTS: usize = 64;
 /// Past it the client gets a parse error and is disconnected.
 const MAX_REQUEST: usize = 4 << 20;
 
-/// How often blocked threads look at the stop flag.
+/// How often blocked threads look at the stop flag. Only stopping waits
+/// for it: a connection or a request ends the wait at once.
 const POLL: Duration = Duration::from_millis(100);
 
 /// A client that does not read its answers for this long is dropped.
@@ -79,6 +81,19 @@ impl Drop for RpcServer {
 fn accept_loop(listener: UnixListener, dispatcher: Arc<Dispatcher>, stop: Arc<AtomicBool>) {
     let clients = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
+        // Block until a client connects (or POLL passes, to look at the
+        // stop flag). Sleeping between non-blocking accepts instead made
+        // every connection wait for the rest of the sleep: rpc.py opens one
+        // per call, so each RPC took ~25 ms.
+        match wait_readable(&listener, POLL) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "RPC socket poll failed");
+                std::thread::sleep(POLL);
+                continue;
+            }
+        }
         match listener.accept() {
             Ok((stream, _)) => {
                 if clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
@@ -100,10 +115,35 @@ fn accept_loop(listener: UnixListener, dispatcher: Arc<Dispatcher>, stop: Arc<At
                     clients.fetch_sub(1, Ordering::Relaxed);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL / 4),
+            // Another wakeup took it, or the client gave up meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 tracing::warn!(error = %e, "RPC accept failed");
                 std::thread::sleep(POLL);
+            }
+        }
+    }
+}
+
+/// Waits up to `timeout` for `listener` to have a connection to accept.
+fn wait_readable(listener: &UnixListener, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd on our stack, for a descriptor the
+    // borrowed listener keeps open for the whole call.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    match n {
+        n if n > 0 => Ok(true),
+        0 => Ok(false),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
             }
         }
     }

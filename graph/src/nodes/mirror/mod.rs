@@ -398,6 +398,15 @@ impl BlockNode for MirrorNode {
 
     fn create_channel(&self, _r: &Reactor) {}
 
+    /// Removed while frozen by something other than the pivot (which
+    /// released the held writes to the target already): the held writes
+    /// go on to the source, or the removal would wait for them forever.
+    fn retiring(&self, handle: &pollux_poller::Handle) {
+        if !self.0.pivoted.load(Ordering::SeqCst) && !handle.is_stopping() {
+            self.0.thaw();
+        }
+    }
+
     fn execute(&self, r: &Reactor, _ch: &(), io: Io) {
         self.0.write(r, io);
     }

@@ -14,9 +14,7 @@ use crate::rpc::errors::errno;
 use crate::rpc::jsonrpc::{params, RpcError};
 use crate::rpc::Dispatcher;
 use pollux_graph::nodes::delay::{DelayKind, DelayLatencies, DelayNode};
-use pollux_graph::nodes::error::{
-    fail_pending, resume_pending, ErrorIoType, ErrorNode, ErrorType, Injection,
-};
+use pollux_graph::nodes::error::{resume_pending, ErrorIoType, ErrorNode, ErrorType, Injection};
 use pollux_graph::nodes::split::SplitNode;
 use pollux_graph::GraphError;
 
@@ -245,7 +243,7 @@ fn bdev_error_delete(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError
     if !made_here {
         return Err(RpcError::no_such_bdev(&p.name));
     }
-    let (id, inj) = error_node(d, &p.name)?;
+    error_node(d, &p.name)?;
     // Refused while in use, before anything changes.
     let g = d.ctx.graph.describe();
     let used = g.nodes.iter().any(|x| x.children.contains(&p.name))
@@ -257,12 +255,8 @@ fn bdev_error_delete(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError
         }
         .into());
     }
-    // Held `pending` I/O would hold the removal forever: fail it, as an
-    // SPDK reset aborts it.
-    inj.clear();
-    d.ctx.handle.on_each_reactor(move |r| {
-        fail_pending(r, id);
-    });
+    // Held `pending` I/O fails when the node retires
+    // (`ErrorNode::retiring`), as an SPDK reset aborts it.
     d.ctx.graph.remove_node(&p.name)?;
     d.ctx.bdevs().remove(&p.name);
     Ok(json!(true))
@@ -509,19 +503,4 @@ pub(super) fn insert_filter(
         }
     }
     Ok(())
-}
-
-/// Before a filter is removed: an error filter's `pending` I/O is failed,
-/// or the removal would wait for it forever.
-pub(super) fn before_remove(d: &Dispatcher, name: &str) {
-    let node = d
-        .ctx
-        .graph
-        .with_node(name, |n: &ErrorNode| (n.id(), n.injection().clone()));
-    if let Some((id, inj)) = node {
-        inj.clear();
-        d.ctx.handle.on_each_reactor(move |r| {
-            fail_pending(r, id);
-        });
-    }
 }

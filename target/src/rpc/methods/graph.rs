@@ -106,7 +106,6 @@ struct RemoveFilter {
 
 fn pollux_graph_remove_filter(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: RemoveFilter = params(p)?;
-    super::filters::before_remove(d, &p.name);
     d.ctx.graph.remove_filter(&p.name)?;
     d.ctx
         .filters()

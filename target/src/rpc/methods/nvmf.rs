@@ -69,14 +69,14 @@ pub(super) fn register(d: &mut Dispatcher) {
     });
 }
 
-fn target(d: &Dispatcher) -> Result<&NvmfTarget, RpcError> {
+pub(super) fn target(d: &Dispatcher) -> Result<&NvmfTarget, RpcError> {
     d.ctx
         .nvmf
         .as_deref()
         .ok_or_else(|| RpcError::failed("NVMe-oF is not available in this process"))
 }
 
-fn check_tgt(tgt_name: &Option<String>) -> Result<(), RpcError> {
+pub(super) fn check_tgt(tgt_name: &Option<String>) -> Result<(), RpcError> {
     match tgt_name.as_deref() {
         None | Some(DEFAULT_TGT) => Ok(()),
         Some(t) => Err(RpcError::invalid_params(format!(
@@ -445,9 +445,9 @@ fn nvmf_create_subsystem(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Nqn {
-    nqn: String,
-    tgt_name: Option<String>,
+pub(super) struct Nqn {
+    pub(super) nqn: String,
+    pub(super) tgt_name: Option<String>,
 }
 
 fn nvmf_delete_subsystem(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
@@ -485,7 +485,7 @@ fn uuid_string(u: &[u8; 16]) -> String {
     )
 }
 
-fn listen_address(addr: &SocketAddr) -> Value {
+pub(super) fn listen_address(addr: &SocketAddr) -> Value {
     json!({
         "trtype": TCP,
         "adrfam": if addr.is_ipv4() { "IPv4" } else { "IPv6" },
