@@ -152,3 +152,67 @@ fn mirror_and_pivot_under_writes_lose_nothing() {
         assert!(ok, "block {i} lost its generation {want}");
     }
 }
+
+/// Sends one I/O's result to the test thread.
+struct Done(std::sync::mpsc::Sender<IoResult>);
+
+impl IoSink for Done {
+    fn io_done(&self, _r: &Reactor, _io: Io, result: IoResult) {
+        let _ = self.0.send(result);
+    }
+}
+
+/// A mirror cancelled while frozen (the write it holds is retired with
+/// it): the held write still reaches the source through the retired
+/// filter, and the removal does not wait forever for it.
+#[test]
+fn mirror_removed_while_holding_a_write_sends_it_to_the_source() {
+    let rt = runtime(2);
+    let g = Graph::new(rt.handle());
+    let size = MIB;
+    g.add_node("src", RamNode::new(size, 512).unwrap(), &[])
+        .unwrap();
+    g.add_node("dst", RamNode::new(size, 512).unwrap(), &[])
+        .unwrap();
+    let root = g.add_root("r", "src").unwrap();
+    let m = Mirror::new(&g, g.node_geometry("src").unwrap(), 64 * 1024, 1);
+    g.insert_filter_with("src", "mirror0", m.node(), &["dst"])
+        .unwrap();
+    m.start_copier(g.link("mirror0").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !m.in_sync() {
+        assert!(Instant::now() < deadline, "never in sync");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    m.freeze().unwrap();
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let g2 = g.clone();
+    g.handle().call(0, move |r| {
+        let mut b = AlignedBuf::zeroed(BLOCK as usize);
+        b.as_mut_slice().copy_from_slice(&block(3, 9));
+        let io = Io::new(
+            IoOp::Write,
+            3 * BLOCK,
+            BLOCK,
+            IoBuf::Owned(b),
+            Rc::new(Done(tx)),
+            0,
+        );
+        g2.snapshot(r).submit(r, root, io);
+    });
+    // Frozen: held in the filter.
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+
+    // The job's cancel: the copier stops, the filter leaves for the source.
+    m.stop_copier();
+    g.replace_node("mirror0", "src", || Ok(())).unwrap();
+    m.forget();
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("the held write completed")
+        .unwrap();
+    assert_eq!(g.describe().roots[0].node, "src");
+    let (res, back) = io(&g, root, IoOp::Read, 3 * BLOCK, BLOCK, None);
+    res.unwrap();
+    assert_eq!(back, block(3, 9), "the held write is on the source");
+}
