@@ -42,4 +42,15 @@ fi
 # keeps that minute out of the first test's timeout.
 if [ -x ../shared/vm/vm-client ]; then
     ../shared/vm/vm-client --prepare >/dev/null
+    # The DH-HMAC-CHAP test's guest (target/tests/nvmf_auth_linux.rs):
+    # bookworm-backports' 6.12 kernel, as the 6.1 one lacks
+    # CONFIG_NVME_AUTH, in a cache of its own.
+    apt_lists=${VM_CLIENT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vm-client}/apt
+    kpkg=$(apt-cache -o Dir::Etc::sourcelist="$apt_lists/sources.list" -o Dir::Etc::sourceparts=- \
+        -o Dir::State::lists="$apt_lists/lists" -q depends linux-image-6.12-amd64 2>/dev/null \
+        | awk '/Depends: linux-image-6\.12\.[^ ]*-amd64$/ {print $2; exit}')
+    if [ -n "$kpkg" ]; then
+        VM_CLIENT_CACHE="$HOME/.cache/vm-client-nvme-auth" VM_CLIENT_KERNEL_PKG="$kpkg" \
+            ../shared/vm/vm-client --prepare >/dev/null
+    fi
 fi

@@ -570,6 +570,61 @@ impl Graph {
         })
     }
 
+    /// Swaps node `name` for `node` standing on `children`, in one
+    /// publication: the new node takes the name, and every parent edge and
+    /// root that pointed at the old one points at it. The old node is
+    /// retired and drains like a removed one (I/O it holds still reaches
+    /// its old children), so an I/O sees the old node or the new one, never
+    /// a mix. For a node whose children change (a RAID's members): the new
+    /// node must present the same geometry, which its parents and exports
+    /// were checked against.
+    pub fn replace_node<N: BlockNode>(
+        &self,
+        name: &str,
+        node: N,
+        children: &[&str],
+    ) -> Result<NodeId, GraphError> {
+        let _span = tracing::info_span!("graph_replace_node", name).entered();
+        if node.num_children() != children.len() {
+            return Err(GraphError::Children {
+                name: name.into(),
+                kind: node.kind(),
+                expected: node.num_children(),
+                got: children.len(),
+            });
+        }
+        let cell: Arc<dyn DynNode> = Arc::new(NodeCell::new(
+            name.into(),
+            node,
+            &self.handle,
+            self.rcu_ptr(),
+        ));
+        self.update(|s| {
+            let old = lookup(s, name)?;
+            let kids = children
+                .iter()
+                .map(|c| lookup(s, c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let e = s.entry(old).expect("looked up");
+            let (was, now) = (e.geometry, cell.geometry());
+            if was.block_size != now.block_size || was.block_count != now.block_count {
+                return Err(GraphError::Geometry {
+                    filter: name.into(),
+                    child: name.into(),
+                    expected: was,
+                    got: now,
+                });
+            }
+            let histogram = e.histogram;
+            check_children(s, &*cell, &kids)?;
+            retire(s, old);
+            let new = insert_node(s, cell, kids);
+            s.nodes[new.0 as usize].as_mut().expect("inserted").histogram = histogram;
+            redirect(s, old, new, None);
+            Ok(new)
+        })
+    }
+
     /// Removes a node. Refused while a parent or a root references it.
     pub fn remove_node(&self, name: &str) -> Result<(), GraphError> {
         let _span = tracing::info_span!("graph_remove_node", name).entered();
@@ -594,7 +649,7 @@ impl Graph {
             if s.root_id(name).is_some() {
                 return Err(GraphError::RootExists(name.into()));
             }
-            let target = lookup(s, node)?;
+            let target = bound_top(s, lookup(s, node)?);
             let entry = RootEntry {
                 name: name.into(),
                 node: target,
@@ -758,6 +813,16 @@ impl Graph {
         filter_name: &str,
         filter: N,
     ) -> Result<NodeId, GraphError> {
+        self.put_filter(node, filter_name, filter, false)
+    }
+
+    fn put_filter<N: BlockNode>(
+        &self,
+        node: &str,
+        filter_name: &str,
+        filter: N,
+        bound: bool,
+    ) -> Result<NodeId, GraphError> {
         let _span = tracing::info_span!("graph_insert_filter", node, filter_name).entered();
         if filter_name.is_empty() {
             return Err(GraphError::EmptyName);
@@ -779,8 +844,23 @@ impl Graph {
             check_children(s, &*cell, &[below])?;
             let f = insert_node(s, cell, vec![below]);
             redirect(s, below, f, Some(f));
+            if let Some(Some(e)) = s.nodes.get_mut(f.0 as usize) {
+                e.bound = bound;
+            }
             Ok(f)
         })
+    }
+
+    /// Like `insert_filter`, and the filter is bound to `node`: roots added
+    /// on `node` later go to the filter (a QoS limit that exports made
+    /// after it must not bypass).
+    pub fn insert_bound_filter<N: BlockNode>(
+        &self,
+        node: &str,
+        filter_name: &str,
+        filter: N,
+    ) -> Result<NodeId, GraphError> {
+        self.put_filter(node, filter_name, filter, true)
     }
 
     /// `insert_filter` for a filter with more children than the node it
@@ -828,19 +908,20 @@ impl Graph {
         })
     }
 
-    /// Every parent edge and root that points at `old` points at `new`
-    /// instead, and `old` leaves the graph, in one publication (a mirror's
-    /// pivot). `new` must have `old`'s geometry. `after_grace` runs once no
+    /// Every parent edge and root that points at `old` points at `new`, a
+    /// node already in the graph, and `old` leaves the graph, in one
+    /// publication (a mirror's pivot or cancel; `replace_node` instead
+    /// swaps in a new node under the old one's name). `new` must have `old`'s geometry. `after_grace` runs once no
     /// reactor routes by the old snapshot and before `old` is drained (it
     /// may need to finish I/O that `old` holds); if it fails, the old
     /// snapshot is published again.
-    pub fn replace_node(
+    pub fn redirect_node(
         &self,
         old: &str,
         new: &str,
         after_grace: impl FnOnce() -> Result<(), GraphError>,
     ) -> Result<(), GraphError> {
-        let _span = tracing::info_span!("graph_replace_node", old, new).entered();
+        let _span = tracing::info_span!("graph_redirect_node", old, new).entered();
         self.update_checked(
             |s| {
                 let o = lookup(s, old)?;
@@ -1040,6 +1121,7 @@ fn insert_node(s: &mut Snapshot, cell: Arc<dyn DynNode>, children: Vec<NodeId>) 
         geometry,
         children,
         histogram: OpMask::DEFAULT,
+        bound: false,
         retired: false,
     };
     let id = NodeId(put_in_free_slot(&mut s.nodes, entry));
@@ -1104,6 +1186,21 @@ fn put_in_free_slot<T>(slots: &mut Vec<Option<T>>, item: T) -> u32 {
             slots.len() as u32 - 1
         }
     }
+}
+
+/// The node a root added on `id` points at: the topmost filter bound to
+/// `id` (through a chain of bound filters), or `id` itself.
+fn bound_top(s: &Snapshot, mut id: NodeId) -> NodeId {
+    for _ in 0..MAX_DEPTH {
+        let above = s
+            .live_nodes()
+            .find(|(_, e)| e.bound && e.children.as_slice() == [id]);
+        match above {
+            Some((f, _)) => id = f,
+            None => break,
+        }
+    }
+    id
 }
 
 /// Every edge and root pointing at `from` now points at `to`, except the

@@ -13,11 +13,12 @@
 //! own), `gate` (the mirror's write gate), `nodes` (the kinds), `uring`
 //! (the per-reactor
 //! io_uring the file node uses), `latency` (the latency histograms and their
-//! clock).
+//! clock), `throttle` (the shared rate budgets QoS filters draw from).
 //!
-//! Under `cfg(loom)` only the protocol rooms (`rcu`, `pin`, and `latency`
-//! whose counters `pin` holds) are built, with loom's atomics, for the
-//! models in their tests: the rest needs reactors, which loom cannot run.
+//! Under `cfg(loom)` only the protocol rooms (`rcu`, `pin`, `throttle`,
+//! the RAID rebuild fence, and `latency` whose counters `pin` holds) are
+//! built, with loom's atomics, for the models in their tests: the rest
+//! needs reactors, which loom cannot run.
 
 // Under loom the callers of the protocol rooms' production-only parts
 // (statistics, names, teardown) are not built.
@@ -28,6 +29,12 @@ mod gate;
 pub mod latency;
 mod pin;
 mod rcu;
+pub mod throttle;
+// The RAID rebuild fence is a protocol room too; in ordinary builds it is
+// `nodes::raid::rebuild`.
+#[cfg(loom)]
+#[path = "nodes/raid/rebuild.rs"]
+mod raid_fence;
 
 pub use latency::{LatencyHistogram, OpMask};
 

@@ -31,6 +31,10 @@ pub(crate) struct NodeEntry {
     /// check, and so that flipping it is a publication like any other
     /// graph change: no flag is shared, and none is written per I/O.
     pub(crate) histogram: crate::latency::OpMask,
+    /// A filter that is part of its child, as a QoS limit is part of its
+    /// bdev: a root added on the child goes to the filter instead, so an
+    /// export made later cannot bypass it.
+    pub(crate) bound: bool,
     /// The node left the graph in this version's publication (or it is
     /// closed and waits for the next publication to drop the entry). Its
     /// entry stays addressable by `NodeId`, children and all, but nothing

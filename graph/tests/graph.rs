@@ -53,9 +53,24 @@ fn null_node_reads_zeroes_and_drops_writes() {
     io(&g, root, IoOp::Write, 0, 4096, Some(vec![1; 4096]))
         .0
         .unwrap();
-    let (res, back) = io(&g, root, IoOp::Read, 0, 4096, None);
+    // A buffer that is not zero: the read must zero it.
+    let (res, back) = io(&g, root, IoOp::Read, 0, 4096, Some(vec![2; 4096]));
     res.unwrap();
     assert!(back.iter().all(|b| *b == 0));
+}
+
+/// `read_zeroes = false` (SPDK's null bdev): the read succeeds and leaves
+/// the caller's buffer as it was.
+#[test]
+fn null_node_without_read_zeroes_leaves_the_buffer() {
+    let rt = runtime(1);
+    let g = Graph::new(rt.handle());
+    let node = NullNode::new(MIB, 4096).with_read_zeroes(false);
+    g.add_node("null0", node, &[]).unwrap();
+    let root = g.add_root("r", "null0").unwrap();
+    let (res, back) = io(&g, root, IoOp::Read, 0, 4096, Some(vec![5; 4096]));
+    res.unwrap();
+    assert!(back.iter().all(|b| *b == 5));
 }
 
 #[test]
@@ -202,4 +217,50 @@ fn unknown_root_fails_the_io() {
     g.remove_root("r").unwrap();
     let (res, _) = io(&g, root, IoOp::Read, 0, 512, None);
     assert_eq!(res, Err(IoError::NoDevice));
+}
+
+#[test]
+fn replace_node_swaps_a_node_in_place_under_its_name_parents_and_roots() {
+    let rt = runtime(1);
+    let g = Graph::new(rt.handle());
+    for n in ["a", "b"] {
+        g.add_node(n, RamNode::new(MIB, 512).unwrap(), &[]).unwrap();
+    }
+    let geo = g.node_geometry("a").unwrap();
+    g.add_node("mid", PassthruNode::new(geo), &["a"]).unwrap();
+    g.add_node("top", PassthruNode::new(geo), &["mid"]).unwrap();
+    let root = g.add_root("r", "mid").unwrap();
+    let ra = g.add_root("ra", "a").unwrap();
+    io(&g, ra, IoOp::Write, 0, 512, Some(vec![7; 512]))
+        .0
+        .unwrap();
+    // The same name now stands on b: the root and the parent follow.
+    g.replace_node("mid", PassthruNode::new(geo), &["b"])
+        .unwrap();
+    let info = g.describe();
+    let mid = info.nodes.iter().find(|n| n.name == "mid").unwrap();
+    assert_eq!(mid.children, ["b"]);
+    let top = info.nodes.iter().find(|n| n.name == "top").unwrap();
+    assert_eq!(top.children, ["mid"]);
+    assert_eq!(
+        info.roots.iter().find(|r| r.name == "r").unwrap().node,
+        "mid"
+    );
+    let (res, back) = io(&g, root, IoOp::Read, 0, 512, None);
+    res.unwrap();
+    assert!(back.iter().all(|b| *b == 0), "read went to the old child");
+    // a is free again; a node of another size cannot take mid's place.
+    g.remove_root("ra").unwrap();
+    g.remove_node("a").unwrap();
+    g.add_node("big", RamNode::new(2 * MIB, 512).unwrap(), &[])
+        .unwrap();
+    let big = g.node_geometry("big").unwrap();
+    assert!(matches!(
+        g.replace_node("mid", PassthruNode::new(big), &["big"]),
+        Err(GraphError::Geometry { .. })
+    ));
+    assert!(matches!(
+        g.replace_node("nope", PassthruNode::new(geo), &["b"]),
+        Err(GraphError::NoSuchNode(_))
+    ));
 }

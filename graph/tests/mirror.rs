@@ -126,7 +126,7 @@ fn mirror_and_pivot_under_writes_lose_nothing() {
         std::thread::sleep(Duration::from_millis(5));
     }
     m.freeze().unwrap();
-    g.replace_node("mirror0", "dst", || {
+    g.redirect_node("mirror0", "dst", || {
         m.release_to_target();
         Ok(())
     })
@@ -206,7 +206,7 @@ fn mirror_removed_while_holding_a_write_sends_it_to_the_source() {
 
     // The job's cancel: the copier stops, the filter leaves for the source.
     m.stop_copier();
-    g.replace_node("mirror0", "src", || Ok(())).unwrap();
+    g.redirect_node("mirror0", "src", || Ok(())).unwrap();
     m.forget();
     rx.recv_timeout(Duration::from_secs(5))
         .expect("the held write completed")

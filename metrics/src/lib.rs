@@ -73,6 +73,40 @@ pub const VHOST_QUEUES: GaugeSpec = GaugeSpec {
     label: "controller",
 };
 
+/// A counter family that a driver feeds, like `GaugeSpec`; the name ends
+/// in `_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterSpec {
+    /// Metric name.
+    pub name: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// The label that tells the series apart.
+    pub label: &'static str,
+}
+
+/// I/O commands completed per NVMe PCIe controller (the nvme bdev driver).
+pub const NVME_COMMANDS: CounterSpec = CounterSpec {
+    name: "pollux_nvme_commands_total",
+    help: "I/O commands completed per NVMe controller, over its queue pairs.",
+    label: "controller",
+};
+
+/// I/O commands that failed per NVMe PCIe controller (error status from
+/// the device, or failed by the driver after a controller fault).
+pub const NVME_ERRORS: CounterSpec = CounterSpec {
+    name: "pollux_nvme_errors_total",
+    help: "I/O commands that failed per NVMe controller.",
+    label: "controller",
+};
+
+/// I/O queue slots (command identifiers) in use per NVMe PCIe controller.
+pub const NVME_QUEUE_SLOTS_IN_USE: GaugeSpec = GaugeSpec {
+    name: "pollux_nvme_queue_slots_in_use",
+    help: "I/O queue slots in use per NVMe controller, over its queue pairs.",
+    label: "controller",
+};
+
 /// Errors of the metrics registry and endpoint. Messages leave the cause
 /// to `source()`, so an error chain prints each part once.
 #[derive(Debug, thiserror::Error)]
@@ -151,12 +185,40 @@ impl Metrics {
         spec: &'static GaugeSpec,
         source: impl Fn() -> Vec<(String, f64)> + Send + Sync + 'static,
     ) -> Result<GaugeRegistration, MetricsError> {
+        self.register_family(
+            (spec.name, spec.help, &spec.label),
+            MetricType::GAUGE,
+            source,
+        )
+    }
+
+    /// Adds a source of `spec` counters, as `register_gauges` does for
+    /// gauges: the source returns each series' running total.
+    pub fn register_counters(
+        &self,
+        spec: &'static CounterSpec,
+        source: impl Fn() -> Vec<(String, f64)> + Send + Sync + 'static,
+    ) -> Result<GaugeRegistration, MetricsError> {
+        self.register_family(
+            (spec.name, spec.help, &spec.label),
+            MetricType::COUNTER,
+            source,
+        )
+    }
+
+    /// Registers a source for the family (name, help, label) of `kind`.
+    fn register_family(
+        &self,
+        (name, help, label): (&'static str, &'static str, &'static &'static str),
+        kind: MetricType,
+        source: impl Fn() -> Vec<(String, f64)> + Send + Sync + 'static,
+    ) -> Result<GaugeRegistration, MetricsError> {
         let mut gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
-        let family = match gauges.get(spec.name) {
+        let family = match gauges.get(name) {
             Some(f) => {
-                if f.spec.labels != [spec.label] || f.spec.help != spec.help {
+                if f.spec.labels != [*label] || f.spec.help != help || f.spec.kind != kind {
                     return Err(MetricsError::GaugeMismatch {
-                        name: spec.name,
+                        name,
                         label: f.spec.labels[0],
                     });
                 }
@@ -164,15 +226,15 @@ impl Metrics {
             }
             None => {
                 let family = Arc::new(GaugeFamily::new(FamilySpec {
-                    name: spec.name,
-                    help: spec.help,
-                    kind: MetricType::GAUGE,
-                    labels: std::slice::from_ref(&spec.label),
+                    name,
+                    help,
+                    kind,
+                    labels: std::slice::from_ref(label),
                 }));
                 self.registry
                     .register(Box::new(SharedCollector(family.clone())))
                     .map_err(MetricsError::Register)?;
-                gauges.insert(spec.name, family.clone());
+                gauges.insert(name, family.clone());
                 family
             }
         };

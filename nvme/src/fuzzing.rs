@@ -3,6 +3,7 @@
 //! panic on any input; the `assert!`s inside check codec invariants
 //! (decode/encode/decode agreement, bounded lengths).
 
+use crate::ana::{parse_ana_log, write_ana_log};
 use crate::fabrics::{ConnectData, FabricsCmd, FABRICS_OPCODE};
 use crate::features::FeaturesCmd;
 use crate::identify::{
@@ -12,6 +13,7 @@ use crate::identify::{
 use crate::io::{DsmRange, LbaRangeCmd};
 use crate::log_page::{DiscoveryLogEntry, GetLogPageCmd, SmartLog};
 use crate::opcode::AdminOpcode;
+use crate::reservation::{parse_keys, ReservationStatus, ResvCdw10, KEYS_LEN, RELEASE_KEY_LEN};
 use crate::sqe::{Sgl, Sqe};
 use crate::tcp::{
     decode_common_header, decode_header, DataDigest, Limits, Pdu, PduError, PduType, Role,
@@ -190,6 +192,25 @@ pub fn command_parse(data: &[u8]) {
     let mut s2 = Sqe::new(sqe.opcode(), sqe.cid());
     rw.write(&mut s2);
     assert_eq!(LbaRangeCmd::parse(&s2), rw);
+    // Reservation fields and data, and the structures hosts parse.
+    let rc = ResvCdw10::parse(&sqe);
+    let mut s3 = Sqe::new(sqe.opcode(), sqe.cid());
+    s3.set_cdw10(rc.to_cdw10());
+    assert_eq!(ResvCdw10::parse(&s3), rc);
+    for len in [RELEASE_KEY_LEN, KEYS_LEN] {
+        assert_eq!(parse_keys(payload, len).is_ok(), payload.len() >= len);
+    }
+    for eds in [false, true] {
+        if let Ok(st) = ReservationStatus::parse(payload, eds) {
+            let again = ReservationStatus::parse(&st.write(eds), eds).expect("own output");
+            assert_eq!(again.regs.len(), st.regs.len());
+            assert_eq!((again.gen, again.rtype), (st.gen, st.rtype));
+        }
+    }
+    if let Ok((cc, groups)) = parse_ana_log(payload) {
+        let page = write_ana_log(cc, &groups, false);
+        assert_eq!(parse_ana_log(&page), Ok((cc, groups)));
+    }
     for r in DsmRange::iter(payload) {
         let mut b = [0u8; DsmRange::SIZE];
         r.write(&mut b).expect("exact size");
@@ -219,6 +240,68 @@ fn structures(page: &[u8; IDENTIFY_LEN]) {
     let s = SmartLog::parse(page).expect("full page");
     s.write(&mut out).expect("fits");
     assert_eq!(SmartLog::parse(&out), Ok(s));
+}
+
+/// The in-band authentication messages, a DHHC-1 secret and a DH public
+/// value, all from `data`: parsers never panic, and what they accept
+/// re-encodes to the same message.
+pub fn auth_messages(data: &[u8]) {
+    use crate::auth::dh::{DhGroupId, KeyPair, PRIVATE_KEY_LEN};
+    use crate::auth::msg::{Challenge, Failure, Negotiate, Reply, Success1, Success2};
+    use crate::auth::secret::Secret;
+    use crate::auth::HashId;
+
+    let mut out = vec![0u8; 4096];
+    // Without a DH-HMAC-CHAP descriptor there is nothing to re-encode
+    // (only that protocol exists).
+    if let Ok(
+        n @ Negotiate {
+            dhchap: Some(_), ..
+        },
+    ) = Negotiate::parse(data)
+    {
+        let len = n.write(&mut out).expect("fits");
+        let again = Negotiate::parse(&out[..len]).expect("re-encoded Negotiate parses");
+        assert_eq!((again.tid, again.sc_c), (n.tid, n.sc_c));
+        assert_eq!(again.dhchap, n.dhchap);
+    }
+    for &h in HashId::ALL {
+        if let Ok(r) = Reply::parse(data, h) {
+            let mut o2 = vec![0u8; 4096];
+            let len = r.write(&mut o2).expect("fits");
+            assert_eq!(len, data.len());
+            assert_eq!(Reply::parse(&o2[..len], h), Ok(r));
+        }
+    }
+    if let Ok(c) = Challenge::parse(data) {
+        let mut o2 = vec![0u8; 4096];
+        let len = c.write(&mut o2).expect("fits");
+        assert_eq!(Challenge::parse(&o2[..len]), Ok(c));
+    }
+    if let Ok(s) = Success1::parse(data) {
+        let len = s.write(&mut out).expect("fits");
+        assert_eq!(Success1::parse(&out[..len]), Ok(s));
+    }
+    if let Ok(s) = Success2::parse(data) {
+        assert_eq!(s.write(&mut out), Ok(data.len()));
+    }
+    if let Ok(f) = Failure::parse(data) {
+        let len = f.write(&mut out).expect("fits");
+        assert_eq!(Failure::parse(&out[..len]), Ok(f));
+    }
+    if let Ok(text) = core::str::from_utf8(data) {
+        if let Ok(s) = Secret::parse(text) {
+            assert_eq!(Secret::parse(&s.to_text()), Ok(s));
+        }
+    }
+    // A peer's public value of the smallest group's size.
+    if data.len() == DhGroupId::Ffdhe2048.value_len() {
+        let kp = KeyPair::generate(DhGroupId::Ffdhe2048, &[0x5C; PRIVATE_KEY_LEN])
+            .expect("not the null group");
+        if let Ok(s) = kp.shared_secret(data) {
+            assert_eq!(s.len(), data.len());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -351,6 +434,68 @@ mod tests {
                 }
             }
             command_parse(&input);
+        }
+    }
+
+    #[test]
+    fn auth_messages_random_and_mutated() {
+        use crate::auth::dh::DhGroupId;
+        use crate::auth::msg::{Challenge, DhchapProtocol, Negotiate, Reply};
+        use crate::auth::secret::Secret;
+        use crate::auth::HashId;
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut seeds = Vec::new();
+        let mut b = vec![0u8; 4096];
+        let n = Negotiate {
+            tid: 1,
+            sc_c: 0,
+            dhchap: Some(DhchapProtocol::new(HashId::ALL, DhGroupId::ALL)),
+        }
+        .write(&mut b)
+        .unwrap();
+        seeds.push(b[..n].to_vec());
+        let dhv = bytes(&mut rng, 256);
+        let n = Challenge {
+            tid: 1,
+            hash: HashId::Sha256,
+            dhgroup: DhGroupId::Ffdhe2048,
+            seqnum: 9,
+            cval: &[3; 32],
+            dhv: &dhv,
+        }
+        .write(&mut b)
+        .unwrap();
+        seeds.push(b[..n].to_vec());
+        let n = Reply {
+            tid: 1,
+            rval: &[1; 48],
+            cvalid: true,
+            seqnum: 4,
+            cval: &[2; 48],
+            dhv: &dhv,
+        }
+        .write(&mut b)
+        .unwrap();
+        seeds.push(b[..n].to_vec());
+        seeds.push(Secret::new(None, &[7; 32]).unwrap().to_text().into_bytes());
+        for s in &seeds {
+            auth_messages(s);
+        }
+        // DH values once each (a modexp costs ~100 ms unoptimised): a
+        // valid one and the degenerate p-1 region.
+        auth_messages(&dhv);
+        auth_messages(&[0xFF; 256]);
+        for i in 0..300 {
+            let mut s = seeds[i % seeds.len()].clone();
+            for _ in 0..=rng.random_range(0..4) {
+                let at = rng.random_range(0..s.len());
+                s[at] ^= 1 << rng.random_range(0..8);
+            }
+            if i % 3 == 0 {
+                let cut = rng.random_range(0..s.len() + 1);
+                s.truncate(cut);
+            }
+            auth_messages(&s);
         }
     }
 }

@@ -165,6 +165,10 @@ pub mod ctrl_offset {
     pub const WCTEMP: usize = 266;
     pub const CCTEMP: usize = 268;
     pub const KAS: usize = 320;
+    pub const ANATT: usize = 342;
+    pub const ANACAP: usize = 343;
+    pub const ANAGRPMAX: usize = 344;
+    pub const NANAGRPID: usize = 348;
     pub const SQES: usize = 512;
     pub const CQES: usize = 513;
     pub const MAXCMD: usize = 514;
@@ -249,6 +253,46 @@ pub mod lpa {
     pub const EXTENDED_DATA: u8 = 1 << 2;
     /// Telemetry host-initiated log.
     pub const TELEMETRY: u8 = 1 << 3;
+}
+
+/// Identify Controller ANACAP bits: the ANA states a controller reports
+/// and how its group IDs behave.
+pub mod anacap {
+    /// Reports ANA Optimized.
+    pub const OPTIMIZED: u8 = 1 << 0;
+    /// Reports ANA Non-Optimized.
+    pub const NON_OPTIMIZED: u8 = 1 << 1;
+    /// Reports ANA Inaccessible.
+    pub const INACCESSIBLE: u8 = 1 << 2;
+    /// Reports ANA Persistent Loss.
+    pub const PERSISTENT_LOSS: u8 = 1 << 3;
+    /// Reports ANA Change.
+    pub const CHANGE: u8 = 1 << 4;
+    /// A namespace's ANAGRPID does not change while it is attached.
+    pub const NO_CHANGE_ANAGRPID: u8 = 1 << 6;
+    /// A non-zero ANAGRPID may be given when a namespace is created.
+    pub const NONZERO_ANAGRPID: u8 = 1 << 7;
+}
+
+/// Identify Namespace RESCAP bits: the reservation types a namespace
+/// supports.
+pub mod rescap {
+    /// Persist Through Power Loss.
+    pub const PTPL: u8 = 1 << 0;
+    /// Write Exclusive.
+    pub const WRITE_EXCLUSIVE: u8 = 1 << 1;
+    /// Exclusive Access.
+    pub const EXCLUSIVE_ACCESS: u8 = 1 << 2;
+    /// Write Exclusive, Registrants Only.
+    pub const WRITE_EXCLUSIVE_REG_ONLY: u8 = 1 << 3;
+    /// Exclusive Access, Registrants Only.
+    pub const EXCLUSIVE_ACCESS_REG_ONLY: u8 = 1 << 4;
+    /// Write Exclusive, All Registrants.
+    pub const WRITE_EXCLUSIVE_ALL_REGS: u8 = 1 << 5;
+    /// Exclusive Access, All Registrants.
+    pub const EXCLUSIVE_ACCESS_ALL_REGS: u8 = 1 << 6;
+    /// Ignore Existing Key behaves as NVMe 1.3 and later define it.
+    pub const IGNORE_EXISTING_KEY: u8 = 1 << 7;
 }
 
 /// ONCS bits (Optional NVM Command Support).
@@ -368,6 +412,14 @@ pub struct IdentifyController {
     /// Keep alive support granularity (100 ms units; 0 = unsupported,
     /// which makes fabrics hosts refuse a non-zero KATO).
     pub kas: u16,
+    /// ANA transition time in seconds.
+    pub anatt: u8,
+    /// ANA capabilities ([`anacap`]).
+    pub anacap: u8,
+    /// Highest ANA group ID.
+    pub anagrpmax: u32,
+    /// Number of ANA group IDs supported.
+    pub nanagrpid: u32,
     /// SQ entry size: max log2 in bits 7:4, required log2 in 3:0 (66h).
     pub sqes: u8,
     /// CQ entry size: max log2 in bits 7:4, required log2 in 3:0 (44h).
@@ -452,6 +504,10 @@ impl Default for IdentifyController {
             wctemp: 0,
             cctemp: 0,
             kas: 0,
+            anatt: 0,
+            anacap: 0,
+            anagrpmax: 0,
+            nanagrpid: 0,
             sqes: 0,
             cqes: 0,
             maxcmd: 0,
@@ -517,6 +573,10 @@ impl IdentifyController {
         w16(out, o::WCTEMP, self.wctemp);
         w16(out, o::CCTEMP, self.cctemp);
         w16(out, o::KAS, self.kas);
+        out[o::ANATT] = self.anatt;
+        out[o::ANACAP] = self.anacap;
+        w32(out, o::ANAGRPMAX, self.anagrpmax);
+        w32(out, o::NANAGRPID, self.nanagrpid);
         out[o::SQES] = self.sqes;
         out[o::CQES] = self.cqes;
         w16(out, o::MAXCMD, self.maxcmd);
@@ -578,6 +638,10 @@ impl IdentifyController {
             wctemp: r16(b, o::WCTEMP),
             cctemp: r16(b, o::CCTEMP),
             kas: r16(b, o::KAS),
+            anatt: b[o::ANATT],
+            anacap: b[o::ANACAP],
+            anagrpmax: r32(b, o::ANAGRPMAX),
+            nanagrpid: r32(b, o::NANAGRPID),
             sqes: b[o::SQES],
             cqes: b[o::CQES],
             maxcmd: r16(b, o::MAXCMD),
@@ -1243,6 +1307,10 @@ mod tests {
             wctemp: 343,
             cctemp: 373,
             kas: 100,
+            anatt: 10,
+            anacap: anacap::OPTIMIZED | anacap::INACCESSIBLE,
+            anagrpmax: 1000,
+            nanagrpid: 1000,
             sqes: 0x66,
             cqes: 0x44,
             maxcmd: 128,

@@ -26,6 +26,8 @@
 mod macros;
 mod bytes;
 
+pub mod ana;
+pub mod auth;
 pub mod cqe;
 pub mod error;
 pub mod fabrics;
@@ -35,6 +37,7 @@ pub mod identify;
 pub mod io;
 pub mod log_page;
 pub mod opcode;
+pub mod reservation;
 pub mod sqe;
 pub mod status;
 pub mod tcp;

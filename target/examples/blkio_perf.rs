@@ -2,7 +2,7 @@
 //! `virtio-blk-vhost-user` driver): random reads at a fixed queue depth for
 //! a fixed time, completions busy-polled, IOPS and latency printed.
 //!
-//! It is the one client `scripts/bench-vhost.sh` drives both Pollux and
+//! It is the one client `scripts/bench-vhost-qsd.sh` drives both Pollux and
 //! qemu-storage-daemon with, so the comparison measures the servers, not
 //! two different clients. It lives in `examples/` so that libblkio stays a
 //! dev-dependency and never reaches the daemon's build.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use pollux_graph::nodes::delay::{DelayLatencies, DelayNode};
 use pollux_graph::nodes::error::ErrorNode;
 use pollux_graph::nodes::file::{FileError, FileNode};
+use pollux_graph::nodes::raid::{Array, RaidError};
 use pollux_graph::nodes::{null::NullNode, passthru::PassthruNode, ram::RamNode};
 use pollux_graph::{Graph, GraphError};
 
@@ -35,6 +36,18 @@ pub enum BdevError {
         /// Why.
         source: FileError,
     },
+    /// An NVMe controller could not be attached (the message names the
+    /// device and says what to do).
+    #[error(transparent)]
+    Nvme(#[from] crate::nvme_bdev::NvmeBdevError),
+    /// A RAID array could not be built.
+    #[error("bdev {name:?}: {source}")]
+    Raid {
+        /// The array.
+        name: String,
+        /// Why.
+        source: RaidError,
+    },
     /// A passthru's base bdev does not exist.
     #[error("bdev {name:?}: no bdev named {child:?}")]
     NoSuchBase {
@@ -53,10 +66,13 @@ pub fn build_all(graph: &Arc<Graph>, bdevs: &[BdevConfig]) -> Result<(), BdevErr
         let before = pending.len();
         let mut rest = Vec::new();
         for b in pending {
-            let ready = b
-                .kind
-                .child()
-                .is_none_or(|c| graph.node_geometry(c).is_some());
+            let ready = match &b.kind {
+                BdevKind::Raid(r) => r
+                    .base_bdevs
+                    .iter()
+                    .all(|m| graph.node_geometry(m).is_some()),
+                k => k.child().is_none_or(|c| graph.node_geometry(c).is_some()),
+            };
             if ready {
                 build(graph, b)?;
             } else {
@@ -92,8 +108,13 @@ fn base_geometry(
 pub fn build(graph: &Arc<Graph>, b: &BdevConfig) -> Result<(), BdevError> {
     let name = b.name.as_str();
     match &b.kind {
-        BdevKind::Null { size, block_size } => {
-            graph.add_node(name, NullNode::new(*size, *block_size), &[])?;
+        BdevKind::Null {
+            size,
+            block_size,
+            read_zeroes,
+        } => {
+            let node = NullNode::new(*size, *block_size).with_read_zeroes(*read_zeroes);
+            graph.add_node(name, node, &[])?;
         }
         BdevKind::Ram { size, block_size } => {
             let node = RamNode::new(*size, *block_size).map_err(|source| BdevError::Alloc {
@@ -135,6 +156,21 @@ pub fn build(graph: &Arc<Graph>, b: &BdevConfig) -> Result<(), BdevError> {
         BdevKind::Error { child } => {
             let geo = base_geometry(graph, name, child)?;
             graph.add_node(name, ErrorNode::new(geo), &[child])?;
+        }
+        BdevKind::Nvme {
+            pci,
+            io_queue_depth,
+        } => {
+            crate::nvme_bdev::attach(graph, name, pci, *io_queue_depth)?;
+        }
+        BdevKind::Raid(r) => {
+            let members: Vec<&str> = r.base_bdevs.iter().map(String::as_str).collect();
+            Array::create(graph, name, r.level, r.strip_size_kb, &members).map_err(|source| {
+                BdevError::Raid {
+                    name: name.to_owned(),
+                    source,
+                }
+            })?;
         }
     }
     tracing::info!(bdev = name, kind = ?b.kind, "bdev created");

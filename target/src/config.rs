@@ -25,12 +25,17 @@ use pollux_poller::cpu::{self, CpuError, CpuSet};
 use serde::Deserialize;
 
 mod metrics;
+mod nvme;
 mod nvmf;
+mod qos;
+mod raid;
 mod rpc;
 mod stacked;
 mod vhost;
 pub use metrics::MetricsConfig;
 pub use nvmf::{NvmfConfig, NvmfSubsystemConfig};
+pub use qos::{QosConfig, QosLimitConfig};
+pub use raid::RaidConfig;
 pub use rpc::{RpcConfig, DEFAULT_SOCKET as DEFAULT_RPC_SOCKET};
 pub use vhost::{VhostBlkConfig, VhostConfig, MAX_NUM_QUEUES as MAX_VHOST_QUEUES};
 
@@ -40,7 +45,7 @@ pub(crate) const DEFAULT_IDLE_AFTER_US: u64 = 200;
 const DEFAULT_BLOCK_SIZE: u32 = 512;
 const BLOCK_SIZES: [u32; 2] = [512, 4096];
 const SIZE_HINT: &str = r#"use e.g. 4096, "512MiB", "4GiB""#;
-const KINDS: &str = "null, ram, file, passthru, delay, error";
+const KINDS: &str = "null, ram, file, passthru, delay, error, nvme, raid";
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +62,8 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// `[vhost]`: vhost-user-blk exports and where RPC-created sockets go.
     pub vhost: VhostConfig,
+    /// `[[throttle_group]]` and `[[qos]]`: rate limits on bdevs.
+    pub qos: QosConfig,
 }
 
 /// The `[reactors]` section.
@@ -110,6 +117,10 @@ pub enum BdevKind {
         size: u64,
         /// 512 or 4096.
         block_size: u32,
+        /// `read_zeroes` (default true): reads fill the buffer with zeroes.
+        /// False leaves it as it was, as SPDK's null bdev and qemu's
+        /// null-co with read-zeroes=off do: no memory is touched per read.
+        read_zeroes: bool,
     },
     /// Memory-backed disk.
     Ram {
@@ -131,6 +142,16 @@ pub enum BdevKind {
     Passthru {
         /// Name of the bdev below; exists and forms no cycle.
         child: String,
+    },
+    /// A RAID array over other bdevs (raid0, raid1, concat).
+    Raid(RaidConfig),
+    /// An NVMe SSD driven from userspace over VFIO; the bdev name is the
+    /// controller's, its namespaces become bdevs `{name}n{nsid}`.
+    Nvme {
+        /// The controller's PCI address (DDDD:BB:DD.F), bound to vfio-pci.
+        pci: String,
+        /// Entries per I/O queue.
+        io_queue_depth: u16,
     },
     /// Adds latency to reads and writes, as `bdev_delay_create`.
     Delay {
@@ -268,6 +289,7 @@ impl Config {
         let metrics = metrics::validate_metrics(raw.metrics)?;
         let rpc = rpc::validate_rpc(raw.rpc)?;
         let vhost = vhost::validate_vhost(raw.vhost, &bdevs, &reactors)?;
+        let qos = qos::validate_qos(raw.throttle_group, raw.qos, &bdevs)?;
         Ok(Config {
             reactors,
             bdevs,
@@ -275,6 +297,7 @@ impl Config {
             metrics,
             rpc,
             vhost,
+            qos,
         })
     }
 
@@ -306,6 +329,7 @@ impl Config {
             metrics: MetricsConfig::default(),
             rpc: RpcConfig::default(),
             vhost: VhostConfig::default(),
+            qos: QosConfig::default(),
         }
     }
 }
@@ -331,6 +355,10 @@ struct RawConfig {
     rpc: rpc::RawRpc,
     #[serde(default)]
     vhost: vhost::RawVhost,
+    #[serde(default)]
+    throttle_group: Vec<qos::RawGroup>,
+    #[serde(default)]
+    qos: Vec<qos::RawQos>,
 }
 
 #[derive(Deserialize, Default)]
@@ -358,6 +386,12 @@ struct RawBdev {
     p99_read_latency: Option<u64>,
     avg_write_latency: Option<u64>,
     p99_write_latency: Option<u64>,
+    pci: Option<String>,
+    io_queue_depth: Option<u32>,
+    read_zeroes: Option<bool>,
+    raid_level: Option<String>,
+    base_bdevs: Option<Vec<String>>,
+    strip_size_kb: Option<u32>,
 }
 
 impl RawReactors {
@@ -427,10 +461,13 @@ fn parse_cores(value: &toml::Value) -> Result<Vec<usize>, ConfigError> {
 /// misplaced keys with a message naming the kind.
 fn allowed_keys(kind: &str) -> &'static [&'static str] {
     match kind {
-        "null" | "ram" => &["size", "block_size"],
+        "null" => &["size", "block_size", "read_zeroes"],
+        "ram" => &["size", "block_size"],
         "file" => &["path", "direct", "block_size"],
         "passthru" | "error" => &["child"],
         "delay" => &stacked::DELAY_KEYS,
+        "nvme" => &["pci", "io_queue_depth"],
+        "raid" => &["raid_level", "base_bdevs", "strip_size_kb"],
         _ => &[],
     }
 }
@@ -449,6 +486,7 @@ fn validate_bdevs(raw: Vec<RawBdev>) -> Result<Vec<BdevConfig>, ConfigError> {
         bdevs.push(config);
     }
     check_children(&bdevs, &index_of)?;
+    raid::check_members(&bdevs, &index_of)?;
     Ok(bdevs)
 }
 
@@ -472,7 +510,7 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
                 format!("missing (use one of {KINDS})"),
             ))
         }
-        Some(k @ ("null" | "ram" | "file" | "passthru" | "delay" | "error")) => k,
+        Some(k @ ("null" | "ram" | "file" | "passthru" | "delay" | "error" | "nvme" | "raid")) => k,
         Some(other) => {
             return Err(ConfigError::invalid(
                 field("kind"),
@@ -491,6 +529,12 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
         ("p99_read_latency", raw.p99_read_latency.is_some()),
         ("avg_write_latency", raw.avg_write_latency.is_some()),
         ("p99_write_latency", raw.p99_write_latency.is_some()),
+        ("pci", raw.pci.is_some()),
+        ("io_queue_depth", raw.io_queue_depth.is_some()),
+        ("read_zeroes", raw.read_zeroes.is_some()),
+        ("raid_level", raw.raid_level.is_some()),
+        ("base_bdevs", raw.base_bdevs.is_some()),
+        ("strip_size_kb", raw.strip_size_kb.is_some()),
     ];
     let allowed = allowed_keys(kind);
     if let Some((bad, _)) = present
@@ -521,7 +565,11 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
         "null" | "ram" => {
             let size = validate_size(&field("size"), raw.size.as_ref(), block_size)?;
             if kind == "null" {
-                BdevKind::Null { size, block_size }
+                BdevKind::Null {
+                    size,
+                    block_size,
+                    read_zeroes: raw.read_zeroes.unwrap_or(true),
+                }
             } else {
                 BdevKind::Ram { size, block_size }
             }
@@ -534,6 +582,15 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
                 block_size,
             }
         }
+        "nvme" => nvme::validate(&field, raw.pci, raw.io_queue_depth)?,
+        "raid" => raid::validate(
+            raid::RawRaid {
+                raid_level: raw.raid_level,
+                base_bdevs: raw.base_bdevs,
+                strip_size_kb: raw.strip_size_kb,
+            },
+            field,
+        )?,
         _ => match raw.child {
             Some(child) if !child.trim().is_empty() && kind != "passthru" => {
                 let us = [
@@ -639,7 +696,7 @@ fn check_children(
             continue;
         };
         let key = format!("{}.child", bdev_key(i, Some(&bdev.name)));
-        if !index_of.contains_key(&child) {
+        if !index_of.contains_key(&child) && !nvme::is_namespace_of(bdevs, &child) {
             return Err(ConfigError::invalid(
                 key,
                 format!("no bdev named {child:?}"),
@@ -901,7 +958,8 @@ child = "disk0"
                         name: "null0".into(),
                         kind: BdevKind::Null {
                             size: 4 << 30,
-                            block_size: 4096
+                            block_size: 4096,
+                            read_zeroes: true,
                         },
                     },
                     BdevConfig {
@@ -923,6 +981,7 @@ child = "disk0"
                 metrics: MetricsConfig::default(),
                 rpc: RpcConfig::default(),
                 vhost: VhostConfig::default(),
+                qos: QosConfig::default(),
             }
         );
     }
@@ -1002,11 +1061,30 @@ child = "disk0"
     }
 
     #[test]
+    fn null_read_zeroes_defaults_on() {
+        let kind = |extra: &str| {
+            let text = format!("[[bdev]]\nname = \"n\"\nkind = \"null\"\nsize = 4096\n{extra}");
+            parse(&text).unwrap().bdevs[0].kind.clone()
+        };
+        let zeroes = |k: BdevKind| match k {
+            BdevKind::Null { read_zeroes, .. } => read_zeroes,
+            other => panic!("{other:?}"),
+        };
+        assert!(zeroes(kind("")));
+        assert!(!zeroes(kind("read_zeroes = false\n")));
+    }
+
+    #[test]
     fn key_for_wrong_kind_is_rejected() {
         let msg = err("[[bdev]]\nname = \"null0\"\nkind = \"null\"\nsize = 4096\npath = \"/x\"\n");
         assert_eq!(
             msg,
-            r#"bdev[0] ("null0").path: not valid for kind null (kind null takes: size, block_size)"#
+            r#"bdev[0] ("null0").path: not valid for kind null (kind null takes: size, block_size, read_zeroes)"#
+        );
+        let msg = err("[[bdev]]\nname = \"r\"\nkind = \"ram\"\nsize = 4096\nread_zeroes = false\n");
+        assert!(
+            msg.starts_with(r#"bdev[0] ("r").read_zeroes: not valid for kind ram"#),
+            "{msg}"
         );
         let msg =
             err("[[bdev]]\nname = \"p\"\nkind = \"passthru\"\nchild = \"x\"\nblock_size = 512\n");
@@ -1153,8 +1231,8 @@ child = "disk0"
         );
         assert!(err("[[bdev]]\nname = \"a\"\n").starts_with(r#"bdev[0] ("a").kind: missing"#));
         assert_eq!(
-            err("[[bdev]]\nname = \"a\"\nkind = \"nvme\"\n"),
-            r#"bdev[0] ("a").kind: "nvme" is not a bdev kind (use one of null, ram, file, passthru, delay, error)"#
+            err("[[bdev]]\nname = \"a\"\nkind = \"iscsi\"\n"),
+            r#"bdev[0] ("a").kind: "iscsi" is not a bdev kind (use one of null, ram, file, passthru, delay, error, nvme, raid)"#
         );
     }
 

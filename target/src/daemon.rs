@@ -34,6 +34,9 @@ pub struct Target {
     pub graph: Arc<Graph>,
     /// The reactors. Dropped last.
     pub runtime: Runtime,
+    /// Rate limits and throttle groups (the config's `[[qos]]` and
+    /// `[[throttle_group]]`, then RPCs).
+    pub qos: Arc<crate::qos::Qos>,
 }
 
 impl Target {
@@ -42,7 +45,13 @@ impl Target {
         let runtime = Runtime::start(runtime_config(cfg)).context("starting reactors")?;
         let graph = Graph::new(runtime.handle());
         bdev::build_all(&graph, &cfg.bdevs)?;
-        Ok(Target { graph, runtime })
+        let qos = Arc::new(crate::qos::Qos::default());
+        crate::qos::apply_config(&qos, &graph, &cfg.qos)?;
+        Ok(Target {
+            graph,
+            runtime,
+            qos,
+        })
     }
 
     /// Orderly stop: unpublish everything, let in-flight I/O finish, close
@@ -113,10 +122,12 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
                     .collect()
             })?
     };
+    let nvme_metrics = crate::nvme_bdev::register_metrics(&exporter.metrics)?;
     let rpc_ctx = Arc::new(
         crate::rpc::RpcContext::new(target.graph.clone(), target.runtime.handle().clone())
             .with_vhost(vhost.clone())
-            .with_nvmf(nvmf.clone()),
+            .with_nvmf(nvmf.clone())
+            .with_qos(target.qos.clone()),
     );
     crate::rpc::record_config_bdevs(&rpc_ctx, &cfg.bdevs);
     let dispatcher = Arc::new(crate::rpc::Dispatcher::new(rpc_ctx));
@@ -147,9 +158,12 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     drop(nvmf_gauge);
     drop(nvmf_requests_gauge);
     drop(vhost_gauge);
+    drop(nvme_metrics);
     vhost.stop();
     exporter.shutdown();
     target.shutdown();
+    // The graph closed (shut down) every controller; now free them.
+    crate::nvme_bdev::clear();
     tracing::info!("stopped");
     Ok(())
 }

@@ -20,10 +20,13 @@ pub mod config;
 pub mod daemon;
 pub mod exporter;
 pub mod jobs;
+pub mod keyring;
 pub mod logging;
+pub mod nvme_bdev;
 pub mod nvmf;
 pub mod perf;
 pub mod perf_nvmf;
+pub mod qos;
 pub mod rpc;
 #[cfg(test)]
 mod testing;

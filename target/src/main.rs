@@ -254,9 +254,26 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A device that cannot be attached is a configuration problem: the
+        // one line says which device and what to do, and the status is the
+        // config error's.
+        Err(e) if is_nvme_attach_error(&e) => {
+            eprintln!("pollux: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             eprintln!("pollux: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// True if starting failed because an NVMe controller could not be attached.
+fn is_nvme_attach_error(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<pollux_target::bdev::BdevError>(),
+        Some(pollux_target::bdev::BdevError::Nvme(
+            pollux_target::nvme_bdev::NvmeBdevError::Attach(_)
+        ))
+    )
 }

@@ -290,22 +290,25 @@ fn drive(version: &str) {
     let s2 = &cli.run(&["nvmf_get_subsystems", NQN2])[0];
     assert_eq!(s2["allow_any_host"], json!(false));
     assert_eq!(s2["hosts"], json!([{ "nqn": HOST }]));
-    refused(
-        &mut cli,
-        &[
-            "nvmf_subsystem_add_ns",
-            NQN,
-            "Malloc1",
-            "-p",
-            "/tmp/ptpl.json",
-        ],
-        "ptpl_file",
+    // ANA reporting and a ptpl file, as every release sends them.
+    let ana = "nqn.2016-06.io.spdk:ana";
+    let ptpl = d.dir().join("ptpl.json");
+    cli.run(&["nvmf_create_subsystem", ana, "-r"]);
+    cli.run(&[
+        "nvmf_subsystem_add_ns",
+        ana,
+        "Malloc1",
+        "-p",
+        ptpl.to_str().unwrap(),
+    ]);
+    let s3 = &cli.run(&["nvmf_get_subsystems", ana])[0];
+    assert_eq!(s3["ana_reporting"], json!(true), "{s3}");
+    assert_eq!(s3["namespaces"][0]["anagrpid"], json!(1), "{s3}");
+    assert_eq!(
+        s3["namespaces"][0]["ptpl_file"],
+        json!(ptpl.display().to_string())
     );
-    refused(
-        &mut cli,
-        &["nvmf_create_subsystem", "nqn.2016-06.io.spdk:ana", "-r"],
-        "ana_reporting",
-    );
+    cli.run(&["nvmf_delete_subsystem", ana]);
 
     // Who is connected: nobody, then our initiator's one controller with
     // its admin and I/O queues, then nobody again.

@@ -6,5 +6,7 @@ pub mod file;
 pub mod null;
 pub mod passthru;
 pub mod mirror;
+pub mod qos;
+pub mod raid;
 pub mod ram;
 pub mod split;

@@ -1,4 +1,6 @@
 //! `null`: reads return zeroes, writes are dropped. For benchmarks and tests.
+//! A read into an owned buffer already known to be zero (the perf tool's,
+//! a reused NVMe/TCP read buffer) costs no memset: see `AlignedBuf`.
 
 use pollux_poller::Reactor;
 
@@ -8,6 +10,7 @@ use crate::node::{BlockNode, Geometry};
 /// A device of a given size that stores nothing.
 pub struct NullNode {
     geometry: Geometry,
+    read_zeroes: bool,
 }
 
 impl NullNode {
@@ -20,7 +23,16 @@ impl NullNode {
                 required_align: 1,
                 optimal_align: block_size,
             },
+            read_zeroes: true,
         }
+    }
+
+    /// `false`: reads leave the buffer as it was (SPDK's null bdev, qemu's
+    /// null-co with read-zeroes=off), so a read touches no memory; what
+    /// the reader gets is its own buffer's earlier contents.
+    pub fn with_read_zeroes(mut self, read_zeroes: bool) -> Self {
+        self.read_zeroes = read_zeroes;
+        self
     }
 }
 
@@ -45,7 +57,7 @@ impl BlockNode for NullNode {
 
     #[inline]
     fn execute(&self, r: &Reactor, _ch: &(), mut io: Io) {
-        if io.op == IoOp::Read {
+        if io.op == IoOp::Read && self.read_zeroes {
             io.buf.fill_zero();
         }
         io.complete_later(r, Ok(()));

@@ -1,5 +1,6 @@
-//! SQE, Fabrics, Connect data, Identify / Get Log Page / Features fields
-//! and admin data structures; the body lives in `pollux_nvme::fuzzing`.
+//! SQE, Fabrics, Connect data, Identify / Get Log Page / Features /
+//! reservation fields, admin data structures, the ANA log and the
+//! Reservation Status structure; the body lives in `pollux_nvme::fuzzing`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -178,7 +178,7 @@ pub(super) fn validate_nvmf(raw: RawNvmf, bdevs: &[BdevConfig]) -> Result<NvmfCo
         let mut ns_seen = HashSet::new();
         for (j, name) in namespaces.iter().enumerate() {
             let nk = format!("{}[{j}]", k("namespaces"));
-            if !bdevs.iter().any(|b| &b.name == name) {
+            if !super::nvme::bdev_exists(bdevs, name) {
                 return Err(ConfigError::invalid(nk, format!("no bdev named {name:?}")));
             }
             if !ns_seen.insert(name) {

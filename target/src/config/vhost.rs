@@ -102,7 +102,7 @@ pub(super) fn validate_vhost(
         let bdev = b
             .bdev
             .ok_or_else(|| ConfigError::invalid(key(i, "bdev"), "missing"))?;
-        if !bdevs.iter().any(|d| d.name == bdev) {
+        if !super::nvme::bdev_exists(bdevs, &bdev) {
             return Err(ConfigError::invalid(
                 key(i, "bdev"),
                 format!("no bdev named {bdev:?}"),

@@ -102,7 +102,7 @@ impl MirrorJob {
         // nodes.
         let (s2, t2) = graph.read(|s| (s.node_id(source), s.node_id(target)));
         if (s2, t2) != (Some(src_id), Some(dst_id)) {
-            let _ = graph.replace_node(&filter, source, || Ok(()));
+            let _ = graph.redirect_node(&filter, source, || Ok(()));
             return Err(JobError::Invalid(
                 "source or target was replaced while the job started".into(),
             ));
@@ -206,7 +206,7 @@ impl MirrorJob {
         }
         let result = self.mirror.freeze().map_err(JobError::from).and_then(|()| {
             self.graph
-                .replace_node(&self.filter, &self.target, || {
+                .redirect_node(&self.filter, &self.target, || {
                     self.mirror.release_to_target();
                     Ok(())
                 })
@@ -251,7 +251,7 @@ impl MirrorJob {
         }
         self.mirror.stop_copier();
         self.graph
-            .replace_node(&self.filter, &self.source, || Ok(()))?;
+            .redirect_node(&self.filter, &self.source, || Ok(()))?;
         self.mirror.forget();
         *st = JobState::Cancelled;
         tracing::info!(job = %self.name, "mirror job cancelled");

@@ -9,22 +9,25 @@
 
 use std::time::Instant;
 
+use pollux_nvme::ana::LSP_RGO;
 use pollux_nvme::fabrics::{
     self, property, Cap, Cc, FabricsCmd, PropertySize, CAP_CSS_NVM, DISCOVERY_NQN, FABRICS_OPCODE,
 };
 use pollux_nvme::features::{aec, AsyncEvent, FeatureId, FeaturesCmd, NumQueues, Select};
 use pollux_nvme::identify::{
-    self, ascii_field, cmic, cntrltype, ctratt, dlfeat, lpa, oaes, oncs, sgls, vwc, Cns,
-    IdentifyCmd, IdentifyController, IdentifyNamespace, NsIdDescriptor, IDENTIFY_LEN,
+    self, anacap, ascii_field, cmic, cntrltype, ctratt, dlfeat, lpa, oaes, oncs, rescap, sgls, vwc,
+    Cns, IdentifyCmd, IdentifyController, IdentifyNamespace, NsIdDescriptor, IDENTIFY_LEN,
 };
 use pollux_nvme::log_page::{
     effects, write_changed_ns_list, CommandEffectsLog, FirmwareSlotLog, GetLogPageCmd, LogPageId,
     SmartLog, CHANGED_NS_LIST_LEN,
 };
 use pollux_nvme::opcode::{AdminOpcode, IoOpcode};
+use pollux_nvme::reservation::{write_notification_log, NOTIFICATION_LOG_LEN};
 use pollux_nvme::Status;
 use pollux_poller::Reactor;
 
+use super::ana;
 use super::command::Outcome;
 use super::controller::{Controller, CtrlKind};
 use super::request::Request;
@@ -176,7 +179,10 @@ fn identify(req: &mut Request, ctrl: &Controller, cx: &AdminCtx<'_>) -> Result<(
             if cmd.nsid == 0xFFFF_FFFF {
                 // Capabilities common to all namespaces: none beyond
                 // the defaults, reported as zeroes.
-            } else if let Some(ns) = sub.namespace(cmd.nsid) {
+            } else if let Some(ns) = sub
+                .namespace(cmd.nsid)
+                .filter(|n| n.visible_to(&ctrl.hostnqn))
+            {
                 let geo = cx.shared.graph.snapshot(cx.reactor).root_geometry(ns.root);
                 if let Some(geo) = geo {
                     let lbads = geo.block_size.trailing_zeros() as u8;
@@ -187,6 +193,15 @@ fn identify(req: &mut Request, ctrl: &Controller, cx: &AdminCtx<'_>) -> Result<(
                     // Several controllers (hosts, paths) may share it.
                     id.nmic = 1;
                     id.nguid = ns.nguid;
+                    id.rescap = RESCAP
+                        | if ns.resv.ptpl_file().is_some() {
+                            rescap::PTPL
+                        } else {
+                            0
+                        };
+                    if sub.ana_reporting() {
+                        id.anagrpid = ns.anagrpid;
+                    }
                     id.write(&mut out);
                 }
             } else if cmd.nsid != 0 && cmd.nsid <= sub.nn() {
@@ -200,11 +215,19 @@ fn identify(req: &mut Request, ctrl: &Controller, cx: &AdminCtx<'_>) -> Result<(
             if cmd.nsid >= 0xFFFF_FFFE {
                 return Err(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
             }
-            let nsids: Vec<u32> = sub.namespaces().iter().map(|n| n.nsid).collect();
+            let nsids: Vec<u32> = sub
+                .namespaces()
+                .iter()
+                .filter(|n| n.visible_to(&ctrl.hostnqn))
+                .map(|n| n.nsid)
+                .collect();
             identify::write_active_ns_list(&nsids, cmd.nsid, &mut out);
         }
         (Some(Cns::NamespaceDescriptorList), Some(sub)) => {
-            let Some(ns) = sub.namespace(cmd.nsid) else {
+            let visible = sub
+                .namespace(cmd.nsid)
+                .filter(|n| n.visible_to(&ctrl.hostnqn));
+            let Some(ns) = visible else {
                 return Err(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
             };
             let uuid = ns.uuid();
@@ -217,7 +240,10 @@ fn identify(req: &mut Request, ctrl: &Controller, cx: &AdminCtx<'_>) -> Result<(
         // beyond the base structures, i.e. all zeroes.
         (Some(Cns::CsController), Some(_)) if cmd.csi == 0 => {}
         (Some(Cns::CsNamespace), Some(sub)) if cmd.csi == 0 => {
-            if sub.namespace(cmd.nsid).is_none() {
+            if !sub
+                .namespace(cmd.nsid)
+                .is_some_and(|n| n.visible_to(&ctrl.hostnqn))
+            {
                 return Err(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
             }
         }
@@ -244,6 +270,42 @@ fn get_log_page(req: &mut Request, ctrl: &Controller, cx: &AdminCtx<'_>) -> Resu
                 .load(std::sync::atomic::Ordering::Acquire),
         ),
         (Some(LogPageId::ErrorInformation), _) => vec![0u8; 64],
+        (Some(LogPageId::ReservationNotification), false) => {
+            // One page per read, oldest first; an empty page once all
+            // are read, which re-arms the event.
+            let mut st = ctrl.state();
+            match st.resv_log.pop_front() {
+                Some((count, kind, nsid)) => {
+                    let left = st.resv_log.len();
+                    if left == 0 && !cmd.rae {
+                        st.resv_notice_masked = false;
+                    }
+                    write_notification_log(count, kind, left, nsid)
+                }
+                None => {
+                    if !cmd.rae {
+                        st.resv_notice_masked = false;
+                    }
+                    vec![0u8; NOTIFICATION_LOG_LEN]
+                }
+            }
+        }
+        (Some(LogPageId::Ana), false) => {
+            let Some(sub) = ctrl.subsystem().filter(|s| s.ana_reporting()) else {
+                return Err(Status::INVALID_LOG_PAGE.with_dnr());
+            };
+            if !cmd.rae {
+                // Reading the log re-arms the notice.
+                ctrl.state().ana_notice_masked = false;
+            }
+            ana::ana_log(
+                sub,
+                &sub.namespaces(),
+                ctrl.listener.get().copied(),
+                &ctrl.hostnqn,
+                cmd.lsp & LSP_RGO != 0,
+            )
+        }
         (Some(LogPageId::SmartHealth), false) => {
             let log = SmartLog {
                 // 37 C in kelvin, a plausible idle temperature.
@@ -294,7 +356,18 @@ fn get_log_page(req: &mut Request, ctrl: &Controller, cx: &AdminCtx<'_>) -> Resu
             ] {
                 log.acs[op.as_u8() as usize] = effects::CSUPP;
             }
-            for op in [IoOpcode::Read, IoOpcode::Compare] {
+            for op in [
+                IoOpcode::Read,
+                IoOpcode::Compare,
+                IoOpcode::ReservationReport,
+            ] {
+                log.iocs[op.as_u8() as usize] = effects::CSUPP;
+            }
+            for op in [
+                IoOpcode::ReservationRegister,
+                IoOpcode::ReservationAcquire,
+                IoOpcode::ReservationRelease,
+            ] {
                 log.iocs[op.as_u8() as usize] = effects::CSUPP;
             }
             for op in [
@@ -375,7 +448,7 @@ fn features(req: &mut Request, ctrl: &Controller) -> Result<(), Status> {
         }
         Some(FeatureId::AsyncEventConfig) => {
             if f.set {
-                st.aec = f.cdw11 & (aec::NS_ATTR | aec::DISCOVERY_CHANGE);
+                st.aec = f.cdw11 & (aec::NS_ATTR | aec::ANA_CHANGE | aec::DISCOVERY_CHANGE);
             }
             st.aec
         }
@@ -388,6 +461,17 @@ fn features(req: &mut Request, ctrl: &Controller) -> Result<(), Status> {
             }
             req.put_c2h(&ctrl.hostid);
             return Ok(());
+        }
+        Some(FeatureId::ReservationPersistence) if !f.set => {
+            let ns = ctrl
+                .subsystem()
+                .and_then(|s| s.namespace(sqe.nsid()))
+                .filter(|n| n.visible_to(&ctrl.hostnqn));
+            let Some(ns) = ns else {
+                drop(st);
+                return Err(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
+            };
+            u32::from(ns.resv.ptpl_active())
         }
         Some(FeatureId::KeepAliveTimer) => {
             if f.set {
@@ -461,7 +545,13 @@ fn identify_controller(ctrl: &Controller) -> IdentifyController {
     id.cqes = 0x44;
     id.maxcmd = opts.max_queue_depth as u16;
     id.nn = nn;
-    id.oncs = (oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES) & !opts.masked_oncs;
+    id.oncs =
+        (oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES | oncs::RESERVATIONS) & !opts.masked_oncs;
+    if let CtrlKind::Io(s) = &ctrl.kind {
+        if s.ana_reporting() {
+            ana_identify(&mut id, s);
+        }
+    }
     // A volatile cache is reported so hosts send Flush (the file node
     // buffers, and Flush is what makes its data durable); broadcast flush
     // (NSID FFFFFFFFh) is not supported.
@@ -476,6 +566,38 @@ fn identify_controller(ctrl: &Controller) -> IdentifyController {
     id.fcatt = 0;
     id.msdbd = 1;
     id
+}
+
+/// Every reservation type, and IEKEY as NVMe 1.3 defines it (PTPL is per
+/// namespace: only with a ptpl file).
+const RESCAP: u8 = rescap::WRITE_EXCLUSIVE
+    | rescap::EXCLUSIVE_ACCESS
+    | rescap::WRITE_EXCLUSIVE_REG_ONLY
+    | rescap::EXCLUSIVE_ACCESS_REG_ONLY
+    | rescap::WRITE_EXCLUSIVE_ALL_REGS
+    | rescap::EXCLUSIVE_ACCESS_ALL_REGS
+    | rescap::IGNORE_EXISTING_KEY;
+/// ANATT: state changes here are instant; 10 s is SPDK's value, the time
+/// a host waits on a group in the change state.
+const ANA_TRANSITION_SECS: u8 = 10;
+
+/// ANA reporting in Identify Controller, as Linux's multipath needs it:
+/// CMIC bit 3, the notice in OAES, ANACAP, and ANAGRPMAX/NANAGRPID/MNAN
+/// sized so the whole log (every group, every NSID) fits the buffer the
+/// host allocates from them.
+fn ana_identify(id: &mut IdentifyController, s: &super::subsystem::Subsystem) {
+    id.cmic |= cmic::ANA | cmic::MULTI_PORT;
+    id.oaes |= oaes::ANA_CHANGE;
+    id.anatt = ANA_TRANSITION_SECS;
+    id.anacap = anacap::OPTIMIZED | anacap::NON_OPTIMIZED | anacap::INACCESSIBLE;
+    let groups = s
+        .anagrp_max()
+        .max(id.nn)
+        .max(ana::highest_group(&s.namespaces()));
+    id.anagrpmax = groups;
+    id.nanagrpid = groups;
+    // Linux wants 0 < MNAN <= NN, and sizes its ANA log buffer by MNAN.
+    id.mnan = id.nn.max(1);
 }
 
 #[cfg(test)]
@@ -545,6 +667,153 @@ mod tests {
         assert!(st.same_code(&Status::INVALID_NAMESPACE_OR_FORMAT), "{st:?}");
         let (_, st, _, _) = run_admin(&b, identify_sqe(1, 0), 0, 0);
         assert!(st.same_code(&Status::DATA_SGL_LENGTH_INVALID), "{st:?}");
+    }
+
+    #[test]
+    fn ana_reporting_shows_in_identify_and_the_log_pages_through_offsets() {
+        use pollux_nvme::ana::{parse_ana_log, AnaState};
+        let b = Bench::new(true);
+        let sub = b.ctrl.subsystem().unwrap().clone();
+        // Without ANA reporting: no CMIC bit, no log.
+        let (_, _, _, data) = run_admin(&b, identify_sqe(1, 0), IDENTIFY_LEN, 0);
+        assert_eq!(
+            IdentifyController::parse(&data).unwrap().cmic & cmic::ANA,
+            0
+        );
+        let (_, st, _, _) = run_admin(&b, GetLogPageCmd::new(0x0C, 0, 0, 4096).to_sqe(3), 4096, 0);
+        assert!(st.same_code(&Status::INVALID_LOG_PAGE), "{st:?}");
+
+        sub.ana_reporting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let port: std::net::SocketAddr = "127.0.0.1:4420".parse().unwrap();
+        b.ctrl.listener.set(port).unwrap();
+        sub.publish_ana(|t| t.with_state(port, None, AnaState::NonOptimized));
+        let (_, _, _, data) = run_admin(&b, identify_sqe(1, 0), IDENTIFY_LEN, 0);
+        let id = IdentifyController::parse(&data).unwrap();
+        assert_ne!(id.cmic & cmic::ANA, 0);
+        assert_ne!(id.oaes & oaes::ANA_CHANGE, 0);
+        assert!(id.mnan >= 1 && id.mnan <= id.nn, "Linux's MNAN check");
+        assert!(id.anagrpmax >= 1 && id.nanagrpid == id.anagrpmax);
+        assert_eq!(id.anatt, ANA_TRANSITION_SECS);
+        // The spec's offsets, which Linux reads.
+        assert_eq!(data[343], id.anacap);
+        assert_eq!(
+            u32::from_le_bytes(data[344..348].try_into().unwrap()),
+            id.anagrpmax
+        );
+        let (_, _, _, data) = run_admin(&b, identify_sqe(0, 1), IDENTIFY_LEN, 0);
+        let ns = IdentifyNamespace::parse(&data).unwrap();
+        assert_eq!(ns.anagrpid, 1);
+        assert_eq!(ns.rescap & 0x7e, 0x7e, "every reservation type");
+
+        // The log in two pieces is the log in one.
+        let (_, st, _, whole) =
+            run_admin(&b, GetLogPageCmd::new(0x0C, 0, 0, 4096).to_sqe(3), 4096, 0);
+        assert!(st.is_success(), "{st:?}");
+        let (cc, groups) = parse_ana_log(&whole).unwrap();
+        assert!(cc >= 1);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(
+            (groups[0].state, groups[0].nsids.clone()),
+            (AnaState::NonOptimized, vec![1])
+        );
+        let (_, _, _, head) = run_admin(&b, GetLogPageCmd::new(0x0C, 0, 0, 16).to_sqe(3), 16, 0);
+        let (_, _, _, tail) = run_admin(&b, GetLogPageCmd::new(0x0C, 0, 16, 36).to_sqe(3), 36, 0);
+        assert_eq!([head, tail].concat(), whole[..52]);
+        // Return Groups Only: no NSID list.
+        let mut rgo = GetLogPageCmd::new(0x0C, 0, 0, 4096);
+        rgo.lsp = 1;
+        let (_, _, _, data) = run_admin(&b, rgo.to_sqe(3), 4096, 0);
+        assert!(parse_ana_log(&data).unwrap().1[0].nsids.is_empty());
+    }
+
+    #[test]
+    fn a_thousand_namespaces_are_all_in_the_ana_log() {
+        use pollux_nvme::ana::parse_ana_log;
+        let b = Bench::new(true);
+        let sub = b.ctrl.subsystem().unwrap().clone();
+        sub.ana_reporting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for nsid in 2..=1000 {
+            sub.add_namespace(&b.shared.graph, "ram0", Some(nsid), None)
+                .unwrap();
+        }
+        // Four groups, as a gateway spreading namespaces over paths does.
+        for nsid in 1..=1000 {
+            sub.update_namespace(nsid, |ns| {
+                ns.anagrpid = nsid % 4 + 1;
+                Ok(())
+            })
+            .unwrap();
+        }
+        let (_, _, _, data) = run_admin(&b, identify_sqe(1, 0), IDENTIFY_LEN, 0);
+        let id = IdentifyController::parse(&data).unwrap();
+        let host_buf = 16 + 32 * id.nanagrpid as usize + 4 * id.mnan as usize;
+        let len = 16 + 4 * 32 + 1000 * 4;
+        assert!(
+            host_buf >= len,
+            "Linux's buffer {host_buf} holds the log {len}"
+        );
+        // Read in 4 KiB pieces by offset, as a host limited by MDTS would.
+        let mut page = Vec::new();
+        while page.len() < len {
+            let cmd = GetLogPageCmd::new(0x0C, u32::MAX, page.len() as u64, 4096);
+            let (_, st, _, piece) = run_admin(&b, cmd.to_sqe(3), 4096, 0);
+            assert!(st.is_success(), "{st:?}");
+            page.extend_from_slice(&piece);
+        }
+        let (_, groups) = parse_ana_log(&page).unwrap();
+        let mut nsids: Vec<u32> = groups.iter().flat_map(|g| g.nsids.clone()).collect();
+        nsids.sort_unstable();
+        assert_eq!(nsids, (1..=1000).collect::<Vec<u32>>());
+        assert!(groups
+            .iter()
+            .all(|g| g.nsids.iter().all(|n| n % 4 + 1 == g.anagrpid)));
+    }
+
+    #[test]
+    fn reservation_notices_are_read_one_page_at_a_time() {
+        use pollux_nvme::reservation::{notice, RESERVATION_LOG_AVAILABLE};
+        let b = Bench::new(true);
+        b.ctrl.reservation_notice(1, notice::REGISTRATION_PREEMPTED);
+        b.ctrl.reservation_notice(1, notice::RESERVATION_RELEASED);
+        assert_eq!(b.ctrl.take_event(), Some(RESERVATION_LOG_AVAILABLE));
+        assert_eq!(b.ctrl.take_event(), None, "one event until the log is read");
+        let read = |b: &Bench| {
+            let (_, st, _, d) = run_admin(
+                b,
+                GetLogPageCmd::new(0x80, u32::MAX, 0, 64).to_sqe(3),
+                64,
+                0,
+            );
+            assert!(st.is_success(), "{st:?}");
+            (
+                u64::from_le_bytes(d[..8].try_into().unwrap()),
+                d[8],
+                d[9],
+                d[12],
+            )
+        };
+        assert_eq!(read(&b), (1, notice::REGISTRATION_PREEMPTED, 1, 1));
+        assert_eq!(read(&b), (2, notice::RESERVATION_RELEASED, 0, 1));
+        assert_eq!(read(&b), (0, notice::EMPTY, 0, 0));
+        b.ctrl.reservation_notice(1, notice::RESERVATION_PREEMPTED);
+        assert!(b.ctrl.has_event(), "re-armed by reading the log empty");
+    }
+
+    #[test]
+    fn ana_change_notice_waits_for_the_host_to_read_the_log() {
+        let b = Bench::new(true);
+        b.ctrl.ana_changed();
+        assert!(!b.ctrl.has_event(), "not enabled");
+        b.ctrl.state().aec = aec::ANA_CHANGE;
+        b.ctrl.ana_changed();
+        b.ctrl.ana_changed();
+        assert_eq!(b.ctrl.take_event(), Some(pollux_nvme::ana::ANA_CHANGED));
+        assert_eq!(b.ctrl.take_event(), None, "masked until the log is read");
+        b.ctrl.state().ana_notice_masked = false;
+        b.ctrl.ana_changed();
+        assert!(b.ctrl.has_event());
     }
 
     #[test]

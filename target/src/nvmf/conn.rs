@@ -9,7 +9,7 @@
 //! the socket takes; while that queue is above a high-water mark the
 //! connection stops parsing new commands (back-pressure, not growth).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
@@ -43,7 +43,7 @@ const RX_BUF: usize = 64 * 1024;
 /// Stop parsing new PDUs while this much response data waits for the
 /// socket: the host is not reading, so taking more commands would only
 /// grow the queue.
-const TX_HIGH_WATER: usize = 1024 * 1024;
+pub(super) const TX_HIGH_WATER: usize = 1024 * 1024;
 /// Reads per poll, so one busy connection cannot starve the others on the
 /// reactor (level-triggered epoll brings us back).
 const READS_PER_POLL: usize = 8;
@@ -139,6 +139,8 @@ pub enum CloseReason {
     Timeout(&'static str),
     /// The target is stopping.
     Stopping,
+    /// In-band authentication failed or timed out.
+    Auth(&'static str),
 }
 
 impl std::fmt::Display for CloseReason {
@@ -151,6 +153,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::ControllerGone => write!(f, "controller torn down"),
             CloseReason::Timeout(what) => write!(f, "timeout: {what}"),
             CloseReason::Stopping => write!(f, "target stopping"),
+            CloseReason::Auth(why) => write!(f, "authentication: {why}"),
         }
     }
 }
@@ -247,6 +250,11 @@ pub struct Conn {
     pub(super) sqflow_disabled: bool,
     /// How far the queue pair got: its controller and QID live here.
     pub(super) phase: QueuePhase,
+    /// DH-HMAC-CHAP state when the host must authenticate (`auth`).
+    pub(super) auth: Option<Box<super::auth::QpairAuth>>,
+    /// This connection, for completions that come back from other
+    /// threads through the reactor (`auth`'s DH jobs).
+    pub(super) me: Weak<std::cell::RefCell<Conn>>,
     pub(super) created: Instant,
     limits: Limits,
     pub(super) tx_params: TxParams,
@@ -254,8 +262,7 @@ pub struct Conn {
     rx_start: usize,
     rx_end: usize,
     rx_state: RxState,
-    tx: Vec<u8>,
-    tx_off: usize,
+    tx: super::txq::TxQueue,
     pub(super) reqs: Vec<Request>,
     /// Requests per state (the `pollux_nvmf_requests` gauge's share of
     /// this queue pair); `Request::set_state` keeps it.
@@ -318,6 +325,8 @@ impl Conn {
                 opts,
                 sqflow_disabled: false,
                 phase: QueuePhase::AwaitIcReq,
+                auth: None,
+                me: weak.clone(),
                 created: Instant::now(),
                 limits: Limits::new(Role::Controller),
                 tx_params: TxParams::default(),
@@ -325,8 +334,7 @@ impl Conn {
                 rx_start: 0,
                 rx_end: 0,
                 rx_state: RxState::Header,
-                tx: Vec::new(),
-                tx_off: 0,
+                tx: super::txq::TxQueue::default(),
                 reqs: (0..PRE_CONNECT_SLOTS).map(|_| Request::free()).collect(),
                 states,
                 free: (0..PRE_CONNECT_SLOTS as u16).rev().collect(),
@@ -361,13 +369,13 @@ impl Conn {
             || !self.buf_wait.is_empty()
             // Responses queued by completions since the last pass: one
             // write per pass for all of them.
-            || (self.tx_off < self.tx.len() && !self.interest.contains(EV_OUT))
+            || (!self.tx.is_empty() && !self.interest.contains(EV_OUT))
     }
 
     /// Puts the connection on its poll group's pending list if it has
     /// work no socket event will announce (a completion queued a
     /// response): without this the group would not poll it again.
-    fn wake_group(&self) {
+    pub(super) fn wake_group(&self) {
         if let Some(reg) = &self.reg {
             if self.needs_poll() {
                 reg.mark_pending();
@@ -388,7 +396,7 @@ impl Conn {
         } else {
             EV_IN
         };
-        let write = if self.tx_off < self.tx.len() {
+        let write = if !self.tx.is_empty() {
             EV_OUT
         } else {
             Events::EMPTY
@@ -411,7 +419,7 @@ impl Conn {
     }
 
     fn backpressured(&self) -> bool {
-        self.tx.len() - self.tx_off > TX_HIGH_WATER
+        self.tx.pending() > TX_HIGH_WATER
     }
 
     /// Requests being executed (I/O in flight or AER held).
@@ -486,6 +494,15 @@ impl Conn {
         }
         if self.phase.ctrl().is_some_and(|c| c.is_dead()) {
             return Err(CloseReason::ControllerGone);
+        }
+        if let Some(a) = self.auth.as_deref_mut() {
+            a.check_timeout(now).map_err(CloseReason::Auth)?;
+            // KATO counts from when the host may use the controller: the
+            // first transaction's own step deadline bounds it until then
+            // (Linux's nvmet, too, starts KATO only at CC.EN).
+            if let (false, QueuePhase::Admin(c)) = (a.authenticated(), &self.phase) {
+                c.state().last_keep_alive = now;
+            }
         }
         if self.stopping() && self.busy_requests() == 0 {
             let _ = self.flush();
@@ -863,38 +880,52 @@ impl Conn {
         } else {
             frame.header_len()
         };
-        self.tx.extend_from_slice(&hdr[..hl]);
+        self.tx.push_bytes(&hdr[..hl]);
         if frame.data_len > 0 {
-            self.tx.extend_from_slice(data);
+            self.tx.push_bytes(data);
             if frame.ddgst {
-                self.tx.extend_from_slice(&data_digest(&[data]));
+                self.tx.push_bytes(&data_digest(&[data]));
             }
+        }
+    }
+
+    /// Queues one PDU whose data is the first `len` bytes of `buf`, sent
+    /// from `buf` itself (no copy); `buf` goes back to the buffer cache
+    /// once the socket took it.
+    fn send_pdu_buf(&mut self, pdu: &Pdu, buf: AlignedBuf, len: usize) {
+        let len = len.min(buf.len());
+        let mut hdr = [0u8; 256];
+        let frame = match pdu.encode(&self.tx_params, len as u32, &mut hdr) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "nvmf: cannot encode {:?}", pdu.pdu_type());
+                self.close = Some(CloseReason::Fatal(format!("encode: {e}")));
+                self.bufs.give(buf);
+                return;
+            }
+        };
+        if frame.data_len == 0 {
+            self.tx.push_bytes(&hdr[..frame.header_len()]);
+            self.bufs.give(buf);
+            return;
+        }
+        self.tx.push_bytes(&hdr[..frame.data_offset as usize]);
+        let digest = frame.ddgst.then(|| data_digest(&[&buf.as_slice()[..len]]));
+        self.tx.push_buf(buf, len);
+        if let Some(d) = digest {
+            self.tx.push_bytes(&d);
         }
     }
 
     /// Writes queued bytes. `Ok(true)` if anything was written.
     pub(super) fn flush(&mut self) -> Result<bool, CloseReason> {
-        let mut work = false;
-        while self.tx_off < self.tx.len() {
-            match self.sock.write(&self.tx[self.tx_off..]) {
-                Ok(0) => return Err(CloseReason::PeerClosed),
-                Ok(n) => {
-                    self.tx_off += n;
-                    work = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(CloseReason::Io(e)),
-            }
-        }
-        if self.tx_off == self.tx.len() {
-            self.tx.clear();
-            self.tx_off = 0;
-        } else if self.tx_off > TX_HIGH_WATER {
-            self.tx.drain(..self.tx_off);
-            self.tx_off = 0;
-        }
-        Ok(work)
+        let bufs = &mut self.bufs;
+        self.tx
+            .flush(&mut self.sock, |b| bufs.give(b))
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::WriteZero => CloseReason::PeerClosed,
+                _ => CloseReason::Io(e),
+            })
     }
 
     /// Sends a C2HTermReq and marks the connection for closing.
@@ -1085,6 +1116,9 @@ impl Conn {
     /// READY_TO_EXECUTE: Connect on a new queue; otherwise the admin or
     /// I/O command set, on the request and its controller.
     fn execute(&mut self, r: &Reactor, slot: u16) -> Outcome {
+        if let Some(outcome) = self.auth_gate(r, slot) {
+            return outcome;
+        }
         let req = &mut self.reqs[slot as usize];
         match &self.phase {
             QueuePhase::Admin(ctrl) => {
@@ -1174,9 +1208,6 @@ impl Conn {
             let len = req.c2h_len;
             let cid = req.cid();
             req.set_state(&self.states, ReqState::TransferringControllerToHost);
-            let data = buf
-                .as_ref()
-                .map_or(&[][..], |b| &b.as_slice()[..len as usize]);
             let pdu = Pdu::C2HData {
                 hdr: pollux_nvme::tcp::DataHdr {
                     cccid: cid,
@@ -1189,12 +1220,12 @@ impl Conn {
             };
             self.stats.c2h += 1;
             self.stats.c2h_success += u64::from(success);
-            self.send_pdu(&pdu, data);
+            match buf {
+                Some(b) => self.send_pdu_buf(&pdu, b, len as usize),
+                None => self.send_pdu(&pdu, &[]),
+            }
             if !success {
                 self.send_pdu(&Pdu::CapsuleResp(cqe), &[]);
-            }
-            if let Some(b) = buf {
-                self.bufs.give(b);
             }
         } else {
             req.set_state(&self.states, ReqState::Completed);

@@ -12,6 +12,7 @@ use pollux_nvme::Status;
 use pollux_poller::Reactor;
 
 use super::admin::io_queues;
+use super::auth::QpairAuth;
 use super::conn::Conn;
 use super::controller::{Controller, CtrlKind};
 use super::phase::QueuePhase;
@@ -31,6 +32,9 @@ impl Conn {
         match res {
             Ok(cntlid) => {
                 req.dw0 = fabrics::connect_success_dw0(cntlid);
+                if self.auth.is_some() {
+                    req.dw0 |= pollux_nvme::auth::CONNECT_AUTHREQ_ATR;
+                }
                 // Connect was entry 0 of the queue it created (SQSIZE was
                 // unknown when it arrived): the head is now past it.
                 if !self.sqflow_disabled {
@@ -95,6 +99,11 @@ impl Conn {
             CtrlKind::Io(sub)
         };
         let depth = usize::from(cmd.sqsize) + 1;
+        // A host with a DH-HMAC-CHAP key must authenticate every queue.
+        let keys = match &kind {
+            CtrlKind::Io(sub) => sub.access().dhchap.get(&hostnqn).cloned(),
+            CtrlKind::Discovery => None,
+        };
         if cmd.qid == 0 {
             if data.cntlid != ConnectData::CNTLID_DYNAMIC && data.cntlid != 0xFFFE {
                 return Err(invalid_param(ConnectData::CNTLID_OFFSET, true));
@@ -117,6 +126,11 @@ impl Conn {
             self.sqsize = cmd.sqsize;
             self.set_queue_depth(depth);
             let cntlid = ctrl.cntlid;
+            let _ = ctrl.listener.set(self.port);
+            if let Some(sub) = ctrl.subsystem() {
+                sub.register_controller(&ctrl);
+            }
+            self.auth = keys.map(|k| Box::new(QpairAuth::new(k, &hostnqn, &subnqn, 0, kato)));
             self.phase = QueuePhase::Admin(ctrl);
             return Ok(cntlid);
         }
@@ -159,6 +173,8 @@ impl Conn {
         self.sqsize = cmd.sqsize;
         self.set_queue_depth(depth);
         let cntlid = ctrl.cntlid;
+        let kato = ctrl.state().kato_ms;
+        self.auth = keys.map(|k| Box::new(QpairAuth::new(k, &hostnqn, &subnqn, cmd.qid, kato)));
         self.phase = QueuePhase::Io { ctrl, qid: cmd.qid };
         Ok(cntlid)
     }

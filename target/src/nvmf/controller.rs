@@ -4,8 +4,9 @@
 //! only ever reads `dead` once per poll-group pass.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use pollux_nvme::fabrics::{Cc, Csts, Shn, Shst};
@@ -18,6 +19,10 @@ use super::transport::TransportOpts;
 const CNTLID_MAX: u16 = 0xFFEF;
 /// Entries in the Changed Namespace List log page.
 const CHANGED_NS_MAX: usize = 1024;
+/// Reservation Notification log pages kept per controller: the log's
+/// "available" count saturates at 255, and a host that never reads them
+/// cannot grow the queue.
+const RESV_LOG_MAX: usize = 255;
 
 /// What a controller exports.
 #[derive(Debug, Clone)]
@@ -60,6 +65,17 @@ pub struct CtrlState {
     /// A Namespace Attribute Changed notice was sent and the host has not
     /// read the Changed Namespace List since: further notices are masked.
     pub ns_notice_masked: bool,
+    /// An ANA Change notice was sent and the host has not read the ANA
+    /// log since: further notices are masked.
+    pub ana_notice_masked: bool,
+    /// Reservation Notification log pages not yet read: (log page count,
+    /// type, NSID), oldest first.
+    pub resv_log: VecDeque<(u64, u8, u32)>,
+    /// Log page count of the last notification (0 = none yet).
+    pub resv_count: u64,
+    /// A Reservation Log Page Available event was sent and the log has
+    /// not been read empty since: further events are masked.
+    pub resv_notice_masked: bool,
 }
 
 /// One controller.
@@ -76,6 +92,9 @@ pub struct Controller {
     /// Transport options of the admin queue's connection: Identify, CAP
     /// and every I/O queue of the controller follow them.
     pub opts: Arc<TransportOpts>,
+    /// The listener the admin queue connected through: the path whose ANA
+    /// state the controller reports (set once, at Connect).
+    pub listener: OnceLock<SocketAddr>,
     /// Set when the controller is torn down (host gone, keep alive
     /// expired, target stopping): its queue pairs close.
     dead: AtomicBool,
@@ -137,6 +156,39 @@ impl Controller {
         if st.aec & aec::NS_ATTR != 0 && !st.ns_notice_masked {
             st.ns_notice_masked = true;
             st.events.push_back(AsyncEvent::NS_ATTR_CHANGED);
+            self.event_pending.store(true, Ordering::Release);
+        }
+    }
+
+    /// An ANA state or group changed: when the host enabled the notice
+    /// (AEC bit 11) and has read the ANA log since the last one, queues an
+    /// ANA Change event.
+    pub fn ana_changed(&self) {
+        let mut st = self.state();
+        if st.aec & aec::ANA_CHANGE != 0 && !st.ana_notice_masked {
+            st.ana_notice_masked = true;
+            st.events.push_back(pollux_nvme::ana::ANA_CHANGED);
+            self.event_pending.store(true, Ordering::Release);
+        }
+    }
+
+    /// A reservation change concerns this controller's host: queues a
+    /// Reservation Notification log page (the oldest goes when
+    /// `RESV_LOG_MAX` wait) and, unless one is outstanding, the Reservation
+    /// Log Page Available event.
+    pub fn reservation_notice(&self, nsid: u32, kind: u8) {
+        let mut st = self.state();
+        // The count wraps past u64::MAX to 1: 0 means "no page".
+        st.resv_count = st.resv_count.checked_add(1).unwrap_or(1);
+        let count = st.resv_count;
+        if st.resv_log.len() >= RESV_LOG_MAX {
+            st.resv_log.pop_front();
+        }
+        st.resv_log.push_back((count, kind, nsid));
+        if !st.resv_notice_masked {
+            st.resv_notice_masked = true;
+            st.events
+                .push_back(pollux_nvme::reservation::RESERVATION_LOG_AVAILABLE);
             self.event_pending.store(true, Ordering::Release);
         }
     }
@@ -214,6 +266,7 @@ impl ControllerTable {
                 hostnqn,
                 hostid,
                 opts: opts.clone(),
+                listener: OnceLock::new(),
                 dead: AtomicBool::new(false),
                 event_pending: AtomicBool::new(false),
                 state: Mutex::new(CtrlState {
@@ -232,6 +285,10 @@ impl ControllerTable {
                     events: VecDeque::new(),
                     changed_ns: Vec::new(),
                     ns_notice_masked: false,
+                    ana_notice_masked: false,
+                    resv_log: VecDeque::new(),
+                    resv_count: 0,
+                    resv_notice_masked: false,
                 }),
             });
             self.by_id.insert(c.cntlid, c.clone());

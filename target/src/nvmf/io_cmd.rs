@@ -8,10 +8,12 @@
 use std::rc::Rc;
 
 use pollux_graph::{AlignedBuf, Graph, Io, IoBuf, IoOp, IoSink};
+use pollux_nvme::ana::AnaState;
 use pollux_nvme::fabrics::{FabricsCmd, FABRICS_OPCODE};
 use pollux_nvme::identify::oncs;
 use pollux_nvme::io::{DsmCmd, DsmRange, LbaRangeCmd, DSM_ATTR_DEALLOCATE};
 use pollux_nvme::opcode::IoOpcode;
+use pollux_nvme::reservation::{ResvCdw10, REPORT_EDS};
 use pollux_nvme::sqe::Fuse;
 use pollux_nvme::Status;
 use pollux_poller::Reactor;
@@ -19,7 +21,8 @@ use pollux_poller::Reactor;
 use super::command::Outcome;
 use super::controller::Controller;
 use super::request::Request;
-use super::subsystem::NsCache;
+use super::reservation::Requester;
+use super::subsystem::{Namespace, NsCache, Subsystem};
 
 /// Ranges a Dataset Management command may carry (NR is 8 bits, 0-based).
 const DSM_RANGES_MAX: usize = 256;
@@ -73,6 +76,10 @@ fn dispatch(req: &mut Request, ctrl: &Controller, cx: &mut IoCtx<'_>) -> Result<
         IoOpcode::DatasetManagement => oncs::DSM,
         IoOpcode::WriteZeroes => oncs::WRITE_ZEROES,
         IoOpcode::Compare => oncs::COMPARE,
+        IoOpcode::ReservationRegister
+        | IoOpcode::ReservationReport
+        | IoOpcode::ReservationAcquire
+        | IoOpcode::ReservationRelease => oncs::RESERVATIONS,
         _ => 0,
     };
     if ctrl.opts.masked_oncs & oncs_bit != 0 {
@@ -83,8 +90,23 @@ fn dispatch(req: &mut Request, ctrl: &Controller, cx: &mut IoCtx<'_>) -> Result<
     };
     // Lock-free unless the namespace table changed since the last command
     // of this queue pair.
-    let Some(root) = cx.ns_cache.table(subsys).get(sqe.nsid()).map(|n| n.root) else {
-        return Err(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
+    let root = {
+        let table = cx.ns_cache.table(subsys);
+        // A namespace hidden from this host is no namespace to it.
+        let Some(ns) = table
+            .get(sqe.nsid())
+            .filter(|n| n.visible_to(&ctrl.hostnqn))
+        else {
+            return Err(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
+        };
+        if subsys.ana_reporting() {
+            ana_check(table.ana.state(ctrl.listener.get().copied(), ns.anagrpid))?;
+        }
+        if let Some(done) = reservation_cmd(req, ctrl, op, ns, subsys)? {
+            return Ok(done);
+        }
+        ns.resv.check_io(&ctrl.hostid, op)?;
+        ns.root
     };
     let snap = cx.graph.snapshot(cx.reactor);
     let Some(geo) = snap.root_geometry(root) else {
@@ -202,6 +224,59 @@ pub fn compare_done(req: &mut Request, read: &[u8]) {
     }
 }
 
+/// The status of I/O through a path in `state`: none for the accessible
+/// states. Without DNR, so a multipath host retries on another path.
+#[inline]
+fn ana_check(state: AnaState) -> Result<(), Status> {
+    match state {
+        AnaState::Optimized | AnaState::NonOptimized => Ok(()),
+        AnaState::Inaccessible => Err(Status::ANA_INACCESSIBLE),
+        AnaState::PersistentLoss => Err(Status::ANA_PERSISTENT_LOSS),
+        AnaState::Change => Err(Status::ANA_TRANSITION),
+    }
+}
+
+/// Executes a reservation command (`Some`), or says `op` is none.
+fn reservation_cmd(
+    req: &mut Request,
+    ctrl: &Controller,
+    op: IoOpcode,
+    ns: &Namespace,
+    subsys: &Subsystem,
+) -> Result<Option<Outcome>, Status> {
+    match op {
+        IoOpcode::ReservationRegister
+        | IoOpcode::ReservationAcquire
+        | IoOpcode::ReservationRelease => {
+            let who = Requester {
+                hostid: ctrl.hostid,
+                cntlid: ctrl.cntlid,
+            };
+            let cdw10 = ResvCdw10::parse(&req.sqe);
+            let notices = ns.resv.execute(op, cdw10, req.data(), who)?;
+            for n in notices {
+                for c in subsys.controllers_of_host(&n.hostid) {
+                    c.reservation_notice(ns.nsid, n.kind);
+                }
+            }
+        }
+        IoOpcode::ReservationReport => {
+            // Host IDs are 128-bit here (CTRATT bit 0), which only the
+            // extended structure carries.
+            if req.sqe.cdw11() & REPORT_EDS == 0 {
+                return Err(Status::HOST_ID_INCONSISTENT_FORMAT.with_dnr());
+            }
+            if req.buf.is_none() {
+                return Err(Status::INVALID_FIELD.with_dnr());
+            }
+            let report = ns.resv.report();
+            req.put_c2h(&report);
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(Outcome::Complete))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;
@@ -289,6 +364,108 @@ mod tests {
         assert!(st.same_code(&Status::INVALID_NAMESPACE_OR_FORMAT), "{st:?}");
         let (_, st, _, _) = run_io(&b, Sqe::new(0x7e, 9), 0);
         assert!(st.same_code(&Status::INVALID_OPCODE), "{st:?}");
+    }
+
+    #[test]
+    fn a_hidden_namespace_is_no_namespace_until_given_to_the_host() {
+        let b = Bench::new(true);
+        let sub = b.ctrl.subsystem().unwrap().clone();
+        sub.update_namespace(1, |ns| {
+            ns.auto_visible = false;
+            Ok(())
+        })
+        .unwrap();
+        let (_, st, _, _) = run_io(&b, rw_sqe(IoOpcode::Read, 1, 0, 1), 512);
+        assert!(st.same_code(&Status::INVALID_NAMESPACE_OR_FORMAT), "{st:?}");
+        sub.update_namespace(1, |ns| {
+            ns.hosts.push("nqn.host".into());
+            Ok(())
+        })
+        .unwrap();
+        let (out, st, _, _) = run_io(&b, rw_sqe(IoOpcode::Read, 1, 0, 1), 512);
+        assert_eq!(out, Outcome::Submitted, "{st:?}");
+    }
+
+    #[test]
+    fn an_inaccessible_path_fails_io_without_dnr_and_non_optimized_serves() {
+        let b = Bench::new(true);
+        let sub = b.ctrl.subsystem().unwrap().clone();
+        let port: std::net::SocketAddr = "127.0.0.1:4420".parse().unwrap();
+        b.ctrl.listener.set(port).unwrap();
+        sub.publish_ana(|t| t.with_state(port, None, AnaState::Inaccessible));
+        // Without ANA reporting every path is optimized.
+        let (out, _, _, _) = run_io(&b, rw_sqe(IoOpcode::Read, 1, 0, 1), 512);
+        assert_eq!(out, Outcome::Submitted);
+        sub.ana_reporting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let (out, st, _, _) = run_io(&b, rw_sqe(IoOpcode::Write, 1, 0, 1), 512);
+        assert_eq!(out, Outcome::Complete);
+        assert!(st.same_code(&Status::ANA_INACCESSIBLE), "{st:?}");
+        assert_eq!(st.to_field(false) & Status::DNR, 0, "retryable elsewhere");
+        // Another group of the same listener is unaffected.
+        sub.publish_ana(|t| t.with_state(port, None, AnaState::Optimized));
+        sub.publish_ana(|t| t.with_state(port, Some(2), AnaState::Inaccessible));
+        let (out, _, _, _) = run_io(&b, rw_sqe(IoOpcode::Read, 1, 0, 1), 512);
+        assert_eq!(out, Outcome::Submitted);
+        sub.publish_ana(|t| t.with_state(port, Some(1), AnaState::NonOptimized));
+        let (out, _, _, _) = run_io(&b, rw_sqe(IoOpcode::Read, 1, 0, 1), 512);
+        assert_eq!(out, Outcome::Submitted);
+    }
+
+    #[test]
+    fn reservation_commands_run_and_report_needs_the_extended_form() {
+        use pollux_nvme::reservation::ReservationStatus;
+        let b = Bench::new(true);
+        let mut reg = Sqe::new(IoOpcode::ReservationRegister.as_u8(), 3);
+        reg.set_nsid(1);
+        let data: Vec<u8> = [0u64, 0x77].iter().flat_map(|k| k.to_le_bytes()).collect();
+        let (out, st) = b.run(move |r, shared, ctrl| {
+            let sink: Rc<dyn IoSink> = Rc::new(Done(mpsc::channel().0));
+            let mut ns_cache = NsCache::default();
+            let mut req = request(reg, 16);
+            req.buf
+                .as_mut()
+                .unwrap()
+                .as_mut_slice()
+                .copy_from_slice(&data);
+            let mut cx = IoCtx {
+                reactor: r,
+                graph: &shared.graph,
+                ns_cache: &mut ns_cache,
+                sink: &sink,
+                tag: 1,
+            };
+            (execute(&mut req, ctrl, &mut cx), req.status)
+        });
+        assert_eq!(out, Outcome::Complete);
+        assert!(st.is_success(), "{st:?}");
+        let mut rep = Sqe::new(IoOpcode::ReservationReport.as_u8(), 4);
+        rep.set_nsid(1);
+        rep.set_cdw10(4096 / 4 - 1);
+        let (_, st, _, _) = run_io(&b, rep, 4096);
+        assert!(st.same_code(&Status::HOST_ID_INCONSISTENT_FORMAT), "{st:?}");
+        rep.set_cdw11(1);
+        let (status, data) = b.run(move |r, shared, ctrl| {
+            let sink: Rc<dyn IoSink> = Rc::new(Done(mpsc::channel().0));
+            let mut ns_cache = NsCache::default();
+            let mut req = request(rep, 4096);
+            let mut cx = IoCtx {
+                reactor: r,
+                graph: &shared.graph,
+                ns_cache: &mut ns_cache,
+                sink: &sink,
+                tag: 1,
+            };
+            execute(&mut req, ctrl, &mut cx);
+            (req.status, req.data().to_vec())
+        });
+        assert!(status.is_success(), "{status:?}");
+        let report = ReservationStatus::parse(&data, true).unwrap();
+        assert_eq!(report.regs.len(), 1);
+        assert_eq!(
+            (report.regs[0].hostid, report.regs[0].rkey),
+            ([7; 16], 0x77)
+        );
     }
 
     #[test]

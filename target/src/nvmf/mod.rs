@@ -25,6 +25,8 @@
 //! only admin-path code takes.
 
 mod admin;
+mod ana;
+mod auth;
 mod command;
 mod conn;
 mod connect;
@@ -35,12 +37,21 @@ mod io_cmd;
 mod listener;
 mod phase;
 mod request;
+mod reservation;
 mod status;
 mod subsystem;
 mod transport;
+mod txq;
+mod visibility;
 
 #[cfg(test)]
 mod tests;
+
+/// Fuzz target bodies (`target/fuzz`).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::reservation::fuzz as reservation;
+}
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -165,8 +176,10 @@ pub enum NvmfError {
     Opts(#[from] OptsError),
 }
 
+pub use auth::{HostKeys, Policy as AuthPolicy};
 pub use introspect::{ControllerInfo, QpairInfo};
-pub use subsystem::{Access, SubsystemSpec, DEFAULT_MAX_NSID};
+pub use pollux_nvme::ana::AnaState;
+pub use subsystem::{Access, NsOptions, SubsystemSpec, DEFAULT_MAX_NSID};
 pub use transport::{OptsError, TransportOpts};
 
 /// State shared by the listeners and every poll group of one target.
@@ -193,6 +206,8 @@ pub struct Shared {
     /// Each live queue pair's requests per state, summed at scrape time
     /// (`request_states`); a closed queue pair's share goes with it.
     request_states: Mutex<Vec<Weak<StateCounts>>>,
+    /// DH-HMAC-CHAP digests and groups (`nvmf_set_config`).
+    auth_policy: auth::Policy,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -215,6 +230,7 @@ impl Shared {
             opts: Mutex::new(Arc::new(opts)),
             buffer_waits: AtomicU64::new(0),
             request_states: Mutex::new(Vec::new()),
+            auth_policy: auth::Policy::default(),
         }
     }
 
@@ -301,6 +317,8 @@ pub struct SubsystemInfo {
     pub max_namespaces: u32,
     /// Hosts and listeners.
     pub access: Access,
+    /// ANA reporting on.
+    pub ana_reporting: bool,
     /// (nsid, bdev, nguid, nguid given by the creator, uuid).
     pub namespaces: Vec<NamespaceInfo>,
 }
@@ -318,6 +336,14 @@ pub struct NamespaceInfo {
     pub nguid_given: bool,
     /// UUID reported to hosts.
     pub uuid: [u8; 16],
+    /// ANA group.
+    pub anagrpid: u32,
+    /// Visible to every host (else only to `hosts`).
+    pub auto_visible: bool,
+    /// Hosts it is visible to (`nvmf_ns_add_host`).
+    pub hosts: Vec<String>,
+    /// Reservation ptpl file.
+    pub ptpl_file: Option<std::path::PathBuf>,
 }
 
 /// A running NVMe/TCP front-end. Every method takes `&self`: the control
@@ -525,10 +551,26 @@ impl NvmfTarget {
         nsid: Option<u32>,
         nguid: Option<[u8; 16]>,
     ) -> Result<u32, NvmfError> {
+        self.add_namespace_opts(nqn, bdev, nsid, nguid, &NsOptions::default())
+    }
+
+    /// `add_namespace` with ANA group, visibility and ptpl file. Only the
+    /// hosts that see it are told.
+    pub fn add_namespace_opts(
+        &self,
+        nqn: &str,
+        bdev: &str,
+        nsid: Option<u32>,
+        nguid: Option<[u8; 16]>,
+        opts: &NsOptions,
+    ) -> Result<u32, NvmfError> {
         let _c = self.control()?;
         let sub = self.get(nqn)?;
-        let nsid = sub.add_namespace(&self.shared.graph, bdev, nsid, nguid)?;
+        let nsid = sub.add_namespace_opts(&self.shared.graph, bdev, nsid, nguid, opts)?;
         tracing::info!(nqn, nsid, bdev, "nvmf: namespace added");
+        if opts.no_auto_visible {
+            return Ok(nsid);
+        }
         self.notify_namespace_changed(nqn, nsid);
         Ok(nsid)
     }
@@ -573,6 +615,7 @@ impl NvmfTarget {
             };
             a.ports.remove(i);
         }
+        sub.publish_ana(|t| t.without(bound));
         self.shared.discovery_changed();
         self.close_unused_listeners();
         Ok(())
@@ -609,6 +652,7 @@ impl NvmfTarget {
                 });
             };
             a.hosts.remove(i);
+            a.dhchap.remove(host);
             a.allow_any_host
         };
         self.shared.discovery_changed();
@@ -642,6 +686,7 @@ impl NvmfTarget {
                 model: s.model.clone(),
                 max_namespaces: s.max_namespaces,
                 access: s.access().clone(),
+                ana_reporting: s.ana_reporting(),
                 namespaces: s
                     .namespaces()
                     .iter()
@@ -651,6 +696,10 @@ impl NvmfTarget {
                         nguid: n.nguid,
                         nguid_given: n.nguid_given,
                         uuid: n.uuid(),
+                        anagrpid: n.anagrpid,
+                        auto_visible: n.auto_visible,
+                        hosts: n.hosts.clone(),
+                        ptpl_file: n.resv.ptpl_file().map(Into::into),
                     })
                     .collect(),
             })

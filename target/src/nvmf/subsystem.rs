@@ -8,14 +8,18 @@
 //! (under the control-path mutex) when the generation it reads moved.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use pollux_graph::{Graph, RootId};
 use pollux_nvme::fabrics::Nqn;
 use pollux_nvme::log_page::{adrfam, subtype, treq, write_discovery_log, DiscoveryLogEntry};
 
 use crate::config::NvmfSubsystemConfig;
+
+use super::ana::AnaTable;
+use super::controller::Controller;
+use super::reservation::Reservation;
 
 /// Identify Controller NN reported by subsystems created with
 /// `max_namespaces` 0 (unlimited), as SPDK (NVMF_SUBSYSTEM_DEFAULT_NAMESPACES),
@@ -24,8 +28,10 @@ pub const DEFAULT_MAX_NSID: u32 = 32;
 /// Highest valid NSID (FFFFFFFFh is the broadcast value, FFFFFFFEh reserved).
 pub const NSID_MAX: u32 = 0xFFFF_FFFE;
 
-/// A namespace: an NSID bound to a graph root over a bdev.
-#[derive(Debug)]
+/// A namespace: an NSID bound to a graph root over a bdev. A change of
+/// its ANA group or visibility publishes a changed copy (the reservation
+/// state is shared by every copy).
+#[derive(Debug, Clone)]
 pub struct Namespace {
     /// 1-based namespace ID.
     pub nsid: u32,
@@ -41,17 +47,40 @@ pub struct Namespace {
     pub nguid: [u8; 16],
     /// Whether `nguid` was given by the creator (save_config replays it).
     pub nguid_given: bool,
+    /// ANA group (the NSID unless given).
+    pub anagrpid: u32,
+    /// Visible to every allowed host; otherwise only to `hosts`.
+    pub auto_visible: bool,
+    /// Hosts the namespace is visible to besides (`nvmf_ns_add_host`).
+    pub hosts: Vec<String>,
+    /// Reservations and their persistence.
+    pub resv: Arc<Reservation>,
 }
 
 impl Namespace {
     /// The namespace UUID reported in the NS Identification Descriptor
     /// list: the NGUID with RFC 4122 variant and version 4 bits set.
     pub fn uuid(&self) -> [u8; 16] {
-        let mut uuid = self.nguid;
-        uuid[6] = (uuid[6] & 0x0f) | 0x40;
-        uuid[8] = (uuid[8] & 0x3f) | 0x80;
-        uuid
+        ns_uuid(self.nguid)
     }
+
+    /// Whether the controllers of `hostnqn` see this namespace.
+    #[inline]
+    pub fn visible_to(&self, hostnqn: &str) -> bool {
+        self.auto_visible || self.hosts.iter().any(|h| h == hostnqn)
+    }
+}
+
+/// How a namespace is made beyond its bdev, NSID and NGUID
+/// (`nvmf_subsystem_add_ns`).
+#[derive(Debug, Clone, Default)]
+pub struct NsOptions {
+    /// ANA group; `None` or 0 = the NSID.
+    pub anagrpid: Option<u32>,
+    /// Hidden until `nvmf_ns_add_host`.
+    pub no_auto_visible: bool,
+    /// Where reservations persist (SPDK's ptpl JSON file).
+    pub ptpl_file: Option<std::path::PathBuf>,
 }
 
 /// The namespaces of a subsystem, sorted by NSID. Never modified after
@@ -59,6 +88,9 @@ impl Namespace {
 #[derive(Debug, Default)]
 pub struct NsTable {
     list: Vec<Arc<Namespace>>,
+    /// The listeners' ANA states, published with the namespaces so the
+    /// I/O path reads both from one snapshot.
+    pub ana: Arc<AnaTable>,
 }
 
 impl NsTable {
@@ -107,6 +139,8 @@ pub struct Access {
     pub allow_any_host: bool,
     /// Allowed host NQNs otherwise.
     pub hosts: Vec<String>,
+    /// Hosts that must authenticate (DH-HMAC-CHAP), with their keys.
+    pub dhchap: std::collections::BTreeMap<String, super::auth::HostKeys>,
     /// Addresses actually bound for this subsystem (a configured port 0
     /// becomes the ephemeral port picked at bind time).
     pub ports: Vec<SocketAddr>,
@@ -139,6 +173,14 @@ pub struct Subsystem {
     /// Serialises namespace changes (control threads only).
     change: Mutex<()>,
     access: Mutex<Access>,
+    /// ANA reporting on (`nvmf_create_subsystem --ana-reporting`): read
+    /// once per I/O, written only at creation.
+    pub ana_reporting: AtomicBool,
+    /// ANA log change count, bumped by every ANA state or group change.
+    pub ana_change_count: AtomicU64,
+    /// Controllers made for this subsystem (reservation notices go to a
+    /// host's controllers); dead ones are pruned on registration.
+    ctrls: Mutex<Vec<Weak<Controller>>>,
 }
 
 /// Errors building or changing subsystems.
@@ -190,6 +232,38 @@ pub enum SubsystemError {
         /// NSID.
         nsid: u32,
     },
+    /// An ANA group ID above what the subsystem reports.
+    #[error("subsystem {nqn}: ANA group {anagrpid} is not between 1 and {max}")]
+    BadAnaGroup {
+        /// Subsystem.
+        nqn: String,
+        /// The group.
+        anagrpid: u32,
+        /// Highest allowed.
+        max: u32,
+    },
+    /// The namespace's ptpl file could not be read or does not fit it.
+    #[error("subsystem {nqn}: namespace {nsid}: {why}")]
+    Ptpl {
+        /// Subsystem.
+        nqn: String,
+        /// NSID.
+        nsid: u32,
+        /// Why.
+        why: String,
+    },
+    /// The host is (or is not) among the namespace's visible hosts.
+    #[error("subsystem {nqn}: namespace {nsid}: host {host} {what}")]
+    NsHost {
+        /// Subsystem.
+        nqn: String,
+        /// NSID.
+        nsid: u32,
+        /// Host NQN.
+        host: String,
+        /// "is already visible" / "is not visible".
+        what: &'static str,
+    },
 }
 
 fn hash64(seed: u64, bytes: &[u8]) -> u64 {
@@ -199,6 +273,14 @@ fn hash64(seed: u64, bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+/// The UUID form of an NGUID (see `Namespace::uuid`).
+fn ns_uuid(nguid: [u8; 16]) -> [u8; 16] {
+    let mut uuid = nguid;
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    uuid
 }
 
 fn derived_nguid(nqn: &str, nsid: u32) -> [u8; 16] {
@@ -245,8 +327,12 @@ impl Subsystem {
             access: Mutex::new(Access {
                 allow_any_host: spec.allow_any_host,
                 hosts: spec.hosts,
+                dhchap: Default::default(),
                 ports: Vec::new(),
             }),
+            ana_reporting: AtomicBool::new(false),
+            ana_change_count: AtomicU64::new(0),
+            ctrls: Mutex::new(Vec::new()),
         }
     }
 
@@ -292,8 +378,77 @@ impl Subsystem {
 
     fn publish(&self, list: Vec<Arc<Namespace>>) {
         let mut st = self.ns_state();
-        st.table = Arc::new(NsTable { list });
+        let ana = st.table.ana.clone();
+        st.table = Arc::new(NsTable { list, ana });
         self.ns_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Publishes the namespaces with a changed ANA table.
+    pub(super) fn publish_ana(&self, change: impl FnOnce(&AnaTable) -> AnaTable) {
+        let _change = self.changing();
+        let mut st = self.ns_state();
+        let ana = Arc::new(change(&st.table.ana));
+        let list = st.table.list.clone();
+        st.table = Arc::new(NsTable { list, ana });
+        self.ana_change_count.fetch_add(1, Ordering::AcqRel);
+        self.ns_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Records a controller of this subsystem (at Connect).
+    pub(super) fn register_controller(&self, c: &Arc<Controller>) {
+        let mut all = self.ctrls.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.upgrade().is_some_and(|c| !c.is_dead()));
+        all.push(Arc::downgrade(c));
+    }
+
+    /// The live controllers of the host with `hostid`.
+    pub(super) fn controllers_of_host(&self, hostid: &[u8; 16]) -> Vec<Arc<Controller>> {
+        self.ctrls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| !c.is_dead() && &c.hostid == hostid)
+            .collect()
+    }
+
+    /// Whether ANA reporting is on.
+    #[inline]
+    pub fn ana_reporting(&self) -> bool {
+        self.ana_reporting.load(Ordering::Relaxed)
+    }
+
+    /// Highest ANA group ID a namespace may take: SPDK's bound, the
+    /// namespace limit (or the NN floor of unlimited subsystems).
+    pub fn anagrp_max(&self) -> u32 {
+        match self.max_namespaces {
+            0 => self.nn_floor.max(DEFAULT_MAX_NSID),
+            m => m,
+        }
+    }
+
+    /// Replaces namespace `nsid` by `change` of it (ANA group, visible
+    /// hosts): the root stays, so I/O in flight is not disturbed.
+    pub fn update_namespace(
+        &self,
+        nsid: u32,
+        change: impl FnOnce(&mut Namespace) -> Result<(), SubsystemError>,
+    ) -> Result<Arc<Namespace>, SubsystemError> {
+        let _change = self.changing();
+        let table = self.namespaces();
+        let Some(at) = table.list.iter().position(|n| n.nsid == nsid) else {
+            return Err(SubsystemError::NoSuchNamespace {
+                nqn: self.nqn.clone(),
+                nsid,
+            });
+        };
+        let mut ns = (*table.list[at]).clone();
+        change(&mut ns)?;
+        let ns = Arc::new(ns);
+        let mut list = table.list.clone();
+        list[at] = ns.clone();
+        self.publish(list);
+        Ok(ns)
     }
 
     /// Adds a namespace over `bdev` (NSID: `nsid` or the lowest free one).
@@ -304,6 +459,18 @@ impl Subsystem {
         bdev: &str,
         nsid: Option<u32>,
         nguid: Option<[u8; 16]>,
+    ) -> Result<u32, SubsystemError> {
+        self.add_namespace_opts(graph, bdev, nsid, nguid, &NsOptions::default())
+    }
+
+    /// `add_namespace` with ANA group, visibility and ptpl file.
+    pub fn add_namespace_opts(
+        &self,
+        graph: &Graph,
+        bdev: &str,
+        nsid: Option<u32>,
+        nguid: Option<[u8; 16]>,
+        opts: &NsOptions,
     ) -> Result<u32, SubsystemError> {
         let _change = self.changing();
         let table = self.namespaces();
@@ -345,6 +512,28 @@ impl Subsystem {
                 want
             }
         };
+        let anagrpid = match opts.anagrpid {
+            None | Some(0) => nsid,
+            Some(g) => g,
+        };
+        // SPDK bounds an explicit group by the namespace limit; the
+        // default (the NSID) is within NN by construction.
+        if opts.anagrpid.is_some_and(|g| g > self.anagrp_max()) {
+            return Err(SubsystemError::BadAnaGroup {
+                nqn: self.nqn.clone(),
+                anagrpid,
+                max: self.anagrp_max(),
+            });
+        }
+        let nguid_given = nguid.is_some();
+        let nguid = nguid.unwrap_or_else(|| derived_nguid(&self.nqn, nsid));
+        let resv = Reservation::new(opts.ptpl_file.clone(), ns_uuid(nguid)).map_err(|why| {
+            SubsystemError::Ptpl {
+                nqn: self.nqn.clone(),
+                nsid,
+                why,
+            }
+        })?;
         let root_name = format!("nvmf:{}:{}", self.nqn, nsid);
         let root = graph
             .add_root(&root_name, bdev)
@@ -359,8 +548,12 @@ impl Subsystem {
             bdev: bdev.to_owned(),
             root,
             root_name,
-            nguid: nguid.unwrap_or_else(|| derived_nguid(&self.nqn, nsid)),
-            nguid_given: nguid.is_some(),
+            nguid,
+            nguid_given,
+            anagrpid,
+            auto_visible: !opts.no_auto_visible,
+            hosts: Vec::new(),
+            resv: Arc::new(resv),
         });
         let mut list: Vec<Arc<Namespace>> = table.list.clone();
         let at = list.partition_point(|n| n.nsid < nsid);
@@ -425,6 +618,12 @@ impl Subsystem {
                     root_name: ns.root_name.clone(),
                     nguid: ns.nguid,
                     nguid_given: ns.nguid_given,
+                    anagrpid: ns.anagrpid,
+                    auto_visible: ns.auto_visible,
+                    hosts: ns.hosts.clone(),
+                    // The same namespace, exported from another bdev: its
+                    // registrations and reservation stay.
+                    resv: ns.resv.clone(),
                 })
             })
             .collect();

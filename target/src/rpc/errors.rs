@@ -19,6 +19,7 @@ use pollux_graph::GraphError;
 use super::jsonrpc::{code, RpcError};
 use crate::bdev::BdevError;
 use crate::nvmf::NvmfError;
+use crate::qos::QosError;
 use crate::vhost::ControlError;
 
 /// The negated errnos SPDK's bdev methods answer with.
@@ -93,6 +94,8 @@ impl From<BdevError> for RpcError {
             BdevError::Graph(g) => g.into(),
             BdevError::Alloc { .. } => RpcError::errno(errno::ENOMEM, e),
             BdevError::NoSuchBase { .. } => RpcError::errno(errno::ENODEV, e),
+            BdevError::Nvme(e) => e.into(),
+            BdevError::Raid { source, .. } => source.into(),
             BdevError::File { ref source, .. } => {
                 let code = match source {
                     // The OS's own answer, as bdev_aio_create passes on
@@ -106,6 +109,25 @@ impl From<BdevError> for RpcError {
                 };
                 RpcError::errno(code, e)
             }
+        }
+    }
+}
+
+/// A rate limit refused, with the codes of SPDK's `bdev_set_qos_limit`
+/// (-19 for a bdev it cannot open, -22 "No rate limits specified") and
+/// the bdev methods' codes for the throttle groups.
+impl From<QosError> for RpcError {
+    fn from(e: QosError) -> Self {
+        match e {
+            QosError::Graph(g) => g.into(),
+            QosError::NoLimits => RpcError {
+                code: errno::EINVAL,
+                message: e.to_string(),
+            },
+            QosError::NoSuchBdev(_) | QosError::NoSuchGroup(_) => RpcError::errno(errno::ENODEV, e),
+            QosError::GroupExists(_) => RpcError::errno(errno::EEXIST, e),
+            QosError::GroupInUse(..) => RpcError::errno(errno::EBUSY, e),
+            QosError::EmptyName => RpcError::invalid_params(e.to_string()),
         }
     }
 }
@@ -142,6 +164,30 @@ pub fn nvmf(param: &str, e: NvmfError) -> RpcError {
         | NvmfError::NoSuchListener { .. }
         | NvmfError::HostExists { .. }
         | NvmfError::NoSuchHost { .. } => RpcError::invalid_params(format!("{param}: {e}")),
+    }
+}
+
+/// An NVMe controller attach or detach refused, with the negated errno
+/// SPDK's `bdev_nvme_rpc.c` answers: -17 for a name or device already
+/// attached, -19 for a missing controller or a device that cannot be
+/// opened, -22 for a controller that misbehaves, -16 for a bdev in use.
+impl From<crate::nvme_bdev::NvmeBdevError> for RpcError {
+    fn from(e: crate::nvme_bdev::NvmeBdevError) -> Self {
+        use crate::nvme_bdev::NvmeBdevError as E;
+        use pollux_nvme_pci::AttachError as A;
+        match e {
+            E::Graph(g) => g.into(),
+            E::NameExists(_) | E::AlreadyAttached { .. } => RpcError::errno(errno::EEXIST, e),
+            E::NoSuchController(_) => RpcError::errno(errno::ENODEV, e),
+            E::Attach(ref a) => {
+                let code = match a {
+                    A::BadAddress { .. } | A::Controller { .. } => errno::EINVAL,
+                    A::NotReady { .. } => errno::EIO,
+                    _ => errno::ENODEV,
+                };
+                RpcError::errno(code, e)
+            }
+        }
     }
 }
 

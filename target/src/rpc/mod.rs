@@ -53,10 +53,16 @@ pub struct RpcContext {
     /// The NVMe/TCP front-end, when the daemon runs one (`nvmf_*` methods
     /// answer that NVMe-oF is not available otherwise).
     pub nvmf: Option<Arc<NvmfTarget>>,
+    /// Named keys (`keyring_*`), which hosts' DH-HMAC-CHAP keys name.
+    pub keyring: Arc<crate::keyring::Keyring>,
+    /// Rate limits and throttle groups.
+    pub qos: Arc<crate::qos::Qos>,
     bdevs: Mutex<BTreeMap<String, BdevRecord>>,
     filters: Mutex<Vec<Value>>,
     /// Block jobs (`pollux_mirror_start`, `pollux_job_*`).
     pub jobs: crate::jobs::Jobs,
+    /// `bdev_raid_set_options`: what the next rebuild uses.
+    pub(crate) raid_options: Mutex<pollux_graph::nodes::raid::RaidOptions>,
 }
 
 impl RpcContext {
@@ -67,15 +73,25 @@ impl RpcContext {
             handle,
             vhost: None,
             nvmf: None,
+            keyring: Arc::default(),
+            qos: Arc::default(),
             bdevs: Mutex::default(),
             filters: Mutex::default(),
             jobs: crate::jobs::Jobs::default(),
+            raid_options: Mutex::default(),
         }
     }
 
     /// Gives the `vhost_*` methods the front-end to act on.
     pub fn with_vhost(mut self, vhost: Arc<VhostTargets>) -> Self {
         self.vhost = Some(vhost);
+        self
+    }
+
+    /// Shares the target's rate limits (those of its config) with the
+    /// methods.
+    pub fn with_qos(mut self, qos: Arc<crate::qos::Qos>) -> Self {
+        self.qos = qos;
         self
     }
 

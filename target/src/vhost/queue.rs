@@ -409,7 +409,7 @@ impl VirtQueue {
         // The capacity may have changed since the session started (resize).
         st.limits.capacity_sectors = self.dev.capacity_sectors.load(Ordering::Relaxed);
         let parsed = request::parse(
-            &Guest(&st.mem),
+            &Guest::new(&st.mem),
             st.ring,
             head,
             &st.limits,

@@ -10,7 +10,7 @@
 //!   region, is what makes the copy converge on the source's contents.
 //! - The copier (`copier`) runs on one reactor and copies dirty regions,
 //!   source to target, a few at a time. Everything starts dirty.
-//! - The pivot (`Mirror::freeze`, then `Graph::replace_node`, then
+//! - The pivot (`Mirror::freeze`, then `Graph::redirect_node`, then
 //!   `Mirror::release_to_target`): new writes are held in the filter, the
 //!   writes already sent to the source finish, the copier empties the
 //!   bitmap and the target is flushed; the graph then points every parent

@@ -34,11 +34,17 @@ pub(super) fn register(d: &mut Dispatcher) {
         name: "bdev",
         depends_on: &[],
         writer: |d| {
-            let mut out: Vec<Value> = creation_order(d)
-                .into_iter()
-                .map(|(method, params)| json!({"method": method, "params": params}))
-                .collect();
+            // RAID options first, then NVMe controllers: their namespaces
+            // may be the base of bdevs below.
+            let mut out = vec![super::raid::options_config(&d.ctx)];
+            out.extend(super::bdev_nvme::config_entries());
+            out.extend(
+                creation_order(d)
+                    .into_iter()
+                    .map(|(method, params)| json!({"method": method, "params": params})),
+            );
             out.extend(histogram_config(d));
+            out.extend(super::qos::config(d));
             out
         },
     });
@@ -49,7 +55,9 @@ pub(super) fn register(d: &mut Dispatcher) {
 pub fn record_config_bdevs(ctx: &RpcContext, bdevs: &[BdevConfig]) {
     for b in bdevs {
         let (method, params) = match &b.kind {
-            BdevKind::Null { size, block_size } => (
+            BdevKind::Null {
+                size, block_size, ..
+            } => (
                 "bdev_null_create",
                 json!({"name": b.name, "num_blocks": size / u64::from(*block_size), "block_size": block_size}),
             ),
@@ -77,6 +85,13 @@ pub fn record_config_bdevs(ctx: &RpcContext, bdevs: &[BdevConfig]) {
                     "avg_write_latency": aw, "p99_write_latency": pw}),
             ),
             BdevKind::Error { child } => ("bdev_error_create", json!({"base_name": child})),
+            // Controllers are replayed by the bdev_nvme methods' own
+            // records (`bdev_nvme::record`), not as one bdev.
+            BdevKind::Nvme { .. } => continue,
+            BdevKind::Raid(_) => {
+                super::raid::record(ctx, b, None);
+                continue;
+            }
         };
         record(ctx, &b.name, method, params, None);
     }
@@ -117,7 +132,7 @@ pub(super) fn record(
 }
 
 /// A random (version 4) UUID.
-fn new_uuid() -> String {
+pub(super) fn new_uuid() -> String {
     let b: [u8; 16] = rand::random();
     let mut b = b;
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -403,7 +418,11 @@ fn bdev_null_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError>
         p.num_blocks,
         bs,
         p.uuid,
-        |size, block_size| BdevKind::Null { size, block_size },
+        |size, block_size| BdevKind::Null {
+            size,
+            block_size,
+            read_zeroes: true,
+        },
     )
 }
 
@@ -509,6 +528,7 @@ fn delete(d: &Dispatcher, p: Option<Value>, created_by: &str) -> Result<Value, R
         Some(m) if m == created_by => {}
         _ => return Err(RpcError::no_such_bdev(&p.name)),
     }
+    d.ctx.qos.forget(&d.ctx.graph, &p.name)?;
     d.ctx.graph.remove_node(&p.name)?;
     d.ctx.bdevs().remove(&p.name);
     Ok(json!(true))
@@ -527,8 +547,14 @@ fn creation_order(d: &Dispatcher) -> Vec<(&'static str, Value)> {
             let base = ["base_bdev_name", "base_bdev", "base_name"]
                 .iter()
                 .find_map(|k| r.params.get(*k).and_then(Value::as_str));
-            let ready =
-                base.is_none_or(|b| done.iter().any(|n| n == b) || !records.contains_key(b));
+            // An array's members (`base_bdevs`) come before it too.
+            let members = r.params.get("base_bdevs").and_then(Value::as_array);
+            let bases = base
+                .into_iter()
+                .chain(members.into_iter().flatten().filter_map(Value::as_str));
+            let ready = bases
+                .into_iter()
+                .all(|b| done.iter().any(|n| n == b) || !records.contains_key(b));
             if ready {
                 // A bdev another one's call makes (a split's later parts)
                 // is built by that call, not replayed on its own.
@@ -562,6 +588,9 @@ const BDEV_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(10)
 /// after 60 s by default anyway.
 const BDEV_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// The node kind of QoS filters.
+const QOS_KIND: &str = pollux_graph::nodes::qos::KIND;
+
 fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: GetBdevs = params(p)?;
     if let (Some(name), Some(ms)) = (&p.name, p.timeout) {
@@ -574,15 +603,19 @@ fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     }
     let info = d.ctx.graph.describe();
     let records = d.ctx.bdevs().clone();
-    let claimed = |name: &str| {
+    // A bdev's QoS filter is part of the bdev, as SPDK's QoS is: it is not
+    // listed, and does not claim the bdev; what stands on the filter does.
+    let used_by = |name: &str| {
         info.nodes
             .iter()
-            .any(|n| n.children.iter().any(|c| c == name))
+            .any(|n| n.kind != QOS_KIND && n.children.iter().any(|c| c == name))
             || info.roots.iter().any(|r| r.node == name)
     };
+    let claimed = |name: &str| used_by(name) || used_by(&crate::qos::filter_name(name));
     let list: Vec<Value> = info
         .nodes
         .iter()
+        .filter(|n| n.kind != QOS_KIND)
         .filter(|n| p.name.as_deref().is_none_or(|want| want == n.name))
         .map(|n| {
             let rec = records.get(&n.name);
@@ -594,10 +627,8 @@ fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
                 "block_size": n.geometry.block_size,
                 "num_blocks": n.geometry.block_count,
                 "uuid": rec.map(|r| r.uuid.clone()),
-                "assigned_rate_limits": {
-                    "rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0,
-                    "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0
-                },
+                "assigned_rate_limits":
+                    super::qos::limits_object(&d.ctx.qos.limits_of(&n.name).limits, true),
                 "claimed": claimed(&n.name),
                 "zoned": false,
                 "supported_io_types": {
@@ -610,6 +641,11 @@ fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
                     json!({"pollux": {"kind": n.kind}})
                 } else if n.kind == "passthru" {
                     json!({"passthru": {"name": n.name, "base_bdev_name": n.children.first()}})
+                } else if let Some(a) = (n.kind == "raid")
+                    .then(|| pollux_graph::nodes::raid::Array::find(&d.ctx.graph, &n.name))
+                    .flatten()
+                {
+                    json!({"raid": super::raid::info_json(&a.info(), &records)})
                 } else {
                     json!({"pollux": {"kind": n.kind}})
                 },

@@ -481,6 +481,12 @@ pub(super) fn insert_filter(
             no_params(kind)?;
             d.ctx.graph.insert_filter(node, name, ErrorNode::new(geo))?;
         }
+        // A one-member RAID1 above the node: `bdev_raid_add_base_bdev`
+        // then mirrors it onto another bdev under load.
+        "raid1" => {
+            no_params(kind)?;
+            pollux_graph::nodes::raid::Array::insert_above(&d.ctx.graph, node, name)?;
+        }
         "delay" => {
             let p: DelayParams = match fparams {
                 Some(v) => serde_json::from_value(v)
@@ -498,7 +504,7 @@ pub(super) fn insert_filter(
         }
         k => {
             return Err(RpcError::invalid_params(format!(
-                "filter.kind: {k:?} is not a filter kind (known: passthru, delay, error)"
+                "filter.kind: {k:?} is not a filter kind (known: passthru, delay, error, raid1)"
             )))
         }
     }

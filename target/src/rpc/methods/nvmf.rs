@@ -3,16 +3,19 @@
 //! while hosts are connected (over `crate::nvmf::NvmfTarget`).
 //!
 //! Pollux has one NVMe-oF target (SPDK's default `nvmf_tgt`) and one
-//! transport, TCP. Options Pollux cannot honour (TLS, DH-HMAC-CHAP, ANA,
-//! reservations, passthrough) are refused with -32602 naming the param
-//! rather than silently ignored.
+//! transport, TCP. Options Pollux cannot honour (TLS, passthrough) are
+//! refused with -32602 naming the param rather than silently ignored.
+//! ANA and namespace visibility methods are in `nvmf_paths`, the
+//! DH-HMAC-CHAP host keys in `nvmf_auth`.
 
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::nvmf::{ControllerInfo, NvmfTarget, SubsystemInfo, SubsystemSpec, TransportOpts};
+use crate::nvmf::{
+    AnaState, ControllerInfo, NsOptions, NvmfTarget, SubsystemInfo, SubsystemSpec, TransportOpts,
+};
 use crate::rpc::errors;
 use crate::rpc::jsonrpc::{params, RpcError};
 use crate::rpc::Dispatcher;
@@ -85,7 +88,7 @@ pub(super) fn check_tgt(tgt_name: &Option<String>) -> Result<(), RpcError> {
     }
 }
 
-fn refuse(param: &str, why: &str) -> RpcError {
+pub(super) fn refuse(param: &str, why: &str) -> RpcError {
     RpcError::invalid_params(format!("{param}: {why}"))
 }
 
@@ -191,13 +194,13 @@ struct CreateTransport {
 }
 
 /// `masked_oncs` names (SPDK's rpc.py) and the ONCS bit of each; Pollux
-/// offers only Dataset Management and Write Zeroes, so masking the others
-/// changes nothing.
+/// offers Dataset Management, Write Zeroes and reservations, so masking the
+/// others changes nothing.
 const ONCS_NAMES: [(&str, u16); 5] = [
     ("nvmcmps", 0),
     ("nvmdsmsv", pollux_nvme::identify::oncs::DSM),
     ("nvmwzsv", pollux_nvme::identify::oncs::WRITE_ZEROES),
-    ("reservs", 0),
+    ("reservs", pollux_nvme::identify::oncs::RESERVATIONS),
     ("nvmcpys", 0),
 ];
 /// `masked_fuses` names: fused Compare and Write is not offered at all.
@@ -380,9 +383,7 @@ fn nvmf_create_subsystem(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
     check_ascii("serial_number", &serial, SERIAL_MAX)?;
     let model = c.model_number.unwrap_or_else(|| DEFAULT_MODEL.into());
     check_ascii("model_number", &model, MODEL_MAX)?;
-    if c.ana_reporting {
-        return Err(refuse("ana_reporting", "ANA reporting is not supported"));
-    }
+    let nqn = c.nqn.clone();
     if c.passthrough {
         return Err(refuse(
             "passthrough",
@@ -440,6 +441,11 @@ fn nvmf_create_subsystem(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
             hosts: Vec::new(),
         })
         .map_err(|e| errors::nvmf("nqn", e))?;
+    if c.ana_reporting {
+        target(d)?
+            .set_ana_reporting(&nqn, true)
+            .map_err(|e| errors::nvmf("ana_reporting", e))?;
+    }
     Ok(json!(true))
 }
 
@@ -500,19 +506,31 @@ fn describe(s: &SubsystemInfo) -> Value {
         "subtype": "NVMe",
         "listen_addresses": s.access.ports.iter().map(listen_address).collect::<Vec<_>>(),
         "allow_any_host": s.access.allow_any_host,
-        "hosts": s.access.hosts.iter().map(|h| json!({"nqn": h})).collect::<Vec<_>>(),
+        "hosts": s.access.hosts.iter().map(|h| super::nvmf_auth::host_json(&s.access, h)).collect::<Vec<_>>(),
         "serial_number": s.serial,
         "model_number": s.model,
         "max_namespaces": s.max_namespaces,
         "min_cntlid": CNTLID_MIN,
         "max_cntlid": CNTLID_MAX,
-        "namespaces": s.namespaces.iter().map(|n| json!({
-            "nsid": n.nsid,
-            "bdev_name": n.bdev,
-            "name": n.bdev,
-            "nguid": hex(&n.nguid),
-            "uuid": uuid_string(&n.uuid),
-        })).collect::<Vec<_>>(),
+        "ana_reporting": s.ana_reporting,
+        "namespaces": s.namespaces.iter().map(|n| {
+            let mut ns = json!({
+                "nsid": n.nsid,
+                "bdev_name": n.bdev,
+                "name": n.bdev,
+                "nguid": hex(&n.nguid),
+                "uuid": uuid_string(&n.uuid),
+                "no_auto_visible": !n.auto_visible,
+            });
+            // As SPDK: the group only where hosts are told about it.
+            if s.ana_reporting {
+                ns["anagrpid"] = json!(n.anagrpid);
+            }
+            if let Some(p) = &n.ptpl_file {
+                ns["ptpl_file"] = json!(p.display().to_string());
+            }
+            ns
+        }).collect::<Vec<_>>(),
     })
 }
 
@@ -593,37 +611,8 @@ fn nvmf_subsystem_add_ns(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
             "EUI-64 identifiers are not supported (use nguid or uuid)",
         ));
     }
-    if ns.ptpl_file.is_some() {
-        return Err(refuse(
-            "namespace.ptpl_file",
-            "reservations are not supported",
-        ));
-    }
-    // The ANA group only reaches hosts with ANA reporting, which Pollux
-    // refuses to turn on; SPDK without it likewise records the group and
-    // shows it to nobody. Its bound is SPDK's: 0 (= the NSID) up to the
-    // subsystem's namespace limit.
-    if let Some(g) = ns.anagrpid {
-        let max = target(d)?
-            .subsystems()
-            .iter()
-            .find(|s| s.nqn == a.nqn)
-            .map(|s| match s.max_namespaces {
-                0 => crate::nvmf::DEFAULT_MAX_NSID,
-                m => m,
-            });
-        if let Some(max) = max.filter(|&m| g > m) {
-            return Err(refuse(
-                "namespace.anagrpid",
-                &format!("ANA group {g} is above the subsystem's namespace limit {max}"),
-            ));
-        }
-    }
-    if ns.no_auto_visible {
-        return Err(refuse(
-            "namespace.no_auto_visible",
-            "per-host namespace visibility is not supported",
-        ));
+    if ns.ptpl_file.as_deref() == Some("") {
+        return Err(refuse("namespace.ptpl_file", "an empty path"));
     }
     if ns.nsid == Some(0) {
         return Err(refuse("namespace.nsid", "0 is not a namespace ID"));
@@ -639,8 +628,16 @@ fn nvmf_subsystem_add_ns(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcE
             &format!("no bdev {:?}", ns.bdev_name),
         ));
     }
+    // The ANA group is recorded without ANA reporting too (SPDK shows it
+    // to nobody then); its bound is SPDK's: 0 (= the NSID) up to the
+    // subsystem's namespace limit.
+    let opts = NsOptions {
+        anagrpid: ns.anagrpid,
+        no_auto_visible: ns.no_auto_visible,
+        ptpl_file: ns.ptpl_file.map(Into::into),
+    };
     let nsid = target(d)?
-        .add_namespace(&a.nqn, &ns.bdev_name, ns.nsid, nguid)
+        .add_namespace_opts(&a.nqn, &ns.bdev_name, ns.nsid, nguid, &opts)
         .map_err(|e| errors::nvmf("namespace", e))?;
     Ok(json!(nsid))
 }
@@ -674,7 +671,7 @@ enum Svc {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListenAddress {
+pub(super) struct ListenAddress {
     trtype: Option<String>,
     /// SPDK 24.01 and 24.05 also took the transport under this name (a
     /// deprecated alias of `trtype`, used when `trtype` is absent).
@@ -697,7 +694,7 @@ struct ListenerParams {
     numa_id: Option<i32>,
 }
 
-fn parse_listen(a: &ListenAddress) -> Result<SocketAddr, RpcError> {
+pub(super) fn parse_listen(a: &ListenAddress) -> Result<SocketAddr, RpcError> {
     let Some(trtype) = a.trtype.as_ref().or(a.transport.as_ref()) else {
         return Err(refuse("listen_address.trtype", "missing"));
     };
@@ -751,12 +748,15 @@ fn listener(d: &Dispatcher, p: Option<Value>, add: bool) -> Result<Value, RpcErr
     if l.secure_channel {
         return Err(refuse("secure_channel", "TLS is not supported"));
     }
-    if l.ana_state.as_deref().is_some_and(|s| s != "optimized") {
-        return Err(refuse(
-            "ana_state",
-            "ANA is not supported (every path is optimized)",
-        ));
-    }
+    let ana_state = match l.ana_state.as_deref() {
+        None => None,
+        Some(s) => Some(AnaState::from_spdk_name(s).ok_or_else(|| {
+            refuse(
+                "ana_state",
+                &format!("{s:?} is not optimized, non_optimized or inaccessible"),
+            )
+        })?),
+    };
     if l.sock_impl.as_deref().is_some_and(|s| s != "posix") {
         return Err(refuse(
             "sock_impl",
@@ -774,8 +774,14 @@ fn listener(d: &Dispatcher, p: Option<Value>, add: bool) -> Result<Value, RpcErr
     }
     let t = target(d)?;
     if add {
-        t.add_listener(&l.nqn, addr)
+        let bound = t
+            .add_listener(&l.nqn, addr)
             .map_err(|e| errors::nvmf("listen_address", e))?;
+        // The initial state, before any host can connect through it.
+        if let Some(state) = ana_state.filter(|&s| s != AnaState::Optimized) {
+            t.set_listener_ana_state(&l.nqn, bound, state, None)
+                .map_err(|e| errors::nvmf("ana_state", e))?;
+        }
     } else {
         t.remove_listener(&l.nqn, addr)
             .map_err(|e| errors::nvmf("listen_address", e))?;
@@ -803,11 +809,10 @@ fn nvmf_subsystem_add_host(d: &Dispatcher, p: Option<Value>) -> Result<Value, Rp
     if h.psk.is_some() {
         return Err(refuse("psk", "TLS is not supported"));
     }
-    if h.dhchap_key.is_some() || h.dhchap_ctrlr_key.is_some() {
-        return Err(refuse("dhchap_key", "DH-HMAC-CHAP is not supported"));
-    }
+    let keys =
+        super::nvmf_auth::host_keys(d, h.dhchap_key.as_deref(), h.dhchap_ctrlr_key.as_deref())?;
     target(d)?
-        .add_host(&h.nqn, &h.host)
+        .add_host_with_keys(&h.nqn, &h.host, keys)
         .map_err(|e| errors::nvmf("host", e))?;
     Ok(json!(true))
 }
@@ -890,7 +895,7 @@ fn config_writer(d: &Dispatcher) -> Vec<Value> {
         return Vec::new();
     };
     let subs = t.subsystems();
-    let mut out = Vec::new();
+    let mut out: Vec<Value> = super::nvmf_auth::set_config_entry(d).into_iter().collect();
     // The options in force, so a replay creates the same transport; with
     // only TOML subsystems, the defaults they run with.
     if t.transport().is_some() || !subs.is_empty() {
@@ -904,6 +909,7 @@ fn config_writer(d: &Dispatcher) -> Vec<Value> {
             "model_number": s.model,
             "allow_any_host": s.access.allow_any_host,
             "max_namespaces": s.max_namespaces,
+            "ana_reporting": s.ana_reporting,
         }}));
         for port in &s.access.ports {
             out.push(json!({"method": "nvmf_subsystem_add_listener", "params": {
@@ -912,20 +918,53 @@ fn config_writer(d: &Dispatcher) -> Vec<Value> {
             }}));
         }
         for h in &s.access.hosts {
-            out.push(json!({"method": "nvmf_subsystem_add_host", "params": {
-                "nqn": s.nqn,
-                "host": h,
-            }}));
+            let mut p = super::nvmf_auth::host_json(&s.access, h);
+            p["host"] = json!(h);
+            p["nqn"] = json!(s.nqn);
+            out.push(json!({"method": "nvmf_subsystem_add_host", "params": p}));
         }
         for n in &s.namespaces {
             let mut ns = json!({"bdev_name": n.bdev, "nsid": n.nsid});
             if n.nguid_given {
                 ns["nguid"] = json!(hex(&n.nguid));
             }
+            if n.anagrpid != n.nsid {
+                ns["anagrpid"] = json!(n.anagrpid);
+            }
+            if !n.auto_visible {
+                ns["no_auto_visible"] = json!(true);
+            }
+            if let Some(p) = &n.ptpl_file {
+                ns["ptpl_file"] = json!(p.display().to_string());
+            }
             out.push(json!({"method": "nvmf_subsystem_add_ns", "params": {
                 "nqn": s.nqn,
                 "namespace": ns,
             }}));
+            for h in &n.hosts {
+                out.push(json!({"method": "nvmf_ns_add_host", "params": {
+                    "nqn": s.nqn,
+                    "nsid": n.nsid,
+                    "host": h,
+                }}));
+            }
+        }
+        // Listener ANA states last: their groups exist by now.
+        for port in &s.access.ports {
+            let states = t.listener_ana_states(&s.nqn, *port).unwrap_or_default();
+            for (g, st) in states
+                .into_iter()
+                .filter(|(_, st)| *st != AnaState::Optimized)
+            {
+                out.push(
+                    json!({"method": "nvmf_subsystem_listener_set_ana_state", "params": {
+                        "nqn": s.nqn,
+                        "listen_address": listen_address(port),
+                        "ana_state": st.spdk_name(),
+                        "anagrpid": g,
+                    }}),
+                );
+            }
         }
     }
     out
