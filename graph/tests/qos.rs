@@ -45,6 +45,7 @@ fn held_io_is_released_in_order_and_survives_removal() {
     // 40 writes at once: far beyond the first slice's one token.
     const N: u64 = 40;
     let (tx, rx) = mpsc::channel();
+    let (sent_tx, sent_rx) = mpsc::channel();
     let g2 = g.clone();
     let start = Instant::now();
     g.handle().send_blocking(0, move |r: &Reactor| {
@@ -61,7 +62,11 @@ fn held_io_is_released_in_order_and_survives_removal() {
             );
             g2.snapshot(r).submit(r, root, io);
         }
+        sent_tx.send(()).unwrap();
     });
+    // `send_blocking` waits for room in the reactor's queue, not for the
+    // callback: wait until the writes went in through the limit.
+    sent_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     // Remove the limit while it holds most of them: the removal waits.
     g.remove_filter("ram0@qos").unwrap();
     let mut done = 0;
