@@ -25,6 +25,9 @@ pub(crate) trait DynNode: Send + Sync {
     fn execute(&self, r: &Reactor, io: Io);
     fn retiring(&self, handle: &pollux_poller::Handle);
     fn close(&self);
+    fn resize(&self, block_count: u64) -> bool;
+    fn backend_size(&self) -> Option<std::io::Result<u64>>;
+    fn child_resized(&self, slot: usize, child: Geometry, current: Geometry) -> Option<Geometry>;
     /// Whether reactor `index` created its channel (control thread).
     fn has_channel(&self, index: usize) -> bool;
     /// Drops reactor `r`'s channel.
@@ -93,6 +96,15 @@ impl<N: BlockNode> DynNode for NodeCell<N> {
     }
     fn close(&self) {
         self.node.close();
+    }
+    fn resize(&self, block_count: u64) -> bool {
+        self.node.resize(block_count)
+    }
+    fn backend_size(&self) -> Option<std::io::Result<u64>> {
+        self.node.backend_size()
+    }
+    fn child_resized(&self, slot: usize, child: Geometry, current: Geometry) -> Option<Geometry> {
+        self.node.child_resized(slot, child, current)
     }
     fn has_channel(&self, index: usize) -> bool {
         self.channels.created(index)

@@ -107,6 +107,51 @@ pub enum GraphError {
     /// Node names must not be empty.
     #[error("empty node name")]
     EmptyName,
+    /// The node's kind has a fixed size.
+    #[error("{0:?} cannot be resized")]
+    NotResizable(String),
+    /// A shrink while I/O is in flight on the node: that I/O may end past
+    /// the new end, so the old size stays.
+    #[error("{name:?} has {inflight} I/O in flight; a shrink could cut under it")]
+    ShrinkInFlight {
+        /// The node.
+        name: String,
+        /// I/O in flight when the shrink was refused.
+        inflight: u64,
+    },
+    /// A size of zero blocks.
+    #[error("{0:?} cannot be resized to zero blocks")]
+    ZeroSize(String),
+}
+
+/// A root whose geometry a publication changed (a resize below it, or a
+/// change of what it points at), as `Graph::watch_roots` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootChange {
+    /// The root.
+    pub root: RootId,
+    /// Its name.
+    pub name: String,
+    /// Its geometry now.
+    pub geometry: Geometry,
+}
+
+/// A watcher of root geometry changes (`Graph::watch_roots`).
+type RootWatcher = Arc<dyn Fn(&[RootChange]) + Send + Sync>;
+
+/// Names a watcher registered with `Graph::watch_roots`, to remove it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchId(u64);
+
+/// Why a rescan failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RescanError {
+    /// The graph refused the new size.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// The backend's size could not be read.
+    #[error("cannot read the backend's size: {0}")]
+    Backend(std::io::Error),
 }
 
 /// A node as `Graph::describe` reports it.
@@ -204,6 +249,9 @@ pub struct Graph {
     /// they hold, and `Drop` leaks it then rather than free it.
     snapshots: ManuallyDrop<Box<Rcu<Snapshot>>>,
     counters: Counters,
+    /// Told after each publication that changed a root's geometry.
+    watchers: Mutex<Vec<(WatchId, RootWatcher)>>,
+    next_watch: AtomicU64,
 }
 
 impl Graph {
@@ -215,6 +263,8 @@ impl Graph {
             handle: handle.clone(),
             snapshots: ManuallyDrop::new(Box::new(Rcu::new(Snapshot::empty()))),
             counters: Counters::default(),
+            watchers: Mutex::default(),
+            next_watch: AtomicU64::new(0),
         })
     }
 
@@ -267,6 +317,58 @@ impl Graph {
         &self,
         change: impl FnOnce(&mut Snapshot) -> Result<T, GraphError>,
     ) -> Result<T, GraphError> {
+        self.update_checked(change, || Ok(()))
+    }
+
+    /// `update`, with `verify` run once the grace period has passed (no
+    /// reactor routes by the old snapshot any more) and before removed nodes
+    /// are drained: if it fails, the old snapshot is published again, and
+    /// nothing changed.
+    fn update_checked<T>(
+        &self,
+        change: impl FnOnce(&mut Snapshot) -> Result<T, GraphError>,
+        verify: impl FnOnce() -> Result<(), GraphError>,
+    ) -> Result<T, GraphError> {
+        let changed = self.publish_checked(change, verify)?;
+        if !changed.1.is_empty() {
+            let watchers = self
+                .watchers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            for (_, w) in watchers {
+                w(&changed.1);
+            }
+        }
+        Ok(changed.0)
+    }
+
+    /// Registers `f`, called on the control thread after each publication
+    /// that changed the geometry of a root (resize, pivot), outside the
+    /// writer lock: front-ends tell their hosts (an NVMe AEN, a virtio
+    /// config-change interrupt).
+    pub fn watch_roots(&self, f: impl Fn(&[RootChange]) + Send + Sync + 'static) -> WatchId {
+        let id = WatchId(self.next_watch.fetch_add(1, Ordering::Relaxed));
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, Arc::new(f)));
+        id
+    }
+
+    /// Removes a watcher (it may still be running one last call).
+    pub fn unwatch_roots(&self, id: WatchId) {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(w, _)| *w != id);
+    }
+
+    fn publish_checked<T>(
+        &self,
+        change: impl FnOnce(&mut Snapshot) -> Result<T, GraphError>,
+        verify: impl FnOnce() -> Result<(), GraphError>,
+    ) -> Result<(T, Vec<RootChange>), GraphError> {
         let mut w = self.snapshots.lock();
         let old = w.current();
         let mut next = old.fork();
@@ -288,7 +390,8 @@ impl Graph {
             .map(|(id, e)| (id, e.cell.clone()))
             .collect();
         let order = parents_first(&next, &removed);
-        self.publish(&mut w, next);
+        let changed = root_changes(old, &next);
+        self.publish(&mut w, next, verify)?;
         if !order.is_empty() {
             for node in &order {
                 node.retiring(&self.handle);
@@ -318,12 +421,19 @@ impl Graph {
                 self.close(node);
             }
         }
-        Ok(out)
+        Ok((out, changed))
     }
 
-    /// Publishes `next`, waits for the grace period and frees the version
-    /// it replaced.
-    fn publish(&self, w: &mut crate::rcu::Writer<'_, Snapshot>, next: Snapshot) {
+    /// Publishes `next`, waits for the grace period, runs `verify` and
+    /// frees the version it replaced; if `verify` fails, the replaced
+    /// version is published again (its nodes live again: nothing retired
+    /// in `next` is drained) and the error returned.
+    fn publish(
+        &self,
+        w: &mut crate::rcu::Writer<'_, Snapshot>,
+        next: Snapshot,
+        verify: impl FnOnce() -> Result<(), GraphError>,
+    ) -> Result<(), GraphError> {
         let mut grace = Duration::ZERO;
         // `Handle::synchronize` is the grace period `publish` asks for: the
         // reactors of this runtime are the snapshot's only readers without
@@ -343,8 +453,22 @@ impl Graph {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(grace.as_nanos() as u64);
+        if let Err(e) = verify() {
+            // Back to the old version: same nodes, so nothing is drained.
+            let mut back = old.fork();
+            back.generation = old.generation + 2;
+            let newer = w.publish(back, || {
+                self.counters.publishes.fetch_add(1, Ordering::Relaxed);
+                self.handle.synchronize();
+            });
+            drop(newer);
+            drop(old);
+            self.counters.reclaimed.fetch_add(2, Ordering::Relaxed);
+            return Err(e);
+        }
         drop(old);
         self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Waits until no reactor has I/O in flight on `node`. Only this node's
@@ -585,6 +709,101 @@ impl Graph {
         })
     }
 
+    /// Gives leaf `name` `block_count` blocks, published like any graph
+    /// change: the new size is in the snapshot each reactor reads for the
+    /// range check, and every node above that follows its child's size
+    /// (`BlockNode::child_resized`: the filters) takes it in the same
+    /// publication. Roots whose size changed are reported to the watchers
+    /// (`watch_roots`). Returns the old count.
+    ///
+    /// A shrink is refused while any I/O is in flight on the node: an I/O's
+    /// path records the nodes it pinned, not its range, so the graph cannot
+    /// tell an in-flight I/O below the new end from one past it (SPDK
+    /// refuses every shrink of an open bdev). It is checked twice: before
+    /// publishing, and after the grace period, when every I/O still in
+    /// flight that was routed by the old size is counted; if some is, the
+    /// old size is published again.
+    pub fn resize(&self, name: &str, block_count: u64) -> Result<u64, GraphError> {
+        let _span = tracing::info_span!("graph_resize", name, block_count).entered();
+        if block_count == 0 {
+            return Err(GraphError::ZeroSize(name.into()));
+        }
+        let (cell, old) = self.read(|s| {
+            let e = s.entry(lookup(s, name)?).expect("looked up");
+            Ok::<_, GraphError>((e.cell.clone(), e.geometry.block_count))
+        })?;
+        if old == block_count {
+            return Ok(old);
+        }
+        let shrink = block_count < old;
+        let busy = |cell: &dyn DynNode| match cell.core().inflight() {
+            0 => Ok(()),
+            inflight => Err(GraphError::ShrinkInFlight {
+                name: name.into(),
+                inflight,
+            }),
+        };
+        if shrink {
+            busy(&*cell)?;
+        }
+        // A grow is served by the node before the snapshot routes I/O to
+        // the new blocks; a shrink only once no I/O routed by the old size
+        // is left (in `verify`), so none of it fails the node's own range
+        // check. Asking for the current size tells whether it can resize.
+        if !cell.resize(if shrink { old } else { block_count }) {
+            return Err(GraphError::NotResizable(name.into()));
+        }
+        let result = self.update_checked(
+            |s| {
+                let id = lookup(s, name)?;
+                let e = s.nodes[id.0 as usize].as_mut().expect("looked up");
+                if !Arc::ptr_eq(&e.cell, &cell) {
+                    // Replaced by a node of the same name meanwhile.
+                    return Err(GraphError::NoSuchNode(name.into()));
+                }
+                e.geometry.block_count = block_count;
+                propagate_resize(s, id);
+                Ok(())
+            },
+            || {
+                if shrink {
+                    busy(&*cell)?;
+                    cell.resize(block_count);
+                }
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => {
+                tracing::info!(node = name, old, new = block_count, "node resized");
+                Ok(old)
+            }
+            Err(e) => {
+                if !shrink {
+                    cell.resize(old);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `resize` to what leaf `name`'s backend holds now (a file that grew
+    /// or shrank), rounded down to whole blocks. Returns the old and new
+    /// block counts. A node without a backend size cannot be rescanned.
+    pub fn rescan(&self, name: &str) -> Result<(u64, u64), RescanError> {
+        let (cell, geo) = self.read(|s| {
+            let e = s.entry(lookup(s, name)?).expect("looked up");
+            Ok::<_, GraphError>((e.cell.clone(), e.geometry))
+        })?;
+        let size = cell
+            .backend_size()
+            .ok_or_else(|| GraphError::NotResizable(name.into()))?
+            .map_err(RescanError::Backend)?;
+        let new = size / u64::from(geo.block_size);
+        let old = self.resize(name, new)?;
+        Ok((old, new))
+    }
+
     /// Puts `filter` above `node` in one publication: every parent edge and
     /// every root that pointed at `node` now points at the filter, whose one
     /// child is `node`.
@@ -644,6 +863,89 @@ impl Graph {
         self.put_filter(node, filter_name, filter, true)
     }
 
+    /// `insert_filter` for a filter with more children than the node it
+    /// stands above: `node` is its child slot 0, `others` the next slots
+    /// (a mirror's target). One publication.
+    pub fn insert_filter_with<N: BlockNode>(
+        &self,
+        node: &str,
+        filter_name: &str,
+        filter: N,
+        others: &[&str],
+    ) -> Result<NodeId, GraphError> {
+        let _span = tracing::info_span!("graph_insert_filter_with", node, filter_name).entered();
+        if filter_name.is_empty() {
+            return Err(GraphError::EmptyName);
+        }
+        if filter.num_children() != 1 + others.len() {
+            return Err(GraphError::Children {
+                name: filter_name.into(),
+                kind: filter.kind(),
+                expected: filter.num_children(),
+                got: 1 + others.len(),
+            });
+        }
+        let cell: Arc<dyn DynNode> =
+            Arc::new(NodeCell::new(
+                filter_name.into(),
+                filter,
+                &self.handle,
+                self.rcu_ptr(),
+            ));
+        self.update(|s| {
+            if s.names.contains_key(filter_name) {
+                return Err(GraphError::NameExists(filter_name.into()));
+            }
+            let below = lookup(s, node)?;
+            let mut kids = vec![below];
+            for o in others {
+                kids.push(lookup(s, o)?);
+            }
+            check_children(s, &*cell, &kids)?;
+            let f = insert_node(s, cell, kids);
+            redirect(s, below, f, Some(f));
+            Ok(f)
+        })
+    }
+
+    /// Every parent edge and root that points at `old` points at `new`, a
+    /// node already in the graph, and `old` leaves the graph, in one
+    /// publication (a mirror's pivot or cancel; `replace_node` instead
+    /// swaps in a new node under the old one's name). `new` must have `old`'s geometry. `after_grace` runs once no
+    /// reactor routes by the old snapshot and before `old` is drained (it
+    /// may need to finish I/O that `old` holds); if it fails, the old
+    /// snapshot is published again.
+    pub fn redirect_node(
+        &self,
+        old: &str,
+        new: &str,
+        after_grace: impl FnOnce() -> Result<(), GraphError>,
+    ) -> Result<(), GraphError> {
+        let _span = tracing::info_span!("graph_redirect_node", old, new).entered();
+        self.update_checked(
+            |s| {
+                let o = lookup(s, old)?;
+                let n = lookup(s, new)?;
+                let (go, gn) = (s.entry(o).expect("live").geometry, s.entry(n).expect("live").geometry);
+                if (go.block_size, go.block_count) != (gn.block_size, gn.block_count) {
+                    return Err(GraphError::Geometry {
+                        filter: old.into(),
+                        child: new.into(),
+                        expected: go,
+                        got: gn,
+                    });
+                }
+                redirect(s, o, n, Some(o));
+                // Retired, not dropped: writes the node still holds (a
+                // mirror's, frozen for the pivot) and writes on their way
+                // to its children reach them until it drained.
+                retire(s, o);
+                Ok(())
+            },
+            after_grace,
+        )
+    }
+
     /// Removes a filter: its parents and roots point at its child again.
     pub fn remove_filter(&self, name: &str) -> Result<(), GraphError> {
         let _span = tracing::info_span!("graph_remove_filter", name).entered();
@@ -669,7 +971,7 @@ impl Graph {
                 .map(|(_, e)| NodeInfo {
                     name: e.cell.core().name.clone(),
                     kind: e.cell.kind(),
-                    geometry: e.cell.geometry(),
+                    geometry: e.geometry,
                     children: e.children.iter().filter_map(|c| name_of(*c)).collect(),
                     histogram: e.histogram,
                 })
@@ -706,7 +1008,7 @@ impl Graph {
 
     /// Geometry of the node called `name`.
     pub fn node_geometry(&self, name: &str) -> Option<Geometry> {
-        self.read(|s| Some(s.entry(s.node_id(name)?)?.cell.geometry()))
+        self.read(|s| Some(s.entry(s.node_id(name)?)?.geometry))
     }
 
     /// Counters of a node, summed over reactors.
@@ -940,7 +1242,9 @@ fn check_children(s: &Snapshot, node: &dyn DynNode, kids: &[NodeId]) -> Result<(
     let mut geos = Vec::with_capacity(kids.len());
     for k in kids {
         let c = s.entry(*k).expect("looked up");
-        let (expected, got) = (c.cell.geometry(), node.geometry());
+        // The published geometry: a resized leaf's cell may still report
+        // its old size (`Graph::resize`).
+        let (expected, got) = (c.geometry, node.geometry());
         if node.same_geometry_as_children()
             && (expected.block_size != got.block_size || expected.block_count != got.block_count)
         {
@@ -958,6 +1262,48 @@ fn check_children(s: &Snapshot, node: &dyn DynNode, kids: &[NodeId]) -> Result<(
             name: node.core().name.clone(),
             reason,
         })
+}
+
+/// After node `id`'s geometry changed in `s`: every parent that follows
+/// its children's size takes its new geometry, and so on up.
+fn propagate_resize(s: &mut Snapshot, id: NodeId) {
+    let mut work = vec![id];
+    // Bounded: the graph has no cycles (checked at every publication) and
+    // a node is pushed again only when its geometry changed.
+    while let Some(c) = work.pop() {
+        let child = s.entry(c).expect("live").geometry;
+        for (i, n) in s.nodes.iter_mut().enumerate() {
+            let Some(n) = n else { continue };
+            for (slot, k) in n.children.iter().enumerate() {
+                if *k != c {
+                    continue;
+                }
+                if let Some(g) = n.cell.child_resized(slot, child, n.geometry) {
+                    if g != n.geometry {
+                        n.geometry = g;
+                        work.push(NodeId(i as u32));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The roots of `next` whose geometry differs from what they had in `old`.
+fn root_changes(old: &Snapshot, next: &Snapshot) -> Vec<RootChange> {
+    next.live_roots()
+        .filter_map(|(id, r)| {
+            let now = next.entry(r.node)?.geometry;
+            let before = old.roots.get(id.0 as usize)?.as_ref()?;
+            let was = old.entry(before.node)?.geometry;
+            (before.name == r.name && (was.block_count, was.block_size) != (now.block_count, now.block_size))
+                .then(|| RootChange {
+                    root: id,
+                    name: r.name.clone(),
+                    geometry: now,
+                })
+        })
+        .collect()
 }
 
 /// No cycles and no path deeper than `MAX_DEPTH`.

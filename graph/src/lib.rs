@@ -10,7 +10,8 @@
 //! them), `completion` (completions deferred to the next loop iteration),
 //! `cell` (type erasure and the per-reactor channels), `filter` (the API
 //! of filters that own their I/O: hold, forward, fan out, issue their
-//! own), `nodes` (the kinds), `uring` (the per-reactor
+//! own), `gate` (the mirror's write gate), `nodes` (the kinds), `uring`
+//! (the per-reactor
 //! io_uring the file node uses), `latency` (the latency histograms and their
 //! clock), `throttle` (the shared rate budgets QoS filters draw from).
 //!
@@ -24,6 +25,7 @@
 #![cfg_attr(loom, allow(dead_code))]
 
 // The protocol rooms, built everywhere.
+mod gate;
 pub mod latency;
 mod pin;
 mod rcu;
@@ -56,8 +58,11 @@ with_reactors! {
     pub mod uring;
 
     pub use buf::{AlignedBuf, IoBuf, RawSegment};
+    pub use graph::{
+        Graph, GraphError, GraphInfo, GraphStats, NodeInfo, NodeStats, RescanError, RootChange,
+        RootInfo, WatchId,
+    };
     pub use filter::{NodeLink, Parent};
-    pub use graph::{Graph, GraphError, GraphInfo, GraphStats, NodeInfo, NodeStats, RootInfo};
     pub use io::{Io, IoError, IoOp, IoResult, IoSink};
     pub use node::{BlockNode, Geometry};
     pub use snapshot::{NodeId, RootId, Snapshot, SnapshotGuard};

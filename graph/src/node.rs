@@ -122,6 +122,37 @@ pub trait BlockNode: Send + Sync + 'static {
     /// callback on this reactor, which then completes it.
     fn execute(&self, r: &Reactor, ch: &Self::Channel, io: Io);
 
+    /// A leaf is about to present `block_count` blocks (`Graph::resize`):
+    /// called on the control thread before the new size is published, and
+    /// again with the old count if the change is refused afterwards. Nodes
+    /// that check ranges themselves start accepting the new range here.
+    /// `false`: this kind cannot change size (nothing is published).
+    fn resize(&self, _block_count: u64) -> bool {
+        false
+    }
+
+    /// The size of the backing store now, in bytes, for a rescan
+    /// (`Graph::rescan`): what a file whose length changed behind the
+    /// node's back holds. `None`: the node has no backend that can change
+    /// size (its size changes only through `Graph::resize`).
+    fn backend_size(&self) -> Option<std::io::Result<u64>> {
+        None
+    }
+
+    /// For nodes with children: the geometry this node presents once child
+    /// `slot` took geometry `child` (a resize below it), given its own
+    /// `current` one; `None` if the node keeps its size. The default fits
+    /// the one-child filters that forward I/O unchanged (they must look
+    /// exactly like their child: `same_geometry_as_children`); a node whose
+    /// geometry derives from its children (split, RAID) keeps its size
+    /// unless it computes its own.
+    fn child_resized(&self, _slot: usize, child: Geometry, current: Geometry) -> Option<Geometry> {
+        (self.num_children() == 1 && self.same_geometry_as_children()).then_some(Geometry {
+            block_count: child.block_count,
+            ..current
+        })
+    }
+
     /// Called on the control thread once the node has left the graph (it
     /// is retired: nothing new reaches it), before the graph waits for the
     /// I/O pinned on it to drain. A filter holding I/O that would otherwise

@@ -19,6 +19,7 @@ pub mod bdev;
 pub mod config;
 pub mod daemon;
 pub mod exporter;
+pub mod jobs;
 pub mod keyring;
 pub mod logging;
 pub mod nvme_bdev;

@@ -17,6 +17,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pollux_poller::Reactor;
@@ -94,6 +95,12 @@ pub struct FileNode {
     file: File,
     direct: bool,
     geometry: Geometry,
+    /// Blocks served now: `geometry.block_count` until a rescan or resize
+    /// changes it (`BlockNode::resize`). Read by every I/O's own range
+    /// check, written only by the control thread at a resize, so the line
+    /// stays shared-clean.
+    block_count: AtomicU64,
+    is_bdev: bool,
     support: Arc<FallocSupport>,
 }
 
@@ -187,6 +194,8 @@ impl FileNode {
                 required_align: if direct { logical } else { 1 },
                 optimal_align: OPTIMAL_ALIGN,
             },
+            block_count: AtomicU64::new(block_count),
+            is_bdev,
             support: Arc::default(),
         })
     }
@@ -309,7 +318,26 @@ impl BlockNode for FileNode {
     }
 
     fn geometry(&self) -> Geometry {
-        self.geometry
+        Geometry {
+            block_count: self.block_count.load(Ordering::Relaxed),
+            ..self.geometry
+        }
+    }
+
+    fn resize(&self, block_count: u64) -> bool {
+        // Relaxed: the graph publishes the new size after this store (a
+        // Release swap of the snapshot pointer, which reactors load with
+        // Acquire), so an I/O routed by the new snapshot sees it.
+        self.block_count.store(block_count, Ordering::Relaxed);
+        true
+    }
+
+    fn backend_size(&self) -> Option<io::Result<u64>> {
+        Some(if self.is_bdev {
+            ioctl_u64(&self.file, BLKGETSIZE64)
+        } else {
+            self.file.metadata().map(|m| m.len())
+        })
     }
 
     fn create_channel(&self, _r: &Reactor) -> FileChannel {
@@ -319,7 +347,7 @@ impl BlockNode for FileNode {
     fn execute(&self, r: &Reactor, ch: &FileChannel, mut io: Io) {
         // The graph checked the range already, but a request past the end
         // would silently extend the file, so this node checks for itself.
-        if let Err(e) = self.geometry.check(&io) {
+        if let Err(e) = self.geometry().check(&io) {
             io.complete_later(r, Err(e));
             return;
         }

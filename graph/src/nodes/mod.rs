@@ -5,6 +5,7 @@ pub mod error;
 pub mod file;
 pub mod null;
 pub mod passthru;
+pub mod mirror;
 pub mod qos;
 pub mod raid;
 pub mod ram;

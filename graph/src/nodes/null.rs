@@ -49,6 +49,12 @@ impl BlockNode for NullNode {
 
     fn create_channel(&self, _r: &Reactor) {}
 
+    /// Stores nothing, so any size is served at once (`bdev_null_resize`):
+    /// the graph's range check, published with the size, is the only one.
+    fn resize(&self, _block_count: u64) -> bool {
+        true
+    }
+
     #[inline]
     fn execute(&self, r: &Reactor, _ch: &(), mut io: Io) {
         if io.op == IoOp::Read && self.read_zeroes {

@@ -246,6 +246,25 @@ impl Shared {
             .cloned()
     }
 
+    /// A resize below namespaces' roots: their hosts get the Changed
+    /// Namespace List entry and a Namespace Attribute Changed AEN, and
+    /// read the new size with Identify (which reads the published graph).
+    fn roots_resized(&self, changed: &[pollux_graph::RootChange]) {
+        for sub in self.subsystem_list() {
+            for ns in sub.namespaces().iter() {
+                if changed
+                    .iter()
+                    .any(|c| c.root == ns.root && c.name == ns.root_name)
+                {
+                    tracing::info!(nqn = %sub.nqn, nsid = ns.nsid, "nvmf: namespace resized");
+                    for c in self.controllers().of_subsystem(&sub.nqn) {
+                        c.namespace_changed(ns.nsid);
+                    }
+                }
+            }
+        }
+    }
+
     /// A snapshot of the subsystem list.
     fn subsystem_list(&self) -> Vec<Arc<Subsystem>> {
         lock(&self.subsystems).clone()
@@ -362,6 +381,12 @@ impl NvmfTarget {
             .max(u64::from(opts.max_io_size).div_ceil(unit))
             .min(u64::from(u32::MAX)) as u32;
         let shared = Arc::new(Shared::new(graph, opts));
+        let weak = Arc::downgrade(&shared);
+        graph.watch_roots(move |changed| {
+            if let Some(shared) = weak.upgrade() {
+                shared.roots_resized(changed);
+            }
+        });
         let t = NvmfTarget {
             shared,
             listeners: Mutex::new(Vec::new()),
@@ -754,6 +779,14 @@ impl NvmfTarget {
         let ctrls = self.shared.controllers().of_subsystem(nqn);
         for c in ctrls {
             c.namespace_changed(nsid);
+        }
+    }
+
+    /// Namespaces exporting bdev `old` now export `new` (a mirror job's
+    /// pivot moved their roots).
+    pub fn rename_bdev(&self, old: &str, new: &str) {
+        for s in self.shared.subsystem_list() {
+            s.rename_bdev(old, new);
         }
     }
 

@@ -596,6 +596,43 @@ impl Subsystem {
         }
     }
 
+    /// Namespaces exporting bdev `old` now export `new` (a mirror job
+    /// pivoted their root): what listings and `save_config` name. Returns
+    /// how many changed.
+    pub fn rename_bdev(&self, old: &str, new: &str) -> usize {
+        let _change = self.changing();
+        let table = self.namespaces();
+        let mut n = 0;
+        let list: Vec<Arc<Namespace>> = table
+            .list
+            .iter()
+            .map(|ns| {
+                if ns.bdev != old {
+                    return ns.clone();
+                }
+                n += 1;
+                Arc::new(Namespace {
+                    nsid: ns.nsid,
+                    bdev: new.to_owned(),
+                    root: ns.root,
+                    root_name: ns.root_name.clone(),
+                    nguid: ns.nguid,
+                    nguid_given: ns.nguid_given,
+                    anagrpid: ns.anagrpid,
+                    auto_visible: ns.auto_visible,
+                    hosts: ns.hosts.clone(),
+                    // The same namespace, exported from another bdev: its
+                    // registrations and reservation stay.
+                    resv: ns.resv.clone(),
+                })
+            })
+            .collect();
+        if n > 0 {
+            self.publish(list);
+        }
+        n
+    }
+
     /// The current namespace table (control path).
     pub fn namespaces(&self) -> Arc<NsTable> {
         self.ns_state().table.clone()

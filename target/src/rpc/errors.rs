@@ -68,7 +68,12 @@ impl From<GraphError> for RpcError {
             GraphError::NoSuchNode(_) | GraphError::NoSuchRoot(_) => {
                 RpcError::errno(errno::ENODEV, e)
             }
-            GraphError::InUse { .. } => RpcError::errno(errno::EBUSY, e),
+            GraphError::InUse { .. } | GraphError::ShrinkInFlight { .. } => {
+                RpcError::errno(errno::EBUSY, e)
+            }
+            GraphError::NotResizable(_) | GraphError::ZeroSize(_) => {
+                RpcError::errno(errno::EINVAL, e)
+            }
             // The caller asked for a shape the graph cannot take.
             GraphError::Children { .. }
             | GraphError::Cycle { .. }

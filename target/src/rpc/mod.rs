@@ -59,6 +59,8 @@ pub struct RpcContext {
     pub qos: Arc<crate::qos::Qos>,
     bdevs: Mutex<BTreeMap<String, BdevRecord>>,
     filters: Mutex<Vec<Value>>,
+    /// Block jobs (`pollux_mirror_start`, `pollux_job_*`).
+    pub jobs: crate::jobs::Jobs,
     /// `bdev_raid_set_options`: what the next rebuild uses.
     pub(crate) raid_options: Mutex<pollux_graph::nodes::raid::RaidOptions>,
 }
@@ -75,6 +77,7 @@ impl RpcContext {
             qos: Arc::default(),
             bdevs: Mutex::default(),
             filters: Mutex::default(),
+            jobs: crate::jobs::Jobs::default(),
             raid_options: Mutex::default(),
         }
     }

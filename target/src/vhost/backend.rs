@@ -93,6 +93,7 @@ impl DeviceCtl {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::BACKEND_REQ
     }
 }
 
@@ -473,8 +474,12 @@ impl VhostUserBackendReqHandlerMut for Session {
         _flags: VhostUserConfigFlags,
     ) -> VuResult<Vec<u8>> {
         let writeback = self.dev.info.writeback.load(Ordering::Relaxed);
+        let limits = super::request::Limits {
+            capacity_sectors: self.dev.info.capacity_sectors.load(Ordering::Relaxed),
+            ..self.dev.limits
+        };
         let space = config_space::config_space(
-            &self.dev.limits,
+            &limits,
             self.dev.num_queues,
             writeback,
             self.dev.opt_io_bytes,
@@ -641,6 +646,8 @@ mod tests {
                 serial: [0; 20],
                 writeback: std::sync::atomic::AtomicBool::new(true),
                 adaptive: true,
+                capacity_sectors: AtomicU64::new(2048),
+                backend_req: std::sync::Mutex::default(),
             }),
             handle: reactors.runtime().handle().clone(),
             num_queues: 1,

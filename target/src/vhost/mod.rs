@@ -12,6 +12,7 @@
 //! (the front-end's memory table), `inflight` (INFLIGHT_SHMFD tracking).
 
 mod backend;
+mod backend_channel;
 mod config_space;
 mod inflight;
 mod memory;
@@ -25,7 +26,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -152,6 +153,8 @@ pub struct VhostTargets {
 
 struct Device {
     config: VhostBlkConfig,
+    /// The graph watcher that follows resizes of the exported bdev.
+    watch: (Arc<Graph>, pollux_graph::WatchId),
     root_name: String,
     /// Written by the control thread, read by `list`.
     session: Arc<Mutex<Option<SessionInfo>>>,
@@ -283,6 +286,16 @@ impl VhostTargets {
             .collect()
     }
 
+    /// Controllers exporting bdev `old` now export `new` (a mirror job's
+    /// pivot moved their roots): what listings and `save_config` name.
+    pub fn rename_bdev(&self, old: &str, new: &str) {
+        for d in lock(&self.devices).values_mut() {
+            if d.config.bdev == old {
+                d.config.bdev = new.to_owned();
+            }
+        }
+    }
+
     /// Disconnects every front-end (draining its queues), removes the
     /// sockets and the graph roots.
     pub fn stop(&self) {
@@ -333,6 +346,8 @@ impl VhostTargets {
                 root,
                 writeback: AtomicBool::new(true),
                 adaptive: self.adaptive,
+                capacity_sectors: AtomicU64::new(limits.capacity_sectors),
+                backend_req: Mutex::default(),
             }),
             handle: self.handle.clone(),
             num_queues: cfg.num_queues,
@@ -340,10 +355,17 @@ impl VhostTargets {
             limits,
             opt_io_bytes: geo.optimal_align.max(geo.block_size),
         });
-        let (stop, stop_rx) = UnixStream::pair().map_err(|e| {
-            let _ = std::fs::remove_file(&cfg.socket);
-            unroot(e)
-        })?;
+        let watch = graph.watch_roots(resize_watcher(&ctl.info, &root_name));
+        let unwatch = |e| {
+            graph.unwatch_roots(watch);
+            e
+        };
+        let (stop, stop_rx) = UnixStream::pair()
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&cfg.socket);
+                unroot(e)
+            })
+            .map_err(unwatch)?;
         let session = Arc::new(Mutex::new(None));
         let status = session.clone();
         let seq = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
@@ -353,11 +375,13 @@ impl VhostTargets {
             .map_err(|e| {
                 let _ = std::fs::remove_file(&cfg.socket);
                 unroot(e)
-            })?;
+            })
+            .map_err(unwatch)?;
         tracing::info!(ctrlr, socket = %name, bdev = %cfg.bdev, num_queues = cfg.num_queues,
             queue_reactors = ?cfg.queue_reactors, readonly = cfg.readonly, "vhost-user-blk listening");
         Ok(Device {
             config: cfg.clone(),
+            watch: (graph.clone(), watch),
             root_name,
             session,
             stop,
@@ -369,11 +393,49 @@ impl VhostTargets {
 impl Drop for Device {
     /// Also runs when the daemon fails to start after the devices did.
     fn drop(&mut self) {
+        self.watch.0.unwatch_roots(self.watch.1);
         let _ = self.stop.shutdown(std::net::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.config.socket);
+    }
+}
+
+/// The root watcher of a device: a resize of the bdev under `root_name`
+/// becomes the device's capacity, and the connected front-end is told
+/// with CONFIG_CHANGE_MSG (it re-reads the config space and interrupts
+/// the guest).
+fn resize_watcher(
+    info: &Arc<DeviceInfo>,
+    root_name: &str,
+) -> impl Fn(&[pollux_graph::RootChange]) + Send + Sync + 'static {
+    let info = Arc::downgrade(info);
+    let root_name = root_name.to_owned();
+    move |changed| {
+        let Some(info) = info.upgrade() else { return };
+        let Some(c) = changed
+            .iter()
+            .find(|c| c.root == info.root && c.name == root_name)
+        else {
+            return;
+        };
+        let sectors = c.geometry.size() / SECTOR_SIZE;
+        info.capacity_sectors.store(sectors, Ordering::Relaxed);
+        let mut chan = lock(&info.backend_req);
+        let sent = match chan.as_mut() {
+            Some(sock) => backend_channel::send_config_change(sock),
+            None => Ok(()),
+        };
+        match sent {
+            Ok(()) => tracing::info!(socket = %info.name, capacity_sectors = sectors,
+                notified = chan.is_some(), "vhost-user-blk: capacity changed"),
+            Err(e) => {
+                tracing::warn!(socket = %info.name, error = %e,
+                    "vhost-user-blk: cannot send the config change; the channel is dropped");
+                *chan = None;
+            }
+        }
     }
 }
 
@@ -530,6 +592,10 @@ fn serve(
             if !wait_readable(handler.as_raw_fd(), &stop) {
                 break;
             }
+            if let Some(chan) = backend_channel::peek_backend_req_fd(handler.as_raw_fd()) {
+                tracing::debug!(socket = %name, "backend request channel set");
+                *lock(&ctl.info.backend_req) = Some(chan);
+            }
             match handler.handle_request() {
                 Ok(()) => publish(),
                 Err(VuError::Disconnected | VuError::PartialMessage) => {
@@ -552,6 +618,7 @@ fn serve(
         };
         // Only now is the controller free to delete: its queues drained.
         *lock(status) = None;
+        *lock(&ctl.info.backend_req) = None;
     }
     tracing::debug!(socket = %name, "vhost-user-blk control thread stopped");
 }

@@ -18,8 +18,8 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 use pollux_graph::{Graph, Io, IoBuf, IoOp, IoResult, IoSink, RawSegment, RootId};
 use pollux_poller::{Events, PollStatus, PollerId, Reactor};
@@ -49,6 +49,14 @@ pub struct DeviceInfo {
     pub writeback: AtomicBool,
     /// Reactors sleep in epoll when idle: kicks must wake them.
     pub adaptive: bool,
+    /// The capacity in sectors now: `Limits::capacity_sectors` at the
+    /// start, changed by a resize below the root (the graph's root watcher)
+    /// before the front-end is told. Read by each request's range check
+    /// and by GET_CONFIG; written only at a resize.
+    pub capacity_sectors: AtomicU64,
+    /// The backend request channel of the connected front-end, if it gave
+    /// one (`backend_channel`): where a resize is announced.
+    pub backend_req: Mutex<Option<std::os::unix::net::UnixStream>>,
 }
 
 /// Names a queue across reactors: the session (one front-end connection)
@@ -398,6 +406,8 @@ impl VirtQueue {
             inf.fetched(head, st.counter);
         }
         let segments = st.spare_segments.pop().unwrap_or_default();
+        // The capacity may have changed since the session started (resize).
+        st.limits.capacity_sectors = self.dev.capacity_sectors.load(Ordering::Relaxed);
         let parsed = request::parse(
             &Guest::new(&st.mem),
             st.ring,

@@ -5,6 +5,7 @@ mod bdev_nvme;
 mod filters;
 mod framework;
 mod graph;
+mod jobs;
 mod keyring;
 mod log;
 mod nvmf;
@@ -13,6 +14,7 @@ mod nvmf_paths;
 mod nvmf_query;
 pub mod qos;
 mod raid;
+mod resize;
 mod thread;
 mod vhost;
 
@@ -23,6 +25,7 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     log::register(d);
     thread::register(d);
     bdev::register(d);
+    resize::register(d);
     filters::register(d);
     qos::register(d);
     bdev_nvme::register(d);
@@ -38,4 +41,5 @@ pub(super) fn register_all(d: &mut Dispatcher) {
     nvmf_paths::register(d);
     nvmf_auth::register(d);
     graph::register(d);
+    jobs::register(d);
 }
