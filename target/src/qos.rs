@@ -188,26 +188,16 @@ impl Qos {
                 b.budget.set_limits(to_rate(limits));
                 st.bdevs.get_mut(bdev).expect("present").limits = limits;
             }
-            Some(_) => {
-                // A new group is a new filter: the old one drains what it
-                // holds while the new one takes the next I/O.
-                let budget = Arc::new(Budget::new(to_rate(limits)));
-                let node = QosNode::new(geometry, self.budgets(&st, &budget, group.as_deref()));
-                graph.remove_filter(&name)?;
-                graph.insert_bound_filter(bdev, &name, node)?;
-                st.bdevs.insert(
-                    bdev.into(),
-                    BdevQos {
-                        limits,
-                        budget,
-                        group,
-                    },
-                );
-            }
             None if unlimited => {}
-            None => {
+            // A first limit, or a new group: a new filter. For a new group
+            // the old filter drains what it holds while the new one takes
+            // the next I/O.
+            old => {
                 let budget = Arc::new(Budget::new(to_rate(limits)));
                 let node = QosNode::new(geometry, self.budgets(&st, &budget, group.as_deref()));
+                if old.is_some() {
+                    graph.remove_filter(&name)?;
+                }
                 graph.insert_bound_filter(bdev, &name, node)?;
                 st.bdevs.insert(
                     bdev.into(),
