@@ -543,20 +543,7 @@ impl Graph {
         if name.is_empty() {
             return Err(GraphError::EmptyName);
         }
-        if node.num_children() != children.len() {
-            return Err(GraphError::Children {
-                name: name.into(),
-                kind: node.kind(),
-                expected: node.num_children(),
-                got: children.len(),
-            });
-        }
-        let cell: Arc<dyn DynNode> = Arc::new(NodeCell::new(
-            name.into(),
-            node,
-            &self.handle,
-            self.rcu_ptr(),
-        ));
+        let cell = self.new_cell(name, node, children.len())?;
         self.update(|s| {
             if s.names.contains_key(name) {
                 return Err(GraphError::NameExists(name.into()));
@@ -585,20 +572,7 @@ impl Graph {
         children: &[&str],
     ) -> Result<NodeId, GraphError> {
         let _span = tracing::info_span!("graph_replace_node", name).entered();
-        if node.num_children() != children.len() {
-            return Err(GraphError::Children {
-                name: name.into(),
-                kind: node.kind(),
-                expected: node.num_children(),
-                got: children.len(),
-            });
-        }
-        let cell: Arc<dyn DynNode> = Arc::new(NodeCell::new(
-            name.into(),
-            node,
-            &self.handle,
-            self.rcu_ptr(),
-        ));
+        let cell = self.new_cell(name, node, children.len())?;
         self.update(|s| {
             let old = lookup(s, name)?;
             let kids = children
@@ -640,6 +614,30 @@ impl Graph {
             retire(s, id);
             Ok(())
         })
+    }
+
+    /// The cell of a node about to be added as `name` with `children`
+    /// children, once its kind is known to take that many.
+    fn new_cell<N: BlockNode>(
+        &self,
+        name: &str,
+        node: N,
+        children: usize,
+    ) -> Result<Arc<dyn DynNode>, GraphError> {
+        if node.num_children() != children {
+            return Err(GraphError::Children {
+                name: name.into(),
+                kind: node.kind(),
+                expected: node.num_children(),
+                got: children,
+            });
+        }
+        Ok(Arc::new(NodeCell::new(
+            name.into(),
+            node,
+            &self.handle,
+            self.rcu_ptr(),
+        )))
     }
 
     /// Adds a named root pointing at `node`; front-ends submit through it.
