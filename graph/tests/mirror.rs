@@ -117,7 +117,7 @@ fn mirror_and_pivot_under_writes_lose_nothing() {
         .unwrap();
     m.start_copier(g.link("mirror0").unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !m.in_sync() {
+    while !m.ready() {
         assert!(
             Instant::now() < deadline,
             "never in sync: {:?}",
@@ -180,7 +180,7 @@ fn mirror_removed_while_holding_a_write_sends_it_to_the_source() {
         .unwrap();
     m.start_copier(g.link("mirror0").unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !m.in_sync() {
+    while !m.ready() {
         assert!(Instant::now() < deadline, "never in sync");
         std::thread::sleep(Duration::from_millis(5));
     }

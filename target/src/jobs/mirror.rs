@@ -170,7 +170,7 @@ impl MirrorJob {
             if let Some(e) = self.mirror.error() {
                 *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 *st = JobState::Failed;
-            } else if *st == JobState::Running && self.mirror.in_sync() {
+            } else if *st == JobState::Running && self.mirror.ready() {
                 tracing::info!(job = %self.name, "mirror job ready");
                 *st = JobState::Ready;
             }

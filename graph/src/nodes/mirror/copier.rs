@@ -66,8 +66,13 @@ fn fill(r: &Reactor, c: &Rc<Copier>) {
         m.copies.fetch_add(1, Ordering::AcqRel);
         let Some(bit) = m.bitmap.take_next(c.cursor.get()) else {
             m.copies.fetch_sub(1, Ordering::AcqRel);
+            m.first_pass_done.store(true, Ordering::Release);
             break;
         };
+        if bit < c.cursor.get() {
+            // Wrapped: every region dirty at the start was taken once.
+            m.first_pass_done.store(true, Ordering::Release);
+        }
         c.cursor.set(bit + 1);
         c.active.set(c.active.get() + 1);
         let (offset, len) = m.bitmap.region(bit);

@@ -65,6 +65,13 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// must not come near it.
 const PIVOT_WAIT: Duration = Duration::from_secs(10);
 
+/// Dirty bytes a mirror past its first pass may still have and be ready
+/// for the pivot: under steady writes the bitmap is rarely empty (QEMU's
+/// background mirror has the same trouble), and the freeze copies what is
+/// left while it holds new writes. 64 MiB takes well under a second on any
+/// device worth mirroring to, far inside `PIVOT_WAIT`.
+const READY_DIRTY_BYTES: u64 = 64 << 20;
+
 /// Why a mirror step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -95,6 +102,12 @@ pub struct Mirror {
     /// Copies in flight (raised before a region is taken, so "no copy and
     /// no dirty bit" means in sync).
     copies: AtomicU64,
+    /// The copier went once over the whole bitmap (its cursor wrapped, or
+    /// it found nothing dirty): what is dirty now was written during the
+    /// copy.
+    first_pass_done: AtomicBool,
+    /// Latched by `ready`: a job once ready stays ready (QEMU's READY).
+    ready: AtomicBool,
     /// The copier should stop.
     stop: AtomicBool,
     /// The copier stopped (after `stop`, or on an error).
@@ -130,6 +143,8 @@ impl Mirror {
             pivoted: AtomicBool::new(false),
             copied: AtomicU64::new(0),
             copies: AtomicU64::new(0),
+            first_pass_done: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -164,6 +179,23 @@ impl Mirror {
     /// source holds, but for writes still on their way to the source.
     pub fn in_sync(&self) -> bool {
         self.copies.load(Ordering::Acquire) == 0 && self.bitmap.count() == 0
+    }
+
+    /// Ready for the pivot: the first pass is done and what is dirty is
+    /// little enough (`READY_DIRTY_BYTES`) for the freeze to copy while it
+    /// holds writes. Once true it stays true, as QEMU's READY does; the
+    /// freeze still refuses if the copy does not converge in time.
+    pub fn ready(&self) -> bool {
+        if self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        let ready = self.in_sync()
+            || (self.first_pass_done.load(Ordering::Acquire)
+                && self.bitmap.count() * self.bitmap.granularity() <= READY_DIRTY_BYTES);
+        if ready {
+            self.ready.store(true, Ordering::Release);
+        }
+        ready
     }
 
     /// The copier's error, if it stopped on one.
