@@ -17,6 +17,7 @@ mod config_space;
 mod inflight;
 mod memory;
 mod queue;
+mod ring;
 pub mod request;
 
 use std::collections::BTreeMap;
