@@ -330,7 +330,9 @@ pub fn stop(r: &Reactor, key: QueueKey, reply: mpsc::Sender<u16>) {
 
 impl VirtQueue {
     fn poll(self: &Rc<Self>, r: &Reactor) -> PollStatus {
-        let mut busy = false;
+        // Completions since the last poll first: the driver can reuse
+        // those slots while this poll parses new requests.
+        let mut busy = self.flush_used();
         for _ in 0..POLL_BATCH {
             match self.next_request() {
                 Next::Empty => break,
@@ -341,14 +343,10 @@ impl VirtQueue {
                 }
             }
         }
-        let mut st = self.st.borrow_mut();
-        if st.need_signal {
-            st.need_signal = false;
-            st.publish_and_signal();
-            busy = true;
-        }
-        let stopping = st.stop.is_some();
-        drop(st);
+        // And those of this poll's own requests (errors, GET_ID, a
+        // backend that completed at once).
+        busy |= self.flush_used();
+        let stopping = self.st.borrow().stop.is_some();
         if stopping {
             self.try_finish_stop(r);
         }
@@ -357,6 +355,18 @@ impl VirtQueue {
         } else {
             PollStatus::Idle
         }
+    }
+
+    /// Publishes the used entries added since the last call and notifies
+    /// the driver if it wants it; false if there were none.
+    fn flush_used(&self) -> bool {
+        let mut st = self.st.borrow_mut();
+        if !st.need_signal {
+            return false;
+        }
+        st.need_signal = false;
+        st.publish_and_signal();
+        true
     }
 
     fn try_finish_stop(&self, r: &Reactor) {

@@ -178,6 +178,12 @@ impl SplitRing {
         self.published
     }
 
+    /// Ring slot of a free-running index: the size is a power of two
+    /// (checked in `new`), so a mask, not a division on each access.
+    fn mask(&self) -> u16 {
+        self.size - 1
+    }
+
     /// The shared 16-bit word at `p`, a ring address from `ptrs`.
     fn word(&self, p: *mut u8) -> &AtomicU16 {
         // SAFETY: every caller passes an even offset into a ring that
@@ -216,7 +222,7 @@ impl SplitRing {
                 return Ok(None);
             }
         }
-        let slot = u64::from(self.next_avail % self.size);
+        let slot = u64::from(self.next_avail & self.mask());
         let at = p
             .avail
             .wrapping_add((RING_HEADER + AVAIL_ENTRY * slot) as usize);
@@ -229,7 +235,7 @@ impl SplitRing {
     /// [`publish`](Self::publish).
     pub fn push_used(&mut self, head: u16, len: u32) {
         let Some(p) = self.ptrs else { return };
-        let slot = u64::from(self.next_used % self.size);
+        let slot = u64::from(self.next_used & self.mask());
         let at = p
             .used
             .wrapping_add((RING_HEADER + USED_ENTRY * slot) as usize);
