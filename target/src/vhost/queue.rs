@@ -192,10 +192,12 @@ fn find(r: &Reactor, key: QueueKey) -> Option<Rc<VirtQueue>> {
     registry(r).0.borrow().get(&key).cloned()
 }
 
+/// What one look at the avail ring found.
 enum Next {
+    /// Nothing to take.
     Empty,
+    /// A request was taken (submitted, completed or dropped).
     Handled,
-    Submit(Io),
 }
 
 /// Starts polling `s` on this reactor.
@@ -334,13 +336,9 @@ impl VirtQueue {
         // those slots while this poll parses new requests.
         let mut busy = self.flush_used();
         for _ in 0..POLL_BATCH {
-            match self.next_request() {
+            match self.next_request(r) {
                 Next::Empty => break,
                 Next::Handled => busy = true,
-                Next::Submit(io) => {
-                    busy = true;
-                    self.dev.graph.snapshot(r).submit(r, self.dev.root, io);
-                }
             }
         }
         // And those of this poll's own requests (errors, GET_ID, a
@@ -393,7 +391,9 @@ impl VirtQueue {
         let _ = reply.send(next_avail);
     }
 
-    fn next_request(self: &Rc<Self>) -> Next {
+    /// Takes one request from the ring and submits it (or completes it,
+    /// if it fails or needs no block device).
+    fn next_request(self: &Rc<Self>, r: &Reactor) -> Next {
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
         if st.stop.is_some() {
@@ -517,8 +517,16 @@ impl VirtQueue {
             flush_after: op == IoOp::Write && !self.dev.writeback.load(Ordering::Relaxed),
         };
         st.in_flight += 1;
+        drop(guard);
         let sink: Rc<dyn IoSink> = self.clone();
-        Next::Submit(Io::new(op, req.offset, req.len, buf, sink, u64::from(head)))
+        // Built in place in the call: the `Io` is large, and returning it
+        // to the caller first was one more copy per request.
+        self.dev.graph.snapshot(r).submit(
+            r,
+            self.dev.root,
+            Io::new(op, req.offset, req.len, buf, sink, u64::from(head)),
+        );
+        Next::Handled
     }
 }
 
