@@ -122,6 +122,16 @@ pub enum GraphError {
     /// A size of zero blocks.
     #[error("{0:?} cannot be resized to zero blocks")]
     ZeroSize(String),
+    /// A node above refuses its child's new size (`BlockNode::child_resized`).
+    #[error("{name:?} cannot be resized under {by:?}: {reason}")]
+    ResizeRefused {
+        /// The node being resized.
+        name: String,
+        /// The node above that refuses.
+        by: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A root whose geometry a publication changed (a resize below it, or a
@@ -760,8 +770,11 @@ impl Graph {
                     return Err(GraphError::NoSuchNode(name.into()));
                 }
                 e.geometry.block_count = block_count;
-                propagate_resize(s, id);
-                Ok(())
+                propagate_resize(s, id).map_err(|(by, reason)| GraphError::ResizeRefused {
+                    name: name.into(),
+                    by,
+                    reason,
+                })
             },
             || {
                 if shrink {
@@ -1263,8 +1276,9 @@ fn check_children(s: &Snapshot, node: &dyn DynNode, kids: &[NodeId]) -> Result<(
 }
 
 /// After node `id`'s geometry changed in `s`: every parent that follows
-/// its children's size takes its new geometry, and so on up.
-fn propagate_resize(s: &mut Snapshot, id: NodeId) {
+/// its children's size takes its new geometry, and so on up. `Err` names
+/// the node that refuses the change, and why (`s` is then dropped).
+fn propagate_resize(s: &mut Snapshot, id: NodeId) -> Result<(), (String, String)> {
     let mut work = vec![id];
     // Bounded: the graph has no cycles (checked at every publication) and
     // a node is pushed again only when its geometry changed.
@@ -1276,7 +1290,11 @@ fn propagate_resize(s: &mut Snapshot, id: NodeId) {
                 if *k != c {
                     continue;
                 }
-                if let Some(g) = n.cell.child_resized(slot, child, n.geometry) {
+                let took = n
+                    .cell
+                    .child_resized(slot, child, n.geometry)
+                    .map_err(|reason| (n.cell.core().name.clone(), reason))?;
+                if let Some(g) = took {
                     if g != n.geometry {
                         n.geometry = g;
                         work.push(NodeId(i as u32));
@@ -1285,6 +1303,7 @@ fn propagate_resize(s: &mut Snapshot, id: NodeId) {
             }
         }
     }
+    Ok(())
 }
 
 /// The roots of `next` whose geometry differs from what they had in `old`.

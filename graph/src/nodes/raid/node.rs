@@ -302,6 +302,26 @@ impl BlockNode for RaidNode {
         Ok(())
     }
 
+    /// A member shrinking under what the array uses of it is refused; a
+    /// grown member's new space is not used (the array keeps its size).
+    fn child_resized(
+        &self,
+        edge: usize,
+        child: Geometry,
+        _current: Geometry,
+    ) -> Result<Option<Geometry>, String> {
+        let Some(&slot) = self.shape.slot_of_edge.get(edge) else {
+            return Ok(None);
+        };
+        let used = self.shape.layout.member_size(slot);
+        if child.size() < used {
+            return Err(format!(
+                "the array uses {used} bytes of its member in slot {slot}"
+            ));
+        }
+        Ok(None)
+    }
+
     #[inline]
     fn route(&self, io: &mut Io) -> Option<usize> {
         // raid0 and concat data I/O inside one strip or member: rewrite

@@ -92,6 +92,14 @@ pub fn record_config_bdevs(ctx: &RpcContext, bdevs: &[BdevConfig]) {
                 super::raid::record(ctx, b, None);
                 continue;
             }
+            BdevKind::Split {
+                base_bdev,
+                split_count,
+                split_size_mb,
+            } => {
+                super::filters::record_split(ctx, base_bdev, *split_count, *split_size_mb);
+                continue;
+            }
         };
         record(ctx, &b.name, method, params, None);
     }

@@ -10,12 +10,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bdev::{check_uuid, lacks, record};
+use crate::config::split_part_name;
 use crate::rpc::errors::errno;
 use crate::rpc::jsonrpc::{params, RpcError};
-use crate::rpc::Dispatcher;
+use crate::rpc::{Dispatcher, RpcContext};
 use pollux_graph::nodes::delay::{DelayKind, DelayLatencies, DelayNode};
 use pollux_graph::nodes::error::{resume_pending, ErrorIoType, ErrorNode, ErrorType, Injection};
-use pollux_graph::nodes::split::SplitNode;
+use pollux_graph::nodes::split::{SplitError, SplitPlan};
 use pollux_graph::GraphError;
 
 pub(super) fn register(d: &mut Dispatcher) {
@@ -38,9 +39,6 @@ fn check_free(d: &Dispatcher, name: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
-/// One MiB, the unit of `split_size_mb`.
-const MIB: u64 = 1 << 20;
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SplitCreate {
@@ -55,16 +53,11 @@ struct SplitCreate {
 fn bdev_split_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: SplitCreate = params(p)?;
     if p.split_count == 0 {
-        return Err(RpcError::errno(
-            errno::EINVAL,
-            "split_count can't be 0".to_string(),
-        ));
+        return Err(RpcError::errno(errno::EINVAL, SplitError::ZeroCount));
     }
-    let base = d
-        .ctx
-        .graph
-        .node_geometry(&p.base_bdev)
-        .ok_or_else(|| RpcError::no_such_bdev(&p.base_bdev))?;
+    if d.ctx.graph.node_geometry(&p.base_bdev).is_none() {
+        return Err(RpcError::no_such_bdev(&p.base_bdev));
+    }
     if split_parts(d, &p.base_bdev).next().is_some() {
         return Err(RpcError::errno(
             errno::EEXIST,
@@ -74,70 +67,83 @@ fn bdev_split_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError
             ),
         ));
     }
-    let bs = u64::from(base.block_size);
     let size_mb = p.split_size_mb.unwrap_or(0);
-    let part_blocks = if size_mb != 0 {
-        let bytes = size_mb
-            .checked_mul(MIB)
-            .filter(|b| b % bs == 0)
-            .ok_or_else(|| {
-                RpcError::errno(
-                    errno::EINVAL,
-                    format!("split size {size_mb} MB is not possible with block size {bs}"),
-                )
-            })?;
-        bytes / bs
-    } else {
-        base.block_count / p.split_count
-    };
-    if part_blocks == 0 || part_blocks > base.block_count {
-        return Err(RpcError::errno(
-            errno::EINVAL,
-            format!(
-                "cannot split {:?} ({} blocks) into parts of {part_blocks} blocks",
-                p.base_bdev, base.block_count
-            ),
-        ));
-    }
-    let count = p.split_count.min(base.block_count / part_blocks);
-    if count < p.split_count {
+    let names = split_create(d, &p.base_bdev, p.split_count, size_mb)?;
+    Ok(json!(names))
+}
+
+/// Builds the parts of `base` (all or none) and records them.
+fn split_create(
+    d: &Dispatcher,
+    base_bdev: &str,
+    split_count: u64,
+    split_size_mb: u64,
+) -> Result<Vec<String>, RpcError> {
+    let base = d
+        .ctx
+        .graph
+        .node_geometry(base_bdev)
+        .ok_or_else(|| RpcError::no_such_bdev(base_bdev))?;
+    let plan = SplitPlan::new(base, split_count, split_size_mb)
+        .map_err(|e| RpcError::errno(errno::EINVAL, e))?;
+    if plan.count < split_count {
         tracing::warn!(
-            base = %p.base_bdev,
-            asked = p.split_count,
-            count,
+            base = %base_bdev,
+            asked = split_count,
+            count = plan.count,
             "split count is greater than the maximum possible; clamping"
         );
     }
-    let names: Vec<String> = (0..count).map(|i| format!("{}p{i}", p.base_bdev)).collect();
+    let names: Vec<String> = (0..plan.count)
+        .map(|i| split_part_name(base_bdev, i))
+        .collect();
     for n in &names {
         check_free(d, n)?;
     }
-    let params = json!({
-        "base_bdev": p.base_bdev,
-        "split_count": p.split_count,
-        "split_size_mb": size_mb,
-    });
     for (i, n) in names.iter().enumerate() {
-        let node = SplitNode::new(base, i as u64 * part_blocks, part_blocks);
-        if let Err(e) = d.ctx.graph.add_node(n, node, &[&p.base_bdev]) {
+        if let Err(e) = d
+            .ctx
+            .graph
+            .add_node(n, plan.part(base, i as u64), &[base_bdev])
+        {
             // All or nothing, as SPDK builds the parts in one go.
             for made in &names[..i] {
                 let _ = d.ctx.graph.remove_node(made);
-                d.ctx.bdevs().remove(made);
             }
             return Err(e.into());
         }
-        record(&d.ctx, n, "bdev_split_create", params.clone(), None);
+    }
+    record_split(&d.ctx, base_bdev, split_count, split_size_mb);
+    Ok(names)
+}
+
+/// Records the parts of `base` in the graph (from `bdev_split_create` or
+/// the TOML `split` kind) for `save_config` and `bdev_get_bdevs`.
+pub(super) fn record_split(
+    ctx: &RpcContext,
+    base_bdev: &str,
+    split_count: u64,
+    split_size_mb: u64,
+) {
+    let params = json!({
+        "base_bdev": base_bdev,
+        "split_count": split_count,
+        "split_size_mb": split_size_mb,
+    });
+    let parts = (0..split_count)
+        .map(|i| split_part_name(base_bdev, i))
+        .take_while(|n| ctx.graph.node_geometry(n).is_some());
+    for (i, n) in parts.enumerate() {
+        record(ctx, &n, "bdev_split_create", params.clone(), None);
         // One `bdev_split_create` rebuilds every part: replay the first.
         // Its params are SPDK's, which take no UUID (parts get their own).
-        if let Some(r) = d.ctx.bdevs().get_mut(n) {
+        if let Some(r) = ctx.bdevs().get_mut(&n) {
             r.replay = i == 0;
             if let Some(o) = r.params.as_object_mut() {
                 o.remove("uuid");
             }
         }
     }
-    Ok(json!(names))
 }
 
 /// The parts split off `base`, by name.
