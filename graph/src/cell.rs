@@ -30,7 +30,7 @@ pub(crate) trait DynNode: Send + Sync {
     fn child_resized(
         &self,
         slot: usize,
-        child: Geometry,
+        children: &[Geometry],
         current: Geometry,
     ) -> Result<Option<Geometry>, String>;
     /// Whether reactor `index` created its channel (control thread).
@@ -111,10 +111,10 @@ impl<N: BlockNode> DynNode for NodeCell<N> {
     fn child_resized(
         &self,
         slot: usize,
-        child: Geometry,
+        children: &[Geometry],
         current: Geometry,
     ) -> Result<Option<Geometry>, String> {
-        self.node.child_resized(slot, child, current)
+        self.node.child_resized(slot, children, current)
     }
     fn has_channel(&self, index: usize) -> bool {
         self.channels.created(index)

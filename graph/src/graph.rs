@@ -1283,23 +1283,31 @@ fn propagate_resize(s: &mut Snapshot, id: NodeId) -> Result<(), (String, String)
     // Bounded: the graph has no cycles (checked at every publication) and
     // a node is pushed again only when its geometry changed.
     while let Some(c) = work.pop() {
-        let child = s.entry(c).expect("live").geometry;
-        for (i, n) in s.nodes.iter_mut().enumerate() {
-            let Some(n) = n else { continue };
+        for i in 0..s.nodes.len() {
+            let Some(n) = &s.nodes[i] else { continue };
             for (slot, k) in n.children.iter().enumerate() {
                 if *k != c {
                     continue;
                 }
+                // Every child's geometry: a RAID's size depends on all of
+                // its members'.
+                let kids: Vec<Geometry> = n
+                    .children
+                    .iter()
+                    .map(|k| s.entry(*k).expect("live child").geometry)
+                    .collect();
                 let took = n
                     .cell
-                    .child_resized(slot, child, n.geometry)
+                    .child_resized(slot, &kids, n.geometry)
                     .map_err(|reason| (n.cell.core().name.clone(), reason))?;
                 if let Some(g) = took {
                     if g != n.geometry {
-                        n.geometry = g;
+                        s.nodes[i].as_mut().expect("live").geometry = g;
                         work.push(NodeId(i as u32));
                     }
                 }
+                // A node with this child in two slots is asked once.
+                break;
             }
         }
     }

@@ -165,10 +165,10 @@ impl BlockNode for SplitNode {
     fn child_resized(
         &self,
         _slot: usize,
-        child: Geometry,
+        children: &[Geometry],
         _current: Geometry,
     ) -> Result<Option<Geometry>, String> {
-        self.check_children(&[child]).map(|()| None)
+        self.check_children(children).map(|()| None)
     }
 
     #[inline]

@@ -422,7 +422,7 @@ impl BlockNode for MirrorNode {
     fn child_resized(
         &self,
         slot: usize,
-        _child: Geometry,
+        _children: &[Geometry],
         _current: Geometry,
     ) -> Result<Option<Geometry>, String> {
         let which = if slot == SOURCE { "source" } else { "target" };

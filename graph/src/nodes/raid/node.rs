@@ -302,24 +302,49 @@ impl BlockNode for RaidNode {
         Ok(())
     }
 
-    /// A member shrinking under what the array uses of it is refused; a
-    /// grown member's new space is not used (the array keeps its size).
+    /// Grows with its members as SPDK's raid0 and raid1 do, and concat
+    /// by its last member, with no data moving (`Layout::grown_size`). A
+    /// member shrinking under what the array uses of it is refused, and so
+    /// is a growth while a rebuild copies (its window covers the old size).
     fn child_resized(
         &self,
-        edge: usize,
-        child: Geometry,
-        _current: Geometry,
+        _edge: usize,
+        children: &[Geometry],
+        current: Geometry,
     ) -> Result<Option<Geometry>, String> {
-        let Some(&slot) = self.shape.slot_of_edge.get(edge) else {
+        let layout = self.shape.layout.with_size(current.size());
+        let mut sizes = vec![None; self.shape.members.len()];
+        for (edge, g) in children.iter().enumerate() {
+            let Some(&slot) = self.shape.slot_of_edge.get(edge) else {
+                return Ok(None);
+            };
+            let used = layout.member_size(slot);
+            if g.size() < used {
+                return Err(format!(
+                    "the array uses {used} bytes of its member in slot {slot}"
+                ));
+            }
+            sizes[slot] = Some(g.size());
+        }
+        let size = layout.grown_size(&sizes);
+        if size == current.size() {
             return Ok(None);
-        };
-        let used = self.shape.layout.member_size(slot);
-        if child.size() < used {
+        }
+        if let Some(rb) = self
+            .shape
+            .rebuild
+            .as_ref()
+            .filter(|rb| rb.fence.outcome() == Outcome::Running)
+        {
             return Err(format!(
-                "the array uses {used} bytes of its member in slot {slot}"
+                "a rebuild onto slot {} runs; resize once it is done",
+                rb.slot
             ));
         }
-        Ok(None)
+        Ok(Some(Geometry {
+            block_count: size / u64::from(current.block_size),
+            ..current
+        }))
     }
 
     #[inline]

@@ -653,7 +653,7 @@ fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
                     .then(|| pollux_graph::nodes::raid::Array::find(&d.ctx.graph, &n.name))
                     .flatten()
                 {
-                    json!({"raid": super::raid::info_json(&a.info(), &records)})
+                    json!({"raid": super::raid::info_json(&a.info(&d.ctx.graph), &records)})
                 } else {
                     json!({"pollux": {"kind": n.kind}})
                 },
