@@ -39,10 +39,14 @@ struct Named {
 /// A mirror job copies a fixed size: its source and target keep theirs
 /// until it ends.
 fn not_in_a_job(d: &Dispatcher, name: &str) -> Result<(), RpcError> {
-    if d.ctx.jobs.uses(name) {
+    if let Some((job, role)) = d.ctx.jobs.user(name) {
+        // The mirror's bitmap covers the old size: a grown source's new
+        // blocks would never be copied, a shrunk one cut under the copy.
         return Err(RpcError::errno(
             errno::EBUSY,
-            format!("{name:?} is the source or target of a mirror job"),
+            format!(
+                "{name:?} is the {role} of mirror job {job:?}; complete or cancel the job first"
+            ),
         ));
     }
     Ok(())
