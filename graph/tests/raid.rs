@@ -309,9 +309,17 @@ fn arrays_grow_with_their_members_and_keep_their_data() {
     let cat = g.add_root("cat", "cat").unwrap();
     let data = bytes(3, 131072);
     write(&g, cat, 3 * MIB - 65536, data.clone());
-    // x is not the last member: its growth would move y's data, so the
-    // array keeps its size.
-    grow_file(&g, &x, "x", 4 * MIB);
+    // x is not the last member: an array assembled again over a bigger x
+    // would start y later, so x's growth is refused.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&x)
+        .unwrap()
+        .set_len(4 * MIB)
+        .unwrap();
+    let e = g.rescan("x").unwrap_err().to_string();
+    assert!(e.contains("before the last"), "{e}");
+    assert_eq!(size_of(&g, "x"), 3 * MIB);
     assert_eq!(size_of(&g, "cat"), 5 * MIB);
     // y is: the array takes its new whole strips, at the end.
     grow_file(&g, &y, "y", 3 * MIB + 100 * 512);

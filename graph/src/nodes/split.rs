@@ -52,6 +52,8 @@ pub struct SplitPlan {
     pub count: u64,
     /// Blocks per part.
     pub part_blocks: u64,
+    /// Without `split_size_mb`: the parts are an equal share of the base.
+    pub equal_share: bool,
 }
 
 impl SplitPlan {
@@ -86,12 +88,16 @@ impl SplitPlan {
         Ok(SplitPlan {
             count: split_count.min(base.block_count / part_blocks),
             part_blocks,
+            equal_share: split_size_mb == 0,
         })
     }
 
     /// Part `i`'s node.
     pub fn part(&self, base: Geometry, i: u64) -> SplitNode {
-        SplitNode::new(base, i * self.part_blocks, self.part_blocks)
+        SplitNode {
+            equal_share: self.equal_share,
+            ..SplitNode::new(base, i * self.part_blocks, self.part_blocks)
+        }
     }
 }
 
@@ -100,6 +106,8 @@ pub struct SplitNode {
     geometry: Geometry,
     /// First block of the part on the child.
     start_block: u64,
+    /// Made as an equal share of the base (no `split_size_mb`).
+    equal_share: bool,
 }
 
 impl SplitNode {
@@ -112,6 +120,7 @@ impl SplitNode {
                 ..child
             },
             start_block,
+            equal_share: false,
         }
     }
 
@@ -161,14 +170,26 @@ impl BlockNode for SplitNode {
 
     /// Keeps its size whatever the base does, as SPDK's split does: the
     /// parts lie side by side, so a part cannot grow without moving the
-    /// next one's data. A base shrinking under the part is refused.
+    /// next one's data. A base shrinking under the part is refused, and so
+    /// is any new size of the base under an equal-share part that is not
+    /// whole MiB: save_config replays such a split as `split_count` alone,
+    /// which on the new size would lay the parts out anew (a whole-MiB
+    /// part is replayed with its size, `split_size_mb`, instead).
     fn child_resized(
         &self,
         _slot: usize,
         children: &[Geometry],
         _current: Geometry,
     ) -> Result<Option<Geometry>, String> {
-        self.check_children(children).map(|()| None)
+        self.check_children(children)?;
+        if self.equal_share && self.geometry.size() % MIB != 0 {
+            return Err(format!(
+                "its parts are an equal share of the base ({} bytes each, not whole MiB): \
+                 on a base of another size they would be laid out anew",
+                self.geometry.size()
+            ));
+        }
+        Ok(None)
     }
 
     #[inline]

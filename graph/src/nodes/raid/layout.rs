@@ -174,6 +174,16 @@ impl Layout {
         })
     }
 
+    /// What a member contributes in: whole strips (raid0, concat) or whole
+    /// blocks (raid1).
+    pub fn strip_unit(&self) -> u64 {
+        if self.level.has_strip() {
+            self.strip
+        } else {
+            u64::from(self.block_size)
+        }
+    }
+
     /// This layout at array size `size` bytes (the size the graph
     /// published, which a resize of members may have grown past the one
     /// the layout was made with): every byte stays where it is, the space
@@ -199,11 +209,7 @@ impl Layout {
     /// ends). Never smaller than now: a member shrinking under the data is
     /// refused before (`RaidNode::child_resized`).
     pub fn grown_size(&self, sizes: &[Option<u64>]) -> u64 {
-        let unit = if self.level.has_strip() {
-            self.strip
-        } else {
-            u64::from(self.block_size)
-        };
+        let unit = self.strip_unit();
         let usable = |s: u64| s / unit * unit;
         let grown = match self.level {
             Level::Raid0 | Level::Raid1 => {

@@ -327,6 +327,21 @@ impl BlockNode for RaidNode {
             sizes[slot] = Some(g.size());
         }
         let size = layout.grown_size(&sizes);
+        if layout.level() == Level::Concat {
+            // A member before the last holds data up to where the next
+            // one's starts; an array assembled again over it (a restart, a
+            // replayed save_config) would start the next member later.
+            let last = self.shape.members.len() - 1;
+            if let Some((slot, _)) = sizes[..last]
+                .iter()
+                .enumerate()
+                .find(|(i, s)| s.is_some_and(|s| s / layout.strip_unit() * layout.strip_unit() > layout.member_size(*i)))
+            {
+                return Err(format!(
+                    "growing the member in slot {slot}, before the last, would move the data of the members after it the next time the concat is assembled"
+                ));
+            }
+        }
         if size == current.size() {
             return Ok(None);
         }

@@ -146,6 +146,54 @@ pub(super) fn record_split(
     }
 }
 
+/// One MiB, the unit of `split_size_mb`.
+const MIB: u64 = 1 << 20;
+
+/// After a resize: the equal-share splits whose base no longer divides
+/// into their parts are recorded with their part size, so that
+/// save_config replays the parts where they are, not as new shares of
+/// the new size. (The split node refuses a base resize under parts that
+/// are not whole MiB, which `split_size_mb` could not say.)
+pub(super) fn pin_split_sizes(ctx: &RpcContext) {
+    let recs: Vec<(String, String, u64)> = ctx
+        .bdevs()
+        .iter()
+        .filter(|(_, r)| {
+            r.method == "bdev_split_create"
+                && r.params.get("split_size_mb").and_then(Value::as_u64) == Some(0)
+        })
+        .filter_map(|(n, r)| {
+            let base = r.params.get("base_bdev")?.as_str()?.to_owned();
+            let count = r.params.get("split_count")?.as_u64()?;
+            Some((n.clone(), base, count))
+        })
+        .collect();
+    for (part, base, count) in recs {
+        let (Some(p), Some(b)) = (
+            ctx.graph.node_geometry(&part),
+            ctx.graph.node_geometry(&base),
+        ) else {
+            continue;
+        };
+        if b.block_count / count == p.block_count {
+            continue;
+        }
+        if p.size() % MIB != 0 {
+            tracing::warn!(part, base, "save_config cannot keep this split's layout");
+            continue;
+        }
+        if let Some(r) = ctx.bdevs().get_mut(&part) {
+            r.params["split_size_mb"] = json!(p.size() / MIB);
+        }
+        tracing::info!(
+            part,
+            base,
+            size_mb = p.size() / MIB,
+            "split replayed with its part size from now on"
+        );
+    }
+}
+
 /// The parts split off `base`, by name.
 fn split_parts<'a>(d: &'a Dispatcher, base: &'a str) -> impl Iterator<Item = String> + 'a {
     let recs = d.ctx.bdevs().clone();

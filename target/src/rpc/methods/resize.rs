@@ -77,6 +77,7 @@ fn bdev_null_resize(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError>
         .ok_or_else(|| RpcError::errno(errno::EINVAL, "new_size is too large"))?;
     let blocks = bytes / u64::from(geo.block_size);
     d.ctx.graph.resize(&p.name, blocks)?;
+    super::filters::pin_split_sizes(&d.ctx);
     if let Some(r) = d.ctx.bdevs().get_mut(&p.name) {
         // save_config replays the bdev at its new size.
         r.params["num_blocks"] = json!(blocks);
@@ -94,7 +95,10 @@ fn rescan(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
         return Err(RpcError::no_such_bdev(&p.name));
     }
     match d.ctx.graph.rescan(&p.name) {
-        Ok(_) => Ok(json!(true)),
+        Ok(_) => {
+            super::filters::pin_split_sizes(&d.ctx);
+            Ok(json!(true))
+        }
         Err(RescanError::Graph(e)) => Err(e.into()),
         Err(RescanError::Backend(e)) => Err(RpcError::errno(
             -e.raw_os_error().unwrap_or(libc::EIO),
