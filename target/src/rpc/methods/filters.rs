@@ -345,27 +345,31 @@ fn bdev_error_inject_error(d: &Dispatcher, p: Option<Value>) -> Result<Value, Rp
             })?],
     };
     let error_type = ErrorType::from_name(&p.error_type).ok_or_else(|| {
-        if p.error_type == "nvme_failure" {
-            RpcError::invalid_params(
-                "error_type: nvme_failure needs NVMe bdevs below; use failure".to_string(),
-            )
-        } else {
-            RpcError::invalid_params(format!(
-                "error_type: {:?} is not one of failure, pending, corrupt_data, nomem",
-                p.error_type
-            ))
-        }
+        RpcError::invalid_params(format!(
+            "error_type: {:?} is not one of failure, nvme_failure, pending, corrupt_data, nomem",
+            p.error_type
+        ))
     })?;
-    lacks(
-        "nvme_sct",
-        p.nvme_sct.unwrap_or(0) != 0 || p.nvme_sc.unwrap_or(0) != 0,
-        "only for nvme_failure",
-    )?;
-    lacks(
-        "queue_depth",
-        p.queue_depth.unwrap_or(0) != 0,
-        "injecting only above a queue depth is not supported",
-    )?;
+    let (sct, sc) = (p.nvme_sct.unwrap_or(0), p.nvme_sc.unwrap_or(0));
+    let nvme_status = if error_type == ErrorType::NvmeFailure {
+        // The status field's widths: SCT is 3 bits, SC 8.
+        let (Ok(sct @ 0..=7), Ok(sc)) = (u8::try_from(sct), u8::try_from(sc)) else {
+            return Err(RpcError::errno(
+                errno::EINVAL,
+                format!("nvme_sct {sct} / nvme_sc {sc} is not an NVMe status (sct 0-7, sc 0-255)"),
+            ));
+        };
+        if (sct, sc) == (0, 0) {
+            return Err(RpcError::errno(
+                errno::EINVAL,
+                "nvme_sct 0 and nvme_sc 0 is success, not a failure".to_string(),
+            ));
+        }
+        (sct, sc)
+    } else {
+        lacks("nvme_sct", sct != 0 || sc != 0, "only for nvme_failure")?;
+        (0, 0)
+    };
     let corrupt_value = p.corrupt_value.unwrap_or(0);
     if error_type == ErrorType::CorruptData && corrupt_value == 0 {
         // SPDK: XOR with 0 cannot corrupt anything.
@@ -384,6 +388,8 @@ fn bdev_error_inject_error(d: &Dispatcher, p: Option<Value>) -> Result<Value, Rp
         count: p.num.unwrap_or(1),
         corrupt_offset: p.corrupt_offset.unwrap_or(0),
         corrupt_value,
+        queue_depth: p.queue_depth.unwrap_or(0),
+        nvme_status,
     };
     for c in classes {
         inj.arm(c, injection);
