@@ -720,8 +720,11 @@ impl Graph {
     /// Gives leaf `name` `block_count` blocks, published like any graph
     /// change: the new size is in the snapshot each reactor reads for the
     /// range check, and every node above that follows its child's size
-    /// (`BlockNode::child_resized`: the filters) takes it in the same
-    /// publication. Roots whose size changed are reported to the watchers
+    /// (`BlockNode::child_resized`: the filters, RAID arrays) takes it in
+    /// the same publication; a node above may refuse it instead
+    /// (`GraphError::ResizeRefused`: a split or an array whose data would
+    /// no longer fit, a running mirror), and then nothing is published.
+    /// Roots whose size changed are reported to the watchers
     /// (`watch_roots`). Returns the old count.
     ///
     /// A shrink is refused while any I/O is in flight on the node: an I/O's

@@ -180,5 +180,18 @@ mod tests {
                 + "[[bdev]]\nname = \"d0p1\"\nkind = \"ram\"\nsize = 4096\n"),
         );
         assert!(e.contains("duplicate bdev name \"d0p1\""), "{e}");
+        // An array over a part of a split of itself.
+        let e = testing::err(
+            "[[bdev]]\nname = \"r\"\nkind = \"raid\"\nraid_level = \"concat\"\n\
+             strip_size_kb = 64\nbase_bdevs = [\"rp1\"]\n\
+             [[bdev]]\nkind = \"split\"\nbase_bdev = \"r\"\nsplit_count = 2\n",
+        );
+        assert!(e.contains("cycle: r -> rp1 -> r"), "{e}");
+    }
+
+    #[test]
+    fn parts_take_qos_limits() {
+        let text = split("split_count = 2\n") + "[[qos]]\nbdev = \"d0p1\"\nrw_ios_per_sec = 1000\n";
+        testing::parse(&text).unwrap();
     }
 }
