@@ -17,8 +17,8 @@ mod config_space;
 mod inflight;
 mod memory;
 mod queue;
-mod ring;
 pub mod request;
+mod ring;
 
 use std::collections::BTreeMap;
 use std::io;

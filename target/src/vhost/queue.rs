@@ -441,14 +441,7 @@ impl VirtQueue {
         // The capacity may have changed since the session started (resize).
         st.limits.capacity_sectors = self.dev.capacity_sectors.load(Ordering::Relaxed);
         let guest = Guest::with_hint(&st.mem, st.hint);
-        let parsed = request::parse(
-            &guest,
-            st.ring,
-            head,
-            &st.limits,
-            &mut st.scratch,
-            segments,
-        );
+        let parsed = request::parse(&guest, st.ring, head, &st.limits, &mut st.scratch, segments);
         // The parser found the status byte in guest memory; this is its
         // host address (a hit of the region cache).
         let status_ptr = parsed

@@ -257,7 +257,8 @@ impl SplitRing {
             return false;
         }
         let Some(p) = self.ptrs else { return false };
-        self.word(p.used.wrapping_add(2)).store(self.next_used.to_le(), Ordering::Release);
+        self.word(p.used.wrapping_add(2))
+            .store(self.next_used.to_le(), Ordering::Release);
         self.published = self.next_used;
         true
     }
@@ -294,7 +295,8 @@ impl SplitRing {
             let at = p
                 .used
                 .wrapping_add((RING_HEADER + USED_ENTRY * u64::from(self.size)) as usize);
-            self.word(at).store(self.next_avail.to_le(), Ordering::Relaxed);
+            self.word(at)
+                .store(self.next_avail.to_le(), Ordering::Relaxed);
         } else {
             self.word(p.used).store(0, Ordering::Relaxed);
         }
@@ -310,7 +312,8 @@ impl SplitRing {
     pub fn disable_notification(&mut self) {
         let Some(p) = self.ptrs else { return };
         if !self.event_idx {
-            self.word(p.used).store(USED_F_NO_NOTIFY.to_le(), Ordering::Relaxed);
+            self.word(p.used)
+                .store(USED_F_NO_NOTIFY.to_le(), Ordering::Relaxed);
         }
     }
 }
@@ -344,8 +347,11 @@ mod tests {
             m.write_obj(*h, GuestAddress(AVAIL + 4 + 2 * slot as u64))
                 .unwrap();
         }
-        m.write_obj(idx.wrapping_add(heads.len() as u16), GuestAddress(AVAIL + 2))
-            .unwrap();
+        m.write_obj(
+            idx.wrapping_add(heads.len() as u16),
+            GuestAddress(AVAIL + 2),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -392,11 +398,56 @@ mod tests {
         let bad = |a: RingAddrs, size| SplitRing::new(&g, a, size, false, 0).is_err();
         assert!(bad(addrs(), 3), "not a power of two");
         assert!(bad(addrs(), 0));
-        assert!(bad(RingAddrs { used: 0x3ffc, ..addrs() }, SIZE), "used past the end");
-        assert!(bad(RingAddrs { avail: 0x2001, ..addrs() }, SIZE), "odd avail");
-        assert!(bad(RingAddrs { used: 0x3002, ..addrs() }, SIZE), "used not 4-aligned");
-        assert!(bad(RingAddrs { desc: 0x1008, ..addrs() }, SIZE), "desc not 16-aligned");
-        assert!(bad(RingAddrs { desc: 0x3f90, ..addrs() }, SIZE), "table past the end");
+        assert!(
+            bad(
+                RingAddrs {
+                    used: 0x3ffc,
+                    ..addrs()
+                },
+                SIZE
+            ),
+            "used past the end"
+        );
+        assert!(
+            bad(
+                RingAddrs {
+                    avail: 0x2001,
+                    ..addrs()
+                },
+                SIZE
+            ),
+            "odd avail"
+        );
+        assert!(
+            bad(
+                RingAddrs {
+                    used: 0x3002,
+                    ..addrs()
+                },
+                SIZE
+            ),
+            "used not 4-aligned"
+        );
+        assert!(
+            bad(
+                RingAddrs {
+                    desc: 0x1008,
+                    ..addrs()
+                },
+                SIZE
+            ),
+            "desc not 16-aligned"
+        );
+        assert!(
+            bad(
+                RingAddrs {
+                    desc: 0x3f90,
+                    ..addrs()
+                },
+                SIZE
+            ),
+            "table past the end"
+        );
     }
 
     #[test]
@@ -417,14 +468,16 @@ mod tests {
         r.publish();
         assert!(!r.needs_notification());
         // As SPDK's driver: used_event far behind, never reached.
-        m.write_obj(0u16.wrapping_sub(SIZE + 1), used_event).unwrap();
+        m.write_obj(0u16.wrapping_sub(SIZE + 1), used_event)
+            .unwrap();
         r.push_used(4, 1);
         r.publish();
         assert!(!r.needs_notification());
 
         let mut r = SplitRing::new(&Guest::new(&m), addrs(), SIZE, false, 0).unwrap();
         assert!(r.needs_notification());
-        m.write_obj(AVAIL_F_NO_INTERRUPT, GuestAddress(AVAIL)).unwrap();
+        m.write_obj(AVAIL_F_NO_INTERRUPT, GuestAddress(AVAIL))
+            .unwrap();
         assert!(!r.needs_notification());
     }
 
