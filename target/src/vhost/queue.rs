@@ -157,6 +157,8 @@ struct State {
     slots: Vec<Slot>,
     in_flight: u32,
     need_signal: bool,
+    /// The driver's bad avail index was logged (once per queue).
+    corrupt_logged: bool,
     /// avail index at which notifications were last re-armed (adaptive).
     armed_at: Option<u16>,
     scratch: Vec<Desc>,
@@ -269,6 +271,7 @@ pub fn start(r: &Reactor, s: QueueSetup) -> Result<(), QueueError> {
             slots: (0..s.size).map(|_| Slot::default()).collect(),
             in_flight: 0,
             need_signal: false,
+            corrupt_logged: false,
             armed_at: None,
             scratch: Vec::new(),
             spare_segments: Vec::new(),
@@ -418,9 +421,13 @@ impl VirtQueue {
                 }
                 Err(()) => {
                     // As virtio-queue: nothing is taken from a ring whose
-                    // driver claims more entries than it has.
-                    tracing::warn!(device = %self.dev.name, queue = self.key.index,
-                        "avail index runs ahead of the ring; ignored");
+                    // driver claims more entries than it has. Said once:
+                    // the queue sees it again on every poll.
+                    if !st.corrupt_logged {
+                        st.corrupt_logged = true;
+                        tracing::warn!(device = %self.dev.name, queue = self.key.index,
+                            "avail index runs ahead of the ring; ignored");
+                    }
                     return Next::Empty;
                 }
             },

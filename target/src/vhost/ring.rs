@@ -197,7 +197,7 @@ impl SplitRing {
 
     fn load_used_idx(&self) -> u16 {
         match self.ptrs {
-            Some(p) => self.word(p.used.wrapping_add(2)).load(Ordering::Acquire),
+            Some(p) => u16::from_le(self.word(p.used.wrapping_add(2)).load(Ordering::Acquire)),
             None => 0,
         }
     }
@@ -205,7 +205,7 @@ impl SplitRing {
     /// The avail index the driver published (acquire: the ring entries
     /// and descriptors before it are visible).
     fn load_avail_idx(&self, p: Ptrs) -> u16 {
-        self.word(p.avail.wrapping_add(2)).load(Ordering::Acquire)
+        u16::from_le(self.word(p.avail.wrapping_add(2)).load(Ordering::Acquire))
     }
 
     /// Takes the next available descriptor head, if any. `Err` when the
