@@ -25,6 +25,7 @@ use pollux_poller::cpu::{self, CpuError, CpuSet};
 use serde::Deserialize;
 
 mod metrics;
+mod mirror;
 mod nvme;
 mod nvmf;
 mod qos;
@@ -33,6 +34,7 @@ mod rpc;
 mod stacked;
 mod vhost;
 pub use metrics::MetricsConfig;
+pub use mirror::MirrorConfig;
 pub use nvmf::{NvmfConfig, NvmfSubsystemConfig};
 pub use qos::{QosConfig, QosLimitConfig};
 pub use raid::RaidConfig;
@@ -64,6 +66,8 @@ pub struct Config {
     pub vhost: VhostConfig,
     /// `[[throttle_group]]` and `[[qos]]`: rate limits on bdevs.
     pub qos: QosConfig,
+    /// `[[mirror]]`: mirror jobs started with the daemon.
+    pub mirrors: Vec<MirrorConfig>,
 }
 
 /// The `[reactors]` section.
@@ -290,6 +294,7 @@ impl Config {
         let rpc = rpc::validate_rpc(raw.rpc)?;
         let vhost = vhost::validate_vhost(raw.vhost, &bdevs, &reactors)?;
         let qos = qos::validate_qos(raw.throttle_group, raw.qos, &bdevs)?;
+        let mirrors = mirror::validate_mirrors(raw.mirror, &bdevs)?;
         Ok(Config {
             reactors,
             bdevs,
@@ -298,6 +303,7 @@ impl Config {
             rpc,
             vhost,
             qos,
+            mirrors,
         })
     }
 
@@ -330,6 +336,7 @@ impl Config {
             rpc: RpcConfig::default(),
             vhost: VhostConfig::default(),
             qos: QosConfig::default(),
+            mirrors: Vec::new(),
         }
     }
 }
@@ -359,6 +366,8 @@ struct RawConfig {
     throttle_group: Vec<qos::RawGroup>,
     #[serde(default)]
     qos: Vec<qos::RawQos>,
+    #[serde(default)]
+    mirror: Vec<mirror::RawMirror>,
 }
 
 #[derive(Deserialize, Default)]
@@ -982,6 +991,7 @@ child = "disk0"
                 rpc: RpcConfig::default(),
                 vhost: VhostConfig::default(),
                 qos: QosConfig::default(),
+                mirrors: Vec::new(),
             }
         );
     }

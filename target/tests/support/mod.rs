@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod blkio_host;
+pub mod nvmf_guest;
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -618,18 +619,6 @@ impl SpdkRpc {
     pub fn run(&self, args: &[&str]) -> Value {
         self.try_run(args)
             .unwrap_or_else(|e| panic!("spdk-rpc {args:?} failed: {e}"))
-    }
-
-    /// Exports `bdev` over NVMe/TCP as the tests do: subsystem `nqn` open
-    /// to any host, `bdev` its namespace, a TCP listener on
-    /// 127.0.0.1:`port`. The transport must exist.
-    pub fn export_tcp(&self, nqn: &str, bdev: &str, port: u16) {
-        self.run(&["nvmf_create_subsystem", nqn, "-a"]);
-        self.run(&["nvmf_subsystem_add_ns", nqn, bdev]);
-        let port = port.to_string();
-        let mut add = vec!["nvmf_subsystem_add_listener", nqn];
-        add.extend(tcp_listener(&port));
-        self.run(&add);
     }
 
     /// [`Self::try_run`], which must fail: the error text.
