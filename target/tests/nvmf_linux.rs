@@ -20,6 +20,7 @@ mod support;
 use std::fmt::Write;
 use std::process::Command;
 
+use support::nvmf_guest::guest_wait_dev;
 use support::{free_port, sparse_file, Daemon, Ready, VmClient};
 
 const NQN: &str = "nqn.2024-11.dev.pollux:vmtest";
@@ -93,8 +94,7 @@ listen = ["127.0.0.1:{port}"]
              echo FIO_OK {name}\n"
         )
     };
-    let wait_dev = "i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); \
-                    [ $i -gt 100 ] && { echo NO_DEVICE; nvme list; exit 1; }; sleep 0.1; done\n";
+    let wait_dev = guest_wait_dev("nvme0n1", 100);
     let script = format!(
         "set -e\n\
          nvme discover -t tcp -a 10.0.2.2 -s {port} > /tmp/disc.txt 2>&1 || {{ cat /tmp/disc.txt; exit 1; }}\n\
@@ -248,8 +248,7 @@ fn linux_initiator_c2h_success_rule_and_transport_options() {
              echo FIO_OK {name}\n"
         )
     };
-    let wait_dev = "i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); \
-                    [ $i -gt 100 ] && { echo NO_DEVICE; nvme list; exit 1; }; sleep 0.1; done\n";
+    let wait_dev = guest_wait_dev("nvme0n1", 100);
     let mut script = String::from("set -e\n");
     for (tag, port) in [("on", port_on), ("off", port_off)] {
         for (mode, flag) in [("nosqflow", " --disable-sqflow"), ("sqflow", "")] {
