@@ -26,17 +26,18 @@ const CYCLE: &str = "nqn.2016-06.io.spdk:cycle";
 const STAY: &str = "nqn.2016-06.io.spdk:stay";
 const MIB: u64 = 1 << 20;
 /// The malloc bdev and the mirror's file at first; the file then grows to
-/// `GROWN_MB` and `FINAL_MB`.
+/// `GROWN_MB`, by 1 MiB a filter round above it, and last to `FINAL_MB`.
 const DISK_MB: u64 = 32;
 const GROWN_MB: u64 = 48;
-const FINAL_MB: u64 = 64;
+const FINAL_MB: u64 = GROWN_MB + FILTER_ROUNDS as u64 + 8;
 /// Longest pause after each graph change, in seconds: the guest's I/O,
 /// connects and disconnects fall at every point of each change.
-const MAX_PAUSE_S: f64 = 0.1;
+const MAX_PAUSE_S: f64 = 0.03;
 /// Rounds of the filter changes (10 changes a round) above each node: at
-/// 50 ms a pause on average, about 10 s each, in which the guest's cycle
-/// host comes and goes several times.
-const FILTER_ROUNDS: usize = 15;
+/// 15 ms a pause on average plus the call, about 10 s each (measured:
+/// 850 changes in 20 s), in which the guest's cycle host comes and goes
+/// four or five times (a round takes it about 2.5 s under TCG).
+const FILTER_ROUNDS: usize = 40;
 
 /// The guest: `stay` connected with fio verify in a loop on its region
 /// (16 to 32 MiB); rounds of connect `cycle`, fio verify of 1 MiB in the
@@ -50,8 +51,12 @@ fn guest_script(port: u16) -> String {
 # The head node of subsystem $1's namespace, if connected.
 dev_of() {{
   for d in /sys/block/nvme*n1; do
-    b=${{d##*/}}; case $b in *c*) continue;; esac
-    [ "$(cat $d/device/subsysnqn 2>/dev/null)" = "$1" ] && {{ echo $b; return; }}
+    # Quoted, and only a match of the glob: devices come and go while
+    # this runs (an unmatched pattern that matches by the next line would
+    # come back as a name with a star).
+    [ -e "$d" ] || continue
+    b="${{d##*/}}"; case "$b" in *c*) continue;; esac
+    [ "$(cat "$d/device/subsysnqn" 2>/dev/null)" = "$1" ] && {{ echo "$b"; return; }}
   done
 }}
 wait_dev() {{
@@ -59,7 +64,7 @@ wait_dev() {{
     i=$((i+1)); [ $i -gt 300 ] && {{ echo NO_DEVICE $1; nvme list; return 1; }}; sleep 0.1
   done; echo $D
 }}
-conn() {{ nvme connect -t tcp -a 10.0.2.2 -s {port} -n $1 --keep-alive-tmo=30 > /tmp/conn.out 2>&1; }}
+conn() {{ nvme connect -t tcp -a 10.0.2.2 -s {port} -n $1 --keep-alive-tmo=30 $2 > /tmp/conn.out 2>&1; }}
 conn {STAY} || {{ cat /tmp/conn.out; echo CONNECT_FAILED stay; exit 1; }}
 S=$(wait_dev {STAY}) || {{ echo "$S"; exit 1; }}
 (
@@ -78,7 +83,9 @@ while :; do
   [ -e /sys/block/$S ] || {{ echo STAY_GONE; break; }}
   [ $(cat /sys/block/$S/size) -eq {final_sectors} ] && last=1
   r=$((r+1))
-  if conn {CYCLE}; then
+  # Header and data digests on every other connect.
+  dg=; [ $((r % 2)) = 1 ] && dg="--hdr-digest --data-digest"
+  if conn {CYCLE} "$dg"; then
     echo ROUND $r $(cut -d' ' -f1 /proc/uptime)
     C=$(wait_dev {CYCLE}) || {{ echo "$C"; exit 1; }}
     fio --name=cycle$r --filename=/dev/$C --rw=randwrite --bs=16k --offset=$(( (r % 8) ))m \
@@ -124,8 +131,10 @@ fn writes(rpc: &SpdkRpc, bdev: &str) -> u64 {
 /// process per call would space them seconds apart on a loaded machine):
 /// `rounds` rounds of each filter kind above Malloc0, alone and stacked
 /// (QoS under a passthru, the lower one removed first); a mirror to AIO1
-/// and its pivot; the file grown to `grown` MiB and rescanned; the
-/// filters again above AIO1; Malloc0 deleted; the file grown to `final`
+/// and its pivot, with a passthru and a QoS limit put under the mirror
+/// while it copies; the file grown to `grown` MiB and rescanned; the
+/// filters again above AIO1, the file 1 MiB larger each round; Malloc0
+/// deleted; the file grown to `final`
 /// MiB. Pauses are uniform in [0, max_pause], seeded so that every run
 /// draws the same sequence. Any JSON-RPC error raises.
 const CHURN_SCRIPT: &str = r#"
@@ -149,14 +158,16 @@ def qos(node, ios):
     step(f"qos {ios}", "bdev_set_qos_limit", {"name": node, "rw_ios_per_sec": ios})
 DELAY = {"avg_read_latency": 200, "p99_read_latency": 2000,
          "avg_write_latency": 200, "p99_write_latency": 2000}
-def filters(node):
-    for _ in range(rounds):
+def filters(node, grow_from=None):
+    for i in range(rounds):
         ins(node, "churn_delay", "delay", DELAY); rm("churn_delay")
         ins(node, "churn_error", "error"); rm("churn_error")
         ins(node, "churn_pt", "passthru"); rm("churn_pt")
         # A limit the guest reaches (TCG runs a few thousand IOPS), so
         # requests wait in the buckets when it comes and goes.
         qos(node, 1000); ins(node, "churn_pt", "passthru"); qos(node, 0); rm("churn_pt")
+        if grow_from:
+            grow(grow_from + 1 + i)
 def wait_job(state):
     for _ in range(1200):
         j = [j for j in c.call("pollux_job_list") if j["job"] == "pivot"][0]
@@ -171,14 +182,20 @@ t0 = time.time()
 filters("Malloc0")
 step("mirror", "pollux_mirror_start",
      {"job": "pivot", "source": "Malloc0", "target": "AIO1", "granularity": 65536})
+# Filters under the mirror while it copies (they stay with Malloc0 at
+# the pivot), the QoS one holding requests back when the exports move.
+ins("Malloc0", "churn_pt", "passthru")
+qos("Malloc0", 1000)
 wait_job("ready")
 step("pivot", "pollux_job_complete", {"job": "pivot"})
 wait_job("completed")
+qos("Malloc0", 0)
+rm("churn_pt")
 subs = c.call("nvmf_get_subsystems")
 ns = [n["bdev_name"] for s in subs for n in s.get("namespaces", [])]
 assert ns == ["AIO1", "AIO1"], subs
 grow(grown)
-filters("AIO1")
+filters("AIO1", grown)
 step("delete Malloc0", "bdev_malloc_delete", {"name": "Malloc0"})
 grow(final)
 print(json.dumps({"changes": changes, "seconds": time.time() - t0}))
@@ -253,9 +270,14 @@ fn linux_hosts_come_and_go_while_the_graph_changes() {
         out.marker("ROUNDS"),
         out.marker("STAY_RUNS")
     );
-    // Ten filter changes a round above each node; mirror, pivot, two
-    // grows and a delete.
-    assert_eq!(changes, 2 * 10 * FILTER_ROUNDS + 5, "{summary}");
+    // Ten filter changes a round above each node and a grow a round above
+    // AIO1; mirror, pivot and four filter changes under it, two grows and
+    // a delete.
+    assert_eq!(
+        changes,
+        2 * 10 * FILTER_ROUNDS + FILTER_ROUNDS + 9,
+        "{summary}"
+    );
     assert!(out.status.success(), "guest failed:\n{}", report());
     for bad in [
         "CONNECT_FAILED",
