@@ -13,8 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::nvmf_guest::md5_of;
-use support::{free_port, sparse_file, Daemon, SpdkRpc, VmClient};
+use support::{free_port, md5_of, sparse_file, Daemon, SpdkRpc, VmClient};
 
 const NQN: &str = "nqn.2024-11.dev.pollux:mirror";
 const MIB: u64 = 1 << 20;

@@ -19,8 +19,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::nvmf_guest::md5_of;
-use support::{free_port, sparse_file, Daemon, SpdkRpc, VmClient};
+use support::{free_port, md5_of, sparse_file, Daemon, SpdkRpc, VmClient};
 
 const CYCLE: &str = "nqn.2016-06.io.spdk:cycle";
 const STAY: &str = "nqn.2016-06.io.spdk:stay";

@@ -63,6 +63,36 @@ pub fn sparse_file(path: &Path, len: u64) {
     std::fs::File::create(path).unwrap().set_len(len).unwrap();
 }
 
+/// MD5 of `data` via coreutils, in hex, as the guest's busybox `md5sum`
+/// prints it (to compare what the guest read with a backing file).
+pub fn md5_of(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// [`md5_of`] the `len` bytes at `offset` of the file at `path` (a
+/// backing disk image, to compare with what a guest read).
+pub fn file_md5(path: &Path, offset: u64, len: u64) -> String {
+    use std::io::Seek;
+    let mut f = std::fs::File::open(path).unwrap();
+    f.seek(std::io::SeekFrom::Start(offset)).unwrap();
+    let mut data = Vec::new();
+    f.take(len).read_to_end(&mut data).unwrap();
+    assert_eq!(data.len() as u64, len, "{} is shorter", path.display());
+    md5_of(&data)
+}
+
 /// When [`DaemonBuilder::start`] considers the daemon up.
 pub enum Ready {
     /// It logged a line containing this text.

@@ -62,21 +62,3 @@ impl SpdkRpc {
         self.add_tcp_listener(nqn, port, &[]);
     }
 }
-
-/// MD5 of `data` via coreutils, in hex, as the guest's busybox `md5sum`
-/// prints it (to compare what the guest read with a backing file).
-pub fn md5_of(data: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("md5sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
