@@ -6,9 +6,11 @@
 //! disconnects, round after round. Meanwhile the host, over rpc.py and its
 //! `JSONRPCClient`, inserts and removes delay, error (no injection), QoS
 //! and passthru filters above the exported node, mirrors it to a file bdev
-//! and pivots (both exports move), grows the file and rescans, does the
-//! filters again above the new node, deletes the old one and grows the
-//! file once more, which is the guest's sign to finish. Every connect and
+//! and pivots (both exports move) with filters under the mirror, grows
+//! the file and rescans, does the filters again above the new node with a
+//! grow each round, deletes the old node and grows the file once more,
+//! which is the guest's sign to finish. Every other cycle connect asks
+//! for header and data digests. Every connect and
 //! every fio run must succeed, the daemon must not panic, and the file
 //! must hold what the guest reads back.
 //!
@@ -133,9 +135,9 @@ fn writes(rpc: &SpdkRpc, bdev: &str) -> u64 {
 /// and its pivot, with a passthru and a QoS limit put under the mirror
 /// while it copies; the file grown to `grown` MiB and rescanned; the
 /// filters again above AIO1, the file 1 MiB larger each round; Malloc0
-/// deleted; the file grown to `final`
-/// MiB. Pauses are uniform in [0, max_pause], seeded so that every run
-/// draws the same sequence. Any JSON-RPC error raises.
+/// deleted; the file grown to `final` MiB. Pauses are uniform in
+/// [0, max_pause], seeded so that every run draws the same sequence. Any
+/// JSON-RPC error raises.
 const CHURN_SCRIPT: &str = r#"
 import os, random, time
 path, rounds, max_pause = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
