@@ -236,6 +236,7 @@ impl IoSink for ConnSink {
         };
         if let Ok(mut c) = conn.try_borrow_mut() {
             c.io_done(r, io, result);
+            c.flush_if_last();
             c.wake_group();
             return;
         }
@@ -298,6 +299,8 @@ pub struct Conn {
     close: Option<CloseReason>,
     /// Parsing stopped for back-pressure with bytes still buffered.
     rx_paused: bool,
+    /// Requests with graph I/O in flight.
+    graph_busy: u32,
     /// Reusable data buffers.
     bufs: BufCache,
     /// The poll group's buffer budget.
@@ -364,6 +367,7 @@ impl Conn {
                 stats: ConnStats::default(),
                 close: None,
                 rx_paused: false,
+                graph_busy: 0,
                 bufs: BufCache::default(),
                 budget,
                 buf_wait: std::collections::VecDeque::new(),
@@ -945,6 +949,21 @@ impl Conn {
             })
     }
 
+    /// After a graph completion: writes the queued responses now when no
+    /// other graph I/O of this queue is in flight, so nothing else could
+    /// join them in this pass's write (QD 1 saves the rest of the reactor
+    /// iteration and the next pass's start); with I/O in flight they wait
+    /// for the poll group's next pass and go out in one write. A socket
+    /// error closes the connection there.
+    fn flush_if_last(&mut self) {
+        if self.graph_busy != 0 || self.tx.is_empty() || self.interest.contains(EV_OUT) {
+            return;
+        }
+        if let Err(reason) = self.flush() {
+            self.close.get_or_insert(reason);
+        }
+    }
+
     /// Sends a C2HTermReq and marks the connection for closing.
     fn send_term(&mut self, f: Fatal) -> CloseReason {
         tracing::warn!(peer = %self.peer, fes = f.term.fes.0, fei = f.term.fei, error = %f.why,
@@ -1035,7 +1054,12 @@ impl Conn {
                     // A failed command is Executed too: its status says how.
                     let next = match self.execute(r, slot) {
                         Outcome::Complete => ReqState::Executed,
-                        Outcome::Submitted => ReqState::Executing,
+                        Outcome::Submitted => {
+                            if self.reqs[i].outstanding > 0 {
+                                self.graph_busy += 1;
+                            }
+                            ReqState::Executing
+                        }
                         Outcome::HoldAer => {
                             // Completed by `complete_aers` from the poll or
                             // the tick, never from inside this loop.
@@ -1277,6 +1301,7 @@ impl Conn {
         let req = &mut self.reqs[slot as usize];
         req.outstanding -= 1;
         if req.outstanding == 0 {
+            self.graph_busy = self.graph_busy.saturating_sub(1);
             req.set_state(&self.states, ReqState::Executed);
             // The response goes out on the poll group's next pass, batched
             // with the other completions of this iteration.
