@@ -637,17 +637,23 @@ impl Conn {
 
     fn parse_header(&mut self, r: &Reactor) -> Result<bool, Fatal> {
         let avail = &self.rx[self.rx_start..self.rx_end];
-        if avail.len() < COMMON_HEADER_LEN {
-            return Ok(false);
-        }
-        let frame = decode_common_header(avail, &self.limits)
-            .map_err(|e| Fatal::decode(&e, &avail[..COMMON_HEADER_LEN]))?;
+        // One pass over the common header when the whole header is here
+        // (the common case: a batch of capsules in one read); `Truncated`
+        // is only ever "not all of it yet".
+        let (frame, pdu) = match decode_header(avail, &self.limits) {
+            Ok(d) => d,
+            Err(PduError::Truncated { .. }) => return Ok(false),
+            // The TermReq quotes the common header when that was wrong,
+            // else the whole header.
+            Err(e) => {
+                let quoted = match decode_common_header(avail, &self.limits) {
+                    Ok(f) => &avail[..f.header_len().min(avail.len())],
+                    Err(_) => &avail[..COMMON_HEADER_LEN.min(avail.len())],
+                };
+                return Err(Fatal::decode(&e, quoted));
+            }
+        };
         let hl = frame.header_len();
-        if avail.len() < hl {
-            return Ok(false);
-        }
-        let (frame, pdu) = decode_header(&avail[..hl], &self.limits)
-            .map_err(|e| Fatal::decode(&e, &avail[..hl]))?;
         let mut hdr = [0u8; 132];
         hdr[..hl].copy_from_slice(&avail[..hl]);
         self.rx_start += hl;
