@@ -120,9 +120,35 @@ fn mirror_rpcs_states_and_refusals() {
         json!({"job": "n", "source": "n0", "target": "n1"}),
     );
     let e = rpc.fails(&["bdev_null_resize", "n0", "16"]);
-    assert!(e.contains("mirror job"), "{e}");
+    // rpc.py prints the message JSON-quoted.
+    assert!(e.contains(r#"is the source of mirror job \"n\""#), "{e}");
+    let e = rpc.fails(&["bdev_null_resize", "n1", "16"]);
+    assert!(e.contains(r#"is the target of mirror job \"n\""#), "{e}");
     rpc.call("pollux_job_cancel", json!({"job": "n"}));
     rpc.run(&["bdev_null_resize", "n0", "16"]);
+    // Nor a node below the source: the mirror filter refuses its child's
+    // new size, naming the job's filter (the bitmap covers the old size).
+    rpc.run(&["bdev_null_create", "n2", "8", "512"]);
+    rpc.run(&["bdev_passthru_create", "-b", "n2", "-p", "pt2"]);
+    rpc.run(&["bdev_null_create", "n3", "8", "512"]);
+    rpc.call(
+        "pollux_mirror_start",
+        json!({"job": "deep", "source": "pt2", "target": "n3"}),
+    );
+    let e = rpc.fails(&["bdev_null_resize", "n2", "16"]);
+    assert!(e.contains(r#"under \"mirror:deep\""#), "{e}");
+    assert!(e.contains("source of a running mirror job"), "{e}");
+    assert_eq!(
+        rpc.run(&["bdev_get_bdevs", "-b", "n2"])[0]["num_blocks"],
+        json!(8 * MIB / 512)
+    );
+    rpc.call("pollux_job_cancel", json!({"job": "deep"}));
+    wait_state(&rpc, "deep", "cancelled");
+    rpc.run(&["bdev_null_resize", "n2", "16"]);
+    assert_eq!(
+        rpc.run(&["bdev_get_bdevs", "-b", "pt2"])[0]["num_blocks"],
+        json!(16 * MIB / 512)
+    );
 
     let j = wait_state(&rpc, "j", "ready");
     assert_eq!(j["bytes_done"], json!(8 * MIB), "{j}");

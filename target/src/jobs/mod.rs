@@ -139,8 +139,21 @@ impl Jobs {
 
     /// Whether an active job uses node `name` (as source or target).
     pub fn uses(&self, name: &str) -> bool {
-        self.lock()
-            .values()
-            .any(|j| !j.state().is_finished() && (j.source() == name || j.target() == name))
+        self.user(name).is_some()
+    }
+
+    /// The active job that uses node `name`, and as what (`"source"` or
+    /// `"target"`).
+    pub fn user(&self, name: &str) -> Option<(String, &'static str)> {
+        self.lock().values().find_map(|j| {
+            let role = if j.source() == name {
+                "source"
+            } else if j.target() == name {
+                "target"
+            } else {
+                return None;
+            };
+            (!j.state().is_finished()).then(|| (j.name().to_owned(), role))
+        })
     }
 }
