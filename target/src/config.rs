@@ -25,6 +25,7 @@ use pollux_poller::cpu::{self, CpuError, CpuSet};
 use serde::Deserialize;
 
 mod metrics;
+mod mirror;
 mod nvme;
 mod nvmf;
 mod qos;
@@ -34,6 +35,7 @@ mod split;
 mod stacked;
 mod vhost;
 pub use metrics::MetricsConfig;
+pub use mirror::MirrorConfig;
 pub use nvmf::{NvmfConfig, NvmfSubsystemConfig};
 pub use qos::{QosConfig, QosLimitConfig};
 pub use raid::RaidConfig;
@@ -66,6 +68,8 @@ pub struct Config {
     pub vhost: VhostConfig,
     /// `[[throttle_group]]` and `[[qos]]`: rate limits on bdevs.
     pub qos: QosConfig,
+    /// `[[mirror]]`: mirror jobs started with the daemon.
+    pub mirrors: Vec<MirrorConfig>,
 }
 
 /// The `[reactors]` section.
@@ -306,6 +310,7 @@ impl Config {
         let rpc = rpc::validate_rpc(raw.rpc)?;
         let vhost = vhost::validate_vhost(raw.vhost, &bdevs, &reactors)?;
         let qos = qos::validate_qos(raw.throttle_group, raw.qos, &bdevs)?;
+        let mirrors = mirror::validate_mirrors(raw.mirror, &bdevs)?;
         Ok(Config {
             reactors,
             bdevs,
@@ -314,6 +319,7 @@ impl Config {
             rpc,
             vhost,
             qos,
+            mirrors,
         })
     }
 
@@ -346,6 +352,7 @@ impl Config {
             rpc: RpcConfig::default(),
             vhost: VhostConfig::default(),
             qos: QosConfig::default(),
+            mirrors: Vec::new(),
         }
     }
 }
@@ -375,6 +382,8 @@ struct RawConfig {
     throttle_group: Vec<qos::RawGroup>,
     #[serde(default)]
     qos: Vec<qos::RawQos>,
+    #[serde(default)]
+    mirror: Vec<mirror::RawMirror>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1024,6 +1033,7 @@ child = "disk0"
                 rpc: RpcConfig::default(),
                 vhost: VhostConfig::default(),
                 qos: QosConfig::default(),
+                mirrors: Vec::new(),
             }
         );
     }

@@ -17,6 +17,7 @@ use support::blkio_host::BlkioHost;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::nvmf_guest::guest_wait_dev;
 use support::{free_port, sparse_file, Daemon, VmClient};
 
 const NQN: &str = "nqn.2024-11.dev.pollux:resize";
@@ -149,12 +150,7 @@ fn linux_nvme_tcp_host_sees_the_new_size() {
     // The guest reports its sizes, then writes one block to null0: the
     // host resizes once it counts that write, so the guest has certainly
     // read the old sizes first. Then the guest waits for both to change.
-    let wait_dev = |dev: &str| {
-        format!(
-            "i=0; while [ ! -b /dev/{dev} ]; do i=$((i+1)); \
-             [ $i -gt 100 ] && {{ echo NO_DEVICE; nvme list; exit 1; }}; sleep 0.1; done\n"
-        )
-    };
+    let wait_dev = |dev| guest_wait_dev(dev, 100);
     let script = format!(
         "set -e\n\
          nvme connect -t tcp -a 10.0.2.2 -s {port} -n {NQN}\n\

@@ -22,6 +22,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use mirror::MirrorJob;
 
+/// The granularities a mirror can take: a power of two from the smallest
+/// block size to QEMU's limit (the source's block size is checked when the
+/// job starts).
+pub const MIRROR_MIN_GRANULARITY: u64 = 512;
+pub const MIRROR_MAX_GRANULARITY: u64 = mirror::MAX_GRANULARITY;
+
 /// Bytes per dirty bit when `pollux_mirror_start` names none.
 pub fn mirror_default_granularity() -> u64 {
     mirror::DEFAULT_GRANULARITY
