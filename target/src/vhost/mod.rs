@@ -18,7 +18,7 @@ mod inflight;
 mod memory;
 mod queue;
 pub mod request;
-mod ring;
+pub mod ring;
 
 use std::collections::BTreeMap;
 use std::io;

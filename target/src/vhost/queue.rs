@@ -419,14 +419,14 @@ impl VirtQueue {
                     }
                     return Next::Empty;
                 }
-                Err(()) => {
+                Err(e) => {
                     // As virtio-queue: nothing is taken from a ring whose
                     // driver claims more entries than it has. Said once:
                     // the queue sees it again on every poll.
                     if !st.corrupt_logged {
                         st.corrupt_logged = true;
                         tracing::warn!(device = %self.dev.name, queue = self.key.index,
-                            "avail index runs ahead of the ring; ignored");
+                            "{e}; ignored");
                     }
                     return Next::Empty;
                 }

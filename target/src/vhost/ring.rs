@@ -53,6 +53,14 @@ pub enum RingError {
     /// A ring is not inside one region of guest memory.
     #[error("{0} ring is not inside guest memory")]
     Outside(&'static str),
+    /// The driver's avail index claims more entries than the ring has.
+    #[error("avail index {avail} runs more than the ring's size ahead of {next}")]
+    AvailOverrun {
+        /// The avail index the driver published.
+        avail: u16,
+        /// The next entry the device would take.
+        next: u16,
+    },
 }
 
 /// Guest addresses of a queue's three parts.
@@ -210,13 +218,17 @@ impl SplitRing {
 
     /// Takes the next available descriptor head, if any. `Err` when the
     /// driver claims more entries than the ring has (a corrupt ring).
-    pub fn pop(&mut self) -> Result<Option<u16>, ()> {
+    pub fn pop(&mut self) -> Result<Option<u16>, RingError> {
         let Some(p) = self.ptrs else { return Ok(None) };
         if self.avail_idx == self.next_avail {
             self.avail_idx = self.load_avail_idx(p);
             if self.avail_idx.wrapping_sub(self.next_avail) > self.size {
+                let avail = self.avail_idx;
                 self.avail_idx = self.next_avail;
-                return Err(());
+                return Err(RingError::AvailOverrun {
+                    avail,
+                    next: self.next_avail,
+                });
             }
             if self.avail_idx == self.next_avail {
                 return Ok(None);
@@ -361,10 +373,10 @@ mod tests {
         let mut r = SplitRing::new(&Guest::new(&m), addrs(), SIZE, false, 65534).unwrap();
         assert_eq!(r.used_idx(), 65534);
         offer(&m, 65534, &[3, 5, 7]);
-        assert_eq!(r.pop(), Ok(Some(3)));
-        assert_eq!(r.pop(), Ok(Some(5)));
-        assert_eq!(r.pop(), Ok(Some(7)));
-        assert_eq!(r.pop(), Ok(None));
+        assert_eq!(r.pop().ok(), Some(Some(3)));
+        assert_eq!(r.pop().ok(), Some(Some(5)));
+        assert_eq!(r.pop().ok(), Some(Some(7)));
+        assert_eq!(r.pop().ok(), Some(None));
         assert_eq!(r.next_avail(), 1);
         r.push_used(5, 4097);
         r.push_used(3, 1);
@@ -387,7 +399,7 @@ mod tests {
         let m = mem();
         let mut r = SplitRing::new(&Guest::new(&m), addrs(), SIZE, false, 0).unwrap();
         m.write_obj(SIZE + 1, GuestAddress(AVAIL + 2)).unwrap();
-        assert_eq!(r.pop(), Err(()));
+        assert!(matches!(r.pop(), Err(RingError::AvailOverrun { .. })));
         assert_eq!(r.next_avail(), 0);
     }
 
