@@ -228,7 +228,7 @@ pub(crate) fn walk(s: &Snapshot, r: &Reactor, mut id: NodeId, mut io: Io) {
         if timed && !io.path.timed() {
             // The first timed node on the path: the time from here is what
             // its caller, and every node below, would measure.
-            io.submitted = crate::latency::now_raw();
+            io.time = crate::latency::now_raw();
         }
         if let Err(e) = io.path.push(r, cell.core(), timed) {
             io.complete_later(r, Err(e));
