@@ -90,21 +90,21 @@ fn drain_deferred(r: &Reactor) -> PollStatus {
         // Only what was queued before this call: completions queued by the
         // sinks we call now wait for the next iteration, bounding the work
         // per poll.
+        if d.ok.borrow().is_empty() && d.failed.borrow().is_empty() {
+            return PollStatus::Idle;
+        }
         let mut batch = std::mem::take(&mut *d.spare.borrow_mut());
         std::mem::swap(&mut batch, &mut *d.ok.borrow_mut());
         let failed = std::mem::take(&mut *d.failed.borrow_mut());
-        let n = batch.len() + failed.len();
-        for io in batch.drain(..) {
-            io.complete(r, Ok(()));
-        }
-        for (io, e) in failed {
-            io.complete(r, Err(e));
-        }
+        crate::latency::batch(|| {
+            for io in batch.drain(..) {
+                io.complete(r, Ok(()));
+            }
+            for (io, e) in failed {
+                io.complete(r, Err(e));
+            }
+        });
         *d.spare.borrow_mut() = batch;
-        if n > 0 {
-            PollStatus::Busy
-        } else {
-            PollStatus::Idle
-        }
+        PollStatus::Busy
     })
 }
