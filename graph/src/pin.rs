@@ -201,7 +201,7 @@ impl Path {
     pub(crate) fn last_inflight(&self, r: &Reactor) -> u64 {
         let Some(p) = self.last() else { return 0 };
         // SAFETY: this I/O pinned the node on this reactor and has not
-        // unpinned it yet (`finish` takes the slots), so the node is alive,
+        // unpinned it yet (`finish` empties the path), so the node is alive,
         // as in `finish`.
         let core = unsafe { p.as_ref() };
         core.counters[r.index()].inflight()
