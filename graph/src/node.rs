@@ -26,12 +26,20 @@ impl Geometry {
 
     /// Checks an I/O's range against this geometry: block aligned, inside the
     /// device, and with a buffer of the right length.
+    #[inline]
     pub fn check(&self, io: &Io) -> Result<(), IoError> {
         if io.op == IoOp::Flush {
             return Ok(());
         }
         let bs = self.block_size as u64;
-        if io.offset % bs != 0 || io.len % bs != 0 || io.len == 0 {
+        // Block sizes are powers of two in practice (512, 4096): a mask
+        // spares the two 64-bit divisions per I/O (tens of cycles each).
+        let misaligned = if bs.is_power_of_two() {
+            (io.offset | io.len) & (bs - 1) != 0
+        } else {
+            io.offset % bs != 0 || io.len % bs != 0
+        };
+        if misaligned || io.len == 0 {
             return Err(IoError::Misaligned {
                 offset: io.offset,
                 len: io.len,

@@ -120,25 +120,34 @@ impl NodeCore {
     }
 }
 
-/// The nodes an I/O went through, each pinned (counted in flight on the
-/// submitting reactor) until the I/O completes.
 #[cfg(not(loom))]
 const _: () = assert!(
-    MAX_DEPTH <= u32::BITS as usize,
+    MAX_DEPTH <= u8::BITS as usize,
     "Path::timed has one bit per node"
 );
 
+/// Path entries kept in the `Io` itself. Two cover a root on a leaf and a
+/// root on one filter (a QoS limit, a delay) over a leaf; deeper stacks
+/// take one small allocation per I/O for the rest. Two keep `Io` at 128
+/// bytes, which the compiler moves with a few vector stores instead of a
+/// `memcpy` call: with all `MAX_DEPTH` inline it was 176, and its moves
+/// were a third of a null read's time (BENCHMARKS.md, issue 10).
+#[cfg(not(loom))]
+const INLINE: usize = 2;
+
+/// The nodes an I/O went through, each pinned (counted in flight on the
+/// submitting reactor) until the I/O completes.
 #[cfg(not(loom))]
 #[derive(Default)]
 pub(crate) struct Path {
-    nodes: [Option<NonNull<NodeCore>>; MAX_DEPTH],
-    /// `u32` with `timed` beside it, so the two fit the word `len` alone
-    /// took: `Io` moves by value through every layer, and a bigger one costs.
-    len: u32,
-    /// Bit `i`: `nodes[i]` records this I/O's latency (its histogram was on
+    head: [Option<NonNull<NodeCore>>; INLINE],
+    /// Entries `INLINE..`, allocated when the I/O reaches a node past them.
+    tail: Option<Box<[Option<NonNull<NodeCore>>; MAX_DEPTH - INLINE]>>,
+    len: u8,
+    /// Bit `i`: node `i` records this I/O's latency (its histogram was on
     /// for the op when the I/O passed it). Decided at submission, so a flip
     /// of the histogram never half-counts an I/O in flight.
-    timed: u32,
+    timed: u8,
 }
 
 #[cfg(not(loom))]
@@ -152,21 +161,38 @@ impl Path {
         core: &NodeCore,
         timed: bool,
     ) -> Result<(), IoError> {
-        if self.len as usize == MAX_DEPTH {
+        let i = self.len as usize;
+        if i == MAX_DEPTH {
             // The graph refuses deeper paths; this is a second line of defence.
             return Err(IoError::NoDevice);
         }
         core.counters[r.index()].pin();
-        self.nodes[self.len as usize] = Some(NonNull::from(core));
-        self.timed |= u32::from(timed) << self.len;
+        let p = Some(NonNull::from(core));
+        if i < INLINE {
+            self.head[i] = p;
+        } else {
+            self.tail
+                .get_or_insert_with(|| Box::new([None; MAX_DEPTH - INLINE]))[i - INLINE] = p;
+        }
+        self.timed |= u8::from(timed) << i;
         self.len += 1;
         Ok(())
+    }
+
+    /// Entry `i` (below `len`).
+    #[inline]
+    fn get(&self, i: usize) -> Option<NonNull<NodeCore>> {
+        if i < INLINE {
+            self.head[i]
+        } else {
+            self.tail.as_ref()?[i - INLINE]
+        }
     }
 
     /// The node the I/O reached last: the one holding it, for a filter.
     #[inline]
     pub(crate) fn last(&self) -> Option<NonNull<NodeCore>> {
-        self.nodes[..self.len as usize].last().copied().flatten()
+        (self.len as usize).checked_sub(1).and_then(|i| self.get(i))
     }
 
     /// I/O in flight on reactor `r` at the node the I/O reached last,
@@ -175,7 +201,7 @@ impl Path {
     pub(crate) fn last_inflight(&self, r: &Reactor) -> u64 {
         let Some(p) = self.last() else { return 0 };
         // SAFETY: this I/O pinned the node on this reactor and has not
-        // unpinned it yet (`finish` takes the slots), so the node is alive,
+        // unpinned it yet (`finish` empties the path), so the node is alive,
         // as in `finish`.
         let core = unsafe { p.as_ref() };
         core.counters[r.index()].inflight()
@@ -186,6 +212,12 @@ impl Path {
     #[inline]
     pub(crate) fn timed(&self) -> bool {
         self.timed != 0
+    }
+
+    /// True while the I/O holds pins (submitted and not completed).
+    #[inline]
+    pub(crate) fn in_flight(&self) -> bool {
+        self.len != 0
     }
 
     /// Accounts the finished I/O on every pinned node and unpins them.
@@ -211,8 +243,8 @@ impl Path {
             0
         };
         let timed = self.timed;
-        for (k, slot) in self.nodes[..self.len as usize].iter_mut().enumerate() {
-            let Some(p) = slot.take() else { continue };
+        for k in 0..self.len as usize {
+            let Some(p) = self.get(k) else { continue };
             // SAFETY: the node's only owners are the published snapshot and,
             // while it drains, the writer (snapshots cannot be cloned or owned
             // outside the graph, see `Snapshot`). The writer frees it only
@@ -222,7 +254,8 @@ impl Path {
             // drop frees it only if the count reads zero and leaks it
             // otherwise. This I/O pinned the node on this reactor (the only
             // one that completes it: `Io` is not `Send`) and has not unpinned
-            // it yet, so the node is alive.
+            // it yet (`len` drops to 0 below, so no entry is unpinned twice),
+            // so the node is alive.
             let core = unsafe { p.as_ref() };
             let c = &core.counters[r.index()];
             if ok {

@@ -208,6 +208,53 @@ fn filter_stacks_are_bounded() {
     assert_eq!(err, Some(GraphError::TooDeep));
 }
 
+/// An I/O through the deepest stack the graph allows: the path keeps its
+/// first nodes in the `Io` and the rest in a box, and every node on it must
+/// count the I/O and be unpinned once it completes, or its removal would
+/// hang.
+#[test]
+fn io_through_the_deepest_stack_is_counted_and_unpinned_on_every_node() {
+    let rt = runtime(1);
+    let g = Graph::new(rt.handle());
+    g.add_node("ram0", RamNode::new(MIB, 512).unwrap(), &[])
+        .unwrap();
+    let geo = g.node_geometry("ram0").unwrap();
+    let root = g.add_root("r", "ram0").unwrap();
+    let depth = pollux_graph::io::MAX_DEPTH;
+    let mut below = "ram0".to_string();
+    for i in 0..depth - 1 {
+        let name = format!("f{i}");
+        g.insert_filter(&below, &name, PassthruNode::new(geo))
+            .unwrap();
+        below = name;
+    }
+    io(&g, root, IoOp::Write, 512, 512, Some(vec![5; 512]))
+        .0
+        .unwrap();
+    let (res, back) = io(&g, root, IoOp::Read, 512, 512, None);
+    res.unwrap();
+    assert_eq!(back, vec![5; 512]);
+    let err = io(&g, root, IoOp::Read, MIB, 512, None).0;
+    assert!(matches!(err, Err(IoError::OutOfRange { .. })), "{err:?}");
+    for name in (0..depth - 1)
+        .map(|i| format!("f{i}"))
+        .chain(["ram0".to_string()])
+    {
+        let st = g.node_stats(&name).unwrap();
+        assert_eq!(st.ops[IoOp::Write.as_index()], 1, "{name}");
+        assert_eq!(st.ops[IoOp::Read.as_index()], 1, "{name}");
+        assert_eq!(st.inflight, 0, "{name}");
+    }
+    // The range check fails at the top filter, before the I/O goes deeper.
+    let top = format!("f{}", depth - 2);
+    assert_eq!(g.node_stats(&top).unwrap().errors[IoOp::Read.as_index()], 1);
+    for i in (0..depth - 1).rev() {
+        g.remove_filter(&format!("f{i}")).unwrap();
+    }
+    g.remove_root("r").unwrap();
+    g.remove_node("ram0").unwrap();
+}
+
 #[test]
 fn unknown_root_fails_the_io() {
     let rt = runtime(1);
