@@ -134,6 +134,9 @@ pub struct Io {
     pub(crate) submitted: u64,
     /// Set at completion: nanoseconds from `SnapshotGuard::submit`.
     latency_ns: u64,
+    /// The range lock this I/O runs under (`Io::under_range_lock`), 0 for
+    /// none: the lock's own writes pass it.
+    pub(crate) range_lock: u64,
 }
 
 impl Io {
@@ -149,7 +152,16 @@ impl Io {
             path: crate::pin::Path::default(),
             submitted: 0,
             latency_ns: 0,
+            range_lock: 0,
         }
+    }
+
+    /// Marks the I/O as the locked operation of `lock`: a write under it
+    /// passes the lock it holds (any other overlapping write waits). Set
+    /// before submitting.
+    pub fn under_range_lock(mut self, lock: &crate::range_lock::RangeLock) -> Io {
+        self.range_lock = lock.token();
+        self
     }
 
     /// For a completed, successful I/O: nanoseconds from its submission to

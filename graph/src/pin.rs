@@ -30,6 +30,11 @@ use crate::latency::LatencyShard;
 #[derive(Default)]
 pub(crate) struct NodeCounters {
     inflight: AtomicU64,
+    /// LBA range locks installed on the node on this reactor
+    /// (`range_lock`): beside `inflight`, so the write path's "any lock
+    /// here?" reads the line the pin writes anyway, and nothing else is
+    /// touched while it reads zero.
+    range_locks: AtomicU64,
     pub(crate) ops: [AtomicU64; 5],
     pub(crate) bytes: [AtomicU64; 5],
     pub(crate) errors: [AtomicU64; 5],
@@ -58,6 +63,19 @@ impl NodeCounters {
     /// I/O in flight on this reactor (statistics: may be stale at once).
     pub(crate) fn inflight(&self) -> u64 {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Owning reactor: whether a range lock is installed on the node here.
+    #[inline]
+    pub(crate) fn range_locked(&self) -> bool {
+        self.range_locks.load(Ordering::Relaxed) != 0
+    }
+
+    /// Owning reactor: one more (`up`) or one less range lock on the node.
+    pub(crate) fn count_range_lock(&self, up: bool) {
+        let n = self.range_locks.load(Ordering::Relaxed);
+        let n = if up { n + 1 } else { n.saturating_sub(1) };
+        self.range_locks.store(n, Ordering::Relaxed);
     }
 }
 
@@ -223,6 +241,10 @@ impl Path {
                 single_writer_add(&c.errors[i], 1);
             }
             c.unpin();
+            if c.range_locked() {
+                // A lock being installed may be waiting for this I/O.
+                crate::range_lock::unpinned(r);
+            }
         }
         self.len = 0;
         self.timed = 0;

@@ -234,6 +234,14 @@ pub(crate) fn walk(s: &Snapshot, r: &Reactor, mut id: NodeId, mut io: Io) {
             io.complete_later(r, Err(e));
             return;
         }
+        // A range lock on the node here: the one look at it when there
+        // is none is this load, of the line the pin just wrote.
+        if cell.core().counters[r.index()].range_locked() {
+            match crate::range_lock::admit(r, cell.core(), io) {
+                Some(go) => io = go,
+                None => return,
+            }
+        }
         if let Err(e) = entry.geometry.check(&io) {
             io.complete_later(r, Err(e));
             return;
@@ -251,6 +259,38 @@ pub(crate) fn walk(s: &Snapshot, r: &Reactor, mut id: NodeId, mut io: Io) {
                 }
             },
         }
+    }
+}
+
+/// Goes on with `io`, held by a range lock at the node it was pinned on
+/// last, from where `walk` stopped: the lock check again (another lock may
+/// hold it now), the range check, then routing, against the snapshot
+/// published now.
+pub(crate) fn resume_held(r: &Reactor, mut io: Io) {
+    let (snap, entry) = match crate::filter::held_entry(r, &io) {
+        Ok(found) => found,
+        Err(e) => {
+            io.complete_later(r, Err(e));
+            return;
+        }
+    };
+    let cell = &*entry.cell;
+    if cell.core().counters[r.index()].range_locked() {
+        match crate::range_lock::admit(r, cell.core(), io) {
+            Some(go) => io = go,
+            None => return,
+        }
+    }
+    if let Err(e) = entry.geometry.check(&io) {
+        io.complete_later(r, Err(e));
+        return;
+    }
+    match cell.route(&mut io) {
+        None => cell.execute(r, io),
+        Some(slot) => match entry.children.get(slot) {
+            Some(child) => walk(snap, r, *child, io),
+            None => io.complete_later(r, Err(IoError::NoDevice)),
+        },
     }
 }
 
