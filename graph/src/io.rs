@@ -164,6 +164,14 @@ impl Io {
         self
     }
 
+    /// The same, for the locked operation's last I/O: the lock ends when
+    /// it completes, before its sink hears of it, whatever became of the
+    /// submitter meanwhile.
+    pub fn finishing_range_lock(mut self, lock: crate::range_lock::RangeLock) -> Io {
+        self.range_lock = lock.into_token() | crate::range_lock::FINISHING;
+        self
+    }
+
     /// For a completed, successful I/O: nanoseconds from its submission to
     /// the graph until its completion (what the latency histograms record),
     /// so callers need not read the clock again. 0 otherwise.
@@ -193,6 +201,10 @@ impl Io {
             result = ?result,
             "I/O completed"
         );
+        if self.range_lock & crate::range_lock::FINISHING != 0 {
+            crate::range_lock::release(r, self.range_lock & !crate::range_lock::FINISHING);
+            self.range_lock = 0;
+        }
         let sink = self.sink.clone();
         sink.io_done(r, self, result);
     }

@@ -45,18 +45,60 @@ use crate::Graph;
 /// compare-and-write), so one reactor handles them.
 const ARBITER: usize = 0;
 
-/// A granted lock, owned by the requester until it hands it to
-/// [`Graph::unlock_range`].
-#[derive(Debug)]
+/// A granted lock, owned by the requester until it unlocks it
+/// ([`RangeLock::unlock`]) or hands it to the I/O that ends it
+/// ([`Io::finishing_range_lock`]). Dropped otherwise (its owner went away),
+/// it unlocks itself.
 #[must_use = "a range lock holds writes until it is unlocked"]
 pub struct RangeLock {
     token: u64,
+    /// For the unlock; `None` once it was sent.
+    handle: Option<pollux_poller::Handle>,
 }
+
+impl std::fmt::Debug for RangeLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeLock").field("token", &self.token).finish()
+    }
+}
+
+/// Bit of `Io::range_lock`: the I/O ends its lock when it completes.
+pub(crate) const FINISHING: u64 = 1 << 63;
 
 impl RangeLock {
     pub(crate) fn token(&self) -> u64 {
         self.token
     }
+
+    /// The lock's token, for the I/O that will end it.
+    pub(crate) fn into_token(mut self) -> u64 {
+        self.handle = None;
+        self.token
+    }
+
+    /// Ends the lock: the writes it held go on.
+    pub fn unlock(mut self, r: &Reactor) {
+        self.handle = None;
+        release(r, self.token);
+    }
+}
+
+impl Drop for RangeLock {
+    fn drop(&mut self) {
+        let Some(h) = self.handle.take() else { return };
+        let token = self.token;
+        // Off a reactor's callbacks (its owner was dropped, maybe on a
+        // control thread): a full inbox is waited out on a thread of its
+        // own rather than here.
+        if h.send(ARBITER, move |a| arbiter_release(a, token)).is_err() {
+            std::thread::spawn(move || h.send_blocking(ARBITER, move |a| arbiter_release(a, token)));
+        }
+    }
+}
+
+/// Sends the release of `token` to the arbiter.
+pub(crate) fn release(r: &Reactor, token: u64) {
+    r.send(ARBITER, move |a| arbiter_release(a, token));
 }
 
 /// What the requester is told when its lock is granted (or cannot be).
@@ -100,6 +142,7 @@ struct Held {
 /// Arbiter state of one granted lock.
 struct Granted {
     want: Want,
+    graph: Arc<Graph>,
     /// Reactors that have not acked the install yet.
     acks_missing: usize,
 }
@@ -115,7 +158,7 @@ struct Inner {
     recheck_armed: bool,
     /// Arbiter only.
     granted: Vec<Granted>,
-    queue: VecDeque<Want>,
+    queue: VecDeque<(Want, Arc<Graph>)>,
 }
 
 /// The reactor-local state. Borrowed only for bookkeeping, never across a
@@ -138,7 +181,7 @@ impl Inner {
             l.want.core == core
                 && (l.acquiring
                     || (is_write(io.op)
-                        && io.range_lock != l.want.token
+                        && io.range_lock & !FINISHING != l.want.token
                         && l.want.overlaps(io.offset, io.len)))
         })
     }
@@ -238,7 +281,7 @@ impl Graph {
     /// `bdev_lock_lba_range`). `done` runs on this reactor once no write
     /// to the range is in flight anywhere and new ones are held; with the
     /// lock, the locked operation's I/O goes `Io::under_range_lock`, and
-    /// [`Graph::unlock_range`] ends it. Always answered from a later
+    /// [`RangeLock::unlock`] (or the I/O it is handed to) ends it. Always answered from a later
     /// callback, never from inside this call.
     pub fn lock_range(
         self: &Arc<Self>,
@@ -275,14 +318,7 @@ impl Graph {
             len,
         };
         let g = self.clone();
-        r.send(ARBITER, move |a| arbiter_request(a, &g, want));
-    }
-
-    /// Ends a lock from [`Graph::lock_range`]: the writes it held go on.
-    pub fn unlock_range(self: &Arc<Self>, r: &Reactor, lock: RangeLock) {
-        let g = self.clone();
-        let token = lock.token;
-        r.send(ARBITER, move |a| arbiter_release(a, &g, token));
+        r.send(ARBITER, move |a| arbiter_request(a, g, want));
     }
 }
 
@@ -310,36 +346,42 @@ fn conflicts(snap: &Snapshot, a: &Want, b: &Want) -> bool {
     below(snap, a.node, b.node) || below(snap, b.node, a.node)
 }
 
-fn arbiter_request(a: &Reactor, g: &Arc<Graph>, want: Want) {
-    let l = local(a);
-    l.0.borrow_mut().queue.push_back(want);
-    arbiter_grant(a, g);
+fn arbiter_request(a: &Reactor, g: Arc<Graph>, want: Want) {
+    local(a).0.borrow_mut().queue.push_back((want, g));
+    arbiter_grant(a);
 }
 
 /// Grants, in order, each queued lock that conflicts with no granted one
 /// (nor with an earlier queued one, so a waiting lock is not starved).
-fn arbiter_grant(a: &Reactor, g: &Arc<Graph>) {
+fn arbiter_grant(a: &Reactor) {
     let l = local(a);
-    let snap = g.snapshot(a);
     let mut start = Vec::new();
     {
         let mut inner = l.0.borrow_mut();
         let queue = std::mem::take(&mut inner.queue);
-        for w in queue {
-            let blocked = inner.granted.iter().any(|gr| conflicts(&snap, &gr.want, &w))
-                || inner.queue.iter().any(|q| conflicts(&snap, q, &w));
+        for (w, g) in queue {
+            let snap = g.snapshot(a);
+            let blocked = inner
+                .granted
+                .iter()
+                .any(|gr| Arc::ptr_eq(&gr.graph, &g) && conflicts(&snap, &gr.want, &w))
+                || inner
+                    .queue
+                    .iter()
+                    .any(|(q, qg)| Arc::ptr_eq(qg, &g) && conflicts(&snap, q, &w));
             if blocked {
-                inner.queue.push_back(w);
+                inner.queue.push_back((w, g));
             } else {
                 inner.granted.push(Granted {
                     want: w,
+                    graph: g.clone(),
                     acks_missing: a.num_reactors(),
                 });
-                start.push(w);
+                start.push((w, g));
             }
         }
     }
-    for w in start {
+    for (w, g) in start {
         for x in 0..a.num_reactors() {
             let g = g.clone();
             a.send(x, move |xr| install(xr, &g, w));
@@ -363,7 +405,7 @@ fn arbiter_ack(a: &Reactor, token: u64) {
     a.send(origin, move |o| granted(o, token));
 }
 
-fn arbiter_release(a: &Reactor, g: &Arc<Graph>, token: u64) {
+fn arbiter_release(a: &Reactor, token: u64) {
     let l = local(a);
     {
         let mut inner = l.0.borrow_mut();
@@ -375,7 +417,7 @@ fn arbiter_release(a: &Reactor, g: &Arc<Graph>, token: u64) {
     for x in 0..a.num_reactors() {
         a.send(x, move |xr| remove(xr, token));
     }
-    arbiter_grant(a, g);
+    arbiter_grant(a);
 }
 
 /// Requester: every reactor installed the lock.
@@ -388,7 +430,13 @@ fn granted(r: &Reactor, token: u64) {
         };
         inner.asked.swap_remove(i).1
     };
-    done(r, Ok(RangeLock { token }));
+    done(
+        r,
+        Ok(RangeLock {
+            token,
+            handle: Some(r.handle()),
+        }),
+    );
 }
 
 /// Every reactor: installs `w` on its node, holding all new I/O there

@@ -91,10 +91,9 @@ fn start_lock(g: &Arc<Graph>, root: RootId, offset: u64, len: u64) -> mpsc::Rece
 
 /// Unlocks the oldest lock reactor 0 holds.
 fn unlock(g: &Arc<Graph>) {
-    let g2 = g.clone();
     g.handle().call(0, move |r: &Reactor| {
         let lock = r.local(|_| Held::default()).0.borrow_mut().remove(0);
-        g2.unlock_range(r, lock);
+        lock.unlock(r);
     });
 }
 
@@ -213,4 +212,46 @@ fn overlapping_locks_are_granted_one_after_the_other() {
     wait_parked(&parked, 1);
     release(&g, 1, &parked);
     assert_eq!(w.recv_timeout(WAIT).unwrap().0, Ok(()));
+}
+
+#[test]
+fn the_last_locked_write_ends_the_lock_and_a_dropped_lock_unlocks() {
+    let (_rt, g, root, parked) = setup();
+    start_lock(&g, root, 0, 8192).recv_timeout(WAIT).unwrap();
+    // The locked write takes the lock with it.
+    let (tx, w) = mpsc::channel();
+    let g2 = g.clone();
+    g.handle().send_blocking(0, move |r: &Reactor| {
+        let lock = r.local(|_| Held::default()).0.borrow_mut().remove(0);
+        let mut b = AlignedBuf::zeroed(4096);
+        b.as_mut_slice().fill(5);
+        let io = Io::new(
+            IoOp::Write,
+            0,
+            4096,
+            IoBuf::Owned(b),
+            Rc::new(ChanSink(tx)),
+            0,
+        )
+        .finishing_range_lock(lock);
+        g2.snapshot(r).submit(r, root, io);
+    });
+    wait_parked(&parked, 1);
+    let next = start_lock(&g, root, 0, 4096);
+    assert!(
+        next.recv_timeout(SETTLE).is_err(),
+        "the write still holds it"
+    );
+    release(&g, 0, &parked);
+    assert_eq!(w.recv_timeout(WAIT).unwrap().0, Ok(()));
+    next.recv_timeout(WAIT)
+        .expect("granted once the write completed");
+    // Dropped by its owner: unlocked all the same.
+    g.handle().call(0, |r: &Reactor| {
+        r.local(|_| Held::default()).0.borrow_mut().clear();
+    });
+    start_lock(&g, root, 0, 4096)
+        .recv_timeout(WAIT)
+        .expect("granted after the drop");
+    unlock(&g);
 }
