@@ -54,6 +54,8 @@ pub struct Request {
     /// Bytes charged to the poll group's buffer budget (returned when the
     /// request completes).
     pub charged: u32,
+    /// Half of a fused pair: its partner and how the pair stands.
+    pub fused: super::fused::FusedLink,
 }
 
 impl Request {
@@ -73,6 +75,7 @@ impl Request {
             outstanding: 0,
             c2h_len: 0,
             charged: 0,
+            fused: Default::default(),
         }
     }
 
