@@ -1526,3 +1526,28 @@ fn compare_and_write_is_atomic_against_writes_from_another_queue() {
     drop((cw, plain));
     c.shutdown().unwrap();
 }
+
+#[test]
+fn masked_fuses_hides_and_refuses_compare_and_write() {
+    use pollux_nvme::identify::fuses;
+    let fx = Fixture::new(true);
+    fx.tgt
+        .as_ref()
+        .unwrap()
+        .create_transport(super::TransportOpts {
+            masked_fuses: fuses::COMPARE_AND_WRITE,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut c = host::Controller::connect(fx.host()).unwrap();
+    assert_eq!(c.identify.fuses & fuses::COMPARE_AND_WRITE, 0);
+    c.set_num_queues(1).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let a = vec![0u8; 4096];
+    let st = run_together(&mut q, cw_pair(0, &a, &[9u8; 4096]));
+    assert_status(st[0], Status::INVALID_FIELD);
+    assert_status(st[1], Status::ABORTED_FAILED_FUSED);
+    assert!(read(&mut q, 0, 4096) == a, "a refused pair wrote");
+    drop(q);
+    c.shutdown().unwrap();
+}
