@@ -162,23 +162,27 @@ pub(crate) struct Path {
 #[cfg(not(loom))]
 impl Path {
     /// Pins `core` for this I/O on reactor `r`; `timed`: the node records
-    /// the I/O's latency when it completes.
+    /// the I/O's latency when it completes. `Ok(true)`: a range lock is
+    /// installed on the node on this reactor (read from the line the pin
+    /// writes, so the check costs no other look-up).
     #[inline]
     pub(crate) fn push(
         &mut self,
         r: &Reactor,
         core: &NodeCore,
         timed: bool,
-    ) -> Result<(), IoError> {
+    ) -> Result<bool, IoError> {
         if self.len as usize == MAX_DEPTH {
             // The graph refuses deeper paths; this is a second line of defence.
             return Err(IoError::NoDevice);
         }
-        core.counters[r.index()].pin();
+        let c = &core.counters[r.index()];
+        c.pin();
+        let locked = c.range_locked();
         self.nodes[self.len as usize] = Some(NonNull::from(core));
         self.timed |= u32::from(timed) << self.len;
         self.len += 1;
-        Ok(())
+        Ok(locked)
     }
 
     /// The node the I/O reached last: the one holding it, for a filter.
@@ -241,10 +245,6 @@ impl Path {
                 single_writer_add(&c.errors[i], 1);
             }
             c.unpin();
-            if c.range_locked() {
-                // A lock being installed may be waiting for this I/O.
-                crate::range_lock::unpinned(r);
-            }
         }
         self.len = 0;
         self.timed = 0;

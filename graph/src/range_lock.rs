@@ -97,6 +97,8 @@ impl Drop for RangeLock {
 }
 
 /// Sends the release of `token` to the arbiter.
+#[cold]
+#[inline(never)]
 pub(crate) fn release(r: &Reactor, token: u64) {
     r.send(ARBITER, move |a| arbiter_release(a, token));
 }
@@ -193,6 +195,8 @@ impl Inner {
 
 /// Walk: `io` reached `core` (pinned on it) on a reactor where a lock is
 /// installed on the node. `Some`: it may go on; `None`: it is held.
+#[cold]
+#[inline(never)]
 pub(crate) fn admit(r: &Reactor, core: &NodeCore, io: Io) -> Option<Io> {
     let l = local(r);
     let Ok(mut inner) = l.0.try_borrow_mut() else {
@@ -209,30 +213,13 @@ pub(crate) fn admit(r: &Reactor, core: &NodeCore, io: Io) -> Option<Io> {
     }
 }
 
-/// Path::finish: an I/O left a node with a lock installed on this
-/// reactor. Checks the acquiring locks on the next timer pass rather than
-/// here, inside a completion.
-pub(crate) fn unpinned(r: &Reactor) {
-    let l = local(r);
-    let Ok(mut inner) = l.0.try_borrow_mut() else {
-        return;
-    };
-    if inner.recheck_armed || !inner.installed.iter().any(|i| i.acquiring) {
-        return;
-    }
-    inner.recheck_armed = true;
-    drop(inner);
-    r.add_timer(Duration::ZERO, recheck);
-}
-
 /// Finishes the acquiring locks whose node drained on this reactor, acks
 /// them, and resumes what no lock holds any more.
 fn recheck(r: &Reactor) {
     let l = local(r);
     let mut acked = Vec::new();
-    {
+    let again = {
         let mut inner = l.0.borrow_mut();
-        inner.recheck_armed = false;
         for k in 0..inner.installed.len() {
             let i = &inner.installed[k];
             if !i.acquiring {
@@ -247,6 +234,18 @@ fn recheck(r: &Reactor) {
                 acked.push(token);
             }
         }
+        let again = !inner.recheck_armed && inner.installed.iter().any(|i| i.acquiring);
+        inner.recheck_armed |= again;
+        again
+    };
+    if again {
+        // Looked at again on the next loop iteration, until drained: the
+        // completion path carries no hook for it (a lock waits for at
+        // most the I/O it found in flight, one I/O latency).
+        r.add_timer(Duration::ZERO, |r| {
+            local(r).0.borrow_mut().recheck_armed = false;
+            recheck(r);
+        });
     }
     for token in acked {
         r.send(ARBITER, move |a| arbiter_ack(a, token));

@@ -230,13 +230,15 @@ pub(crate) fn walk(s: &Snapshot, r: &Reactor, mut id: NodeId, mut io: Io) {
             // its caller, and every node below, would measure.
             io.submitted = crate::latency::now_raw();
         }
-        if let Err(e) = io.path.push(r, cell.core(), timed) {
-            io.complete_later(r, Err(e));
-            return;
-        }
-        // A range lock on the node here: the one look at it when there
-        // is none is this load, of the line the pin just wrote.
-        if cell.core().counters[r.index()].range_locked() {
+        let locked = match io.path.push(r, cell.core(), timed) {
+            Ok(locked) => locked,
+            Err(e) => {
+                io.complete_later(r, Err(e));
+                return;
+            }
+        };
+        // A range lock on the node here (`push` read it beside the pin).
+        if locked {
             match crate::range_lock::admit(r, cell.core(), io) {
                 Some(go) => io = go,
                 None => return,
