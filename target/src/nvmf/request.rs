@@ -3,7 +3,8 @@
 //! `Request::set_state`, the only way to change state) is modelled on SPDK
 //! `lib/nvmf/tcp.c`. The driver (`conn.rs`) advances a request until it
 //! reaches a waiting state (NeedBuffer without budget,
-//! TransferringHostToController, Executing) or Free.
+//! TransferringHostToController, FusedAwaitingPartner, AwaitingRangeLock,
+//! Executing) or Free.
 
 mod state;
 
