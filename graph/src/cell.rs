@@ -27,7 +27,12 @@ pub(crate) trait DynNode: Send + Sync {
     fn close(&self);
     fn resize(&self, block_count: u64) -> bool;
     fn backend_size(&self) -> Option<std::io::Result<u64>>;
-    fn child_resized(&self, slot: usize, child: Geometry, current: Geometry) -> Option<Geometry>;
+    fn child_resized(
+        &self,
+        slot: usize,
+        children: &[Geometry],
+        current: Geometry,
+    ) -> Result<Option<Geometry>, String>;
     /// Whether reactor `index` created its channel (control thread).
     fn has_channel(&self, index: usize) -> bool;
     /// Drops reactor `r`'s channel.
@@ -103,8 +108,13 @@ impl<N: BlockNode> DynNode for NodeCell<N> {
     fn backend_size(&self) -> Option<std::io::Result<u64>> {
         self.node.backend_size()
     }
-    fn child_resized(&self, slot: usize, child: Geometry, current: Geometry) -> Option<Geometry> {
-        self.node.child_resized(slot, child, current)
+    fn child_resized(
+        &self,
+        slot: usize,
+        children: &[Geometry],
+        current: Geometry,
+    ) -> Result<Option<Geometry>, String> {
+        self.node.child_resized(slot, children, current)
     }
     fn has_channel(&self, index: usize) -> bool {
         self.channels.created(index)

@@ -266,6 +266,13 @@ impl Io {
         }
     }
 
+    /// Filters: the I/O in flight on this reactor at the filter holding
+    /// this one, this one included (what SPDK's error bdev counts per
+    /// channel for its `queue_depth`).
+    pub fn inflight_at_holder(&self, r: &Reactor) -> u64 {
+        self.path.last_inflight(r)
+    }
+
     /// Filters: submits `child`, a new I/O that no node has seen (made with
     /// `Io::new` or `Parent::child`), to child `slot` of the filter this I/O
     /// is held at. `self` must stay held (not completed) until `child`

@@ -122,6 +122,16 @@ pub enum GraphError {
     /// A size of zero blocks.
     #[error("{0:?} cannot be resized to zero blocks")]
     ZeroSize(String),
+    /// A node above refuses its child's new size (`BlockNode::child_resized`).
+    #[error("{name:?} cannot be resized under {by:?}: {reason}")]
+    ResizeRefused {
+        /// The node being resized.
+        name: String,
+        /// The node above that refuses.
+        by: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A root whose geometry a publication changed (a resize below it, or a
@@ -710,8 +720,11 @@ impl Graph {
     /// Gives leaf `name` `block_count` blocks, published like any graph
     /// change: the new size is in the snapshot each reactor reads for the
     /// range check, and every node above that follows its child's size
-    /// (`BlockNode::child_resized`: the filters) takes it in the same
-    /// publication. Roots whose size changed are reported to the watchers
+    /// (`BlockNode::child_resized`: the filters, RAID arrays) takes it in
+    /// the same publication; a node above may refuse it instead
+    /// (`GraphError::ResizeRefused`: a split or an array whose data would
+    /// no longer fit, a running mirror), and then nothing is published.
+    /// Roots whose size changed are reported to the watchers
     /// (`watch_roots`). Returns the old count.
     ///
     /// A shrink is refused while any I/O is in flight on the node: an I/O's
@@ -760,8 +773,11 @@ impl Graph {
                     return Err(GraphError::NoSuchNode(name.into()));
                 }
                 e.geometry.block_count = block_count;
-                propagate_resize(s, id);
-                Ok(())
+                propagate_resize(s, id).map_err(|(by, reason)| GraphError::ResizeRefused {
+                    name: name.into(),
+                    by,
+                    reason,
+                })
             },
             || {
                 if shrink {
@@ -1263,28 +1279,42 @@ fn check_children(s: &Snapshot, node: &dyn DynNode, kids: &[NodeId]) -> Result<(
 }
 
 /// After node `id`'s geometry changed in `s`: every parent that follows
-/// its children's size takes its new geometry, and so on up.
-fn propagate_resize(s: &mut Snapshot, id: NodeId) {
+/// its children's size takes its new geometry, and so on up. `Err` names
+/// the node that refuses the change, and why (`s` is then dropped).
+fn propagate_resize(s: &mut Snapshot, id: NodeId) -> Result<(), (String, String)> {
     let mut work = vec![id];
     // Bounded: the graph has no cycles (checked at every publication) and
     // a node is pushed again only when its geometry changed.
     while let Some(c) = work.pop() {
-        let child = s.entry(c).expect("live").geometry;
-        for (i, n) in s.nodes.iter_mut().enumerate() {
-            let Some(n) = n else { continue };
+        for i in 0..s.nodes.len() {
+            let Some(n) = &s.nodes[i] else { continue };
             for (slot, k) in n.children.iter().enumerate() {
                 if *k != c {
                     continue;
                 }
-                if let Some(g) = n.cell.child_resized(slot, child, n.geometry) {
+                // Every child's geometry: a RAID's size depends on all of
+                // its members'.
+                let kids: Vec<Geometry> = n
+                    .children
+                    .iter()
+                    .map(|k| s.entry(*k).expect("live child").geometry)
+                    .collect();
+                let took = n
+                    .cell
+                    .child_resized(slot, &kids, n.geometry)
+                    .map_err(|reason| (n.cell.core().name.clone(), reason))?;
+                if let Some(g) = took {
                     if g != n.geometry {
-                        n.geometry = g;
+                        s.nodes[i].as_mut().expect("live").geometry = g;
                         work.push(NodeId(i as u32));
                     }
                 }
+                // A node with this child in two slots is asked once.
+                break;
             }
         }
     }
+    Ok(())
 }
 
 /// The roots of `next` whose geometry differs from what they had in `old`.

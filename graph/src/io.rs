@@ -97,6 +97,16 @@ pub enum IoError {
     /// The daemon could not take the request (queue full, out of buffers).
     #[error("resources exhausted")]
     Busy,
+    /// An NVMe completion status to answer with as it is (error
+    /// injection's `nvme_failure`): NVMe/TCP hosts get it, other
+    /// front-ends see a failed I/O.
+    #[error("NVMe status sct {sct:#x} sc {sc:#04x}")]
+    Nvme {
+        /// Status code type (3 bits).
+        sct: u8,
+        /// Status code.
+        sc: u8,
+    },
 }
 
 /// Result of an I/O.

@@ -140,17 +140,27 @@ pub trait BlockNode: Send + Sync + 'static {
     }
 
     /// For nodes with children: the geometry this node presents once child
-    /// `slot` took geometry `child` (a resize below it), given its own
-    /// `current` one; `None` if the node keeps its size. The default fits
+    /// `slot` took geometry `children[slot]` (a resize below it; `children`
+    /// are all of its children's geometries now, in slot order), given its
+    /// own `current` one; `None` if the node keeps its size. The default fits
     /// the one-child filters that forward I/O unchanged (they must look
     /// exactly like their child: `same_geometry_as_children`); a node whose
     /// geometry derives from its children (split, RAID) keeps its size
-    /// unless it computes its own.
-    fn child_resized(&self, _slot: usize, child: Geometry, current: Geometry) -> Option<Geometry> {
-        (self.num_children() == 1 && self.same_geometry_as_children()).then_some(Geometry {
-            block_count: child.block_count,
-            ..current
-        })
+    /// unless it computes its own. `Err` refuses the resize with its reason
+    /// (a child shrinking under data the node maps there, a mirror copying
+    /// it): nothing is published.
+    fn child_resized(
+        &self,
+        slot: usize,
+        children: &[Geometry],
+        current: Geometry,
+    ) -> Result<Option<Geometry>, String> {
+        Ok(
+            (self.num_children() == 1 && self.same_geometry_as_children()).then_some(Geometry {
+                block_count: children[slot].block_count,
+                ..current
+            }),
+        )
     }
 
     /// Called on the control thread once the node has left the graph (it

@@ -191,6 +191,18 @@ impl Path {
         self.nodes[..self.len as usize].last().copied().flatten()
     }
 
+    /// I/O in flight on reactor `r` at the node the I/O reached last,
+    /// this one included.
+    #[inline]
+    pub(crate) fn last_inflight(&self, r: &Reactor) -> u64 {
+        let Some(p) = self.last() else { return 0 };
+        // SAFETY: this I/O pinned the node on this reactor and has not
+        // unpinned it yet (`finish` takes the slots), so the node is alive,
+        // as in `finish`.
+        let core = unsafe { p.as_ref() };
+        core.counters[r.index()].inflight()
+    }
+
     /// True once a node on the path records the I/O's latency (the clock
     /// was read at that node).
     #[inline]

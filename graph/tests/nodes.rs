@@ -43,6 +43,8 @@ fn pending_io_is_held_until_resumed_or_failed() {
                 count: 2,
                 corrupt_offset: 0,
                 corrupt_value: 0,
+                queue_depth: 0,
+                nvme_status: (0, 0),
             },
         );
         n.id()
@@ -120,6 +122,8 @@ fn failure_and_nomem_injections_count_down() {
                     count: 1,
                     corrupt_offset: 0,
                     corrupt_value: 0,
+                    queue_depth: 0,
+                    nvme_status: (0, 0),
                 },
             )
         })
@@ -134,6 +138,78 @@ fn failure_and_nomem_injections_count_down() {
     // Write zeroes is never injected into, as in SPDK.
     arm(ErrorType::Failure, ErrorIoType::Write);
     assert_eq!(io(&g, root, IoOp::WriteZeroes, 0, 4096, None).0, Ok(()));
+}
+
+#[test]
+fn queue_depth_and_nvme_failure_injections() {
+    let rt = runtime(1);
+    let (g, root) = ram_graph(&rt);
+    let geo = g.node_geometry("ram0").unwrap();
+    // A lower error node holds writes (pending) so that they stay in
+    // flight through the upper one, whose injection waits for a depth.
+    g.insert_filter("ram0", "EE_ram0", ErrorNode::new(geo))
+        .unwrap();
+    g.insert_filter("EE_ram0", "EE_EE_ram0", ErrorNode::new(geo))
+        .unwrap();
+    let arm = |node: &str, t: ErrorType, count: u32, queue_depth: u64, nvme_status: (u8, u8)| {
+        g.with_node(node, |n: &ErrorNode| {
+            n.injection().arm(
+                ErrorIoType::Write,
+                Injection {
+                    error_type: t,
+                    count,
+                    corrupt_offset: 0,
+                    corrupt_value: 0,
+                    queue_depth,
+                    nvme_status,
+                },
+            );
+            n.id()
+        })
+        .unwrap()
+    };
+    let lower = arm("EE_ram0", ErrorType::Pending, 2, 0, (0, 0));
+    arm("EE_EE_ram0", ErrorType::NvmeFailure, 1, 2, (0, 0x81));
+    let start = || {
+        let (tx, rx) = mpsc::channel();
+        let g2 = g.clone();
+        rt.handle().send_blocking(0, move |r: &Reactor| {
+            let b = AlignedBuf::zeroed(4096);
+            let io = Io::new(
+                IoOp::Write,
+                0,
+                4096,
+                IoBuf::Owned(b),
+                Rc::new(ChanSink(tx)),
+                0,
+            );
+            g2.snapshot(r).submit(r, root, io);
+        });
+        rx
+    };
+    // Two writes held below: each found fewer than 2 others in flight.
+    let (a, b) = (start(), start());
+    for w in [&a, &b] {
+        assert!(w.recv_timeout(Duration::from_millis(100)).is_err(), "held");
+    }
+    // The third finds 2: it fails, with the status asked for.
+    let third = start().recv_timeout(Duration::from_secs(10)).unwrap().0;
+    assert_eq!(third, Err(IoError::Nvme { sct: 0, sc: 0x81 }));
+    assert_eq!(
+        rt.handle()
+            .call(0, move |r: &Reactor| resume_pending(r, lower)),
+        2
+    );
+    for w in [a, b] {
+        assert_eq!(w.recv_timeout(Duration::from_secs(10)).unwrap().0, Ok(()));
+    }
+    // The one injection is used: writes go through.
+    assert_eq!(io(&g, root, IoOp::Write, 0, 4096, None).0, Ok(()));
+    // With nothing else in flight, a depth of 1 is never reached.
+    arm("EE_EE_ram0", ErrorType::Failure, 1, 1, (0, 0));
+    assert_eq!(io(&g, root, IoOp::Write, 0, 4096, None).0, Ok(()));
+    g.remove_filter("EE_EE_ram0").unwrap();
+    g.remove_filter("EE_ram0").unwrap();
 }
 
 #[test]
@@ -233,6 +309,8 @@ fn removing_an_error_filter_fails_its_pending_io() {
                 count: 1,
                 corrupt_offset: 0,
                 corrupt_value: 0,
+                queue_depth: 0,
+                nvme_status: (0, 0),
             },
         )
     })

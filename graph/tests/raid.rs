@@ -106,7 +106,7 @@ fn raid0_and_concat_place_data_as_spdk_does() {
     write(&g, root, 3 * MIB - 65536, data.clone());
     assert_eq!(read(&g, root, 3 * MIB - 65536, 131072), data);
     assert_eq!(read(&g, ry, 0, 65536), data[65536..]);
-    let info = Array::find(&g, "cat").unwrap().info();
+    let info = Array::find(&g, "cat").unwrap().info(&g);
     assert_eq!(info.block_count * u64::from(BS), 5 * MIB);
     g.shutdown();
     rt.shutdown();
@@ -186,7 +186,7 @@ fn raid1_degrades_under_load_when_a_member_fails() {
     wait(&done, 50);
     broken.store(true, Ordering::Relaxed);
     wait(&done, 100);
-    let info = array.info();
+    let info = array.info(&g);
     assert!(
         info.slots[0].failed && !info.slots[0].configured,
         "{info:?}"
@@ -197,7 +197,7 @@ fn raid1_degrades_under_load_when_a_member_fails() {
     ram(&g, "new", 8 * MIB);
     array.add_member(&g, "new", RaidOptions::default()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while array.info().process.is_some() {
+    while array.info(&g).process.is_some() {
         assert!(Instant::now() < deadline, "rebuild never ended");
         thread::sleep(Duration::from_millis(5));
     }
@@ -252,7 +252,7 @@ fn rebuild_racing_writers_leaves_an_exact_copy() {
     array.add_member(&g, "m2", opts).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut samples = 0;
-    while array.info().process.is_some() {
+    while array.info(&g).process.is_some() {
         samples += 1;
         assert!(Instant::now() < deadline, "rebuild never ended");
         thread::sleep(Duration::from_millis(10));
@@ -268,6 +268,127 @@ fn rebuild_racing_writers_leaves_an_exact_copy() {
         assert_eq!(read(&g, r0, off, MIB), read(&g, r2, off, MIB), "at {off}");
     }
     assert!(!written.is_empty());
+    g.shutdown();
+    rt.shutdown();
+}
+
+/// A file-backed member whose file the test grows, as bdev_aio_rescan sees.
+fn file_member(g: &Graph, dir: &std::path::Path, name: &str, size: u64) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+    let node = pollux_graph::nodes::file::FileNode::open(&path, false, BS).unwrap();
+    g.add_node(name, node, &[]).unwrap();
+    path
+}
+
+fn grow_file(g: &Graph, path: &std::path::Path, name: &str, size: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    g.rescan(name).unwrap();
+}
+
+fn size_of(g: &Graph, name: &str) -> u64 {
+    g.node_geometry(name).unwrap().size()
+}
+
+#[test]
+fn arrays_grow_with_their_members_and_keep_their_data() {
+    let rt = runtime(1);
+    let g = Graph::new(rt.handle());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // concat over x (3 MiB) and y (2 MiB), 64 KiB strips.
+    let x = file_member(&g, d, "x", 3 * MIB);
+    let y = file_member(&g, d, "y", 2 * MIB);
+    Array::create(&g, "cat", Level::Concat, 64, &["x", "y"]).unwrap();
+    let cat = g.add_root("cat", "cat").unwrap();
+    let data = bytes(3, 131072);
+    write(&g, cat, 3 * MIB - 65536, data.clone());
+    // x is not the last member: an array assembled again over a bigger x
+    // would start y later, so x's growth is refused.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&x)
+        .unwrap()
+        .set_len(4 * MIB)
+        .unwrap();
+    let e = g.rescan("x").unwrap_err().to_string();
+    assert!(e.contains("before the last"), "{e}");
+    assert_eq!(size_of(&g, "x"), 3 * MIB);
+    assert_eq!(size_of(&g, "cat"), 5 * MIB);
+    // y is: the array takes its new whole strips, at the end.
+    grow_file(&g, &y, "y", 3 * MIB + 100 * 512);
+    assert_eq!(size_of(&g, "cat"), 6 * MIB);
+    assert_eq!(read(&g, cat, 3 * MIB - 65536, 131072), data);
+    let tail = bytes(4, 65536);
+    write(&g, cat, 6 * MIB - 65536, tail.clone());
+    let ry = g.add_root("y", "y").unwrap();
+    assert_eq!(read(&g, ry, 3 * MIB - 65536, 65536), tail);
+    let info = Array::find(&g, "cat").unwrap().info(&g);
+    assert_eq!(info.block_count * u64::from(BS), 6 * MIB);
+    assert_eq!(info.slots[1].data_size, 3 * MIB);
+    // A member shrinking under the array is refused; nothing changes.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&y)
+        .unwrap()
+        .set_len(MIB)
+        .unwrap();
+    let e = g.rescan("y").unwrap_err().to_string();
+    assert!(e.contains("cannot be resized under \"cat\""), "{e}");
+    assert_eq!(size_of(&g, "y"), 3 * MIB + 100 * 512);
+    assert_eq!(size_of(&g, "cat"), 6 * MIB);
+
+    // raid0 over a and b (1 MiB each), 64 KiB strips: grows to twice its
+    // smallest member's whole strips, once both grew.
+    let a = file_member(&g, d, "a", MIB);
+    let b = file_member(&g, d, "b", MIB);
+    Array::create(&g, "r0", Level::Raid0, 64, &["a", "b"]).unwrap();
+    let r0 = g.add_root("r0", "r0").unwrap();
+    let data = bytes(5, 262144);
+    write(&g, r0, MIB, data.clone());
+    grow_file(&g, &a, "a", 3 * MIB);
+    assert_eq!(size_of(&g, "r0"), 2 * MIB);
+    grow_file(&g, &b, "b", 2 * MIB + 4096);
+    assert_eq!(size_of(&g, "r0"), 4 * MIB);
+    assert_eq!(read(&g, r0, MIB, 262144), data);
+    // Array strip 63 (the last) is member b's strip 31.
+    let tail = bytes(6, 65536);
+    write(&g, r0, 4 * MIB - 65536, tail.clone());
+    let rb = g.add_root("b", "b").unwrap();
+    assert_eq!(read(&g, rb, 2 * MIB - 65536, 65536), tail);
+
+    // raid1 over m and n: the smallest member's size.
+    let m = file_member(&g, d, "m", MIB);
+    let n = file_member(&g, d, "n", MIB);
+    Array::create(&g, "r1", Level::Raid1, 0, &["m", "n"]).unwrap();
+    let r1 = g.add_root("r1", "r1").unwrap();
+    grow_file(&g, &m, "m", 2 * MIB);
+    assert_eq!(size_of(&g, "r1"), MIB);
+    grow_file(&g, &n, "n", 3 * MIB);
+    assert_eq!(size_of(&g, "r1"), 2 * MIB);
+    let tail = bytes(7, 4096);
+    write(&g, r1, 2 * MIB - 4096, tail.clone());
+    let rn = g.add_root("n", "n").unwrap();
+    assert_eq!(read(&g, rn, 2 * MIB - 4096, 4096), tail);
+    // A member taking the place of one removed must hold the grown size.
+    Array::find(&g, "r1")
+        .unwrap()
+        .remove_member(&g, "n")
+        .unwrap();
+    assert_eq!(size_of(&g, "r1"), 2 * MIB);
+    file_member(&g, d, "small", MIB);
+    let e = Array::find(&g, "r1")
+        .unwrap()
+        .add_member(&g, "small", RaidOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the array needs 2097152"), "{e}");
     g.shutdown();
     rt.shutdown();
 }

@@ -173,3 +173,42 @@ fn rescan_follows_a_file_that_grew() {
     g.add_node("null0", NullNode::new(MIB, 512), &[]).unwrap();
     assert!(g.rescan("null0").is_err());
 }
+
+#[test]
+fn splits_keep_their_layout_when_the_base_changes() {
+    use pollux_graph::nodes::split::SplitPlan;
+    let rt = runtime(1);
+    let g = Graph::new(rt.handle());
+    let add_split = |base: &str, count: u64, size_mb: u64| {
+        let geo = g.node_geometry(base).unwrap();
+        let plan = SplitPlan::new(geo, count, size_mb).unwrap();
+        for i in 0..plan.count {
+            g.add_node(&format!("{base}p{i}"), plan.part(geo, i), &[base])
+                .unwrap();
+        }
+    };
+    let blocks = |n: &str| g.node_geometry(n).unwrap().block_count;
+    // Equal shares of whole MiB: the base may grow, the parts stay.
+    g.add_node("a", NullNode::new(8 * MIB, 512), &[]).unwrap();
+    add_split("a", 2, 0);
+    g.resize("a", 32 * MIB / 512).unwrap();
+    assert_eq!(blocks("ap1"), 4 * MIB / 512);
+    // ... and shrink while it still holds them; not under them.
+    g.resize("a", 8 * MIB / 512).unwrap();
+    let e = g.resize("a", 6 * MIB / 512).unwrap_err().to_string();
+    assert!(e.contains("cannot be resized under \"ap1\""), "{e}");
+    assert_eq!(blocks("a"), 8 * MIB / 512);
+    // Equal shares that are not whole MiB cannot be replayed on another
+    // base size: refused.
+    g.add_node("b", NullNode::new(8 * MIB, 512), &[]).unwrap();
+    add_split("b", 3, 0);
+    let e = g.resize("b", 16 * MIB / 512).unwrap_err().to_string();
+    assert!(e.contains("not whole MiB"), "{e}");
+    // A fixed part size: the base grows, the parts stay.
+    g.add_node("c", NullNode::new(8 * MIB, 512), &[]).unwrap();
+    add_split("c", 3, 1);
+    g.resize("c", 16 * MIB / 512).unwrap();
+    assert_eq!(blocks("cp2"), MIB / 512);
+    g.shutdown();
+    rt.shutdown();
+}

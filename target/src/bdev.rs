@@ -7,6 +7,7 @@ use pollux_graph::nodes::delay::{DelayLatencies, DelayNode};
 use pollux_graph::nodes::error::ErrorNode;
 use pollux_graph::nodes::file::{FileError, FileNode};
 use pollux_graph::nodes::raid::{Array, RaidError};
+use pollux_graph::nodes::split::{SplitError, SplitPlan};
 use pollux_graph::nodes::{null::NullNode, passthru::PassthruNode, ram::RamNode};
 use pollux_graph::{Graph, GraphError};
 
@@ -47,6 +48,14 @@ pub enum BdevError {
         name: String,
         /// Why.
         source: RaidError,
+    },
+    /// A base cannot be split as asked.
+    #[error("split of {base:?}: {source}")]
+    Split {
+        /// The base.
+        base: String,
+        /// Why.
+        source: SplitError,
     },
     /// A passthru's base bdev does not exist.
     #[error("bdev {name:?}: no bdev named {child:?}")]
@@ -162,6 +171,31 @@ pub fn build(graph: &Arc<Graph>, b: &BdevConfig) -> Result<(), BdevError> {
             io_queue_depth,
         } => {
             crate::nvme_bdev::attach(graph, name, pci, *io_queue_depth)?;
+        }
+        BdevKind::Split {
+            base_bdev,
+            split_count,
+            split_size_mb,
+        } => {
+            let base = base_geometry(graph, name, base_bdev)?;
+            let plan = SplitPlan::new(base, *split_count, *split_size_mb).map_err(|source| {
+                BdevError::Split {
+                    base: base_bdev.clone(),
+                    source,
+                }
+            })?;
+            if plan.count < *split_count {
+                tracing::warn!(
+                    base = %base_bdev,
+                    asked = split_count,
+                    count = plan.count,
+                    "split count is greater than the maximum possible; clamping"
+                );
+            }
+            for i in 0..plan.count {
+                let part = crate::config::split_part_name(base_bdev, i);
+                graph.add_node(&part, plan.part(base, i), &[base_bdev])?;
+            }
         }
         BdevKind::Raid(r) => {
             let members: Vec<&str> = r.base_bdevs.iter().map(String::as_str).collect();

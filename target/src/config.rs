@@ -25,18 +25,22 @@ use pollux_poller::cpu::{self, CpuError, CpuSet};
 use serde::Deserialize;
 
 mod metrics;
+mod mirror;
 mod nvme;
 mod nvmf;
 mod qos;
 mod raid;
 mod rpc;
+mod split;
 mod stacked;
 mod vhost;
 pub use metrics::MetricsConfig;
+pub use mirror::MirrorConfig;
 pub use nvmf::{NvmfConfig, NvmfSubsystemConfig};
 pub use qos::{QosConfig, QosLimitConfig};
 pub use raid::RaidConfig;
 pub use rpc::{RpcConfig, DEFAULT_SOCKET as DEFAULT_RPC_SOCKET};
+pub use split::part_name as split_part_name;
 pub use vhost::{VhostBlkConfig, VhostConfig, MAX_NUM_QUEUES as MAX_VHOST_QUEUES};
 
 /// Default for `reactors.idle_after_us`.
@@ -45,7 +49,7 @@ pub(crate) const DEFAULT_IDLE_AFTER_US: u64 = 200;
 const DEFAULT_BLOCK_SIZE: u32 = 512;
 const BLOCK_SIZES: [u32; 2] = [512, 4096];
 const SIZE_HINT: &str = r#"use e.g. 4096, "512MiB", "4GiB""#;
-const KINDS: &str = "null, ram, file, passthru, delay, error, nvme, raid";
+const KINDS: &str = "null, ram, file, passthru, delay, error, nvme, raid, split";
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +68,8 @@ pub struct Config {
     pub vhost: VhostConfig,
     /// `[[throttle_group]]` and `[[qos]]`: rate limits on bdevs.
     pub qos: QosConfig,
+    /// `[[mirror]]`: mirror jobs started with the daemon.
+    pub mirrors: Vec<MirrorConfig>,
 }
 
 /// The `[reactors]` section.
@@ -166,6 +172,17 @@ pub enum BdevKind {
         /// Name of the bdev below.
         child: String,
     },
+    /// Parts of another bdev, as `bdev_split_create`: the entry makes
+    /// bdevs `<base_bdev>p0` to `p<split_count - 1>` (its `name` is the
+    /// first one's).
+    Split {
+        /// Name of the bdev split.
+        base_bdev: String,
+        /// Parts asked for (fewer if a fixed size fits fewer).
+        split_count: u64,
+        /// MiB per part; 0: an equal share of the base.
+        split_size_mb: u64,
+    },
 }
 
 impl BdevKind {
@@ -174,7 +191,10 @@ impl BdevKind {
         match self {
             BdevKind::Passthru { child }
             | BdevKind::Delay { child, .. }
-            | BdevKind::Error { child } => Some(child),
+            | BdevKind::Error { child }
+            | BdevKind::Split {
+                base_bdev: child, ..
+            } => Some(child),
             _ => None,
         }
     }
@@ -290,6 +310,7 @@ impl Config {
         let rpc = rpc::validate_rpc(raw.rpc)?;
         let vhost = vhost::validate_vhost(raw.vhost, &bdevs, &reactors)?;
         let qos = qos::validate_qos(raw.throttle_group, raw.qos, &bdevs)?;
+        let mirrors = mirror::validate_mirrors(raw.mirror, &bdevs)?;
         Ok(Config {
             reactors,
             bdevs,
@@ -298,6 +319,7 @@ impl Config {
             rpc,
             vhost,
             qos,
+            mirrors,
         })
     }
 
@@ -330,6 +352,7 @@ impl Config {
             rpc: RpcConfig::default(),
             vhost: VhostConfig::default(),
             qos: QosConfig::default(),
+            mirrors: Vec::new(),
         }
     }
 }
@@ -359,6 +382,8 @@ struct RawConfig {
     throttle_group: Vec<qos::RawGroup>,
     #[serde(default)]
     qos: Vec<qos::RawQos>,
+    #[serde(default)]
+    mirror: Vec<mirror::RawMirror>,
 }
 
 #[derive(Deserialize, Default)]
@@ -392,6 +417,9 @@ struct RawBdev {
     raid_level: Option<String>,
     base_bdevs: Option<Vec<String>>,
     strip_size_kb: Option<u32>,
+    base_bdev: Option<String>,
+    split_count: Option<u64>,
+    split_size_mb: Option<u64>,
 }
 
 impl RawReactors {
@@ -468,6 +496,7 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
         "delay" => &stacked::DELAY_KEYS,
         "nvme" => &["pci", "io_queue_depth"],
         "raid" => &["raid_level", "base_bdevs", "strip_size_kb"],
+        "split" => &split::KEYS,
         _ => &[],
     }
 }
@@ -477,11 +506,15 @@ fn validate_bdevs(raw: Vec<RawBdev>) -> Result<Vec<BdevConfig>, ConfigError> {
     let mut index_of: HashMap<String, usize> = HashMap::new();
     for (i, bdev) in raw.into_iter().enumerate() {
         let config = validate_bdev(i, bdev)?;
-        if let Some(first) = index_of.insert(config.name.clone(), i) {
-            return Err(ConfigError::invalid(
-                format!("{}.name", bdev_key(i, Some(&config.name))),
-                format!("duplicate bdev name {:?} (also bdev[{first}])", config.name),
-            ));
+        // A split's every part is a bdev name other entries may use.
+        let names = std::iter::once(config.name.clone()).chain(split::parts(&config).skip(1));
+        for name in names {
+            if let Some(first) = index_of.insert(name.clone(), i) {
+                return Err(ConfigError::invalid(
+                    format!("{}.name", bdev_key(i, Some(&config.name))),
+                    format!("duplicate bdev name {name:?} (also bdev[{first}])"),
+                ));
+            }
         }
         bdevs.push(config);
     }
@@ -490,7 +523,18 @@ fn validate_bdevs(raw: Vec<RawBdev>) -> Result<Vec<BdevConfig>, ConfigError> {
     Ok(bdevs)
 }
 
-fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
+fn validate_bdev(i: usize, mut raw: RawBdev) -> Result<BdevConfig, ConfigError> {
+    let mut split = None;
+    if raw.kind.as_deref() == Some("split") {
+        let s = split::RawSplit {
+            name: raw.name.take(),
+            base_bdev: raw.base_bdev.take(),
+            split_count: raw.split_count.take(),
+            split_size_mb: raw.split_size_mb.take(),
+        };
+        raw.name = Some(split::entry_name(i, &s)?);
+        split = Some(s);
+    }
     let name = match raw.name.as_deref() {
         None => return Err(ConfigError::invalid(format!("bdev[{i}].name"), "missing")),
         Some(n) if n.trim().is_empty() => {
@@ -510,7 +554,10 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
                 format!("missing (use one of {KINDS})"),
             ))
         }
-        Some(k @ ("null" | "ram" | "file" | "passthru" | "delay" | "error" | "nvme" | "raid")) => k,
+        Some(
+            k @ ("null" | "ram" | "file" | "passthru" | "delay" | "error" | "nvme" | "raid"
+            | "split"),
+        ) => k,
         Some(other) => {
             return Err(ConfigError::invalid(
                 field("kind"),
@@ -535,6 +582,9 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
         ("raid_level", raw.raid_level.is_some()),
         ("base_bdevs", raw.base_bdevs.is_some()),
         ("strip_size_kb", raw.strip_size_kb.is_some()),
+        ("base_bdev", raw.base_bdev.is_some()),
+        ("split_count", raw.split_count.is_some()),
+        ("split_size_mb", raw.split_size_mb.is_some()),
     ];
     let allowed = allowed_keys(kind);
     if let Some((bad, _)) = present
@@ -583,6 +633,7 @@ fn validate_bdev(i: usize, raw: RawBdev) -> Result<BdevConfig, ConfigError> {
             }
         }
         "nvme" => nvme::validate(&field, raw.pci, raw.io_queue_depth)?,
+        "split" => split::validate(split.take().expect("taken for a split"), field)?,
         "raid" => raid::validate(
             raid::RawRaid {
                 raid_level: raw.raid_level,
@@ -982,6 +1033,7 @@ child = "disk0"
                 rpc: RpcConfig::default(),
                 vhost: VhostConfig::default(),
                 qos: QosConfig::default(),
+                mirrors: Vec::new(),
             }
         );
     }
@@ -1232,7 +1284,7 @@ child = "disk0"
         assert!(err("[[bdev]]\nname = \"a\"\n").starts_with(r#"bdev[0] ("a").kind: missing"#));
         assert_eq!(
             err("[[bdev]]\nname = \"a\"\nkind = \"iscsi\"\n"),
-            r#"bdev[0] ("a").kind: "iscsi" is not a bdev kind (use one of null, ram, file, passthru, delay, error, nvme, raid)"#
+            r#"bdev[0] ("a").kind: "iscsi" is not a bdev kind (use one of null, ram, file, passthru, delay, error, nvme, raid, split)"#
         );
     }
 

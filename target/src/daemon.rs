@@ -140,6 +140,8 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             .load_json_config(&json)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
+    // After --json too: a job may stand on what it created.
+    crate::rpc::start_config_mirrors(&dispatcher, &cfg.mirrors).map_err(anyhow::Error::msg)?;
     let rpc = crate::rpc::RpcServer::start(&opts.rpc_socket, dispatcher)?;
     let info = target.graph.describe();
     tracing::info!(

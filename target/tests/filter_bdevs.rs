@@ -217,6 +217,54 @@ fn split_error_and_delay_through_rpc_py_and_libblkio() {
         "failure",
     ]);
     assert_eq!(ee.try_io(0, false, 0, 0, 4096), Some(0));
+    // nvme_failure: the status as given (NVMe/TCP hosts get it; a
+    // virtio-blk host sees the write fail).
+    rpc.run(&[
+        "bdev_error_inject_error",
+        "EE_Malloc0p1",
+        "write",
+        "nvme_failure",
+        "--nvme-sct",
+        "0",
+        "--nvme-sc",
+        "129",
+    ]);
+    assert_ne!(ee.try_io(0, true, 0, 0, 4096), Some(0));
+    assert_eq!(ee.try_io(0, true, 0, 0, 4096), Some(0));
+    for bad in [["0", "0"], ["8", "1"], ["0", "256"]] {
+        let e = rpc.fails(&[
+            "bdev_error_inject_error",
+            "EE_Malloc0p1",
+            "write",
+            "nvme_failure",
+            "--nvme-sct",
+            bad[0],
+            "--nvme-sc",
+            bad[1],
+        ]);
+        assert!(e.contains("-22"), "{e}");
+    }
+    // queue_depth: only I/O that finds that many others in flight gets
+    // it; one request at a time never does, and the injection stays armed.
+    rpc.run(&[
+        "bdev_error_inject_error",
+        "EE_Malloc0p1",
+        "write",
+        "failure",
+        "-n",
+        "1",
+        "-q",
+        "4",
+    ]);
+    for _ in 0..8 {
+        assert_eq!(ee.try_io(0, true, 0, 0, 4096), Some(0));
+    }
+    rpc.run(&[
+        "bdev_error_inject_error",
+        "EE_Malloc0p1",
+        "clear",
+        "failure",
+    ]);
 
     // The graph and the metrics know every node.
     let g = rpc.call("pollux_graph_get", json!({}));

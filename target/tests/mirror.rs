@@ -13,7 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{free_port, sparse_file, Daemon, SpdkRpc, VmClient};
+use support::{free_port, md5_of, sparse_file, Daemon, SpdkRpc, VmClient};
 
 const NQN: &str = "nqn.2024-11.dev.pollux:mirror";
 const MIB: u64 = 1 << 20;
@@ -120,9 +120,35 @@ fn mirror_rpcs_states_and_refusals() {
         json!({"job": "n", "source": "n0", "target": "n1"}),
     );
     let e = rpc.fails(&["bdev_null_resize", "n0", "16"]);
-    assert!(e.contains("mirror job"), "{e}");
+    // rpc.py prints the message JSON-quoted.
+    assert!(e.contains(r#"is the source of mirror job \"n\""#), "{e}");
+    let e = rpc.fails(&["bdev_null_resize", "n1", "16"]);
+    assert!(e.contains(r#"is the target of mirror job \"n\""#), "{e}");
     rpc.call("pollux_job_cancel", json!({"job": "n"}));
     rpc.run(&["bdev_null_resize", "n0", "16"]);
+    // Nor a node below the source: the mirror filter refuses its child's
+    // new size, naming the job's filter (the bitmap covers the old size).
+    rpc.run(&["bdev_null_create", "n2", "8", "512"]);
+    rpc.run(&["bdev_passthru_create", "-b", "n2", "-p", "pt2"]);
+    rpc.run(&["bdev_null_create", "n3", "8", "512"]);
+    rpc.call(
+        "pollux_mirror_start",
+        json!({"job": "deep", "source": "pt2", "target": "n3"}),
+    );
+    let e = rpc.fails(&["bdev_null_resize", "n2", "16"]);
+    assert!(e.contains(r#"under \"mirror:deep\""#), "{e}");
+    assert!(e.contains("source of a running mirror job"), "{e}");
+    assert_eq!(
+        rpc.run(&["bdev_get_bdevs", "-b", "n2"])[0]["num_blocks"],
+        json!(8 * MIB / 512)
+    );
+    rpc.call("pollux_job_cancel", json!({"job": "deep"}));
+    wait_state(&rpc, "deep", "cancelled");
+    rpc.run(&["bdev_null_resize", "n2", "16"]);
+    assert_eq!(
+        rpc.run(&["bdev_get_bdevs", "-b", "pt2"])[0]["num_blocks"],
+        json!(16 * MIB / 512)
+    );
 
     let j = wait_state(&rpc, "j", "ready");
     assert_eq!(j["bytes_done"], json!(8 * MIB), "{j}");
@@ -296,19 +322,108 @@ fn mirror_and_pivot_under_linux_fio_verify() {
     }
 }
 
-/// MD5 via coreutils, as the guest's busybox computes it.
-fn md5_of(data: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("md5sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
+/// The `pollux_jobs` part of `save_config`.
+fn saved_jobs(rpc: &SpdkRpc) -> Value {
+    let saved = rpc.run(&["save_config"]);
+    saved["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subsystem"] == "pollux_jobs")
+        .unwrap_or_else(|| panic!("no pollux_jobs in {saved}"))["config"]
+        .clone()
+}
+
+/// Issue 12's TOML form of the mirror job: `[[mirror]]` starts it with the
+/// daemon; `save_config` emits a job still copying or ready as its
+/// `pollux_mirror_start`, which a daemon given that JSON (`--json`) runs
+/// again; completing stays `pollux_job_complete`, and a completed job is no
+/// longer saved. A `[[mirror]]` that cannot start stops the start-up,
+/// naming the job.
+#[test]
+fn mirror_jobs_from_the_toml_config() {
+    let port = free_port();
+    let head =
+        "[reactors]\ncores = [0]\nidle = \"adaptive\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let cfg = format!(
+        "{head}[[bdev]]\nname = \"src\"\nkind = \"ram\"\nsize = \"8MiB\"\nblock_size = 512\n\
+         [[bdev]]\nname = \"dst\"\nkind = \"ram\"\nsize = \"8MiB\"\nblock_size = 512\n\
+         [[nvmf.subsystem]]\nnqn = \"{NQN}\"\nnamespaces = [\"src\"]\nallow_any_host = true\n\
+         listen = [\"127.0.0.1:{port}\"]\n\
+         [[mirror]]\njob = \"toml\"\nsource = \"src\"\ntarget = \"dst\"\ngranularity = 131072\n"
+    );
+    let mut d = Daemon::builder().config(cfg).start();
+    let rpc = d.spdk();
+    let j = wait_state(&rpc, "toml", "ready");
+    assert_eq!(
+        (&j["source"], &j["target"], &j["granularity"]),
+        (&json!("src"), &json!("dst"), &json!(131072)),
+        "{j}"
+    );
+    let saved = rpc.run(&["save_config"]);
+    let jobs = saved_jobs(&rpc);
+    assert_eq!(
+        jobs,
+        json!([{"method": "pollux_mirror_start", "params":
+            {"job": "toml", "source": "src", "target": "dst", "granularity": 131072}}])
+    );
+    rpc.call("pollux_job_complete", json!({"job": "toml"}));
+    wait_state(&rpc, "toml", "completed");
+    let subs = rpc.run(&["nvmf_get_subsystems", NQN]).to_string();
+    assert!(subs.contains("\"bdev_name\":\"dst\""), "{subs}");
+    assert_eq!(saved_jobs(&rpc), json!([]));
+    assert!(d.stop().success(), "{}", d.log());
+
+    // The saved JSON restarts the job (its source exported again).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("saved.json");
+    std::fs::write(&path, saved.to_string()).unwrap();
+    let mut d2 = Daemon::builder()
+        .in_dir(dir)
+        .config(head)
+        .args(["--json", path.to_str().unwrap()])
+        .start();
+    let rpc2 = d2.spdk();
+    wait_state(&rpc2, "toml", "ready");
+    rpc2.call("pollux_job_complete", json!({"job": "toml"}));
+    wait_state(&rpc2, "toml", "completed");
+    let subs = rpc2.run(&["nvmf_get_subsystems", NQN]).to_string();
+    assert!(subs.contains("\"bdev_name\":\"dst\""), "{subs}");
+    assert!(d2.stop().success(), "{}", d2.log());
+
+    // A target smaller than its source: the job refuses, so does pollux.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "{head}[[bdev]]\nname = \"a\"\nkind = \"ram\"\nsize = \"8MiB\"\n\
+             [[bdev]]\nname = \"b\"\nkind = \"ram\"\nsize = \"4MiB\"\n\
+             [[mirror]]\njob = \"small\"\nsource = \"a\"\ntarget = \"b\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = support::pollux()
+        .arg("--config")
+        .arg(&bad)
+        .arg("--rpc-socket")
+        .arg(dir.path().join("rpc.sock"))
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pollux started with a mirror whose target is too small");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("[[mirror]] small"), "{err}");
 }

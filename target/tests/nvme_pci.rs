@@ -23,28 +23,15 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{sparse_file, Daemon, VmClient};
+use support::{file_md5, sparse_file, Daemon, VmClient};
 
 const NQN: &str = "nqn.2024-11.dev.pollux:ssd";
 /// IMG size: room for every region the script writes (under 24 MiB).
 const IMG_MB: u64 = 32;
 
-/// MD5 of `len_kb` KiB at `offset_kb` of `path`, via coreutils.
+/// MD5 of `len_kb` KiB at `offset_kb` KiB of `path`.
 fn host_md5(path: &Path, offset_kb: u64, len_kb: u64) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "dd if='{}' bs=1K skip={offset_kb} count={len_kb} status=none | md5sum",
-            path.display()
-        ))
-        .output()
-        .expect("running dd | md5sum on the host");
-    assert!(out.status.success(), "host md5sum failed");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    file_md5(path, offset_kb << 10, len_kb << 10)
 }
 
 /// A copy of the pollux binary without debug info, small enough to put

@@ -12,22 +12,18 @@
 mod support;
 
 use std::thread;
-use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::nvmf_guest::{guest_signal_fn, wait_guest_signal};
 use support::{free_port, Daemon, VmClient};
 
 const NQN: &str = "nqn.2016-06.io.spdk:ana";
-
-/// What the daemon logs when a discovery controller is made: the guest's
-/// `nvme discover` is its "go on" to the host, which sees no guest output
-/// until the end.
-const SIGNAL: &str = "subnqn=\"nqn.2014-08.org.nvmexpress.discovery\"";
 
 /// The guest: connect through both ports, name the two path devices by
 /// port, run fio verify in the background and report each ANA state it
 /// sees with the per-path I/O counters of that moment.
 fn guest_script(p1: u16, p2: u16) -> String {
+    let signal = guest_signal_fn(p1);
     format!(
         r#"
 set -e
@@ -60,8 +56,7 @@ echo INITIAL $(state $P1) $(state $P2)
   done
   echo FIO_RUNS $n
 ) > /tmp/fio.log 2>&1 &
-signal() {{ nvme discover -t tcp -a 10.0.2.2 -s {p1} > /dev/null 2>&1 || true; }}
-sleep 2; signal
+{signal}sleep 2; signal
 wait_state() {{
   i=0
   while [ "$(state $1)" != "$2" ]; do
@@ -92,32 +87,12 @@ fn linux_multipath_follows_listener_ana_states() {
     let daemon = Daemon::builder().empty_target("[0, 1]").start();
     let rpc = daemon.spdk();
     let (p1, p2) = (free_port(), free_port());
-    let (s1, s2) = (p1.to_string(), p2.to_string());
+    let s1 = p1.to_string();
     rpc.run(&["bdev_malloc_create", "-b", "m0", "64", "512"]);
     rpc.run(&["nvmf_create_subsystem", NQN, "-a", "-r"]);
     rpc.run(&["nvmf_subsystem_add_ns", NQN, "m0"]);
-    rpc.run(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &s1,
-    ]);
-    rpc.run(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &s2,
-        "-n",
-        "non_optimized",
-    ]);
+    rpc.add_tcp_listener(NQN, p1, &[]);
+    rpc.add_tcp_listener(NQN, p2, &["-n", "non_optimized"]);
     let subs = rpc.run(&["nvmf_get_subsystems", NQN]);
     assert_eq!(subs[0]["ana_reporting"], json!(true), "{subs}");
     assert_eq!(subs[0]["namespaces"][0]["anagrpid"], json!(1), "{subs}");
@@ -125,16 +100,7 @@ fn linux_multipath_follows_listener_ana_states() {
     let script = guest_script(p1, p2);
     let guest = thread::spawn(move || vm.run(&["--cpus", "2"], 600, &script));
 
-    // The guest's n-th signal (or its output if it ends first).
-    let wait_signal = |n: usize| {
-        let start = Instant::now();
-        while daemon.log().matches(SIGNAL).count() < n {
-            if guest.is_finished() || start.elapsed() > Duration::from_secs(300) {
-                panic!("no guest signal {n}:\n{}", daemon.log());
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let wait_signal = |n| wait_guest_signal(&daemon, &guest, n);
     // Both paths up and fio under way.
     wait_signal(1);
     let ctrls = rpc.run(&["nvmf_subsystem_get_controllers", NQN]);

@@ -26,7 +26,8 @@ use std::path::Path;
 use pollux_nvme::auth::secret::Secret;
 use pollux_nvme::auth::HashId;
 use rand::RngCore;
-use support::{free_port, tcp_listener, Daemon, VmClient};
+use support::nvmf_guest::guest_wait_dev;
+use support::{free_port, Daemon, VmClient};
 
 const NQN: &str = "nqn.2024-11.dev.pollux:auth";
 const HOST_A: &str = "nqn.2014-08.org.nvmexpress:uuid:a0a0a0a0-0000-4000-8000-000000000001";
@@ -127,10 +128,7 @@ fn linux_host_authenticates_with_dhchap() {
     rpc.run(&["nvmf_create_transport", "-t", "TCP"]);
     rpc.run(&["nvmf_create_subsystem", NQN]);
     rpc.run(&["nvmf_subsystem_add_ns", NQN, "m0"]);
-    let port_s = port.to_string();
-    let mut add = vec!["nvmf_subsystem_add_listener", NQN];
-    add.extend(tcp_listener(&port_s));
-    rpc.run(&add);
+    rpc.add_tcp_listener(NQN, port, &[]);
     rpc.run(&[
         "nvmf_subsystem_add_host",
         NQN,
@@ -187,8 +185,7 @@ fn linux_host_authenticates_with_dhchap() {
              echo FIO_OK {name}\n"
         )
     };
-    let wait_dev = "i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); \
-                    [ $i -gt 100 ] && { echo NO_DEVICE; nvme list; exit 1; }; sleep 0.1; done\n";
+    let wait_dev = guest_wait_dev("nvme0n1", 100);
     let refused = |label: &str, cmd: String| {
         format!(
             "if {cmd} >/tmp/{label}.out 2>&1; then cat /tmp/{label}.out; echo {label}_ACCEPTED; \

@@ -18,31 +18,17 @@
 mod support;
 
 use std::fmt::Write;
-use std::process::Command;
 
-use support::{free_port, sparse_file, Daemon, Ready, VmClient};
+use support::nvmf_guest::guest_wait_dev;
+use support::{file_md5, free_port, sparse_file, Daemon, Ready, VmClient};
 
 const NQN: &str = "nqn.2024-11.dev.pollux:vmtest";
 /// Backing file size: room for three 16 MiB fio regions.
 const DISK_MB: u64 = 64;
 
-/// MD5 of `len` bytes at `offset` of `path`, via coreutils (also what the
-/// guest's busybox prints).
+/// MD5 of `len_mb` MiB at `offset_mb` MiB of `path`.
 fn host_md5(path: &std::path::Path, offset_mb: u64, len_mb: u64) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "dd if='{}' bs=1M skip={offset_mb} count={len_mb} status=none | md5sum",
-            path.display()
-        ))
-        .output()
-        .expect("running dd | md5sum on the host");
-    assert!(out.status.success(), "host md5sum failed");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    file_md5(path, offset_mb << 20, len_mb << 20)
 }
 
 #[test]
@@ -93,8 +79,7 @@ listen = ["127.0.0.1:{port}"]
              echo FIO_OK {name}\n"
         )
     };
-    let wait_dev = "i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); \
-                    [ $i -gt 100 ] && { echo NO_DEVICE; nvme list; exit 1; }; sleep 0.1; done\n";
+    let wait_dev = guest_wait_dev("nvme0n1", 100);
     let script = format!(
         "set -e\n\
          nvme discover -t tcp -a 10.0.2.2 -s {port} > /tmp/disc.txt 2>&1 || {{ cat /tmp/disc.txt; exit 1; }}\n\
@@ -248,8 +233,7 @@ fn linux_initiator_c2h_success_rule_and_transport_options() {
              echo FIO_OK {name}\n"
         )
     };
-    let wait_dev = "i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); \
-                    [ $i -gt 100 ] && { echo NO_DEVICE; nvme list; exit 1; }; sleep 0.1; done\n";
+    let wait_dev = guest_wait_dev("nvme0n1", 100);
     let mut script = String::from("set -e\n");
     for (tag, port) in [("on", port_on), ("off", port_off)] {
         for (mode, flag) in [("nosqflow", " --disable-sqflow"), ("sqflow", "")] {

@@ -44,16 +44,7 @@ fn start(port: u16, ptpl: &Path) -> (Daemon, SpdkRpc) {
         "-p",
         ptpl.to_str().unwrap(),
     ]);
-    rpc.run(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port.to_string(),
-    ]);
+    rpc.add_tcp_listener(NQN, port, &[]);
     (daemon, rpc)
 }
 

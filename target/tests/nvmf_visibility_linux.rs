@@ -11,9 +11,9 @@
 mod support;
 
 use std::thread;
-use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::nvmf_guest::{guest_signal_fn, wait_guest_signal};
 use support::{free_port, Daemon, VmClient};
 
 const NQN: &str = "nqn.2016-06.io.spdk:vis";
@@ -22,12 +22,8 @@ const HOSTID_A: &str = "aaaaaaaa-1111-4000-8000-00000000000a";
 const HOST_B: &str = "nqn.2014-08.org.nvmexpress:uuid:bbbbbbbb-1111-4000-8000-00000000000b";
 const HOSTID_B: &str = "bbbbbbbb-1111-4000-8000-00000000000b";
 
-/// What the daemon logs when a discovery controller is made: the guest's
-/// `nvme discover` is its "go on" to the host, which sees no guest output
-/// until the end.
-const SIGNAL: &str = "subnqn=\"nqn.2014-08.org.nvmexpress.discovery\"";
-
 fn guest_script(port: u16) -> String {
+    let signal = guest_signal_fn(port);
     format!(
         r#"
 set -e
@@ -41,8 +37,7 @@ i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); [ $i -gt 100 ] && {{ echo NO_DE
 lsns() {{ echo $(nvme list-ns /dev/$1 | sed 's/.*: *//'); }}
 echo BEFORE_A $(lsns nvme0)
 echo BEFORE_B $(lsns nvme1)
-signal() {{ nvme discover -t tcp -a 10.0.2.2 -s {port} > /dev/null 2>&1 || true; }}
-signal
+{signal}signal
 i=0; while [ ! -b /dev/nvme0n2 ]; do i=$((i+1)); [ $i -gt 1200 ] && {{ echo NEVER_APPEARED; exit 1; }}; sleep 0.1; done
 echo SHOWN_A $(lsns nvme0)
 echo SHOWN_B $(lsns nvme1)
@@ -67,16 +62,7 @@ fn hidden_namespaces_appear_for_the_host_they_are_given_to() {
     rpc.run(&["nvmf_create_subsystem", NQN, "-a"]);
     rpc.run(&["nvmf_subsystem_add_ns", NQN, "m0"]);
     rpc.run(&["nvmf_subsystem_add_ns", NQN, "m1", "-n", "2", "-i"]);
-    rpc.run(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port.to_string(),
-    ]);
+    rpc.add_tcp_listener(NQN, port, &[]);
     let subs = rpc.run(&["nvmf_get_subsystems", NQN]);
     assert_eq!(
         subs[0]["namespaces"][1]["no_auto_visible"],
@@ -88,16 +74,7 @@ fn hidden_namespaces_appear_for_the_host_they_are_given_to() {
 
     let script = guest_script(port);
     let guest = thread::spawn(move || vm.run(&[], 400, &script));
-    // The guest's n-th signal (or its output if it ends first).
-    let wait_signal = |n: usize| {
-        let start = Instant::now();
-        while daemon.log().matches(SIGNAL).count() < n {
-            if guest.is_finished() || start.elapsed() > Duration::from_secs(300) {
-                panic!("no guest signal {n}:\n{}", daemon.log());
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let wait_signal = |n| wait_guest_signal(&daemon, &guest, n);
     // The guest listed the namespaces of both hosts.
     wait_signal(1);
     rpc.run(&["nvmf_ns_add_host", NQN, "2", HOST_A]);

@@ -17,6 +17,7 @@ use support::blkio_host::BlkioHost;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::nvmf_guest::guest_wait_dev;
 use support::{free_port, sparse_file, Daemon, VmClient};
 
 const NQN: &str = "nqn.2024-11.dev.pollux:resize";
@@ -43,9 +44,25 @@ kind = "file"
 path = "{}"
 block_size = 512
 
+[[bdev]]
+name = "m0"
+kind = "null"
+size = "32MiB"
+
+[[bdev]]
+name = "m1"
+kind = "null"
+size = "32MiB"
+
+[[bdev]]
+name = "r1"
+kind = "raid"
+raid_level = "raid1"
+base_bdevs = ["m0", "m1"]
+
 [[nvmf.subsystem]]
 nqn = "{NQN}"
-namespaces = ["null0", "file0"]
+namespaces = ["null0", "file0", "r1"]
 allow_any_host = true
 listen = ["127.0.0.1:{port}"]
 
@@ -133,23 +150,18 @@ fn linux_nvme_tcp_host_sees_the_new_size() {
     // The guest reports its sizes, then writes one block to null0: the
     // host resizes once it counts that write, so the guest has certainly
     // read the old sizes first. Then the guest waits for both to change.
-    let wait_dev = |dev: &str| {
-        format!(
-            "i=0; while [ ! -b /dev/{dev} ]; do i=$((i+1)); \
-             [ $i -gt 100 ] && {{ echo NO_DEVICE; nvme list; exit 1; }}; sleep 0.1; done\n"
-        )
-    };
+    let wait_dev = |dev| guest_wait_dev(dev, 100);
     let script = format!(
         "set -e\n\
          nvme connect -t tcp -a 10.0.2.2 -s {port} -n {NQN}\n\
-         {w1}{w2}\
-         echo OLD_SIZES $(cat /sys/block/nvme0n1/size) $(cat /sys/block/nvme0n2/size) $(cat /sys/block/vda/size)\n\
+         {w1}{w2}{w3}\
+         echo OLD_SIZES $(cat /sys/block/nvme0n1/size) $(cat /sys/block/nvme0n2/size) $(cat /sys/block/vda/size) $(cat /sys/block/nvme0n3/size)\n\
          dd if=/dev/zero of=/dev/nvme0n1 bs=4k count=1 oflag=direct 2>/dev/null\n\
-         a=$(cat /sys/block/nvme0n1/size); b=$(cat /sys/block/nvme0n2/size); c=$(cat /sys/block/vda/size); i=0\n\
-         while [ $a -eq {n1} ] || [ $b -eq {n2} ] || [ $c -eq {n1} ]; do i=$((i+1)); \
-           [ $i -gt 600 ] && {{ echo NO_RESIZE $a $b $c; exit 1; }}; sleep 0.1; \
-           a=$(cat /sys/block/nvme0n1/size); b=$(cat /sys/block/nvme0n2/size); c=$(cat /sys/block/vda/size); done\n\
-         echo NEW_SIZES $a $b $c\n\
+         a=$(cat /sys/block/nvme0n1/size); b=$(cat /sys/block/nvme0n2/size); c=$(cat /sys/block/vda/size); e=$(cat /sys/block/nvme0n3/size); i=0\n\
+         while [ $a -eq {n1} ] || [ $b -eq {n2} ] || [ $c -eq {n1} ] || [ $e -eq {n2} ]; do i=$((i+1)); \
+           [ $i -gt 600 ] && {{ echo NO_RESIZE $a $b $c $e; exit 1; }}; sleep 0.1; \
+           a=$(cat /sys/block/nvme0n1/size); b=$(cat /sys/block/nvme0n2/size); c=$(cat /sys/block/vda/size); e=$(cat /sys/block/nvme0n3/size); done\n\
+         echo NEW_SIZES $a $b $c $e\n\
          dd if=/dev/vda of=/dev/null bs=4k skip=$(( (150 << 20) / 4096 )) count=1 iflag=direct 2>/dev/null && echo VDA_TAIL_OK\n\
          nvme get-log /dev/nvme0 --log-id=4 --log-len=16 2>&1 | head -3 || true\n\
          dd if=/dev/urandom of=/tmp/blk bs=4k count=1 2>/dev/null\n\
@@ -160,6 +172,7 @@ fn linux_nvme_tcp_host_sees_the_new_size() {
          echo ALL_OK\n",
         w1 = wait_dev("nvme0n1"),
         w2 = wait_dev("nvme0n2"),
+        w3 = wait_dev("nvme0n3"),
         n1 = 64 * MIB / 512,
         n2 = 32 * MIB / 512,
     );
@@ -185,6 +198,10 @@ fn linux_nvme_tcp_host_sees_the_new_size() {
             .set_len(48 * MIB)
             .unwrap();
         rpc.run(&["bdev_uring_rescan", "file0"]);
+        // The raid1 namespace grows once both members did (issue 12's
+        // growing a RAID by its members): to the smaller, 48 MiB.
+        rpc.run(&["bdev_null_resize", "m0", "64"]);
+        rpc.run(&["bdev_null_resize", "m1", "48"]);
         disk
     });
     let out = vm.run(
@@ -205,13 +222,31 @@ fn linux_nvme_tcp_host_sees_the_new_size() {
     assert!(out.status.success(), "guest script failed:\n{}", report());
     assert_eq!(
         out.marker("OLD_SIZES"),
-        Some(format!("{} {} {}", 64 * MIB / 512, 32 * MIB / 512, 64 * MIB / 512).as_str()),
+        Some(
+            format!(
+                "{} {} {} {}",
+                64 * MIB / 512,
+                32 * MIB / 512,
+                64 * MIB / 512,
+                32 * MIB / 512
+            )
+            .as_str()
+        ),
         "{}",
         report()
     );
     assert_eq!(
         out.marker("NEW_SIZES"),
-        Some(format!("{} {} {}", 128 * MIB / 512, 48 * MIB / 512, 160 * MIB / 512).as_str()),
+        Some(
+            format!(
+                "{} {} {} {}",
+                128 * MIB / 512,
+                48 * MIB / 512,
+                160 * MIB / 512,
+                48 * MIB / 512
+            )
+            .as_str()
+        ),
         "{}",
         report()
     );

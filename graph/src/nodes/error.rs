@@ -1,8 +1,9 @@
 //! `error`: injects errors into the I/O passing through it (SPDK's error
 //! bdev, `EE_<base>`). Per op class (read, write, unmap, flush) it holds
 //! what to inject and how many times: `failure` fails the I/O, `nomem`
-//! answers it busy, `pending` holds it (until the bdev is deleted, when it
-//! fails), `corrupt_data` flips a byte of the data, written (before it is
+//! answers it busy, `nvme_failure` fails it with a given NVMe status,
+//! `pending` holds it (until the bdev is deleted, when it fails),
+//! `corrupt_data` flips a byte of the data, written (before it is
 //! written, in the caller's buffer, as SPDK does) or read (after a
 //! successful read).
 //!
@@ -14,7 +15,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use pollux_poller::Reactor;
@@ -35,6 +36,8 @@ pub enum ErrorType {
     CorruptData = 3,
     /// The I/O is answered "no resources" (retryable).
     Nomem = 4,
+    /// The I/O fails with a given NVMe status (`nvme_sct`, `nvme_sc`).
+    NvmeFailure = 5,
 }
 
 impl ErrorType {
@@ -45,6 +48,7 @@ impl ErrorType {
             ErrorType::Pending => "pending",
             ErrorType::CorruptData => "corrupt_data",
             ErrorType::Nomem => "nomem",
+            ErrorType::NvmeFailure => "nvme_failure",
         }
     }
 
@@ -55,6 +59,7 @@ impl ErrorType {
             ErrorType::Pending,
             ErrorType::CorruptData,
             ErrorType::Nomem,
+            ErrorType::NvmeFailure,
         ]
         .into_iter()
         .find(|t| t.name() == name)
@@ -66,6 +71,7 @@ impl ErrorType {
             2 => Some(ErrorType::Pending),
             3 => Some(ErrorType::CorruptData),
             4 => Some(ErrorType::Nomem),
+            5 => Some(ErrorType::NvmeFailure),
             _ => None,
         }
     }
@@ -120,8 +126,11 @@ impl ErrorIoType {
 struct Slot {
     error_type: AtomicU8,
     remaining: AtomicU32,
+    queue_depth: AtomicU64,
     corrupt_offset: AtomicU64,
     corrupt_value: AtomicU8,
+    /// `nvme_failure`'s status: sct in the high byte, sc in the low.
+    nvme_status: AtomicU16,
 }
 
 /// What an error bdev injects, shared by the control plane and the
@@ -142,6 +151,21 @@ pub struct Injection {
     pub corrupt_offset: u64,
     /// For `corrupt_data`: what it is XORed with (non-zero).
     pub corrupt_value: u8,
+    /// Inject only into I/O that finds at least this many others in
+    /// flight through the bdev on its reactor (SPDK's per-channel
+    /// `queue_depth`); 0: into any.
+    pub queue_depth: u64,
+    /// For `nvme_failure`: the status code type and status code.
+    pub nvme_status: (u8, u8),
+}
+
+/// What an I/O drew from the injection table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Drawn {
+    error_type: ErrorType,
+    corrupt_offset: u64,
+    corrupt_value: u8,
+    nvme_status: (u8, u8),
 }
 
 impl ErrorInjection {
@@ -150,9 +174,13 @@ impl ErrorInjection {
     pub fn arm(&self, class: ErrorIoType, inj: Injection) {
         let s = &self.slots[class as usize];
         s.error_type.store(inj.error_type as u8, Ordering::Relaxed);
+        s.queue_depth.store(inj.queue_depth, Ordering::Relaxed);
         s.corrupt_offset
             .store(inj.corrupt_offset, Ordering::Relaxed);
         s.corrupt_value.store(inj.corrupt_value, Ordering::Relaxed);
+        let (sct, sc) = inj.nvme_status;
+        s.nvme_status
+            .store(u16::from(sct) << 8 | u16::from(sc), Ordering::Relaxed);
         s.remaining.store(inj.count, Ordering::Release);
     }
 
@@ -173,18 +201,24 @@ impl ErrorInjection {
         self.slots[class as usize].remaining.load(Ordering::Relaxed) != 0
     }
 
-    /// Takes one injection for `class`, if any is left.
-    fn take(&self, class: ErrorIoType) -> Option<(ErrorType, u64, u8)> {
+    /// Takes one injection for `class`, if any is left, for an I/O that
+    /// finds `others` in flight beside it (SPDK checks the queue depth
+    /// before it takes one off).
+    fn take(&self, class: ErrorIoType, others: u64) -> Option<Drawn> {
         let s = &self.slots[class as usize];
+        if others < s.queue_depth.load(Ordering::Relaxed) {
+            return None;
+        }
         s.remaining
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| n.checked_sub(1))
             .ok()?;
-        let t = ErrorType::from_u8(s.error_type.load(Ordering::Relaxed))?;
-        Some((
-            t,
-            s.corrupt_offset.load(Ordering::Relaxed),
-            s.corrupt_value.load(Ordering::Relaxed),
-        ))
+        let status = s.nvme_status.load(Ordering::Relaxed);
+        Some(Drawn {
+            error_type: ErrorType::from_u8(s.error_type.load(Ordering::Relaxed))?,
+            corrupt_offset: s.corrupt_offset.load(Ordering::Relaxed),
+            corrupt_value: s.corrupt_value.load(Ordering::Relaxed),
+            nvme_status: ((status >> 8) as u8, status as u8),
+        })
     }
 }
 
@@ -320,18 +354,26 @@ impl BlockNode for ErrorNode {
     }
 
     fn execute(&self, r: &Reactor, _ch: &(), mut io: Io) {
-        let taken = ErrorIoType::of(io.op).and_then(|c| self.injection.take(c));
-        match taken {
-            None => io.forward(r, 0),
-            Some((ErrorType::Failure, ..)) => {
-                io.complete_later(r, Err(IoError::Backend(libc::EIO)))
+        // The count includes this I/O: SPDK's excludes it.
+        let others = io.inflight_at_holder(r).saturating_sub(1);
+        let taken = ErrorIoType::of(io.op).and_then(|c| self.injection.take(c, others));
+        let Some(drawn) = taken else {
+            io.forward(r, 0);
+            return;
+        };
+        let (offset, value) = (drawn.corrupt_offset, drawn.corrupt_value);
+        match drawn.error_type {
+            ErrorType::Failure => io.complete_later(r, Err(IoError::Backend(libc::EIO))),
+            ErrorType::NvmeFailure => {
+                let (sct, sc) = drawn.nvme_status;
+                io.complete_later(r, Err(IoError::Nvme { sct, sc }))
             }
-            Some((ErrorType::Nomem, ..)) => io.complete_later(r, Err(IoError::Busy)),
-            Some((ErrorType::Pending, ..)) => {
+            ErrorType::Nomem => io.complete_later(r, Err(IoError::Busy)),
+            ErrorType::Pending => {
                 let p = r.local(|_| PendingIos::default());
                 p.0.borrow_mut().entry(self.id).or_default().push(io);
             }
-            Some((ErrorType::CorruptData, offset, value)) => match io.op {
+            ErrorType::CorruptData => match io.op {
                 IoOp::Write => {
                     corrupt(&mut io.buf, offset, value);
                     io.forward(r, 0);

@@ -48,9 +48,12 @@ pub(super) fn validate(
 }
 
 /// True if the config creates a bdev named `name`: one of its `[[bdev]]`
-/// entries, or a namespace of one of its NVMe controllers.
+/// entries or split parts, or a namespace of one of its NVMe controllers.
 pub(super) fn bdev_exists(bdevs: &[BdevConfig], name: &str) -> bool {
-    bdevs.iter().any(|b| b.name == name) || is_namespace_of(bdevs, name)
+    bdevs
+        .iter()
+        .any(|b| b.name == name || super::split::parts(b).any(|p| p == name))
+        || is_namespace_of(bdevs, name)
 }
 
 /// True if `name` is a namespace bdev (`{controller}n{nsid}`) of one of the

@@ -88,7 +88,13 @@ pub(super) fn validate_qos(
     for (i, q) in limits.into_iter().enumerate() {
         let key = format!("qos[{i}]");
         let bdev = match q.bdev {
-            Some(b) if bdevs.iter().any(|c| c.name == b) => b,
+            Some(b)
+                if bdevs
+                    .iter()
+                    .any(|c| c.name == b || super::split::parts(c).any(|p| p == b)) =>
+            {
+                b
+            }
             Some(b) => {
                 return Err(ConfigError::invalid(
                     format!("{key}.bdev"),

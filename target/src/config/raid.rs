@@ -117,9 +117,8 @@ pub(super) fn validate(
 /// The bdevs `b` stands on.
 pub(super) fn children_of(b: &BdevConfig) -> Vec<&str> {
     match &b.kind {
-        BdevKind::Passthru { child } => vec![child.as_str()],
         BdevKind::Raid(r) => r.base_bdevs.iter().map(String::as_str).collect(),
-        _ => Vec::new(),
+        k => k.child().into_iter().collect(),
     }
 }
 

@@ -22,6 +22,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use mirror::MirrorJob;
 
+/// The granularities a mirror can take: a power of two from the smallest
+/// block size to QEMU's limit (the source's block size is checked when the
+/// job starts).
+pub const MIRROR_MIN_GRANULARITY: u64 = 512;
+pub const MIRROR_MAX_GRANULARITY: u64 = mirror::MAX_GRANULARITY;
+
 /// Bytes per dirty bit when `pollux_mirror_start` names none.
 pub fn mirror_default_granularity() -> u64 {
     mirror::DEFAULT_GRANULARITY
@@ -139,8 +145,21 @@ impl Jobs {
 
     /// Whether an active job uses node `name` (as source or target).
     pub fn uses(&self, name: &str) -> bool {
-        self.lock()
-            .values()
-            .any(|j| !j.state().is_finished() && (j.source() == name || j.target() == name))
+        self.user(name).is_some()
+    }
+
+    /// The active job that uses node `name`, and as what (`"source"` or
+    /// `"target"`).
+    pub fn user(&self, name: &str) -> Option<(String, &'static str)> {
+        self.lock().values().find_map(|j| {
+            let role = if j.source() == name {
+                "source"
+            } else if j.target() == name {
+                "target"
+            } else {
+                return None;
+            };
+            (!j.state().is_finished()).then(|| (j.name().to_owned(), role))
+        })
     }
 }

@@ -18,6 +18,9 @@ pub fn io_error_status(op: IoOp, e: &IoError) -> Status {
         IoError::NoDevice => Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr(),
         // Out of resources is transient: let the host retry (no DNR).
         IoError::Busy => Status::COMMAND_INTERRUPTED,
+        // Injected as asked (SPDK's nvme_failure completes with the status
+        // as given, no DNR).
+        IoError::Nvme { sct, sc } => Status::new(pollux_nvme::Sct(*sct & 0x7), *sc),
         IoError::Backend(errno) => match (*errno, op) {
             (libc::ENOSPC, _) => Status::CAPACITY_EXCEEDED.with_dnr(),
             (libc::EROFS | libc::EPERM | libc::EACCES, IoOp::Write | IoOp::WriteZeroes) => {
@@ -106,6 +109,13 @@ mod tests {
             size: 0,
         };
         assert!(io_error_status(IoOp::Read, &oor).same_code(&Status::LBA_OUT_OF_RANGE));
+        // Error injection's nvme_failure: the status as asked, no DNR.
+        let s = io_error_status(IoOp::Write, &IoError::Nvme { sct: 1, sc: 0x80 });
+        assert!(
+            s.same_code(&Status::new(pollux_nvme::Sct(1), 0x80)),
+            "{s:?}"
+        );
+        assert_eq!(s.to_field(false) & (1 << 15), 0, "no DNR");
         assert!(io_error_status(IoOp::Read, &IoError::Backend(libc::EIO))
             .same_code(&Status::UNRECOVERED_READ_ERROR));
         assert!(io_error_status(IoOp::Write, &IoError::Backend(libc::EIO))

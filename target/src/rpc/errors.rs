@@ -68,9 +68,9 @@ impl From<GraphError> for RpcError {
             GraphError::NoSuchNode(_) | GraphError::NoSuchRoot(_) => {
                 RpcError::errno(errno::ENODEV, e)
             }
-            GraphError::InUse { .. } | GraphError::ShrinkInFlight { .. } => {
-                RpcError::errno(errno::EBUSY, e)
-            }
+            GraphError::InUse { .. }
+            | GraphError::ShrinkInFlight { .. }
+            | GraphError::ResizeRefused { .. } => RpcError::errno(errno::EBUSY, e),
             GraphError::NotResizable(_) | GraphError::ZeroSize(_) => {
                 RpcError::errno(errno::EINVAL, e)
             }
@@ -94,6 +94,7 @@ impl From<BdevError> for RpcError {
             BdevError::Graph(g) => g.into(),
             BdevError::Alloc { .. } => RpcError::errno(errno::ENOMEM, e),
             BdevError::NoSuchBase { .. } => RpcError::errno(errno::ENODEV, e),
+            BdevError::Split { .. } => RpcError::errno(errno::EINVAL, e),
             BdevError::Nvme(e) => e.into(),
             BdevError::Raid { source, .. } => source.into(),
             BdevError::File { ref source, .. } => {

@@ -19,6 +19,7 @@ use crate::nvmf::NvmfTarget;
 use crate::vhost::VhostTargets;
 pub use jsonrpc::RpcError;
 pub use methods::bdev::record_config_bdevs;
+pub use methods::jobs::start_config_mirrors;
 pub use server::{call, RpcServer};
 
 /// Default socket path (`[rpc] socket`), as SPDK's `/var/tmp/spdk.sock`.

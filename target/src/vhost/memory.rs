@@ -177,22 +177,40 @@ impl MemTable {
 /// tenth of the reactor's instructions per 4 KiB request.
 pub struct Guest<'a> {
     mem: &'a GuestMemoryMmap,
-    /// Guest start, length and host start of the last region found.
-    last: Cell<Option<(u64, u64, *mut u8)>>,
+    /// The last region found.
+    last: Cell<Option<RegionHint>>,
 }
+
+/// Guest start, length and host start of a region of one memory map: a
+/// queue keeps the one its last request used for the next request, and
+/// drops it with that map.
+#[derive(Clone, Copy)]
+pub struct RegionHint(u64, u64, *mut u8);
 
 impl<'a> Guest<'a> {
     /// A view of `mem` with an empty region cache.
     pub fn new(mem: &'a GuestMemoryMmap) -> Self {
+        Self::with_hint(mem, None)
+    }
+
+    /// A view of `mem` that first tries `hint`, which must come from
+    /// [`Guest::hint`] of a view of this same `mem` (a region of another
+    /// map could be unmapped).
+    pub fn with_hint(mem: &'a GuestMemoryMmap, hint: Option<RegionHint>) -> Self {
         Guest {
             mem,
-            last: Cell::new(None),
+            last: Cell::new(hint),
         }
+    }
+
+    /// The region of the last access, for the next view of the same map.
+    pub fn hint(&self) -> Option<RegionHint> {
+        self.last.get()
     }
 
     /// The host address of `[addr, addr + len)` if it lies in one region.
     fn lookup(&self, addr: u64, len: u64) -> Option<*mut u8> {
-        let inside = |(start, size, host): (u64, u64, *mut u8)| {
+        let inside = |RegionHint(start, size, host)| {
             let off = addr.checked_sub(start)?;
             // `off + len <= size`, without overflow.
             (off <= size && len <= size - off).then(|| host.wrapping_add(off as usize))
@@ -202,7 +220,7 @@ impl<'a> Guest<'a> {
         }
         let region = self.mem.find_region(GuestAddress(addr))?;
         let host = region.get_host_address(MemoryRegionAddress(0)).ok()?;
-        let entry = (region.start_addr().raw_value(), region.len(), host);
+        let entry = RegionHint(region.start_addr().raw_value(), region.len(), host);
         self.last.set(Some(entry));
         inside(entry)
     }
@@ -213,6 +231,13 @@ impl GuestMem for Guest<'_> {
         let Some(src) = self.lookup(addr, buf.len() as u64) else {
             return false;
         };
+        if let Ok(chunk) = <&mut [u8; 16]>::try_from(&mut *buf) {
+            // SAFETY: as below; one volatile read of the 16 bytes (a
+            // descriptor or a request header, the common reads) instead of
+            // sixteen. `[u8; 16]` has alignment 1.
+            *chunk = unsafe { std::ptr::read_volatile(src.cast::<[u8; 16]>()) };
+            return true;
+        }
         for (i, b) in buf.iter_mut().enumerate() {
             // SAFETY: `lookup` found `[addr, addr + buf.len())` inside one
             // mapped region of the snapshot, which the caller's borrow of

@@ -18,6 +18,7 @@ mod inflight;
 mod memory;
 mod queue;
 pub mod request;
+mod ring;
 
 use std::collections::BTreeMap;
 use std::io;

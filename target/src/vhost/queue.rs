@@ -23,12 +23,12 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use pollux_graph::{Graph, Io, IoBuf, IoOp, IoResult, IoSink, RawSegment, RootId};
 use pollux_poller::{Events, PollStatus, PollerId, Reactor};
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::inflight::InflightQueue;
-use super::memory::Guest;
-use super::request::{self, Desc, Limits, Op, Ring, ID_BYTES, S_IOERR, S_OK};
+use super::memory::{Guest, RegionHint};
+use super::request::{self, Desc, GuestMem, Limits, Op, Ring, ID_BYTES, S_IOERR, S_OK};
+use super::ring::{RingAddrs, SplitRing};
 
 /// Requests taken from the avail ring per poll, so one busy queue cannot
 /// starve the other pollers of its reactor.
@@ -122,27 +122,43 @@ pub enum QueueError {
 
 type Mem = Rc<Arc<GuestMemoryMmap>>;
 
-#[derive(Default)]
 struct Slot {
     busy: bool,
-    status: u64,
+    /// Host address of the status byte, found by the parser inside `mem`.
+    status: *mut u8,
     used_len: u32,
     /// The map the request was parsed with; keeps it mapped until done.
     mem: Option<Mem>,
     flush_after: bool,
 }
 
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            busy: false,
+            status: std::ptr::null_mut(),
+            used_len: 0,
+            mem: None,
+            flush_after: false,
+        }
+    }
+}
+
 struct State {
-    queue: Queue,
+    queue: SplitRing,
     ring: Ring,
     limits: Limits,
     mem: Mem,
+    /// The region the last request was found in, in `mem` (reset with it).
+    hint: Option<RegionHint>,
     /// Owned so the fd stays open while it is an epoll wake source.
     _kick: Option<File>,
     call: Option<File>,
     slots: Vec<Slot>,
     in_flight: u32,
     need_signal: bool,
+    /// The driver's bad avail index was logged (once per queue).
+    corrupt_logged: bool,
     /// avail index at which notifications were last re-armed (adaptive).
     armed_at: Option<u16>,
     scratch: Vec<Desc>,
@@ -178,39 +194,34 @@ fn find(r: &Reactor, key: QueueKey) -> Option<Rc<VirtQueue>> {
     registry(r).0.borrow().get(&key).cloned()
 }
 
+/// What one look at the avail ring found.
 enum Next {
+    /// Nothing to take.
     Empty,
+    /// A request was taken (submitted, completed or dropped).
     Handled,
-    Submit(Io),
 }
 
 /// Starts polling `s` on this reactor.
 pub fn start(r: &Reactor, s: QueueSetup) -> Result<(), QueueError> {
     let index = s.key.index;
-    let ring_err = |reason: String| QueueError::Ring { index, reason };
-    let mut queue = Queue::new(s.size).map_err(|e| ring_err(e.to_string()))?;
-    queue
-        .try_set_size(s.size)
-        .map_err(|e| ring_err(e.to_string()))?;
-    queue
-        .try_set_desc_table_address(GuestAddress(s.desc))
-        .map_err(|e| ring_err(format!("descriptor table: {e}")))?;
-    queue
-        .try_set_avail_ring_address(GuestAddress(s.avail))
-        .map_err(|e| ring_err(format!("avail ring: {e}")))?;
-    queue
-        .try_set_used_ring_address(GuestAddress(s.used))
-        .map_err(|e| ring_err(format!("used ring: {e}")))?;
-    queue.set_event_idx(s.event_idx);
-    queue.set_ready(true);
-    if !queue.is_valid(&*s.mem) {
-        return Err(ring_err("rings are not inside guest memory".into()));
-    }
-    let used_idx = queue
-        .used_idx(&*s.mem, Ordering::Acquire)
-        .map_err(|e| ring_err(e.to_string()))?
-        .0;
-    queue.set_next_used(used_idx);
+    let addrs = RingAddrs {
+        desc: s.desc,
+        avail: s.avail,
+        used: s.used,
+    };
+    let mut queue = SplitRing::new(
+        &Guest::new(&s.mem),
+        addrs,
+        s.size,
+        s.event_idx,
+        s.next_avail,
+    )
+    .map_err(|e| QueueError::Ring {
+        index,
+        reason: e.to_string(),
+    })?;
+    let used_idx = queue.used_idx();
     let mut next_avail = s.next_avail;
     let (mut resubmit, mut counter) = (VecDeque::new(), 0);
     if let Some(inf) = &s.inflight {
@@ -231,7 +242,7 @@ pub fn start(r: &Reactor, s: QueueSetup) -> Result<(), QueueError> {
     if !s.dev.adaptive {
         // Polling never needs a kick: ask the driver not to send them
         // (a no-op with EVENT_IDX, where avail_event simply is never moved).
-        let _ = queue.disable_notification(&*s.mem);
+        queue.disable_notification();
     }
     let wake_fd = if let (true, Some(kick)) = (s.dev.adaptive, &s.kick) {
         let fd = kick.as_raw_fd();
@@ -254,11 +265,13 @@ pub fn start(r: &Reactor, s: QueueSetup) -> Result<(), QueueError> {
             },
             limits: s.limits,
             mem: Rc::new(s.mem),
+            hint: None,
             _kick: s.kick,
             call: s.call,
             slots: (0..s.size).map(|_| Slot::default()).collect(),
             in_flight: 0,
             need_signal: false,
+            corrupt_logged: false,
             armed_at: None,
             scratch: Vec::new(),
             spare_segments: Vec::new(),
@@ -282,7 +295,14 @@ pub fn start(r: &Reactor, s: QueueSetup) -> Result<(), QueueError> {
 /// or REM_MEM_REG). Requests already parsed keep their own map.
 pub fn update_mem(r: &Reactor, key: QueueKey, mem: Arc<GuestMemoryMmap>) {
     if let Some(q) = find(r, key) {
-        q.st.borrow_mut().mem = Rc::new(mem);
+        let mut st = q.st.borrow_mut();
+        if let Err(e) = st.queue.remap(&Guest::new(&mem)) {
+            // Stopped until a map holds the rings again (as a ring access
+            // outside memory failed with virtio-queue).
+            tracing::warn!(queue = ?key, error = %e, "rings not in the new memory map");
+        }
+        st.mem = Rc::new(mem);
+        st.hint = None;
     }
 }
 
@@ -315,25 +335,19 @@ pub fn stop(r: &Reactor, key: QueueKey, reply: mpsc::Sender<u16>) {
 
 impl VirtQueue {
     fn poll(self: &Rc<Self>, r: &Reactor) -> PollStatus {
-        let mut busy = false;
+        // Completions since the last poll first: the driver can reuse
+        // those slots while this poll parses new requests.
+        let mut busy = self.flush_used();
         for _ in 0..POLL_BATCH {
-            match self.next_request() {
+            match self.next_request(r) {
                 Next::Empty => break,
                 Next::Handled => busy = true,
-                Next::Submit(io) => {
-                    busy = true;
-                    self.dev.graph.snapshot(r).submit(r, self.dev.root, io);
-                }
             }
         }
-        let mut st = self.st.borrow_mut();
-        if st.need_signal {
-            st.need_signal = false;
-            st.signal();
-            busy = true;
-        }
-        let stopping = st.stop.is_some();
-        drop(st);
+        // And those of this poll's own requests (errors, GET_ID, a
+        // backend that completed at once).
+        busy |= self.flush_used();
+        let stopping = self.st.borrow().stop.is_some();
         if stopping {
             self.try_finish_stop(r);
         }
@@ -344,6 +358,18 @@ impl VirtQueue {
         }
     }
 
+    /// Publishes the used entries added since the last call and notifies
+    /// the driver if it wants it; false if there were none.
+    fn flush_used(&self) -> bool {
+        let mut st = self.st.borrow_mut();
+        if !st.need_signal {
+            return false;
+        }
+        st.need_signal = false;
+        st.publish_and_signal();
+        true
+    }
+
     fn try_finish_stop(&self, r: &Reactor) {
         let mut st = self.st.borrow_mut();
         if st.in_flight != 0 {
@@ -352,7 +378,7 @@ impl VirtQueue {
         let Some(reply) = st.stop.take() else { return };
         if st.need_signal {
             st.need_signal = false;
-            st.signal();
+            st.publish_and_signal();
         }
         if let Some(id) = st.poller.take() {
             r.unregister_poller(id);
@@ -368,7 +394,9 @@ impl VirtQueue {
         let _ = reply.send(next_avail);
     }
 
-    fn next_request(self: &Rc<Self>) -> Next {
+    /// Takes one request from the ring and submits it (or completes it,
+    /// if it fails or needs no block device).
+    fn next_request(self: &Rc<Self>, r: &Reactor) -> Next {
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
         if st.stop.is_some() {
@@ -376,18 +404,29 @@ impl VirtQueue {
         }
         let head = match st.resubmit.pop_front() {
             Some(h) => h,
-            None => match st.queue.pop_descriptor_chain(&**st.mem) {
-                Some(chain) => chain.head_index(),
-                None => {
+            None => match st.queue.pop() {
+                Ok(Some(head)) => head,
+                Ok(None) => {
                     if self.dev.adaptive && st.armed_at != Some(st.queue.next_avail()) {
                         // The ring looks empty: ask for a kick on the next
                         // request (the reactor may go to sleep), then look
                         // once more so a request added meanwhile is not
                         // left waiting for a kick that will not come.
                         st.armed_at = Some(st.queue.next_avail());
-                        if let Ok(true) = st.queue.enable_notification(&**st.mem) {
+                        if st.queue.enable_notification() {
                             return Next::Handled;
                         }
+                    }
+                    return Next::Empty;
+                }
+                Err(()) => {
+                    // As virtio-queue: nothing is taken from a ring whose
+                    // driver claims more entries than it has. Said once:
+                    // the queue sees it again on every poll.
+                    if !st.corrupt_logged {
+                        st.corrupt_logged = true;
+                        tracing::warn!(device = %self.dev.name, queue = self.key.index,
+                            "avail index runs ahead of the ring; ignored");
                     }
                     return Next::Empty;
                 }
@@ -408,14 +447,15 @@ impl VirtQueue {
         let segments = st.spare_segments.pop().unwrap_or_default();
         // The capacity may have changed since the session started (resize).
         st.limits.capacity_sectors = self.dev.capacity_sectors.load(Ordering::Relaxed);
-        let parsed = request::parse(
-            &Guest::new(&st.mem),
-            st.ring,
-            head,
-            &st.limits,
-            &mut st.scratch,
-            segments,
-        );
+        let guest = Guest::with_hint(&st.mem, st.hint);
+        let parsed = request::parse(&guest, st.ring, head, &st.limits, &mut st.scratch, segments);
+        // The parser found the status byte in guest memory; this is its
+        // host address (a hit of the region cache).
+        let status_ptr = parsed
+            .as_ref()
+            .ok()
+            .and_then(|req| guest.host(req.status, 1));
+        st.hint = guest.hint();
         let req = match parsed {
             Ok(req) => req,
             Err(f) => {
@@ -464,39 +504,56 @@ impl VirtQueue {
             // alias a reference.
             unsafe { IoBuf::raw(req.data, keep) }
         };
+        let Some(status_ptr) = status_ptr else {
+            // Unreachable: `parse` checked the status byte with the same map.
+            st.complete(head, 0);
+            return Next::Handled;
+        };
         st.slots[h] = Slot {
             busy: true,
-            status: req.status,
+            status: status_ptr,
             used_len: req.used_len,
             mem: Some(mem),
             flush_after: op == IoOp::Write && !self.dev.writeback.load(Ordering::Relaxed),
         };
         st.in_flight += 1;
+        drop(guard);
         let sink: Rc<dyn IoSink> = self.clone();
-        Next::Submit(Io::new(op, req.offset, req.len, buf, sink, u64::from(head)))
+        // Built in place in the call: the `Io` is large, and returning it
+        // to the caller first was one more copy per request.
+        self.dev.graph.snapshot(r).submit(
+            r,
+            self.dev.root,
+            Io::new(op, req.offset, req.len, buf, sink, u64::from(head)),
+        );
+        Next::Handled
     }
 }
 
 impl State {
-    /// Puts `head` in the used ring and marks a notification as due.
+    /// Puts `head` in the used ring and marks the used index as due for
+    /// publication at the end of the queue's poll (one store and one
+    /// notification decision per poll, not per request).
     fn complete(&mut self, head: u16, used_len: u32) {
         if let Some(inf) = &self.inflight {
             inf.completing(head);
         }
-        if let Err(e) = self.queue.add_used(&**self.mem, head, used_len) {
-            tracing::warn!(head, error = %e, "cannot update the used ring");
-        }
+        self.queue.push_used(head, used_len);
         if let Some(inf) = &self.inflight {
+            // Inflight tracking repairs at most one entry that reached the
+            // used ring without its index (libvhost-user's recovery), so
+            // with it the index is published per request.
+            self.queue.publish();
             inf.completed(head, self.queue.next_used());
         }
         self.need_signal = true;
     }
 
-    /// Interrupts the driver through the call fd unless event-idx (or
-    /// NO_INTERRUPT) says it does not want one.
-    fn signal(&mut self) {
-        let needed = self.queue.needs_notification(&**self.mem).unwrap_or(true);
-        if needed {
+    /// Publishes the used index and interrupts the driver through the call
+    /// fd unless event-idx (or NO_INTERRUPT) says it does not want one.
+    fn publish_and_signal(&mut self) {
+        self.queue.publish();
+        if self.queue.needs_notification() {
             if let Some(call) = &self.call {
                 // A full eventfd counter (EAGAIN) already means "signalled".
                 let _ = (&*call).write(&1u64.to_ne_bytes());
@@ -540,8 +597,12 @@ impl IoSink for VirtQueue {
                 S_IOERR
             }
         };
-        if let Some(mem) = &slot.mem {
-            let _ = mem.write_obj(status, GuestAddress(slot.status));
+        if slot.mem.is_some() {
+            // SAFETY: `slot.status` is the host address of the status byte,
+            // which the parser found inside one region of `slot.mem`, the
+            // map this slot still holds (so it is mapped). The byte is
+            // shared with the front-end: one volatile store, no reference.
+            unsafe { std::ptr::write_volatile(slot.status, status) };
         }
         st.in_flight -= 1;
         st.complete(head, slot.used_len);

@@ -464,7 +464,14 @@ fn check_range(sector: u64, len: u64, limits: &Limits) -> Result<u64, &'static s
         return Err("request beyond the end of the device");
     }
     let bs = u64::from(limits.block_size.max(1));
-    if offset % bs != 0 || len % bs != 0 {
+    // Block sizes are powers of two (512 or 4096): a mask instead of two
+    // 64-bit divisions per request.
+    let misaligned = if bs.is_power_of_two() {
+        (offset | len) & (bs - 1) != 0
+    } else {
+        offset % bs != 0 || len % bs != 0
+    };
+    if misaligned {
         return Err("request not aligned to the block size");
     }
     Ok(offset)

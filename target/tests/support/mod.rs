@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod blkio_host;
+pub mod nvmf_guest;
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -60,6 +61,36 @@ pub fn free_port() -> u16 {
 /// Creates `path` as a sparse file of `len` bytes (a backing disk image).
 pub fn sparse_file(path: &Path, len: u64) {
     std::fs::File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// MD5 of `data` via coreutils, in hex, as the guest's busybox `md5sum`
+/// prints it (to compare what the guest read with a backing file).
+pub fn md5_of(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// [`md5_of`] the `len` bytes at `offset` of the file at `path` (a
+/// backing disk image, to compare with what a guest read).
+pub fn file_md5(path: &Path, offset: u64, len: u64) -> String {
+    use std::io::Seek;
+    let mut f = std::fs::File::open(path).unwrap();
+    f.seek(std::io::SeekFrom::Start(offset)).unwrap();
+    let mut data = Vec::new();
+    f.take(len).read_to_end(&mut data).unwrap();
+    assert_eq!(data.len() as u64, len, "{} is shorter", path.display());
+    md5_of(&data)
 }
 
 /// When [`DaemonBuilder::start`] considers the daemon up.
@@ -618,18 +649,6 @@ impl SpdkRpc {
     pub fn run(&self, args: &[&str]) -> Value {
         self.try_run(args)
             .unwrap_or_else(|e| panic!("spdk-rpc {args:?} failed: {e}"))
-    }
-
-    /// Exports `bdev` over NVMe/TCP as the tests do: subsystem `nqn` open
-    /// to any host, `bdev` its namespace, a TCP listener on
-    /// 127.0.0.1:`port`. The transport must exist.
-    pub fn export_tcp(&self, nqn: &str, bdev: &str, port: u16) {
-        self.run(&["nvmf_create_subsystem", nqn, "-a"]);
-        self.run(&["nvmf_subsystem_add_ns", nqn, bdev]);
-        let port = port.to_string();
-        let mut add = vec!["nvmf_subsystem_add_listener", nqn];
-        add.extend(tcp_listener(&port));
-        self.run(&add);
     }
 
     /// [`Self::try_run`], which must fail: the error text.

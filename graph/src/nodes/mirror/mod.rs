@@ -414,10 +414,21 @@ impl BlockNode for MirrorNode {
         2
     }
 
-    /// Keeps its size: a resize of the source under a running mirror is
-    /// not followed (the bitmap has the old size).
-    fn child_resized(&self, _slot: usize, _child: Geometry, _current: Geometry) -> Option<Geometry> {
-        None
+    /// Refuses any resize of the source or the target while the job runs:
+    /// the bitmap covers the old size, so a grown source's new blocks
+    /// would never be copied (the pivot would hand the host a smaller
+    /// device than it had), and a shrunk source or target would fail the
+    /// copy or the host's I/O past its new end.
+    fn child_resized(
+        &self,
+        slot: usize,
+        _children: &[Geometry],
+        _current: Geometry,
+    ) -> Result<Option<Geometry>, String> {
+        let which = if slot == SOURCE { "source" } else { "target" };
+        Err(format!(
+            "it is the {which} of a running mirror job; complete or cancel the job first"
+        ))
     }
 
     #[inline]

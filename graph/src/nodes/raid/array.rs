@@ -285,10 +285,21 @@ impl Array {
         self.ctl.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The published membership, and its layout at the size the graph
+    /// publishes for the array (members may have grown it).
+    fn current(&self, graph: &Graph, ctl: &Ctl) -> (Arc<Shape>, Layout) {
+        let shape = ctl.shape.clone();
+        let size = graph
+            .node_geometry(&self.name)
+            .map_or(shape.layout.size(), |g| g.size());
+        let layout = shape.layout.with_size(size.max(shape.layout.size()));
+        (shape, layout)
+    }
+
     /// What `bdev_raid_get_bdevs` reports.
-    pub fn info(&self) -> ArrayInfo {
-        let shape = self.lock().shape.clone();
-        let l = &shape.layout;
+    pub fn info(&self, graph: &Graph) -> ArrayInfo {
+        let (shape, l) = self.current(graph, &self.lock());
+        let l = &l;
         let rebuilding = shape
             .rebuild
             .as_ref()
@@ -353,7 +364,7 @@ impl Array {
     /// stops the rebuild.
     pub fn remove_member(self: &Arc<Self>, graph: &Arc<Graph>, member: &str) -> Result<(), RaidError> {
         let mut ctl = self.lock();
-        let shape = ctl.shape.clone();
+        let (shape, layout) = self.current(graph, &ctl);
         let slot = shape
             .members
             .iter()
@@ -387,7 +398,7 @@ impl Array {
         slots[slot] = None;
         // A finished rebuild's target is an ordinary member from now on;
         // a running one's is the member removed.
-        let new_shape = Arc::new(membership(&self.name, shape.layout.clone(), slots, None));
+        let new_shape = Arc::new(membership(&self.name, layout, slots, None));
         let node = RaidNode::new(new_shape.clone(), self.clone());
         let children = children_of(&new_shape);
         let children: Vec<&str> = children.iter().map(String::as_str).collect();
@@ -421,7 +432,7 @@ impl Array {
             });
         }
         let mut ctl = self.lock();
-        let shape = ctl.shape.clone();
+        let (shape, layout) = self.current(graph, &ctl);
         if shape
             .rebuild
             .as_ref()
@@ -437,7 +448,7 @@ impl Array {
                 array: self.name.clone(),
                 member: member.into(),
             })?;
-        let l = &shape.layout;
+        let l = &layout;
         let unfit = |reason: String| RaidError::Unfit {
             array: self.name.clone(),
             member: member.into(),

@@ -174,6 +174,61 @@ impl Layout {
         })
     }
 
+    /// What a member contributes in: whole strips (raid0, concat) or whole
+    /// blocks (raid1).
+    pub fn strip_unit(&self) -> u64 {
+        if self.level.has_strip() {
+            self.strip
+        } else {
+            u64::from(self.block_size)
+        }
+    }
+
+    /// This layout at array size `size` bytes (the size the graph
+    /// published, which a resize of members may have grown past the one
+    /// the layout was made with): every byte stays where it is, the space
+    /// added is raid0's further stripes, raid1's tail, or concat's last
+    /// member's tail (`grown`).
+    pub fn with_size(&self, size: u64) -> Layout {
+        let mut l = self.clone();
+        let n = self.member_size.len();
+        match self.level {
+            Level::Raid0 => l.member_size = vec![size / n as u64; n],
+            Level::Raid1 => l.member_size = vec![size; n],
+            Level::Concat => l.member_size[n - 1] = size - self.starts[n - 1],
+        }
+        l.size = size;
+        l
+    }
+
+    /// The array size (bytes) once its members have `sizes` bytes (`None`:
+    /// an empty slot), with no byte of data moving: raid1 takes its
+    /// smallest member's whole blocks, raid0 its smallest member's whole
+    /// strips times the members, concat its last member's whole strips (a
+    /// member before it cannot grow: the next one's data starts where it
+    /// ends). Never smaller than now: a member shrinking under the data is
+    /// refused before (`RaidNode::child_resized`).
+    pub fn grown_size(&self, sizes: &[Option<u64>]) -> u64 {
+        let unit = self.strip_unit();
+        let usable = |s: u64| s / unit * unit;
+        let grown = match self.level {
+            Level::Raid0 | Level::Raid1 => {
+                let min = sizes.iter().flatten().map(|&s| usable(s)).min();
+                let per = min.unwrap_or(0);
+                if self.level == Level::Raid0 {
+                    per * sizes.len() as u64
+                } else {
+                    per
+                }
+            }
+            Level::Concat => match sizes.last() {
+                Some(Some(s)) => self.starts[sizes.len() - 1] + usable(*s),
+                _ => 0,
+            },
+        };
+        grown.max(self.size)
+    }
+
     /// raid0 and concat need a power-of-two strip, raid1 none (SPDK's
     /// first check in `raid_bdev_create`, before it looks at members).
     pub fn check_strip(level: Level, strip_kb: u32) -> Result<(), LayoutError> {
@@ -213,6 +268,19 @@ impl Layout {
         self.member_size[i]
     }
 
+    /// concat: how far member `m`'s part of the array reaches for routing.
+    /// The last member's has no end here: the array's published size
+    /// (the graph's range check) bounds it, and a grown last member serves
+    /// the new tail with the layout it had (`with_size`).
+    #[inline]
+    fn member_len(&self, m: usize) -> u64 {
+        if m + 1 == self.member_size.len() {
+            u64::MAX - self.starts[m]
+        } else {
+            self.member_size[m]
+        }
+    }
+
     /// Calls `f` for each piece of the array range `offset..offset+len`
     /// with data (read or write), in buffer order: one piece per strip for
     /// raid0, one per member crossed for concat. raid1 has no pieces: every
@@ -241,7 +309,7 @@ impl Layout {
                     Extent {
                         member: m,
                         offset: in_member,
-                        len: (self.member_size[m] - in_member).min(end - pos),
+                        len: (self.member_len(m) - in_member).min(end - pos),
                         at: pos - offset,
                     }
                 }
@@ -262,7 +330,7 @@ impl Layout {
             Level::Raid0 => offset / self.strip == last / self.strip,
             Level::Concat => {
                 let m = self.starts.partition_point(|&s| s <= offset) - 1;
-                last < self.starts[m] + self.member_size[m]
+                last - self.starts[m] < self.member_len(m)
             }
         };
         let mut e = None;
@@ -522,5 +590,38 @@ mod tests {
         let l = Layout::new(Level::Raid1, 0, 512, &[1 << 20; 2]).unwrap();
         assert_eq!(l.extent_count(0, 4096), 0);
         assert!(ranges(&l, 0, 4096).is_empty());
+    }
+
+    #[test]
+    fn growth_keeps_every_byte_in_place() {
+        const K: u64 = 1024;
+        // raid0: the smallest member's whole strips, times the members.
+        let r0 = Layout::new(Level::Raid0, 4, 512, &[16 * K, 20 * K]).unwrap();
+        assert_eq!(r0.grown_size(&[Some(64 * K), Some(30 * K)]), 56 * K);
+        assert_eq!(r0.grown_size(&[Some(64 * K), Some(16 * K)]), 32 * K);
+        let big = r0.with_size(56 * K);
+        assert_eq!(big.member_size(1), 28 * K);
+        // The old stripes map where they did.
+        for off in (0..32 * K).step_by(512) {
+            assert_eq!(extents(&big, off, 512), extents(&r0, off, 512));
+        }
+        // raid1: the smallest member, in whole blocks.
+        let r1 = Layout::new(Level::Raid1, 0, 512, &[8 * K, 8 * K]).unwrap();
+        assert_eq!(r1.grown_size(&[Some(9 * K + 100), Some(12 * K)]), 9 * K);
+        assert_eq!(r1.grown_size(&[Some(12 * K), None]), 12 * K);
+        // concat: only the last member, in whole strips.
+        let cc = Layout::new(Level::Concat, 4, 512, &[8 * K, 8 * K]).unwrap();
+        assert_eq!(cc.grown_size(&[Some(64 * K), Some(8 * K)]), 16 * K);
+        assert_eq!(cc.grown_size(&[Some(8 * K), Some(14 * K)]), 20 * K);
+        let big = cc.with_size(20 * K);
+        assert_eq!(big.member_size(1), 12 * K);
+        // The grown tail routes to the last member, unsplit, even with the
+        // layout made at the old size (the node's, until a membership
+        // change rebuilds it).
+        for l in [&cc, &big] {
+            let e = l.single_extent(18 * K, 2 * K).unwrap();
+            assert_eq!((e.member, e.offset, e.len), (1, 10 * K, 2 * K));
+            assert_eq!(extents(l, 6 * K, 12 * K).len(), 2);
+        }
     }
 }

@@ -302,6 +302,66 @@ impl BlockNode for RaidNode {
         Ok(())
     }
 
+    /// Grows with its members as SPDK's raid0 and raid1 do, and concat
+    /// by its last member, with no data moving (`Layout::grown_size`). A
+    /// member shrinking under what the array uses of it is refused, and so
+    /// is a growth while a rebuild copies (its window covers the old size).
+    fn child_resized(
+        &self,
+        _edge: usize,
+        children: &[Geometry],
+        current: Geometry,
+    ) -> Result<Option<Geometry>, String> {
+        let layout = self.shape.layout.with_size(current.size());
+        let mut sizes = vec![None; self.shape.members.len()];
+        for (edge, g) in children.iter().enumerate() {
+            let Some(&slot) = self.shape.slot_of_edge.get(edge) else {
+                return Ok(None);
+            };
+            let used = layout.member_size(slot);
+            if g.size() < used {
+                return Err(format!(
+                    "the array uses {used} bytes of its member in slot {slot}"
+                ));
+            }
+            sizes[slot] = Some(g.size());
+        }
+        let size = layout.grown_size(&sizes);
+        if layout.level() == Level::Concat {
+            // A member before the last holds data up to where the next
+            // one's starts; an array assembled again over it (a restart, a
+            // replayed save_config) would start the next member later.
+            let last = self.shape.members.len() - 1;
+            if let Some((slot, _)) = sizes[..last]
+                .iter()
+                .enumerate()
+                .find(|(i, s)| s.is_some_and(|s| s / layout.strip_unit() * layout.strip_unit() > layout.member_size(*i)))
+            {
+                return Err(format!(
+                    "growing the member in slot {slot}, before the last, would move the data of the members after it the next time the concat is assembled"
+                ));
+            }
+        }
+        if size == current.size() {
+            return Ok(None);
+        }
+        if let Some(rb) = self
+            .shape
+            .rebuild
+            .as_ref()
+            .filter(|rb| rb.fence.outcome() == Outcome::Running)
+        {
+            return Err(format!(
+                "a rebuild onto slot {} runs; resize once it is done",
+                rb.slot
+            ));
+        }
+        Ok(Some(Geometry {
+            block_count: size / u64::from(current.block_size),
+            ..current
+        }))
+    }
+
     #[inline]
     fn route(&self, io: &mut Io) -> Option<usize> {
         // raid0 and concat data I/O inside one strip or member: rewrite

@@ -92,6 +92,14 @@ pub fn record_config_bdevs(ctx: &RpcContext, bdevs: &[BdevConfig]) {
                 super::raid::record(ctx, b, None);
                 continue;
             }
+            BdevKind::Split {
+                base_bdev,
+                split_count,
+                split_size_mb,
+            } => {
+                super::filters::record_split(ctx, base_bdev, *split_count, *split_size_mb);
+                continue;
+            }
         };
         record(ctx, &b.name, method, params, None);
     }
@@ -645,7 +653,7 @@ fn bdev_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
                     .then(|| pollux_graph::nodes::raid::Array::find(&d.ctx.graph, &n.name))
                     .flatten()
                 {
-                    json!({"raid": super::raid::info_json(&a.info(), &records)})
+                    json!({"raid": super::raid::info_json(&a.info(&d.ctx.graph), &records)})
                 } else {
                     json!({"pollux": {"kind": n.kind}})
                 },

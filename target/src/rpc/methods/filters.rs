@@ -10,12 +10,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bdev::{check_uuid, lacks, record};
+use crate::config::split_part_name;
 use crate::rpc::errors::errno;
 use crate::rpc::jsonrpc::{params, RpcError};
-use crate::rpc::Dispatcher;
+use crate::rpc::{Dispatcher, RpcContext};
 use pollux_graph::nodes::delay::{DelayKind, DelayLatencies, DelayNode};
 use pollux_graph::nodes::error::{resume_pending, ErrorIoType, ErrorNode, ErrorType, Injection};
-use pollux_graph::nodes::split::SplitNode;
+use pollux_graph::nodes::split::{SplitError, SplitPlan};
 use pollux_graph::GraphError;
 
 pub(super) fn register(d: &mut Dispatcher) {
@@ -38,9 +39,6 @@ fn check_free(d: &Dispatcher, name: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
-/// One MiB, the unit of `split_size_mb`.
-const MIB: u64 = 1 << 20;
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SplitCreate {
@@ -55,16 +53,11 @@ struct SplitCreate {
 fn bdev_split_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
     let p: SplitCreate = params(p)?;
     if p.split_count == 0 {
-        return Err(RpcError::errno(
-            errno::EINVAL,
-            "split_count can't be 0".to_string(),
-        ));
+        return Err(RpcError::errno(errno::EINVAL, SplitError::ZeroCount));
     }
-    let base = d
-        .ctx
-        .graph
-        .node_geometry(&p.base_bdev)
-        .ok_or_else(|| RpcError::no_such_bdev(&p.base_bdev))?;
+    if d.ctx.graph.node_geometry(&p.base_bdev).is_none() {
+        return Err(RpcError::no_such_bdev(&p.base_bdev));
+    }
     if split_parts(d, &p.base_bdev).next().is_some() {
         return Err(RpcError::errno(
             errno::EEXIST,
@@ -74,70 +67,131 @@ fn bdev_split_create(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError
             ),
         ));
     }
-    let bs = u64::from(base.block_size);
     let size_mb = p.split_size_mb.unwrap_or(0);
-    let part_blocks = if size_mb != 0 {
-        let bytes = size_mb
-            .checked_mul(MIB)
-            .filter(|b| b % bs == 0)
-            .ok_or_else(|| {
-                RpcError::errno(
-                    errno::EINVAL,
-                    format!("split size {size_mb} MB is not possible with block size {bs}"),
-                )
-            })?;
-        bytes / bs
-    } else {
-        base.block_count / p.split_count
-    };
-    if part_blocks == 0 || part_blocks > base.block_count {
-        return Err(RpcError::errno(
-            errno::EINVAL,
-            format!(
-                "cannot split {:?} ({} blocks) into parts of {part_blocks} blocks",
-                p.base_bdev, base.block_count
-            ),
-        ));
-    }
-    let count = p.split_count.min(base.block_count / part_blocks);
-    if count < p.split_count {
+    let names = split_create(d, &p.base_bdev, p.split_count, size_mb)?;
+    Ok(json!(names))
+}
+
+/// Builds the parts of `base` (all or none) and records them.
+fn split_create(
+    d: &Dispatcher,
+    base_bdev: &str,
+    split_count: u64,
+    split_size_mb: u64,
+) -> Result<Vec<String>, RpcError> {
+    let base = d
+        .ctx
+        .graph
+        .node_geometry(base_bdev)
+        .ok_or_else(|| RpcError::no_such_bdev(base_bdev))?;
+    let plan = SplitPlan::new(base, split_count, split_size_mb)
+        .map_err(|e| RpcError::errno(errno::EINVAL, e))?;
+    if plan.count < split_count {
         tracing::warn!(
-            base = %p.base_bdev,
-            asked = p.split_count,
-            count,
+            base = %base_bdev,
+            asked = split_count,
+            count = plan.count,
             "split count is greater than the maximum possible; clamping"
         );
     }
-    let names: Vec<String> = (0..count).map(|i| format!("{}p{i}", p.base_bdev)).collect();
+    let names: Vec<String> = (0..plan.count)
+        .map(|i| split_part_name(base_bdev, i))
+        .collect();
     for n in &names {
         check_free(d, n)?;
     }
-    let params = json!({
-        "base_bdev": p.base_bdev,
-        "split_count": p.split_count,
-        "split_size_mb": size_mb,
-    });
     for (i, n) in names.iter().enumerate() {
-        let node = SplitNode::new(base, i as u64 * part_blocks, part_blocks);
-        if let Err(e) = d.ctx.graph.add_node(n, node, &[&p.base_bdev]) {
+        if let Err(e) = d
+            .ctx
+            .graph
+            .add_node(n, plan.part(base, i as u64), &[base_bdev])
+        {
             // All or nothing, as SPDK builds the parts in one go.
             for made in &names[..i] {
                 let _ = d.ctx.graph.remove_node(made);
-                d.ctx.bdevs().remove(made);
             }
             return Err(e.into());
         }
-        record(&d.ctx, n, "bdev_split_create", params.clone(), None);
+    }
+    record_split(&d.ctx, base_bdev, split_count, split_size_mb);
+    Ok(names)
+}
+
+/// Records the parts of `base` in the graph (from `bdev_split_create` or
+/// the TOML `split` kind) for `save_config` and `bdev_get_bdevs`.
+pub(super) fn record_split(
+    ctx: &RpcContext,
+    base_bdev: &str,
+    split_count: u64,
+    split_size_mb: u64,
+) {
+    let params = json!({
+        "base_bdev": base_bdev,
+        "split_count": split_count,
+        "split_size_mb": split_size_mb,
+    });
+    let parts = (0..split_count)
+        .map(|i| split_part_name(base_bdev, i))
+        .take_while(|n| ctx.graph.node_geometry(n).is_some());
+    for (i, n) in parts.enumerate() {
+        record(ctx, &n, "bdev_split_create", params.clone(), None);
         // One `bdev_split_create` rebuilds every part: replay the first.
         // Its params are SPDK's, which take no UUID (parts get their own).
-        if let Some(r) = d.ctx.bdevs().get_mut(n) {
+        if let Some(r) = ctx.bdevs().get_mut(&n) {
             r.replay = i == 0;
             if let Some(o) = r.params.as_object_mut() {
                 o.remove("uuid");
             }
         }
     }
-    Ok(json!(names))
+}
+
+/// One MiB, the unit of `split_size_mb`.
+const MIB: u64 = 1 << 20;
+
+/// After a resize: the equal-share splits whose base no longer divides
+/// into their parts are recorded with their part size, so that
+/// save_config replays the parts where they are, not as new shares of
+/// the new size. (The split node refuses a base resize under parts that
+/// are not whole MiB, which `split_size_mb` could not say.)
+pub(super) fn pin_split_sizes(ctx: &RpcContext) {
+    let recs: Vec<(String, String, u64)> = ctx
+        .bdevs()
+        .iter()
+        .filter(|(_, r)| {
+            r.method == "bdev_split_create"
+                && r.params.get("split_size_mb").and_then(Value::as_u64) == Some(0)
+        })
+        .filter_map(|(n, r)| {
+            let base = r.params.get("base_bdev")?.as_str()?.to_owned();
+            let count = r.params.get("split_count")?.as_u64()?;
+            Some((n.clone(), base, count))
+        })
+        .collect();
+    for (part, base, count) in recs {
+        let (Some(p), Some(b)) = (
+            ctx.graph.node_geometry(&part),
+            ctx.graph.node_geometry(&base),
+        ) else {
+            continue;
+        };
+        if b.block_count / count == p.block_count {
+            continue;
+        }
+        if p.size() % MIB != 0 {
+            tracing::warn!(part, base, "save_config cannot keep this split's layout");
+            continue;
+        }
+        if let Some(r) = ctx.bdevs().get_mut(&part) {
+            r.params["split_size_mb"] = json!(p.size() / MIB);
+        }
+        tracing::info!(
+            part,
+            base,
+            size_mb = p.size() / MIB,
+            "split replayed with its part size from now on"
+        );
+    }
 }
 
 /// The parts split off `base`, by name.
@@ -291,27 +345,31 @@ fn bdev_error_inject_error(d: &Dispatcher, p: Option<Value>) -> Result<Value, Rp
             })?],
     };
     let error_type = ErrorType::from_name(&p.error_type).ok_or_else(|| {
-        if p.error_type == "nvme_failure" {
-            RpcError::invalid_params(
-                "error_type: nvme_failure needs NVMe bdevs below; use failure".to_string(),
-            )
-        } else {
-            RpcError::invalid_params(format!(
-                "error_type: {:?} is not one of failure, pending, corrupt_data, nomem",
-                p.error_type
-            ))
-        }
+        RpcError::invalid_params(format!(
+            "error_type: {:?} is not one of failure, nvme_failure, pending, corrupt_data, nomem",
+            p.error_type
+        ))
     })?;
-    lacks(
-        "nvme_sct",
-        p.nvme_sct.unwrap_or(0) != 0 || p.nvme_sc.unwrap_or(0) != 0,
-        "only for nvme_failure",
-    )?;
-    lacks(
-        "queue_depth",
-        p.queue_depth.unwrap_or(0) != 0,
-        "injecting only above a queue depth is not supported",
-    )?;
+    let (sct, sc) = (p.nvme_sct.unwrap_or(0), p.nvme_sc.unwrap_or(0));
+    let nvme_status = if error_type == ErrorType::NvmeFailure {
+        // The status field's widths: SCT is 3 bits, SC 8.
+        let (Ok(sct @ 0..=7), Ok(sc)) = (u8::try_from(sct), u8::try_from(sc)) else {
+            return Err(RpcError::errno(
+                errno::EINVAL,
+                format!("nvme_sct {sct} / nvme_sc {sc} is not an NVMe status (sct 0-7, sc 0-255)"),
+            ));
+        };
+        if (sct, sc) == (0, 0) {
+            return Err(RpcError::errno(
+                errno::EINVAL,
+                "nvme_sct 0 and nvme_sc 0 is success, not a failure".to_string(),
+            ));
+        }
+        (sct, sc)
+    } else {
+        lacks("nvme_sct", sct != 0 || sc != 0, "only for nvme_failure")?;
+        (0, 0)
+    };
     let corrupt_value = p.corrupt_value.unwrap_or(0);
     if error_type == ErrorType::CorruptData && corrupt_value == 0 {
         // SPDK: XOR with 0 cannot corrupt anything.
@@ -330,6 +388,8 @@ fn bdev_error_inject_error(d: &Dispatcher, p: Option<Value>) -> Result<Value, Rp
         count: p.num.unwrap_or(1),
         corrupt_offset: p.corrupt_offset.unwrap_or(0),
         corrupt_value,
+        queue_depth: p.queue_depth.unwrap_or(0),
+        nvme_status,
     };
     for c in classes {
         inj.arm(c, injection);

@@ -14,6 +14,46 @@ pub(super) fn register(d: &mut Dispatcher) {
     d.register("pollux_job_list", pollux_job_list);
     d.register("pollux_job_complete", pollux_job_complete);
     d.register("pollux_job_cancel", pollux_job_cancel);
+    // Last: a job stands on bdevs, exports and filters.
+    d.register_subsystem(crate::rpc::Subsystem {
+        name: "pollux_jobs",
+        depends_on: &["bdev", "pollux_graph"],
+        writer: save_jobs,
+    });
+}
+
+/// Mirrors still copying or ready, as the `pollux_mirror_start` calls that
+/// start them again (a replayed job copies from scratch, as QEMU's does
+/// after a restart); finished and failed jobs have nothing to restart.
+fn save_jobs(d: &Dispatcher) -> Vec<Value> {
+    d.ctx
+        .jobs
+        .list()
+        .iter()
+        .filter(|j| matches!(j.state(), JobState::Running | JobState::Ready))
+        .map(|j| {
+            json!({"method": "pollux_mirror_start", "params": {
+                "job": j.name(), "source": j.source(), "target": j.target(),
+                "granularity": j.granularity(),
+            }})
+        })
+        .collect()
+}
+
+/// Starts the config's `[[mirror]]` jobs, as `pollux_mirror_start` would.
+pub fn start_config_mirrors(
+    d: &Dispatcher,
+    mirrors: &[crate::config::MirrorConfig],
+) -> Result<(), String> {
+    for m in mirrors {
+        let mut p = json!({"job": m.job, "source": m.source, "target": m.target});
+        if let Some(g) = m.granularity {
+            p["granularity"] = json!(g);
+        }
+        pollux_mirror_start(d, Some(p))
+            .map_err(|e| format!("[[mirror]] {}: {}", m.job, e.message))?;
+    }
+    Ok(())
 }
 
 /// A job refused, as the job methods answer it: the caller's mistakes are

@@ -5,7 +5,7 @@ mod bdev_nvme;
 mod filters;
 mod framework;
 mod graph;
-mod jobs;
+pub mod jobs;
 mod keyring;
 mod log;
 mod nvmf;

@@ -228,7 +228,7 @@ fn bdev_raid_get_bdevs(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcErr
     let records = d.ctx.bdevs().clone();
     let list: Vec<Value> = Array::all(&d.ctx.graph)
         .into_iter()
-        .map(|a| a.info())
+        .map(|a| a.info(&d.ctx.graph))
         .filter(|i| p.category == "all" || i.state.name() == p.category)
         .map(|i| {
             let mut v = json!({"name": i.name});

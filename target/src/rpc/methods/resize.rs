@@ -39,10 +39,14 @@ struct Named {
 /// A mirror job copies a fixed size: its source and target keep theirs
 /// until it ends.
 fn not_in_a_job(d: &Dispatcher, name: &str) -> Result<(), RpcError> {
-    if d.ctx.jobs.uses(name) {
+    if let Some((job, role)) = d.ctx.jobs.user(name) {
+        // The mirror's bitmap covers the old size: a grown source's new
+        // blocks would never be copied, a shrunk one cut under the copy.
         return Err(RpcError::errno(
             errno::EBUSY,
-            format!("{name:?} is the source or target of a mirror job"),
+            format!(
+                "{name:?} is the {role} of mirror job {job:?}; complete or cancel the job first"
+            ),
         ));
     }
     Ok(())
@@ -73,6 +77,7 @@ fn bdev_null_resize(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError>
         .ok_or_else(|| RpcError::errno(errno::EINVAL, "new_size is too large"))?;
     let blocks = bytes / u64::from(geo.block_size);
     d.ctx.graph.resize(&p.name, blocks)?;
+    super::filters::pin_split_sizes(&d.ctx);
     if let Some(r) = d.ctx.bdevs().get_mut(&p.name) {
         // save_config replays the bdev at its new size.
         r.params["num_blocks"] = json!(blocks);
@@ -90,7 +95,10 @@ fn rescan(d: &Dispatcher, p: Option<Value>) -> Result<Value, RpcError> {
         return Err(RpcError::no_such_bdev(&p.name));
     }
     match d.ctx.graph.rescan(&p.name) {
-        Ok(_) => Ok(json!(true)),
+        Ok(_) => {
+            super::filters::pin_split_sizes(&d.ctx);
+            Ok(json!(true))
+        }
         Err(RescanError::Graph(e)) => Err(e.into()),
         Err(RescanError::Backend(e)) => Err(RpcError::errno(
             -e.raw_os_error().unwrap_or(libc::EIO),
