@@ -158,7 +158,7 @@ use crate::io::{Io, IoError, IoOp, IoResult, IoSink};
 use crate::node::Geometry;
 use crate::pin::NodeCore;
 use crate::rcu::Rcu;
-use crate::snapshot::{walk, NodeId, Snapshot};
+use crate::snapshot::{walk, NodeEntry, NodeId, Snapshot};
 use crate::Graph;
 
 /// Where a node sits: its graph's publication and its slot in it. Set by
@@ -203,14 +203,10 @@ impl Home {
     }
 }
 
-/// The current snapshot and the node in child slot `slot` of the node `io`
-/// is held at (the last one it was pinned on), or why there is none.
+/// The current snapshot and the entry of the node `io` is held at (the
+/// last one it was pinned on), or why there is none.
 #[inline]
-fn held_child<'r>(
-    r: &'r Reactor,
-    io: &Io,
-    slot: usize,
-) -> Result<(&'r Snapshot, NodeId), IoError> {
+pub(crate) fn held_entry<'r>(r: &'r Reactor, io: &Io) -> Result<(&'r Snapshot, &'r NodeEntry), IoError> {
     let core = io.path.last().ok_or(IoError::NoDevice)?;
     // SAFETY: `io` pinned this node on this reactor and has not unpinned
     // it (that happens only when it completes, which consumes it, and the
@@ -237,6 +233,18 @@ fn held_child<'r>(
         debug_assert!(false, "held I/O lost its node's entry");
         return Err(IoError::NoDevice);
     }
+    Ok((snap, entry))
+}
+
+/// The current snapshot and the node in child slot `slot` of the node `io`
+/// is held at, or why there is none.
+#[inline]
+fn held_child<'r>(
+    r: &'r Reactor,
+    io: &Io,
+    slot: usize,
+) -> Result<(&'r Snapshot, NodeId), IoError> {
+    let (snap, entry) = held_entry(r, io)?;
     let child = *entry.children.get(slot).ok_or(IoError::NoDevice)?;
     Ok((snap, child))
 }

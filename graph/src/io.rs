@@ -145,6 +145,10 @@ pub struct Io {
     /// latency in nanoseconds (`latency_ns`). One word for both keeps
     /// `Io` at 128 bytes (see `pin::INLINE`).
     pub(crate) time: u64,
+    /// The range lock this I/O runs under (`Io::under_range_lock`), 0 for
+    /// none: the lock's own writes pass it. 32 bits: it sits in the
+    /// padding beside `op`.
+    pub(crate) range_lock: crate::range_lock::Token,
 }
 
 impl Io {
@@ -159,7 +163,24 @@ impl Io {
             sink,
             path: crate::pin::Path::default(),
             time: 0,
+            range_lock: 0,
         }
+    }
+
+    /// Marks the I/O as the locked operation of `lock`: a write under it
+    /// passes the lock it holds (any other overlapping write waits). Set
+    /// before submitting.
+    pub fn under_range_lock(mut self, lock: &crate::range_lock::RangeLock) -> Io {
+        self.range_lock = lock.token();
+        self
+    }
+
+    /// The same, for the locked operation's last I/O: the lock ends when
+    /// it completes, before its sink hears of it, whatever became of the
+    /// submitter meanwhile.
+    pub fn finishing_range_lock(mut self, lock: crate::range_lock::RangeLock) -> Io {
+        self.range_lock = lock.into_token() | crate::range_lock::FINISHING;
+        self
     }
 
     /// For a completed, successful I/O: nanoseconds from its submission to
@@ -195,6 +216,10 @@ impl Io {
             result = ?result,
             "I/O completed"
         );
+        if self.range_lock & crate::range_lock::FINISHING != 0 {
+            crate::range_lock::release(r, self.range_lock & !crate::range_lock::FINISHING);
+            self.range_lock = 0;
+        }
         let sink = self.sink.clone();
         sink.io_done(r, self, result);
     }

@@ -10,7 +10,8 @@
 //! them), `completion` (completions deferred to the next loop iteration),
 //! `cell` (type erasure and the per-reactor channels), `filter` (the API
 //! of filters that own their I/O: hold, forward, fan out, issue their
-//! own), `gate` (the mirror's write gate), `nodes` (the kinds), `uring`
+//! own), `gate` (the mirror's write gate), `range_lock` (LBA range locks
+//! across reactors, for compare-and-write), `nodes` (the kinds), `uring`
 //! (the per-reactor
 //! io_uring the file node uses), `latency` (the latency histograms and their
 //! clock), `throttle` (the shared rate budgets QoS filters draw from).
@@ -52,6 +53,7 @@ with_reactors! {
     pub mod filter;
     mod graph;
     pub mod io;
+    mod range_lock;
     pub mod node;
     pub mod nodes;
     mod snapshot;
@@ -64,6 +66,7 @@ with_reactors! {
     };
     pub use filter::{NodeLink, Parent};
     pub use io::{Io, IoError, IoOp, IoResult, IoSink};
+    pub use range_lock::{LockDone, RangeLock};
     pub use node::{BlockNode, Geometry};
     pub use snapshot::{NodeId, RootId, Snapshot, SnapshotGuard};
 }

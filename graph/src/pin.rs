@@ -30,6 +30,11 @@ use crate::latency::LatencyShard;
 #[derive(Default)]
 pub(crate) struct NodeCounters {
     inflight: AtomicU64,
+    /// LBA range locks installed on the node on this reactor
+    /// (`range_lock`): beside `inflight`, so the write path's "any lock
+    /// here?" reads the line the pin writes anyway, and nothing else is
+    /// touched while it reads zero.
+    range_locks: AtomicU64,
     pub(crate) ops: [AtomicU64; 5],
     pub(crate) bytes: [AtomicU64; 5],
     pub(crate) errors: [AtomicU64; 5],
@@ -58,6 +63,19 @@ impl NodeCounters {
     /// I/O in flight on this reactor (statistics: may be stale at once).
     pub(crate) fn inflight(&self) -> u64 {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Owning reactor: whether a range lock is installed on the node here.
+    #[inline]
+    pub(crate) fn range_locked(&self) -> bool {
+        self.range_locks.load(Ordering::Relaxed) != 0
+    }
+
+    /// Owning reactor: one more (`up`) or one less range lock on the node.
+    pub(crate) fn count_range_lock(&self, up: bool) {
+        let n = self.range_locks.load(Ordering::Relaxed);
+        let n = if up { n + 1 } else { n.saturating_sub(1) };
+        self.range_locks.store(n, Ordering::Relaxed);
     }
 }
 
@@ -153,20 +171,24 @@ pub(crate) struct Path {
 #[cfg(not(loom))]
 impl Path {
     /// Pins `core` for this I/O on reactor `r`; `timed`: the node records
-    /// the I/O's latency when it completes.
+    /// the I/O's latency when it completes. `Ok(true)`: a range lock is
+    /// installed on the node on this reactor (read from the line the pin
+    /// writes, so the check costs no other look-up).
     #[inline]
     pub(crate) fn push(
         &mut self,
         r: &Reactor,
         core: &NodeCore,
         timed: bool,
-    ) -> Result<(), IoError> {
+    ) -> Result<bool, IoError> {
         let i = self.len as usize;
         if i == MAX_DEPTH {
             // The graph refuses deeper paths; this is a second line of defence.
             return Err(IoError::NoDevice);
         }
-        core.counters[r.index()].pin();
+        let c = &core.counters[r.index()];
+        c.pin();
+        let locked = c.range_locked();
         let p = Some(NonNull::from(core));
         if i < INLINE {
             self.head[i] = p;
@@ -176,7 +198,7 @@ impl Path {
         }
         self.timed |= u8::from(timed) << i;
         self.len += 1;
-        Ok(())
+        Ok(locked)
     }
 
     /// Entry `i` (below `len`).

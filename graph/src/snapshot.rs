@@ -218,9 +218,19 @@ pub(crate) fn walk(s: &Snapshot, r: &Reactor, id: NodeId, mut io: Io) {
     // into the node or the error path (11 instructions per I/O fewer than
     // moving it through the loop).
     match route(s, r, id, &mut io) {
-        Ok(cell) => cell.execute(r, io),
+        Ok(Stop::Execute(cell)) => cell.execute(r, io),
+        Ok(Stop::RangeLocked(entry)) => go_on_at(s, r, entry, io),
         Err(e) => io.complete_later(r, Err(e)),
     }
+}
+
+/// Where `route` stopped.
+enum Stop<'s> {
+    /// At the node that executes the I/O.
+    Execute(&'s dyn DynNode),
+    /// At a node (pinned) with a range lock installed on this reactor: the
+    /// lock may hold the I/O, which needs it by value (`go_on_at`).
+    RangeLocked(&'s NodeEntry),
 }
 
 /// `walk`'s loop: pins each node `io` reaches and checks the range against
@@ -231,7 +241,7 @@ fn route<'s>(
     r: &Reactor,
     mut id: NodeId,
     io: &mut Io,
-) -> Result<&'s dyn DynNode, IoError> {
+) -> Result<Stop<'s>, IoError> {
     // This op's bit in each node's histogram mask: a node times the I/O
     // only if its bit is set, and the clock is read only once a node on
     // the path does (with every histogram off, never).
@@ -245,12 +255,52 @@ fn route<'s>(
             // its caller, and every node below, would measure.
             io.time = crate::latency::now_raw();
         }
-        io.path.push(r, cell.core(), timed)?;
+        // A range lock on the node here (`push` read it beside the pin):
+        // the rest of this node's work is `go_on_at`'s, out of line.
+        if io.path.push(r, cell.core(), timed)? {
+            return Ok(Stop::RangeLocked(entry));
+        }
         entry.geometry.check(io)?;
         match cell.route(io) {
-            None => return Ok(cell),
+            None => return Ok(Stop::Execute(cell)),
             Some(slot) => id = *entry.children.get(slot).ok_or(IoError::NoDevice)?,
         }
+    }
+}
+
+/// Goes on with `io`, held by a range lock at the node it was pinned on
+/// last, from where `walk` stopped, against the snapshot published now.
+pub(crate) fn resume_held(r: &Reactor, io: Io) {
+    match crate::filter::held_entry(r, &io) {
+        Ok((snap, entry)) => go_on_at(snap, r, entry, io),
+        Err(e) => io.complete_later(r, Err(e)),
+    }
+}
+
+/// The rest of a node's part of `walk` for an I/O pinned on it when a
+/// range lock may be installed there: the lock check (the lock may hold
+/// the I/O, and resumes it here later), the range check, then routing on.
+/// Out of line: only I/O meeting a lock comes here.
+#[cold]
+#[inline(never)]
+fn go_on_at(s: &Snapshot, r: &Reactor, entry: &NodeEntry, mut io: Io) {
+    let cell = &*entry.cell;
+    if cell.core().counters[r.index()].range_locked() {
+        match crate::range_lock::admit(r, cell.core(), io) {
+            Some(go) => io = go,
+            None => return,
+        }
+    }
+    if let Err(e) = entry.geometry.check(&io) {
+        io.complete_later(r, Err(e));
+        return;
+    }
+    match cell.route(&mut io) {
+        None => cell.execute(r, io),
+        Some(slot) => match entry.children.get(slot) {
+            Some(child) => walk(s, r, *child, io),
+            None => io.complete_later(r, Err(IoError::NoDevice)),
+        },
     }
 }
 

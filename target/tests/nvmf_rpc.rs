@@ -26,12 +26,15 @@ const GUEST_HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:8d1f0c3a-27b4-4d8e-
 const GUEST_HOSTID: &str = "8d1f0c3a-27b4-4d8e-9c51-0a6e2f3b7d19";
 
 /// The request states `pollux_nvmf_requests` reports: SPDK's
-/// `TCP_REQUEST_STATE_*` names in lower case, `free` left out.
-const REQUEST_STATES: [&str; 9] = [
+/// `TCP_REQUEST_STATE_*` names in lower case, `free` left out, and the
+/// two of a fused compare-and-write pair.
+const REQUEST_STATES: [&str; 11] = [
     "new",
     "need_buffer",
     "transferring_host_to_controller",
     "ready_to_execute",
+    "fused_awaiting_partner",
+    "awaiting_range_lock",
     "executing",
     "executed",
     "ready_to_complete",

@@ -15,8 +15,9 @@ use pollux_nvme::fabrics::{
 };
 use pollux_nvme::features::{aec, AsyncEvent, FeatureId, FeaturesCmd, NumQueues, Select};
 use pollux_nvme::identify::{
-    self, anacap, ascii_field, cmic, cntrltype, ctratt, dlfeat, lpa, oaes, oncs, rescap, sgls, vwc,
-    Cns, IdentifyCmd, IdentifyController, IdentifyNamespace, NsIdDescriptor, IDENTIFY_LEN,
+    self, anacap, ascii_field, cmic, cntrltype, ctratt, dlfeat, fuses, lpa, oaes, oncs, rescap,
+    sgls, vwc, Cns, IdentifyCmd, IdentifyController, IdentifyNamespace, NsIdDescriptor,
+    IDENTIFY_LEN,
 };
 use pollux_nvme::log_page::{
     effects, write_changed_ns_list, CommandEffectsLog, FirmwareSlotLog, GetLogPageCmd, LogPageId,
@@ -547,6 +548,10 @@ fn identify_controller(ctrl: &Controller) -> IdentifyController {
     id.nn = nn;
     id.oncs =
         (oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES | oncs::RESERVATIONS) & !opts.masked_oncs;
+    // Fused compare-and-write (`fused`). ACWU stays 0 (one block, the
+    // field is 0-based) as SPDK reports it, though the range lock keeps
+    // the whole command's range atomic.
+    id.fuses = fuses::COMPARE_AND_WRITE & !opts.masked_fuses;
     if let CtrlKind::Io(s) = &ctrl.kind {
         if s.ana_reporting() {
             ana_identify(&mut id, s);

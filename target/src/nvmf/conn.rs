@@ -293,6 +293,9 @@ pub struct Conn {
     pub(super) ns_cache: super::subsystem::NsCache,
     /// Slots holding Asynchronous Event Requests.
     pub(super) aers: Vec<u16>,
+    /// The last command received, if it was the first of a fused pair:
+    /// the next one must be its second (`fused`).
+    pub(super) fused_first: Option<u16>,
     pub(super) sink: Rc<dyn IoSink>,
     pub(super) ka_timer: Option<TimerId>,
     pub(super) stats: ConnStats,
@@ -362,6 +365,7 @@ impl Conn {
                 sqhd: 0,
                 ns_cache: Default::default(),
                 aers: Vec::new(),
+                fused_first: None,
                 sink: Rc::new(ConnSink { conn: weak.clone() }),
                 ka_timer: None,
                 stats: ConnStats::default(),
@@ -715,12 +719,14 @@ impl Conn {
                 let n = frame.data_len as usize;
                 if n == 0 {
                     self.reqs[slot as usize].start(&self.states, sqe, None);
+                    self.fused_order(r, slot);
                     self.process(r, slot);
                 } else {
                     // `n` is bounded by the in-capsule limit we advertised
                     // (checked by the decoder before we got here).
                     let buf = self.bufs.take(n);
                     self.reqs[slot as usize].start(&self.states, sqe, Some(buf));
+                    self.fused_order(r, slot);
                     self.rx_state = Self::body(Dest::Capsule { slot }, &frame, 0);
                 }
                 Ok(())
@@ -1055,7 +1061,23 @@ impl Conn {
                         Xfer::None => req.set_state(&self.states, ReqState::ReadyToExecute),
                     }
                 }
-                ReqState::TransferringHostToController | ReqState::Executing => return,
+                ReqState::TransferringHostToController
+                | ReqState::AwaitingRangeLock
+                | ReqState::Executing => return,
+                ReqState::ReadyToExecute
+                    if self.phase.is_io()
+                        && matches!(
+                            self.reqs[i].sqe.fuse(),
+                            pollux_nvme::Fuse::First | pollux_nvme::Fuse::Second
+                        ) =>
+                {
+                    self.reqs[i].set_state(&self.states, ReqState::FusedAwaitingPartner);
+                }
+                ReqState::FusedAwaitingPartner => {
+                    if !self.fused_ready(r, slot) {
+                        return;
+                    }
+                }
                 ReqState::ReadyToExecute => {
                     // A failed command is Executed too: its status says how.
                     let next = match self.execute(r, slot) {
@@ -1088,6 +1110,7 @@ impl Conn {
                     self.reqs[i].set_state(&self.states, ReqState::Completed);
                 }
                 ReqState::Completed => {
+                    let kick = self.fused_completed(slot);
                     self.reqs[i].set_state(&self.states, ReqState::Free);
                     let done = std::mem::replace(&mut self.reqs[i], Request::free());
                     if let Some(b) = done.buf {
@@ -1095,6 +1118,9 @@ impl Conn {
                     }
                     self.budget.set(self.budget.get() + i64::from(done.charged));
                     self.free.push(slot);
+                    if let Some(partner) = kick {
+                        self.process(r, partner);
+                    }
                     return;
                 }
             }
@@ -1306,6 +1332,14 @@ impl Conn {
         }
         let req = &mut self.reqs[slot as usize];
         req.outstanding -= 1;
+        if req.outstanding == 0 && req.fused.started {
+            // A compare-and-write half: the pair moves on together.
+            match req.sqe.fuse() {
+                pollux_nvme::Fuse::First => self.fused_compared(r, slot),
+                _ => self.fused_written(r, slot),
+            }
+            return;
+        }
         if req.outstanding == 0 {
             self.graph_busy = self.graph_busy.saturating_sub(1);
             req.set_state(&self.states, ReqState::Executed);

@@ -7,7 +7,7 @@
 
 use std::rc::Rc;
 
-use pollux_graph::{AlignedBuf, Graph, Io, IoBuf, IoOp, IoSink};
+use pollux_graph::{AlignedBuf, Graph, Io, IoBuf, IoOp, IoSink, RootId};
 use pollux_nvme::ana::AnaState;
 use pollux_nvme::fabrics::{FabricsCmd, FABRICS_OPCODE};
 use pollux_nvme::identify::oncs;
@@ -66,8 +66,8 @@ fn dispatch(req: &mut Request, ctrl: &Controller, cx: &mut IoCtx<'_>) -> Result<
     let Some(op) = IoOpcode::from_u8(sqe.opcode()) else {
         return Err(Status::INVALID_OPCODE.with_dnr());
     };
-    // Identify reports FUSES 0: fused compare-and-write needs the range
-    // held against every other queue's I/O, which the graph cannot do yet.
+    // Fused pairs run in `fused` (the driver sends them there); what
+    // reaches here fused is the reserved encoding.
     if sqe.fuse() != Fuse::Normal {
         return Err(Status::INVALID_FIELD.with_dnr());
     }
@@ -206,6 +206,75 @@ fn dispatch(req: &mut Request, ctrl: &Controller, cx: &mut IoCtx<'_>) -> Result<
     req.outstanding = 1;
     snap.submit(cx.reactor, root, one);
     Ok(Outcome::Submitted)
+}
+
+/// Where a compare-and-write pair's I/O goes: the namespace's root and the
+/// byte range both halves cover.
+#[derive(Clone, Copy, Debug)]
+pub struct CwPlan {
+    /// The namespace's graph root.
+    pub root: RootId,
+    /// Start, in bytes.
+    pub offset: u64,
+    /// Length, in bytes.
+    pub len: u64,
+}
+
+/// The checks of a fused Compare (`first`) and Write (`second`): each as
+/// if alone (namespace, ANA, reservation, range, lengths) and both on the
+/// same blocks of the same namespace (SPDK
+/// `nvmf_bdev_ctrlr_compare_and_write_cmd`). `Err` is the status the pair
+/// fails with (the first gets it; the second is aborted).
+pub fn fused_plan(
+    first: &Request,
+    second: &Request,
+    ctrl: &Controller,
+    cx: &mut IoCtx<'_>,
+) -> Result<CwPlan, Status> {
+    if ctrl.opts.masked_oncs & oncs::COMPARE != 0 {
+        return Err(Status::INVALID_OPCODE.with_dnr());
+    }
+    let cmp = LbaRangeCmd::parse(&first.sqe);
+    let wr = LbaRangeCmd::parse(&second.sqe);
+    if (cmp.nsid, cmp.slba, cmp.nlb) != (wr.nsid, wr.slba, wr.nlb) {
+        return Err(Status::INVALID_FIELD.with_dnr());
+    }
+    let Some(subsys) = ctrl.subsystem() else {
+        return Err(Status::INVALID_OPCODE.with_dnr());
+    };
+    let root = {
+        let table = cx.ns_cache.table(subsys);
+        let Some(ns) = table.get(cmp.nsid).filter(|n| n.visible_to(&ctrl.hostnqn)) else {
+            return Err(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
+        };
+        if subsys.ana_reporting() {
+            ana_check(table.ana.state(ctrl.listener.get().copied(), ns.anagrpid))?;
+        }
+        // A host that may not write may not compare-and-write either.
+        ns.resv.check_io(&ctrl.hostid, IoOpcode::Compare)?;
+        ns.resv.check_io(&ctrl.hostid, IoOpcode::Write)?;
+        ns.root
+    };
+    let Some(geo) = cx.graph.snapshot(cx.reactor).root_geometry(root) else {
+        return Err(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
+    };
+    if !cmp.in_range(geo.block_count) {
+        return Err(Status::LBA_OUT_OF_RANGE.with_dnr());
+    }
+    let len = cmp.byte_len(geo.block_size.trailing_zeros());
+    if len > u64::from(ctrl.opts.max_io_size) {
+        return Err(Status::INVALID_FIELD.with_dnr());
+    }
+    for half in [first, second] {
+        if len != u64::from(half.xfer_len) || half.data().len() as u64 != len {
+            return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
+        }
+    }
+    Ok(CwPlan {
+        root,
+        offset: cmp.slba * u64::from(geo.block_size),
+        len,
+    })
 }
 
 /// Whether `req` is a Compare, whose read completes in `compare_done`

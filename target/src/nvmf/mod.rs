@@ -31,6 +31,7 @@ mod command;
 mod conn;
 mod connect;
 mod controller;
+mod fused;
 mod group;
 mod introspect;
 mod io_cmd;

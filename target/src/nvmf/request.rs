@@ -3,7 +3,8 @@
 //! `Request::set_state`, the only way to change state) is modelled on SPDK
 //! `lib/nvmf/tcp.c`. The driver (`conn.rs`) advances a request until it
 //! reaches a waiting state (NeedBuffer without budget,
-//! TransferringHostToController, Executing) or Free.
+//! TransferringHostToController, FusedAwaitingPartner, AwaitingRangeLock,
+//! Executing) or Free.
 
 mod state;
 
@@ -54,6 +55,8 @@ pub struct Request {
     /// Bytes charged to the poll group's buffer budget (returned when the
     /// request completes).
     pub charged: u32,
+    /// Half of a fused pair: its partner and how the pair stands.
+    pub fused: super::fused::FusedLink,
 }
 
 impl Request {
@@ -73,6 +76,7 @@ impl Request {
             outstanding: 0,
             c2h_len: 0,
             charged: 0,
+            fused: Default::default(),
         }
     }
 

@@ -1280,7 +1280,11 @@ fn compare_matches_written_data_and_reports_a_miscompare() {
     let fx = Fixture::new(true);
     let mut c = host::Controller::connect(fx.host()).unwrap();
     assert_ne!(c.identify.oncs & oncs::COMPARE, 0, "ONCS offers Compare");
-    assert_eq!(c.identify.fuses & fuses::COMPARE_AND_WRITE, 0);
+    assert_ne!(
+        c.identify.fuses & fuses::COMPARE_AND_WRITE,
+        0,
+        "FUSES offers C&W"
+    );
     c.set_num_queues(1).unwrap();
     let mut q = c.io_queue(1, 32).unwrap();
     let data: Vec<u8> = (0..16384u32).map(|i| (i * 13 + 5) as u8).collect();
@@ -1296,18 +1300,254 @@ fn compare_matches_written_data_and_reports_a_miscompare() {
     assert!(st.dnr, "{st:?}");
     // The data is unchanged by either.
     assert!(read(&mut q, 64, data.len()) == data);
-    // Out of range and a fused command are refused before any I/O.
+    // Out of range is refused before any I/O.
     assert_status(
         compare(&mut q, BLOCKS - 1, &data[..1024]),
         Status::LBA_OUT_OF_RANGE,
     );
-    let mut fused = host::rw_sqe(true, 1, 64, 8);
-    fused.set_opcode(IoOpcode::Compare.as_u8());
-    fused.set_fuse(pollux_nvme::Fuse::First);
-    let r = q
-        .execute(fused, data[..4096].to_vec(), true, TIMEOUT)
+    drop(q);
+    c.shutdown().unwrap();
+}
+
+/// A fused half: Compare (`first`) or Write of namespace 1.
+fn fused_sqe(op: IoOpcode, fuse: pollux_nvme::Fuse, slba: u64, len: usize) -> Sqe {
+    let nlb = (len / RAM_BLOCK_SIZE as usize) as u32;
+    let mut sqe = host::rw_sqe(true, 1, slba, nlb);
+    sqe.set_opcode(op.as_u8());
+    sqe.set_fuse(fuse);
+    sqe
+}
+
+/// Sends `cmds` (command, data, host-to-controller) back to back on `q`
+/// and waits for all: their statuses, in the order given.
+fn run_together(q: &mut host::QueuePair, cmds: Vec<(Sqe, Vec<u8>, bool)>) -> Vec<Status> {
+    let cids: Vec<u16> = cmds
+        .into_iter()
+        .map(|(sqe, data, h2c)| q.submit(sqe, data, h2c).expect("a free slot"))
+        .collect();
+    let mut done = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while done.len() < cids.len() {
+        q.poll().unwrap();
+        done.extend(q.take_completed().map(|c| c.cqe));
+        assert!(Instant::now() < deadline, "fused commands never completed");
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    cids.iter()
+        .map(|cid| done.iter().find(|c| c.cid() == *cid).unwrap().status())
+        .collect()
+}
+
+/// A compare-and-write pair: compare `old`, write `new`, at `slba`.
+fn cw_pair(slba: u64, old: &[u8], new: &[u8]) -> Vec<(Sqe, Vec<u8>, bool)> {
+    use pollux_nvme::Fuse;
+    vec![
+        (
+            fused_sqe(IoOpcode::Compare, Fuse::First, slba, old.len()),
+            old.to_vec(),
+            true,
+        ),
+        (
+            fused_sqe(IoOpcode::Write, Fuse::Second, slba, new.len()),
+            new.to_vec(),
+            true,
+        ),
+    ]
+}
+
+#[test]
+fn compare_and_write_writes_on_a_match_only() {
+    let fx = Fixture::new(true);
+    let mut c = host::Controller::connect(fx.host()).unwrap();
+    c.set_num_queues(1).unwrap();
+    let mut q = c.io_queue(1, 32).unwrap();
+    // In-capsule (4 KiB) and through R2T (16 KiB).
+    for len in [4096usize, 16384] {
+        let a: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+        let b: Vec<u8> = (0..len).map(|i| (i * 11 + 3) as u8).collect();
+        let z: Vec<u8> = vec![0x5a; len];
+        write(&mut q, 256, &a);
+        let st = run_together(&mut q, cw_pair(256, &a, &b));
+        assert_status(st[0], Status::SUCCESS);
+        assert_status(st[1], Status::SUCCESS);
+        assert!(read(&mut q, 256, len) == b, "the write was not done");
+        // `a` is gone: Compare Failure, and the write is aborted.
+        let st = run_together(&mut q, cw_pair(256, &a, &z));
+        assert_status(st[0], Status::COMPARE_FAILURE);
+        assert_status(st[1], Status::ABORTED_FAILED_FUSED);
+        assert!(read(&mut q, 256, len) == b, "a miscompare wrote");
+    }
+    drop(q);
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn broken_fused_pairs_fail_with_the_spec_statuses() {
+    use pollux_nvme::Fuse;
+    let fx = Fixture::new(true);
+    let mut c = host::Controller::connect(fx.host()).unwrap();
+    c.set_num_queues(1).unwrap();
+    let mut q = c.io_queue(1, 32).unwrap();
+    let a = vec![1u8; 4096];
+    let b = vec![2u8; 4096];
+    write(&mut q, 512, &a);
+    // A first followed by an ordinary command: the first misses its
+    // second; the other command runs.
+    let st = run_together(
+        &mut q,
+        vec![
+            (
+                fused_sqe(IoOpcode::Compare, Fuse::First, 512, 4096),
+                a.clone(),
+                true,
+            ),
+            (host::rw_sqe(false, 1, 512, 8), vec![0; 4096], false),
+        ],
+    );
+    assert_status(st[0], Status::ABORTED_MISSING_FUSED);
+    assert_status(st[1], Status::SUCCESS);
+    // A second without a first.
+    let st = run_together(
+        &mut q,
+        vec![(
+            fused_sqe(IoOpcode::Write, Fuse::Second, 512, 4096),
+            b.clone(),
+            true,
+        )],
+    );
+    assert_status(st[0], Status::ABORTED_MISSING_FUSED);
+    // The halves on different blocks: Invalid Field, the write aborted.
+    let mut pair = cw_pair(512, &a, &b);
+    pair[1].0 = fused_sqe(IoOpcode::Write, Fuse::Second, 520, 4096);
+    let st = run_together(&mut q, pair);
+    assert_status(st[0], Status::INVALID_FIELD);
+    assert_status(st[1], Status::ABORTED_FAILED_FUSED);
+    // A second that is no Write, and a first that is no Compare.
+    let mut pair = cw_pair(512, &a, &b);
+    pair[1].0.set_opcode(IoOpcode::Compare.as_u8());
+    let st = run_together(&mut q, pair);
+    assert_status(st[0], Status::ABORTED_MISSING_FUSED);
+    assert_status(st[1], Status::INVALID_OPCODE);
+    let mut pair = cw_pair(512, &a, &b);
+    pair[0].0.set_opcode(IoOpcode::Write.as_u8());
+    let st = run_together(&mut q, pair);
+    assert_status(st[0], Status::INVALID_OPCODE);
+    assert_status(st[1], Status::ABORTED_MISSING_FUSED);
+    // Out of range: the first says so, the write is aborted.
+    let st = run_together(&mut q, cw_pair(BLOCKS - 4, &a, &b));
+    assert_status(st[0], Status::LBA_OUT_OF_RANGE);
+    assert_status(st[1], Status::ABORTED_FAILED_FUSED);
+    // Nothing of it wrote, and the queue still pairs correctly.
+    assert!(read(&mut q, 512, 4096) == a);
+    let st = run_together(&mut q, cw_pair(512, &a, &b));
+    assert_eq!((st[0].is_success(), st[1].is_success()), (true, true));
+    drop(q);
+    c.shutdown().unwrap();
+}
+
+/// 16 KiB whose every byte says who wrote it and when: a torn mix of two
+/// writes never equals one of these.
+fn stamp(round: u32, writer: u8) -> Vec<u8> {
+    (0..16384u32)
+        .map(|i| (round.wrapping_mul(131) ^ i.wrapping_mul(7)) as u8 ^ writer)
+        .collect()
+}
+
+#[test]
+fn compare_and_write_is_atomic_against_writes_from_another_queue() {
+    let cores = pollux_poller::cpu::online_cpus().unwrap();
+    let cores: Vec<usize> = cores.iter().take(2).collect();
+    let fx = Fixture::with_cores(true, cores);
+    let mut c = host::Controller::connect(fx.host()).unwrap();
+    c.set_num_queues(2).unwrap();
+    let mut cw = c.io_queue(1, 32).unwrap();
+    let mut plain = c.io_queue(2, 32).unwrap();
+    const SLBA: u64 = 2048;
+    let mut current = stamp(0, 0);
+    write(&mut cw, SLBA, &current);
+    let (mut matched, mut missed) = (0, 0);
+    for round in 1..=300u32 {
+        // One compare-and-write of what is there and one plain write of
+        // the same range from another queue (on the other reactor), in
+        // flight together.
+        let mine = stamp(round, 0xA5);
+        let theirs = stamp(round, 0x3C);
+        let pair = cw_pair(SLBA, &current, &mine);
+        let mut cids = Vec::new();
+        for (sqe, data, h2c) in pair {
+            cids.push(cw.submit(sqe, data, h2c).unwrap());
+        }
+        let pcid = plain
+            .submit(host::rw_sqe(true, 1, SLBA, 32), theirs.clone(), true)
+            .unwrap();
+        let mut cqes = Vec::new();
+        let mut plain_done = None;
+        let deadline = Instant::now() + TIMEOUT;
+        while cqes.len() < 2 || plain_done.is_none() {
+            plain.poll().unwrap();
+            cw.poll().unwrap();
+            cqes.extend(cw.take_completed().map(|c| c.cqe));
+            if let Some(c) = plain.take_completed().find(|c| c.cqe.cid() == pcid) {
+                plain_done = Some(c.cqe.status());
+            }
+            assert!(Instant::now() < deadline, "round {round} never completed");
+        }
+        assert!(plain_done.unwrap().is_success());
+        let st = |cid: u16| cqes.iter().find(|c| c.cid() == cid).unwrap().status();
+        let (first, second) = (st(cids[0]), st(cids[1]));
+        // The plain write lands either before the compare (which then
+        // fails and nothing else is written) or after the pair's write:
+        // either way it is what stays, whole. Had it slipped between the
+        // compare and the write, ours would stay after a match; had the
+        // two writes overlapped, a torn mix.
+        let now = read(&mut cw, SLBA, 16384);
+        if first.is_success() {
+            assert_status(second, Status::SUCCESS);
+            matched += 1;
+        } else {
+            assert_status(first, Status::COMPARE_FAILURE);
+            assert_status(second, Status::ABORTED_FAILED_FUSED);
+            missed += 1;
+        }
+        assert!(
+            now == theirs,
+            "round {round}: after {first:?}/{second:?} the range holds {}",
+            if now == mine {
+                "the pair's write"
+            } else if now == current {
+                "the old data"
+            } else {
+                "a torn mix"
+            }
+        );
+        current = now;
+    }
+    eprintln!("compare-and-write rounds: {matched} matched, {missed} missed");
+    drop((cw, plain));
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn masked_fuses_hides_and_refuses_compare_and_write() {
+    use pollux_nvme::identify::fuses;
+    let fx = Fixture::new(true);
+    fx.tgt
+        .as_ref()
+        .unwrap()
+        .create_transport(super::TransportOpts {
+            masked_fuses: fuses::COMPARE_AND_WRITE,
+            ..Default::default()
+        })
         .unwrap();
-    assert_status(r.cqe.status(), Status::INVALID_FIELD);
+    let mut c = host::Controller::connect(fx.host()).unwrap();
+    assert_eq!(c.identify.fuses & fuses::COMPARE_AND_WRITE, 0);
+    c.set_num_queues(1).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let a = vec![0u8; 4096];
+    let st = run_together(&mut q, cw_pair(0, &a, &[9u8; 4096]));
+    assert_status(st[0], Status::INVALID_FIELD);
+    assert_status(st[1], Status::ABORTED_FAILED_FUSED);
+    assert!(read(&mut q, 0, 4096) == a, "a refused pair wrote");
     drop(q);
     c.shutdown().unwrap();
 }

@@ -79,6 +79,9 @@ pub struct TransportOpts {
     pub abort_timeout_sec: u32,
     /// ONCS bits hidden from hosts (`masked_oncs`).
     pub masked_oncs: u16,
+    /// FUSES bits hidden from hosts, and their fused operations refused
+    /// (`masked_fuses`).
+    pub masked_fuses: u16,
     /// DIF insert/strip: vacuous, no namespace carries protection
     /// information.
     pub dif_insert_or_strip: bool,
@@ -101,6 +104,7 @@ impl Default for TransportOpts {
             min_kato: MIN_KATO_DEFAULT,
             abort_timeout_sec: 1,
             masked_oncs: 0,
+            masked_fuses: 0,
             dif_insert_or_strip: false,
         }
     }

@@ -9,6 +9,22 @@
 //!      → [TransferringControllerToHost (C2HData)] → Completed → Free
 //! ```
 //!
+//! A fused pair (Compare, FUSE first; Write, FUSE second; SPDK
+//! `nvmf_tcp_check_fused_ordering` and `lib/nvmf/ctrlr.c`) leaves
+//! ReadyToExecute for FusedAwaitingPartner: each half waits there until
+//! the other is ready too (and the first until the next command says it
+//! has a second at all). Then the first asks for the range lock
+//! (AwaitingRangeLock) and, with it, reads and compares (Executing),
+//! while the second waits on in FusedAwaitingPartner for the compare's
+//! answer before its write (Executing):
+//!
+//! ```text
+//! first:  ReadyToExecute → FusedAwaitingPartner → AwaitingRangeLock
+//!         → Executing (compare, then until the write is done) → Executed
+//! second: ReadyToExecute → FusedAwaitingPartner → Executing (write)
+//!         → Executed;  or FusedAwaitingPartner → Executed (aborted)
+//! ```
+//!
 //! A request fails forward: from New (bad SGL) or while its data arrives
 //! (digest error) it jumps to ReadyToComplete with an error status; a
 //! command that fails in its handler goes through Executed like any other.
@@ -33,6 +49,10 @@ pub enum ReqState {
     TransferringHostToController,
     /// Has everything it needs.
     ReadyToExecute,
+    /// Half of a fused pair, ready; waiting for the other half.
+    FusedAwaitingPartner,
+    /// The first of a fused pair: waiting for its LBA range lock.
+    AwaitingRangeLock,
     /// Submitted to the graph (or held, for an AER); waiting.
     Executing,
     /// Execution finished; status known.
@@ -47,7 +67,7 @@ pub enum ReqState {
 
 impl ReqState {
     /// Number of states.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
 
     /// Every state, in life order.
     pub const ALL: [ReqState; ReqState::COUNT] = [
@@ -56,6 +76,8 @@ impl ReqState {
         ReqState::NeedBuffer,
         ReqState::TransferringHostToController,
         ReqState::ReadyToExecute,
+        ReqState::FusedAwaitingPartner,
+        ReqState::AwaitingRangeLock,
         ReqState::Executing,
         ReqState::Executed,
         ReqState::ReadyToComplete,
@@ -72,6 +94,8 @@ impl ReqState {
             ReqState::NeedBuffer => "need_buffer",
             ReqState::TransferringHostToController => "transferring_host_to_controller",
             ReqState::ReadyToExecute => "ready_to_execute",
+            ReqState::FusedAwaitingPartner => "fused_awaiting_partner",
+            ReqState::AwaitingRangeLock => "awaiting_range_lock",
             ReqState::Executing => "executing",
             ReqState::Executed => "executed",
             ReqState::ReadyToComplete => "ready_to_complete",
@@ -100,6 +124,12 @@ pub const fn legal(from: ReqState, to: ReqState) -> bool {
             | (TransferringHostToController, ReadyToComplete)
             | (ReadyToExecute, Executing)
             | (ReadyToExecute, Executed)
+            | (ReadyToExecute, FusedAwaitingPartner)
+            | (FusedAwaitingPartner, AwaitingRangeLock)
+            | (FusedAwaitingPartner, Executing)
+            | (FusedAwaitingPartner, Executed)
+            | (AwaitingRangeLock, Executing)
+            | (AwaitingRangeLock, Executed)
             | (Executing, Executed)
             | (Executed, ReadyToComplete)
             | (ReadyToComplete, TransferringControllerToHost)

@@ -194,17 +194,17 @@ struct CreateTransport {
 }
 
 /// `masked_oncs` names (SPDK's rpc.py) and the ONCS bit of each; Pollux
-/// offers Dataset Management, Write Zeroes and reservations, so masking the
-/// others changes nothing.
+/// offers Compare, Dataset Management, Write Zeroes and reservations, so
+/// masking the others changes nothing.
 const ONCS_NAMES: [(&str, u16); 5] = [
-    ("nvmcmps", 0),
+    ("nvmcmps", pollux_nvme::identify::oncs::COMPARE),
     ("nvmdsmsv", pollux_nvme::identify::oncs::DSM),
     ("nvmwzsv", pollux_nvme::identify::oncs::WRITE_ZEROES),
     ("reservs", pollux_nvme::identify::oncs::RESERVATIONS),
     ("nvmcpys", 0),
 ];
-/// `masked_fuses` names: fused Compare and Write is not offered at all.
-const FUSES_NAMES: [&str; 1] = ["fcws"];
+/// `masked_fuses` names and the FUSES bit of each.
+const FUSES_NAMES: [(&str, u16); 1] = [("fcws", pollux_nvme::identify::fuses::COMPARE_AND_WRITE)];
 
 fn opt_u32(param: &str, v: Option<u64>, default: u32) -> Result<u32, RpcError> {
     match v {
@@ -226,13 +226,12 @@ impl CreateTransport {
             };
             masked_oncs |= bit;
         }
-        if let Some(bad) = self
-            .masked_fuses
-            .iter()
-            .flatten()
-            .find(|f| !FUSES_NAMES.contains(&f.as_str()))
-        {
-            return Err(refuse("masked_fuses", &format!("unknown feature {bad:?}")));
+        let mut masked_fuses = 0;
+        for name in self.masked_fuses.iter().flatten() {
+            let Some((_, bit)) = FUSES_NAMES.iter().find(|(n, _)| n == name) else {
+                return Err(refuse("masked_fuses", &format!("unknown feature {name:?}")));
+            };
+            masked_fuses |= bit;
         }
         // Without io_unit_size the granule follows max_io_size (SPDK's
         // default equals its default max_io_size).
@@ -272,6 +271,7 @@ impl CreateTransport {
                 d.abort_timeout_sec,
             )?,
             masked_oncs,
+            masked_fuses,
             dif_insert_or_strip: self.dif_insert_or_strip.unwrap_or(d.dif_insert_or_strip),
         })
     }
