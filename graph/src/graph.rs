@@ -827,42 +827,8 @@ impl Graph {
         filter_name: &str,
         filter: N,
     ) -> Result<NodeId, GraphError> {
-        self.put_filter(node, filter_name, filter, false)
-    }
-
-    fn put_filter<N: BlockNode>(
-        &self,
-        node: &str,
-        filter_name: &str,
-        filter: N,
-        bound: bool,
-    ) -> Result<NodeId, GraphError> {
         let _span = tracing::info_span!("graph_insert_filter", node, filter_name).entered();
-        if filter_name.is_empty() {
-            return Err(GraphError::EmptyName);
-        }
-        if filter.num_children() != 1 {
-            return Err(GraphError::NotAFilter(filter_name.into()));
-        }
-        let cell: Arc<dyn DynNode> = Arc::new(NodeCell::new(
-            filter_name.into(),
-            filter,
-            &self.handle,
-            self.rcu_ptr(),
-        ));
-        self.update(|s| {
-            if s.names.contains_key(filter_name) {
-                return Err(GraphError::NameExists(filter_name.into()));
-            }
-            let below = lookup(s, node)?;
-            check_children(s, &*cell, &[below])?;
-            let f = insert_node(s, cell, vec![below]);
-            redirect(s, below, f, Some(f));
-            if let Some(Some(e)) = s.nodes.get_mut(f.0 as usize) {
-                e.bound = bound;
-            }
-            Ok(f)
-        })
+        self.put_filter(node, filter_name, filter, &[], false)
     }
 
     /// Like `insert_filter`, and the filter is bound to `node`: roots added
@@ -874,7 +840,8 @@ impl Graph {
         filter_name: &str,
         filter: N,
     ) -> Result<NodeId, GraphError> {
-        self.put_filter(node, filter_name, filter, true)
+        let _span = tracing::info_span!("graph_insert_filter", node, filter_name).entered();
+        self.put_filter(node, filter_name, filter, &[], true)
     }
 
     /// `insert_filter` for a filter with more children than the node it
@@ -888,24 +855,32 @@ impl Graph {
         others: &[&str],
     ) -> Result<NodeId, GraphError> {
         let _span = tracing::info_span!("graph_insert_filter_with", node, filter_name).entered();
+        self.put_filter(node, filter_name, filter, others, false)
+    }
+
+    /// The three inserts above: `filter` above `node` (its child slot 0),
+    /// `others` in the next slots, `bound` to `node` or not. A one-child
+    /// filter of the wrong shape is `NotAFilter`; with `others`, the child
+    /// count error names what was expected.
+    fn put_filter<N: BlockNode>(
+        &self,
+        node: &str,
+        filter_name: &str,
+        filter: N,
+        others: &[&str],
+        bound: bool,
+    ) -> Result<NodeId, GraphError> {
         if filter_name.is_empty() {
             return Err(GraphError::EmptyName);
         }
-        if filter.num_children() != 1 + others.len() {
-            return Err(GraphError::Children {
-                name: filter_name.into(),
-                kind: filter.kind(),
-                expected: filter.num_children(),
-                got: 1 + others.len(),
-            });
-        }
-        let cell: Arc<dyn DynNode> =
-            Arc::new(NodeCell::new(
-                filter_name.into(),
-                filter,
-                &self.handle,
-                self.rcu_ptr(),
-            ));
+        let cell = self
+            .new_cell(filter_name, filter, 1 + others.len())
+            .map_err(|e| match e {
+                GraphError::Children { .. } if others.is_empty() => {
+                    GraphError::NotAFilter(filter_name.into())
+                }
+                e => e,
+            })?;
         self.update(|s| {
             if s.names.contains_key(filter_name) {
                 return Err(GraphError::NameExists(filter_name.into()));
@@ -918,6 +893,9 @@ impl Graph {
             check_children(s, &*cell, &kids)?;
             let f = insert_node(s, cell, kids);
             redirect(s, below, f, Some(f));
+            if let Some(Some(e)) = s.nodes.get_mut(f.0 as usize) {
+                e.bound = bound;
+            }
             Ok(f)
         })
     }
