@@ -93,6 +93,63 @@ fn verify_loop(
     }
 }
 
+/// `verify_loop` on its own thread, and the test's handles on it.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tally: Arc<IoTally>,
+    shadow: Arc<Mutex<Vec<u8>>>,
+    io: std::thread::JoinHandle<BlkioHost>,
+}
+
+impl Load {
+    /// Starts the loop on `host` over `size` bytes whose contents are
+    /// `shadow`.
+    fn start(mut host: BlkioHost, size: u64, seed: u64, shadow: Vec<u8>) -> Load {
+        let tally = Arc::new(IoTally::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let shadow = Arc::new(Mutex::new(shadow));
+        let io = {
+            let (stop, tally, shadow) = (stop.clone(), tally.clone(), shadow.clone());
+            std::thread::spawn(move || {
+                verify_loop(&mut host, size, seed, &stop, &tally, &shadow);
+                host
+            })
+        };
+        Load {
+            stop,
+            tally,
+            shadow,
+            io,
+        }
+    }
+
+    /// Waits for `n` more verified pairs.
+    fn wait_pairs(&self, n: u64) {
+        let target = self.tally.verified.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.tally.verified.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "I/O stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the loop, checks that no I/O failed and no read differed, and
+    /// returns the host, the verified pairs and what the disk must hold.
+    fn finish(self) -> (BlkioHost, u64, Vec<u8>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let host = self.io.join().unwrap();
+        assert_eq!(self.tally.errors.load(Ordering::Relaxed), 0, "I/O errors");
+        assert_eq!(
+            self.tally.mismatches.load(Ordering::Relaxed),
+            0,
+            "data differs"
+        );
+        let verified = self.tally.verified.load(Ordering::Relaxed);
+        let shadow = std::mem::take(&mut *self.shadow.lock().unwrap());
+        (host, verified, shadow)
+    }
+}
+
 /// Reads the whole device through the host and compares it with `shadow`.
 fn read_all_matches(host: &mut BlkioHost, shadow: &[u8]) -> Result<(), String> {
     for start in (0..shadow.len()).step_by(MAX_IO) {
@@ -480,38 +537,21 @@ fn raid1_member_swap_and_rebuild_under_verified_load() {
     ]);
     let size = DISK_MIB << 20;
     let mut host = BlkioHost::connect(&d.dir().join("v.r1"), 2, 2 * MAX_IO);
-    let tally = Arc::new(IoTally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let shadow = Arc::new(Mutex::new(vec![0u8; size as usize]));
+    let mut shadow = vec![0u8; size as usize];
     // Fill the whole array first, so the copy has data everywhere.
     {
-        let mut s = shadow.lock().unwrap();
         for start in (0..size as usize).step_by(MAX_IO) {
             let data = pattern(start as u64, MAX_IO);
             host.buf(0, MAX_IO).copy_from_slice(&data);
             assert_eq!(host.write(0, start as u64, 0, MAX_IO), 0);
-            s[start..start + MAX_IO].copy_from_slice(&data);
+            shadow[start..start + MAX_IO].copy_from_slice(&data);
         }
     }
-    let io = {
-        let (stop, tally, shadow) = (stop.clone(), tally.clone(), shadow.clone());
-        std::thread::spawn(move || {
-            verify_loop(&mut host, size, 11, &stop, &tally, &shadow);
-            host
-        })
-    };
-    let wait_pairs = |n: u64| {
-        let target = tally.verified.load(Ordering::Relaxed) + n;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while tally.verified.load(Ordering::Relaxed) < target {
-            assert!(Instant::now() < deadline, "I/O stalled");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    wait_pairs(50);
+    let load = Load::start(host, size, 11, shadow);
+    load.wait_pairs(50);
     // Degrade: M1 out; I/O goes on on M0 alone.
     rpc.run(&["bdev_raid_remove_base_bdev", "M1"]);
-    wait_pairs(50);
+    load.wait_pairs(50);
     // A new member: the copy runs while the host writes.
     // One rpc.py process for the looks (`--server`): a fresh rpc.py per
     // call takes a second or more on a loaded machine, as long as the copy.
@@ -553,21 +593,16 @@ fn raid1_member_swap_and_rebuild_under_verified_load() {
         progress.windows(2).all(|w| w[0] <= w[1]),
         "progress went back: {progress:?}"
     );
-    wait_pairs(50);
+    load.wait_pairs(50);
     // The old member out: the rebuilt one alone serves the array.
     rpc.run(&["bdev_raid_remove_base_bdev", "M0"]);
-    wait_pairs(50);
-    stop.store(true, Ordering::Relaxed);
-    let mut host = io.join().unwrap();
-    let during = tally.verified.load(Ordering::Relaxed);
+    load.wait_pairs(50);
+    let (mut host, during, shadow) = load.finish();
     eprintln!("{during} verified pairs; rebuild progress samples {progress:?}");
-    assert_eq!(tally.errors.load(Ordering::Relaxed), 0, "I/O errors");
-    assert_eq!(tally.mismatches.load(Ordering::Relaxed), 0, "data differs");
     let r = raid(&rpc, "r1");
     assert_eq!(r["base_bdevs_list"][0]["name"], Value::Null, "{r}");
     assert_eq!(r["base_bdevs_list"][1]["name"], "M2", "{r}");
     // Every byte, from M2 alone.
-    let shadow = shadow.lock().unwrap();
     read_all_matches(&mut host, &shadow).unwrap();
 }
 
@@ -597,26 +632,9 @@ fn raid1_degrades_with_no_failed_io_when_an_error_bdev_member_fails_under_load()
         "r1",
     ]);
     let size = DISK_MIB << 20;
-    let mut host = BlkioHost::connect(&d.dir().join("v.r1"), 2, 2 * MAX_IO);
-    let tally = Arc::new(IoTally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let shadow = Arc::new(Mutex::new(vec![0u8; size as usize]));
-    let io = {
-        let (stop, tally, shadow) = (stop.clone(), tally.clone(), shadow.clone());
-        std::thread::spawn(move || {
-            verify_loop(&mut host, size, 5, &stop, &tally, &shadow);
-            host
-        })
-    };
-    let wait_pairs = |n: u64| {
-        let target = tally.verified.load(Ordering::Relaxed) + n;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while tally.verified.load(Ordering::Relaxed) < target {
-            assert!(Instant::now() < deadline, "I/O stalled");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    wait_pairs(50);
+    let host = BlkioHost::connect(&d.dir().join("v.r1"), 2, 2 * MAX_IO);
+    let load = Load::start(host, size, 5, vec![0u8; size as usize]);
+    load.wait_pairs(50);
     // Every I/O of the member fails from now on: the array degrades.
     rpc.run(&[
         "bdev_error_inject_error",
@@ -626,7 +644,7 @@ fn raid1_degrades_with_no_failed_io_when_an_error_bdev_member_fails_under_load()
         "-n",
         "1000000",
     ]);
-    wait_pairs(100);
+    load.wait_pairs(100);
     let r = raid(&rpc, "r1");
     assert_eq!(r["state"], "online", "{r}");
     assert_eq!(r["num_base_bdevs_operational"], 1, "{r}");
@@ -646,14 +664,10 @@ fn raid1_degrades_with_no_failed_io_when_an_error_bdev_member_fails_under_load()
         assert!(Instant::now() < deadline, "rebuild never ended");
         std::thread::sleep(Duration::from_millis(100));
     }
-    wait_pairs(50);
-    stop.store(true, Ordering::Relaxed);
-    let mut host = io.join().unwrap();
-    assert_eq!(tally.errors.load(Ordering::Relaxed), 0, "I/O errors");
-    assert_eq!(tally.mismatches.load(Ordering::Relaxed), 0, "data differs");
+    load.wait_pairs(50);
+    let (mut host, _, shadow) = load.finish();
     // The rebuilt member alone holds every byte.
     rpc.run(&["bdev_raid_remove_base_bdev", "M0"]);
-    let shadow = shadow.lock().unwrap();
     read_all_matches(&mut host, &shadow).unwrap();
 }
 
@@ -672,26 +686,9 @@ fn raid1_inserted_above_a_live_export_mirrors_it_and_leaves_on_the_copy() {
         "M0",
     ]);
     let size = DISK_MIB << 20;
-    let mut host = BlkioHost::connect(&d.dir().join("v.m0"), 2, 2 * MAX_IO);
-    let tally = Arc::new(IoTally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let shadow = Arc::new(Mutex::new(vec![0u8; size as usize]));
-    let io = {
-        let (stop, tally, shadow) = (stop.clone(), tally.clone(), shadow.clone());
-        std::thread::spawn(move || {
-            verify_loop(&mut host, size, 3, &stop, &tally, &shadow);
-            host
-        })
-    };
-    let wait_pairs = |n: u64| {
-        let target = tally.verified.load(Ordering::Relaxed) + n;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while tally.verified.load(Ordering::Relaxed) < target {
-            assert!(Instant::now() < deadline, "I/O stalled");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    wait_pairs(50);
+    let host = BlkioHost::connect(&d.dir().join("v.m0"), 2, 2 * MAX_IO);
+    let load = Load::start(host, size, 3, vec![0u8; size as usize]);
+    load.wait_pairs(50);
     // In above the live export, out again on the copy: a live migration.
     rpc.call(
         "pollux_graph_insert_filter",
@@ -700,25 +697,21 @@ fn raid1_inserted_above_a_live_export_mirrors_it_and_leaves_on_the_copy() {
     let r = raid(&rpc, "mir0");
     assert_eq!(r["base_bdevs_list"][0]["name"], "M0", "{r}");
     assert_eq!(r["base_bdevs_list"][1]["name"], Value::Null, "{r}");
-    wait_pairs(50);
+    load.wait_pairs(50);
     rpc.run(&["bdev_raid_add_base_bdev", "mir0", "M1"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while raid(&rpc, "mir0")["num_base_bdevs_operational"] != 2 {
         assert!(Instant::now() < deadline, "rebuild never ended");
         std::thread::sleep(Duration::from_millis(100));
     }
-    wait_pairs(50);
+    load.wait_pairs(50);
     rpc.run(&["bdev_raid_remove_base_bdev", "M0"]);
     rpc.call("pollux_graph_remove_filter", json!({"name": "mir0"}));
     let g = rpc.call("pollux_graph_get", json!({}));
     assert_eq!(g["roots"][0]["node"], "M1", "{g}");
-    wait_pairs(50);
-    stop.store(true, Ordering::Relaxed);
-    let mut host = io.join().unwrap();
-    assert_eq!(tally.errors.load(Ordering::Relaxed), 0, "I/O errors");
-    assert_eq!(tally.mismatches.load(Ordering::Relaxed), 0, "data differs");
+    load.wait_pairs(50);
+    let (mut host, _, shadow) = load.finish();
     // M0 is free: delete it; M1 alone holds every byte.
     rpc.run(&["bdev_malloc_delete", "M0"]);
-    let shadow = shadow.lock().unwrap();
     read_all_matches(&mut host, &shadow).unwrap();
 }
