@@ -20,28 +20,13 @@ use pollux_poller::Reactor;
 
 const MIB: u64 = 1 << 20;
 
-type Done = mpsc::Receiver<(IoResult, Vec<u8>)>;
+type Done = common::Completion;
 
 /// Submits a write of `data` at `offset` through `root` on reactor 0
 /// without waiting for it.
 fn start_write(g: &Arc<Graph>, root: RootId, offset: u64, data: Vec<u8>) -> Done {
-    let (tx, rx) = mpsc::channel();
-    let g2 = g.clone();
-    g.handle().send_blocking(0, move |r: &Reactor| {
-        let mut b = AlignedBuf::zeroed(data.len());
-        b.as_mut_slice().copy_from_slice(&data);
-        let len = data.len() as u64;
-        let io = Io::new(
-            IoOp::Write,
-            offset,
-            len,
-            IoBuf::Owned(b),
-            Rc::new(ChanSink(tx)),
-            0,
-        );
-        g2.snapshot(r).submit(r, root, io);
-    });
-    rx
+    let len = data.len() as u64;
+    common::start_io(g, 0, root, IoOp::Write, offset, len, Some(data))
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

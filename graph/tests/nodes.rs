@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{io, runtime, ChanSink};
+use common::{io, runtime, start_io, ChanSink};
 use pollux_graph::nodes::delay::{DelayKind, DelayLatencies, DelayNode};
 use pollux_graph::nodes::error::{
     fail_pending, resume_pending, ErrorIoType, ErrorNode, ErrorType, Injection,
@@ -50,24 +50,7 @@ fn pending_io_is_held_until_resumed_or_failed() {
         n.id()
     });
     let id = id.unwrap();
-    let start = |seed: u8| {
-        let (tx, rx) = mpsc::channel();
-        let g2 = g.clone();
-        rt.handle().send_blocking(0, move |r: &Reactor| {
-            let mut b = AlignedBuf::zeroed(4096);
-            b.as_mut_slice().fill(seed);
-            let io = Io::new(
-                IoOp::Write,
-                0,
-                4096,
-                IoBuf::Owned(b),
-                Rc::new(ChanSink(tx)),
-                0,
-            );
-            g2.snapshot(r).submit(r, root, io);
-        });
-        rx
-    };
+    let start = |seed: u8| start_io(&g, 0, root, IoOp::Write, 0, 4096, Some(vec![seed; 4096]));
     let first = start(1);
     assert!(
         first.recv_timeout(Duration::from_millis(100)).is_err(),
@@ -170,23 +153,7 @@ fn queue_depth_and_nvme_failure_injections() {
     };
     let lower = arm("EE_ram0", ErrorType::Pending, 2, 0, (0, 0));
     arm("EE_EE_ram0", ErrorType::NvmeFailure, 1, 2, (0, 0x81));
-    let start = || {
-        let (tx, rx) = mpsc::channel();
-        let g2 = g.clone();
-        rt.handle().send_blocking(0, move |r: &Reactor| {
-            let b = AlignedBuf::zeroed(4096);
-            let io = Io::new(
-                IoOp::Write,
-                0,
-                4096,
-                IoBuf::Owned(b),
-                Rc::new(ChanSink(tx)),
-                0,
-            );
-            g2.snapshot(r).submit(r, root, io);
-        });
-        rx
-    };
+    let start = || start_io(&g, 0, root, IoOp::Write, 0, 4096, None);
     // Two writes held below: each found fewer than 2 others in flight.
     let (a, b) = (start(), start());
     for w in [&a, &b] {
@@ -315,20 +282,7 @@ fn removing_an_error_filter_fails_its_pending_io() {
         )
     })
     .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let g2 = g.clone();
-    rt.handle().send_blocking(1, move |r: &Reactor| {
-        let b = AlignedBuf::zeroed(4096);
-        let io = Io::new(
-            IoOp::Read,
-            0,
-            4096,
-            IoBuf::Owned(b),
-            Rc::new(ChanSink(tx)),
-            0,
-        );
-        g2.snapshot(r).submit(r, root, io);
-    });
+    let rx = start_io(&g, 1, root, IoOp::Read, 0, 4096, None);
     assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "held");
     g.remove_filter("EE_ram0").unwrap();
     assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap().0.is_err());

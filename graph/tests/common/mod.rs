@@ -36,18 +36,23 @@ impl IoSink for ChanSink {
     }
 }
 
-/// Runs one I/O through `root` on reactor 0 and waits for it.
-pub fn io(
+/// What a `ChanSink` reports: the I/O's result and the data it read.
+pub type Completion = mpsc::Receiver<(IoResult, Vec<u8>)>;
+
+/// Submits one I/O through `root` on reactor `on` without waiting for it:
+/// a buffer of `len` bytes for an op with data, starting with `data`.
+pub fn start_io(
     graph: &Arc<Graph>,
+    on: usize,
     root: RootId,
     op: IoOp,
     offset: u64,
     len: u64,
     data: Option<Vec<u8>>,
-) -> (IoResult, Vec<u8>) {
+) -> Completion {
     let (tx, rx) = mpsc::channel();
     let g = graph.clone();
-    graph.handle().send_blocking(0, move |r: &Reactor| {
+    graph.handle().send_blocking(on, move |r: &Reactor| {
         let buf = if op.has_data() {
             let mut b = AlignedBuf::zeroed(len as usize);
             if let Some(d) = data {
@@ -60,7 +65,20 @@ pub fn io(
         let io = Io::new(op, offset, len, buf, Rc::new(ChanSink(tx)), 0);
         g.snapshot(r).submit(r, root, io);
     });
-    rx.recv_timeout(Duration::from_secs(10))
+    rx
+}
+
+/// Runs one I/O through `root` on reactor 0 and waits for it.
+pub fn io(
+    graph: &Arc<Graph>,
+    root: RootId,
+    op: IoOp,
+    offset: u64,
+    len: u64,
+    data: Option<Vec<u8>>,
+) -> (IoResult, Vec<u8>) {
+    start_io(graph, 0, root, op, offset, len, data)
+        .recv_timeout(Duration::from_secs(10))
         .expect("I/O never completed")
 }
 
