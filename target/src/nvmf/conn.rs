@@ -281,6 +281,11 @@ pub struct Conn {
     rx_end: usize,
     rx_state: RxState,
     tx: super::txq::TxQueue,
+    /// CapsuleResps of reads held behind their C2HData PDUs (see
+    /// `resp_group`), moved to the end of `tx` when the group is full and
+    /// at every flush; never written from here.
+    tx_held: super::txq::TxQueue,
+    resp_group: super::resp_group::RespGroup,
     pub(super) reqs: Vec<Request>,
     /// Requests per state (the `pollux_nvmf_requests` gauge's share of
     /// this queue pair); `Request::set_state` keeps it.
@@ -358,6 +363,8 @@ impl Conn {
                 rx_end: 0,
                 rx_state: RxState::Header,
                 tx: super::txq::TxQueue::default(),
+                tx_held: super::txq::TxQueue::default(),
+                resp_group: Default::default(),
                 reqs: (0..PRE_CONNECT_SLOTS).map(|_| Request::free()).collect(),
                 states,
                 free: (0..PRE_CONNECT_SLOTS as u16).rev().collect(),
@@ -704,6 +711,7 @@ impl Conn {
             }
             Pdu::CapsuleCmd(sqe) => {
                 self.stats.commands += 1;
+                self.resp_group.command(sqe.cid());
                 self.sqhd = if self.sqsize == 0 || self.sqflow_disabled {
                     0
                 } else {
@@ -952,6 +960,7 @@ impl Conn {
 
     /// Writes queued bytes. `Ok(true)` if anything was written.
     pub(super) fn flush(&mut self) -> Result<bool, CloseReason> {
+        self.release_held();
         let bufs = &mut self.bufs;
         self.tx
             .flush(&mut self.sock, |b| bufs.give(b))
@@ -959,6 +968,15 @@ impl Conn {
                 io::ErrorKind::WriteZero => CloseReason::PeerClosed,
                 _ => CloseReason::Io(e),
             })
+    }
+
+    /// Puts the held CapsuleResps at the end of the transmit queue, behind
+    /// the data PDUs they answer.
+    fn release_held(&mut self) {
+        if !self.tx_held.is_empty() {
+            self.tx_held.move_to(&mut self.tx);
+        }
+        self.resp_group.released();
     }
 
     /// After a graph completion: writes the queued responses now when no
@@ -1298,7 +1316,13 @@ impl Conn {
                 None => self.send_pdu(&pdu, &[]),
             }
             if !success {
+                // Queued aside, behind this group's data (see `resp_group`).
+                std::mem::swap(&mut self.tx, &mut self.tx_held);
                 self.send_pdu(&Pdu::CapsuleResp(cqe), &[]);
+                std::mem::swap(&mut self.tx, &mut self.tx_held);
+                if self.resp_group.hold_one() {
+                    self.release_held();
+                }
             }
         } else {
             req.set_state(&self.states, ReqState::Completed);

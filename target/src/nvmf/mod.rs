@@ -39,6 +39,7 @@ mod listener;
 mod phase;
 mod request;
 mod reservation;
+mod resp_group;
 mod status;
 mod subsystem;
 mod transport;

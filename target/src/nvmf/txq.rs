@@ -65,6 +65,21 @@ impl TxQueue {
         });
     }
 
+    /// Moves everything queued here, none of it written yet, to the end of
+    /// `dst`, in order.
+    pub(super) fn move_to(&mut self, dst: &mut TxQueue) {
+        debug_assert_eq!(self.front_off, 0, "a queue being moved was partly written");
+        for seg in self.segs.drain(..) {
+            match seg {
+                Seg::Bytes { start, len } => dst.push_bytes(&self.bytes[start..start + len]),
+                Seg::Buf { buf, len } => dst.push_buf(buf, len),
+            }
+        }
+        self.bytes.clear();
+        self.front_off = 0;
+        self.pending = 0;
+    }
+
     /// Queues the first `len` bytes of `buf` without copying them.
     pub(super) fn push_buf(&mut self, buf: AlignedBuf, len: usize) {
         let len = len.min(buf.len());
@@ -238,6 +253,39 @@ mod tests {
             assert_eq!(returned, 7);
             assert!(q.bytes.is_empty() && q.segs.is_empty());
         }
+    }
+
+    /// Held responses moved behind a partly written queue come out after
+    /// everything queued before them, and the held queue is empty after.
+    #[test]
+    fn a_moved_queue_goes_out_behind_what_was_queued() {
+        let mut q = TxQueue::default();
+        let mut held = TxQueue::default();
+        q.push_bytes(&[1; 24]);
+        q.push_buf(buf(2, 4096), 4096);
+        held.push_bytes(&[3; 24]);
+        held.push_buf(buf(4, 4096), 100);
+        let mut sock = Trickle {
+            out: Vec::new(),
+            chunk: 1000,
+            calls: 0,
+            block_every: 2,
+        };
+        let _ = q.flush(&mut sock, |_| {}).unwrap();
+        assert!(!sock.out.is_empty() && !q.is_empty(), "one partial write");
+        held.move_to(&mut q);
+        assert!(held.is_empty() && held.bytes.is_empty() && held.segs.is_empty());
+        assert_eq!(q.pending(), 24 + 4096 + 24 + 100 - sock.out.len());
+        let mut returned = 0;
+        while !q.is_empty() {
+            q.flush(&mut sock, |_| returned += 1).unwrap();
+        }
+        let mut want = vec![1; 24];
+        want.extend([2; 4096]);
+        want.extend([3; 24]);
+        want.extend([4; 100]);
+        assert_eq!(sock.out, want);
+        assert_eq!(returned, 2);
     }
 
     #[test]
