@@ -34,8 +34,8 @@
 /// queued, and larger groups gained nothing measurable at QD 128.
 const MAX_GROUP: u32 = 64;
 
-/// Commands per estimate of the queue depth: at least twice the deepest
-/// queue (128 entries), so that every identifier in use is seen in a window.
+/// Commands per estimate of the queue depth: twice the deepest I/O queue
+/// (256 entries), so that every identifier in use is seen in a window.
 const WINDOW: u32 = 512;
 
 /// Identifiers are counted by their low bits; 1,024 buckets keep the count
