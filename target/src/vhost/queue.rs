@@ -572,21 +572,30 @@ impl State {
         self.need_signal = true;
     }
 
+    /// Writes a completed request's status byte and puts it in the used
+    /// ring.
+    fn finish(&mut self, d: Done) {
+        if !d.at.is_null() {
+            // SAFETY: `d.at` is the host address of the status byte, which
+            // the parser found inside one region of the map `d._mem` holds
+            // (so it is still mapped). The byte is shared with the
+            // front-end: one volatile store, no reference.
+            unsafe { std::ptr::write_volatile(d.at, d.status) };
+        }
+        self.complete(d.head, d.used_len);
+    }
+
     /// Publishes the used index and interrupts the driver through the call
     /// fd unless event-idx (or NO_INTERRUPT) says it does not want one.
     fn publish_and_signal(&mut self) {
         let mut done = std::mem::take(&mut self.done);
         for d in done.drain(..) {
-            if !d.at.is_null() {
-                // SAFETY: `d.at` is the host address of the status byte, which
-                // the parser found inside one region of the map `d._mem`
-                // holds (so it is still mapped). The byte is shared with the
-                // front-end: one volatile store, no reference.
-                unsafe { std::ptr::write_volatile(d.at, d.status) };
-            }
-            self.complete(d.head, d.used_len);
+            self.finish(d);
         }
         self.done = done;
+        // All of it is published below; `finish` must not leave the queue
+        // due for another publication (and a second interrupt).
+        self.need_signal = false;
         self.queue.publish();
         if self.queue.needs_notification() {
             if let Some(call) = &self.call {
@@ -633,31 +642,23 @@ impl IoSink for VirtQueue {
             }
         };
         st.in_flight -= 1;
-        if st.inflight.is_some() {
-            // With inflight tracking the index is published per request
-            // (`State::complete`), so its writes are made now.
-            if slot.mem.is_some() {
-                // SAFETY: `slot.status` is the host address of the status
-                // byte, which the parser found inside one region of
-                // `slot.mem`, the map this slot still holds (so it is
-                // mapped). The byte is shared with the front-end: one
-                // volatile store, no reference.
-                unsafe { std::ptr::write_volatile(slot.status, status) };
-            }
-            st.complete(head, slot.used_len);
-        } else {
-            let at = if slot.mem.is_some() {
+        let done = Done {
+            head,
+            used_len: slot.used_len,
+            status,
+            at: if slot.mem.is_some() {
                 slot.status
             } else {
                 std::ptr::null_mut()
-            };
-            st.done.push(Done {
-                head,
-                used_len: slot.used_len,
-                status,
-                at,
-                _mem: slot.mem,
-            });
+            },
+            _mem: slot.mem,
+        };
+        if st.inflight.is_some() {
+            // With inflight tracking the index is published per request
+            // (`State::complete`), so its writes are made now.
+            st.finish(done);
+        } else {
+            st.done.push(done);
             st.need_signal = true;
         }
     }
