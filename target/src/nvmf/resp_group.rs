@@ -42,7 +42,7 @@ const WINDOW: u32 = 512;
 /// exact up to the deepest queue we accept and cost 128 bytes.
 const BUCKETS: usize = 1024;
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct RespGroup {
     /// Identifiers (low bits) seen in the current window.
     seen: [u64; BUCKETS / 64],
@@ -51,17 +51,6 @@ pub(super) struct RespGroup {
     depth: u32,
     /// Responses held since the group was last released.
     held: u32,
-}
-
-impl Default for RespGroup {
-    fn default() -> Self {
-        RespGroup {
-            seen: [0; BUCKETS / 64],
-            commands: 0,
-            depth: 0,
-            held: 0,
-        }
-    }
 }
 
 impl RespGroup {
@@ -84,15 +73,10 @@ impl RespGroup {
     }
 
     /// Counts a response held; true when the group is full and must be
-    /// released behind the data queued so far.
+    /// released (`released`) behind the data queued so far.
     pub(super) fn hold_one(&mut self) -> bool {
         self.held += 1;
-        if self.held >= self.size() {
-            self.held = 0;
-            true
-        } else {
-            false
-        }
+        self.held >= self.size()
     }
 
     /// The held responses went out (a flush, or the group was full).
@@ -122,6 +106,8 @@ mod tests {
         lifo_host(&mut g, 1, 4 * WINDOW);
         assert_eq!(g.size(), 1);
         assert!(g.hold_one(), "a group of one is released at once");
+        g.released();
+        assert!(g.hold_one());
     }
 
     #[test]
@@ -168,6 +154,7 @@ mod tests {
         assert!(!g.hold_one());
         assert!(!g.hold_one());
         assert!(g.hold_one());
+        g.released();
         assert!(!g.hold_one());
         g.released();
         assert!(!g.hold_one());
